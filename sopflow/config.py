@@ -1,0 +1,51 @@
+"""Runtime configuration from `SOPFLOW_*` environment variables.
+
+Temporal connection settings are deliberately not here: they come from `temporalio.envconfig` (TEMPORAL_ADDRESS,
+TEMPORAL_NAMESPACE, profiles in temporal.toml) so that sopflow connects exactly like the `temporal` CLI does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SOPFLOW_", extra="ignore")
+
+    home: Path = Path(".sopflow")
+    database_url: str = ""
+    templates_dir: Path = PROJECT_ROOT / "templates"
+    playbooks_dir: Path = PROJECT_ROOT / "playbooks"
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_tls: Literal["none", "starttls", "implicit"] = "none"
+    mail_from: str = "sopflow <sopflow@example.com>"
+
+    public_url: str = "http://127.0.0.1:8000"
+    ui_url: str = "http://localhost:8233"
+
+    dev_temporal_port: int = 7233
+    dev_ui_port: int = 8233
+    dev_intake_port: int = 8000
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'sopflow.db'}"
+        return self
+
+    def playbook_path(self, name_or_path: str) -> Path:
+        """Accept `safe_balance` as well as `playbooks/safe_balance.yaml`, as users type either."""
+        candidate = Path(name_or_path)
+        if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
+            return candidate
+        return self.playbooks_dir / f"{name_or_path}.yaml"

@@ -1,0 +1,29 @@
+"""Names shared by the worker, the starters and the tests.
+
+Kept in one place because a mismatch (a task queue, a search attribute name) fails silently at run time: a
+workflow nobody polls, or a list filter that matches nothing.
+"""
+
+from datetime import timedelta
+
+from temporalio.common import SearchAttributeKey
+
+TASK_QUEUE = "sopflow"
+WORKFLOW_ID_PREFIX = "deal-"
+
+# Custom search attributes. Values are stage ids, playbook ids, role/owner ids and dates: never names or emails,
+# because search attributes are stored unencrypted and shown to every operator.
+SA_STAGE = SearchAttributeKey.for_keyword("SopStage")
+SA_PLAYBOOK = SearchAttributeKey.for_keyword("SopPlaybook")
+SA_OWNER = SearchAttributeKey.for_keyword("SopOwner")
+SA_NEXT_DUE = SearchAttributeKey.for_datetime("SopNextDue")
+SEARCH_ATTRIBUTES = (SA_STAGE, SA_PLAYBOOK, SA_OWNER, SA_NEXT_DUE)
+
+# A lifecycle continues as new at least this often even if the server does not suggest it, so a years-long client
+# never replays years of history when a worker picks it up cold.
+MAX_RUN_AGE = timedelta(days=365)
+
+# Condition transitions may chain (A -> B -> C) but a playbook whose conditions loop must not spin a workflow task.
+MAX_CHAINED_TRANSITIONS = 25
+
+ACTIVITY_TIMEOUT = timedelta(seconds=30)

@@ -1,0 +1,645 @@
+"""The lifecycle rules as plain, deterministic functions over `LifecycleState`.
+
+The workflow is a thin interpreter: it hands requests and the current time to `Engine`, which changes the state
+and queues `Step`s (timeline entries, some carrying an email to send). Keeping every rule here means the rules are
+unit-tested without Temporal, and the workflow's determinism only depends on `now` being workflow time.
+
+`check_*` methods only read: they back update validators, which must reject bad requests before anything is
+written to history. The matching mutators re-run them, so a request is never applied unchecked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sopflow import cadence as cadence_rules
+from sopflow.conditions import Context, evaluate, make_context, resolve, role_address, role_owner_id
+from sopflow.constants import MAX_CHAINED_TRANSITIONS
+from sopflow.fields import FieldErrors, is_blank, validate_values
+from sopflow.models import (
+    Advance,
+    CadenceState,
+    Close,
+    CompleteTask,
+    DeadlineState,
+    DueView,
+    EmailRequest,
+    ExternalEvent,
+    FormRecord,
+    JournalEntry,
+    JournalKind,
+    LifecycleState,
+    LifecycleStatus,
+    Recipient,
+    SetFields,
+    SubmitForm,
+    TaskState,
+    TaskView,
+    TransitionRecord,
+)
+from sopflow.playbook import Action, EmailAction, Playbook, Stage, Transition
+
+SEEN_EVENT_IDS_KEPT = 200
+
+
+class Rejected(ValueError):
+    """A request that breaks a playbook rule; the message is shown to the person as-is, so it names what is wrong."""
+
+    def __init__(self, message: str, field_errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.field_errors = field_errors or {}
+
+
+@dataclass
+class Step:
+    entry: JournalEntry
+    email: EmailRequest | None = None
+
+
+@dataclass
+class Wakeup:
+    at: datetime
+    summary: str
+
+
+def account_key(value: Any) -> str:
+    """Normalise a claimed account ('ACME Clinic, Inc.' == 'acme clinic inc') so near-duplicates collide."""
+    return re.sub(r"[^a-z0-9]+", " ", str(value).casefold()).strip()
+
+
+class Engine:
+    def __init__(self, playbook: Playbook, state: LifecycleState, workflow_id: str) -> None:
+        self.playbook = playbook
+        self.state = state
+        self.workflow_id = workflow_id
+        self.steps: list[Step] = []
+
+    # --- construction ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls, playbook: Playbook, deal_id: str, fields: dict[str, Any], now: datetime, workflow_id: str,
+        actor: str | None = None, validate: bool = True,
+    ) -> Engine:
+        values = check_deal_fields(playbook, fields) if validate else dict(fields)
+        first = playbook.stages[0].id
+        state = LifecycleState(
+            deal_id=deal_id, started_at=now, fields=values, stage=first, stage_entered_at=now, run_started_at=now,
+            stage_visit=0,
+        )
+        engine = cls(playbook, state, workflow_id)
+        engine._enter(first, now, actor=actor, trigger="start", reason=None, from_stage=None)
+        engine._settle(now)
+        return engine
+
+    def continued(self, now: datetime) -> None:
+        """Start a new run of a continued lifecycle: the run counter and the timeline both show it."""
+        self.state.run += 1
+        self.state.run_started_at = now
+        self._log("continued_as_new", now, run=self.state.run)
+
+    def take_steps(self) -> list[Step]:
+        steps, self.steps = self.steps, []
+        return steps
+
+    # --- views -------------------------------------------------------------------------------------------------
+
+    @property
+    def stage(self) -> Stage:
+        return self.playbook.stage(self.state.stage)
+
+    @property
+    def closed(self) -> bool:
+        return self.state.outcome is not None
+
+    def context(self) -> Context:
+        forms = {form_id: record.values for form_id, record in self.state.forms.items()}
+        return make_context(self.playbook, self.state.fields, forms)
+
+    def unmet(self, stage: Stage | None = None) -> list[str]:
+        """Everything still missing before the client may leave the stage, each named so staff can act on it."""
+        stage = stage or self.stage
+        gate, ctx, missing = stage.gate, self.context(), []
+        for ref in gate.fields:
+            if is_blank(resolve(ctx, ref)):
+                missing.append(f"{self._describe_ref(ref)} is not set")
+        for form_id in gate.forms:
+            if form_id not in self.state.forms:
+                missing.append(f"form '{form_id}' not submitted")
+        task_ids = list(self.state.tasks) if gate.tasks == "all" else gate.tasks
+        for task_id in task_ids:
+            task = self.state.tasks.get(task_id)
+            if task is not None and task.done_at is None:
+                missing.append(f"task '{task_id}' not done ({task.title}; owner: {task.owner})")
+        for check in gate.checks:
+            if not evaluate(check.condition, ctx):
+                missing.append(check.message)
+        return missing
+
+    def _describe_ref(self, ref: str) -> str:
+        kind, _, rest = ref.partition(".")
+        if kind == "deal":
+            label = self.playbook.deal[rest].label if rest in self.playbook.deal else None
+            return f"deal field '{rest}'" + (f" ({label})" if label else "")
+        if kind == "forms":
+            form_id, _, field = rest.partition(".")
+            return f"field '{field}' of form '{form_id}'"
+        return f"setting '{rest}'"
+
+    def due_items(self) -> list[DueView]:
+        items: list[DueView] = []
+        if self.state.deadline is not None:
+            items.append(DueView(kind="deadline", label=self.state.deadline.label, due_at=self.state.deadline.due_at))
+        for task in self.state.tasks.values():
+            if task.done_at is None and task.due_at is not None:
+                items.append(DueView(kind="task", label=task.title, due_at=task.due_at))
+        if self.state.cadence is not None:
+            items.append(DueView(kind="cadence", label=self.state.cadence.label, due_at=self.state.cadence.next_due))
+        return sorted(items, key=lambda item: item.due_at)
+
+    def next_due(self) -> datetime | None:
+        items = self.due_items()
+        return items[0].due_at if items else None
+
+    def owner(self) -> str | None:
+        owner_role = self.stage.owner
+        return role_owner_id(self.playbook, self.context(), owner_role) if owner_role else None
+
+    def status(self, now: datetime) -> LifecycleStatus:
+        stage, state = self.stage, self.state
+        open_tasks = []
+        for task in state.tasks.values():
+            if task.done_at is not None:
+                continue
+            spec = stage.task(task.id)
+            blocked = [r for r in (spec.requires if spec else []) if self._task_open(r)]
+            overdue = task.due_at is not None and now >= task.due_at
+            open_tasks.append(TaskView(id=task.id, title=task.title, owner=task.owner, due_at=task.due_at,
+                                       overdue=overdue, blocked_by=blocked))
+        return LifecycleStatus(
+            deal_id=state.deal_id,
+            playbook=self.playbook.id,
+            playbook_version=self.playbook.version,
+            stage=stage.id,
+            stage_title=stage.name,
+            stage_entered_at=state.stage_entered_at,
+            outcome=state.outcome,
+            close_reason=state.close_reason,
+            owner=self.owner(),
+            open_tasks=open_tasks,
+            done_tasks=[t.id for t in state.tasks.values() if t.done_at is not None],
+            unmet_gate=[] if self.closed else self.unmet(),
+            advance_to=[t.to for t in stage.transitions if t.advance and evaluate(t.when, self.context())],
+            open_forms=list(stage.forms),
+            events=list(self.playbook.events),
+            forms_submitted={form_id: rec.submitted_at for form_id, rec in state.forms.items()},
+            due=self.due_items(),
+            fields=state.fields,
+            history=state.history,
+            run=state.run,
+        )
+
+    def details_markdown(self, now: datetime) -> str:
+        """What an operator sees in the Temporal UI: ids, stage and what is pending; no names or addresses."""
+        stage, state = self.stage, self.state
+        days = (now - state.stage_entered_at).total_seconds() / 86400
+        lines = [f"**{self.playbook.title or self.playbook.id}** v{self.playbook.version} · deal `{state.deal_id}`",
+                 f"**Stage:** {stage.name} (`{stage.id}`), {days:.0f} days"]
+        if self.closed:
+            lines.append(f"**Outcome:** {state.outcome}")
+            return "\n\n".join(lines)
+        open_tasks = [t for t in state.tasks.values() if t.done_at is None]
+        if open_tasks:
+            lines.append("**Open tasks:** " + ", ".join(
+                f"`{t.id}` ({t.owner}{', due ' + t.due_at.date().isoformat() if t.due_at else ''})"
+                for t in open_tasks))
+        unmet = self.unmet()
+        if unmet and stage.transitions:
+            lines.append("**Before leaving:** " + "; ".join(unmet))
+        for item in self.due_items()[:3]:
+            lines.append(f"**Next:** {item.label} due {item.due_at.date().isoformat()}")
+        return "\n\n".join(lines)
+
+    # --- requests (check_* only read; mutators apply) ----------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self.closed:
+            raise Rejected(f"deal {self.state.deal_id} is closed ({self.state.outcome}) in stage '{self.state.stage}'")
+
+    def check_submit(self, req: SubmitForm, now: datetime) -> dict[str, Any]:
+        self._require_open()
+        form = self.playbook.forms.get(req.form)
+        if form is None:
+            raise Rejected(f"unknown form '{req.form}' (forms: {', '.join(self.playbook.forms)})")
+        stage = self.stage
+        if req.form not in stage.forms:
+            open_forms = ", ".join(stage.forms) or "none"
+            raise Rejected(f"form '{req.form}' is not open in stage '{stage.id}' (open: {open_forms})")
+        try:
+            values = validate_values(form.fields, req.fields)
+        except FieldErrors as exc:
+            raise Rejected(f"form '{req.form}' is invalid: {exc}", exc.errors) from None
+        cad = stage.cadence
+        if cad is not None and cad.touchpoint == req.form and cad.date_field and values.get(cad.date_field):
+            if values[cad.date_field] > now.date().isoformat():
+                raise Rejected(f"form '{req.form}' is invalid: {cad.date_field}: cannot be in the future",
+                               {cad.date_field: "cannot be in the future"})
+        return values
+
+    def submit_form(self, req: SubmitForm, now: datetime) -> None:
+        values = self.check_submit(req, now)
+        previous = self.state.forms.get(req.form)
+        count = previous.count + 1 if previous else 1
+        self.state.forms[req.form] = FormRecord(values=values, submitted_at=now, by=req.actor, count=count)
+        self.state.stage_events[f"form:{req.form}"] = now
+        detail: dict[str, Any] = {"form": req.form, "count": count, "by": req.actor}
+        cad, cad_state = self.stage.cadence, self.state.cadence
+        if cad is not None and cad_state is not None and cad.touchpoint == req.form:
+            logged_at = now
+            if cad.date_field and values.get(cad.date_field):
+                logged_at = datetime.combine(datetime.fromisoformat(values[cad.date_field]).date(), now.timetz())
+            cad_state.logged += 1
+            cad_state.last_logged_at = logged_at
+            cad_state.base = max(logged_at, cad_state.anchor)
+            cad_state.next_due = cadence_rules.next_due(cad, cad_state.anchor, cad_state.base)
+            cad_state.reminded = cad_state.announced = False
+            detail["next_due"] = cad_state.next_due.isoformat()
+        self._log("form", now, **detail)
+        self._run_actions(self.playbook.forms[req.form].on_submit, now, f"form-{req.form}", {"form": values})
+        self._settle(now)
+
+    def claim_key(self, req: SubmitForm, values: dict[str, Any]) -> str | None:
+        form = self.playbook.forms[req.form]
+        if form.claims is None or is_blank(values.get(form.claims)):
+            return None
+        return account_key(values[form.claims])
+
+    def check_task(self, req: CompleteTask) -> None:
+        self._require_open()
+        task = self.state.tasks.get(req.task)
+        if task is None:
+            if self.stage.task(req.task) is not None:
+                raise Rejected(f"task '{req.task}' does not apply to this deal (its condition is not met)")
+            owner_stage = next((s.id for s in self.playbook.stages if s.task(req.task)), None)
+            if owner_stage is not None:
+                raise Rejected(f"task '{req.task}' belongs to stage '{owner_stage}'; the deal is in '{self.stage.id}'")
+            open_ids = ", ".join(t.id for t in self.state.tasks.values() if t.done_at is None) or "none"
+            raise Rejected(f"unknown task '{req.task}' (open tasks: {open_ids})")
+        if task.done_at is not None:
+            raise Rejected(f"task '{req.task}' is already done ({task.done_at.isoformat()})")
+        spec = self.stage.task(req.task)
+        blocked = [r for r in (spec.requires if spec else []) if self._task_open(r)]
+        if blocked:
+            raise Rejected(f"task '{req.task}' must wait for: {', '.join(blocked)}")
+
+    def complete_task(self, req: CompleteTask, now: datetime) -> None:
+        self.check_task(req)
+        task = self.state.tasks[req.task]
+        task.done_at, task.done_by, task.note = now, req.actor, req.note
+        self._log("task", now, task=task.id, status="done", by=req.actor)
+        self._settle(now)
+
+    def _task_open(self, task_id: str) -> bool:
+        task = self.state.tasks.get(task_id)
+        return task is not None and task.done_at is None
+
+    def check_advance(self, req: Advance) -> None:
+        self._require_open()
+        stage = self.stage
+        if not self.playbook.has_stage(req.to):
+            raise Rejected(f"unknown stage '{req.to}' (stages: {', '.join(s.id for s in self.playbook.stages)})")
+        allowed = [t.to for t in stage.transitions if t.advance and evaluate(t.when, self.context())]
+        if req.to not in allowed:
+            options = ", ".join(allowed) if allowed else "none: it moves on by itself, or close it"
+            raise Rejected(f"cannot advance from '{stage.id}' to '{req.to}' (allowed: {options})")
+        missing = self.unmet()
+        if missing:
+            raise Rejected(f"cannot leave '{stage.id}' for '{req.to}': " + "; ".join(missing))
+
+    def advance(self, req: Advance, now: datetime) -> None:
+        self.check_advance(req)
+        self._enter(req.to, now, actor=req.actor, trigger="advance", reason=req.note)
+        self._settle(now)
+
+    def check_set_fields(self, req: SetFields) -> dict[str, Any]:
+        self._require_open()
+        try:
+            return validate_values(self.playbook.deal, req.fields, partial=True)
+        except FieldErrors as exc:
+            raise Rejected(f"invalid deal fields: {exc}", exc.errors) from None
+
+    def set_fields(self, req: SetFields, now: datetime) -> None:
+        values = self.check_set_fields(req)
+        self.state.fields.update(values)
+        self._log("fields", now, changed=sorted(values), by=req.actor)
+        self._settle(now)
+
+    def check_close(self, req: Close) -> tuple[Stage, dict[str, Any]]:
+        self._require_open()
+        candidates = self.playbook.terminal_stages(req.outcome)
+        if req.stage is not None:
+            candidates = [s for s in candidates if s.id == req.stage]
+        if not candidates:
+            where = f" named '{req.stage}'" if req.stage else ""
+            raise Rejected(f"this playbook has no '{req.outcome}' stage{where}")
+        if len(candidates) > 1:
+            raise Rejected(f"choose the stage to close into: {', '.join(s.id for s in candidates)}")
+        target = candidates[0]
+        try:
+            values = validate_values(self.playbook.deal, req.fields, partial=True)
+        except FieldErrors as exc:
+            raise Rejected(f"invalid deal fields: {exc}", exc.errors) from None
+        merged = {**self.state.fields, **values}
+        missing = [name for name in target.reason_fields if is_blank(merged.get(name))]
+        if missing:
+            raise Rejected(f"closing as {req.outcome} needs deal fields: {', '.join(missing)}")
+        return target, values
+
+    def close(self, req: Close, now: datetime) -> None:
+        target, values = self.check_close(req)
+        self.state.fields.update(values)
+        self._enter(target.id, now, actor=req.actor, trigger="close", reason=req.reason)
+
+    def event(self, event: ExternalEvent, now: datetime) -> None:
+        """Signals cannot be refused, so an event that does not apply is journaled and ignored, never an error."""
+        if self.closed:
+            return
+        if event.event_id is not None:
+            if event.event_id in self.state.seen_event_ids:
+                return
+            self.state.seen_event_ids = [*self.state.seen_event_ids, event.event_id][-SEEN_EVENT_IDS_KEPT:]
+        detail: dict[str, Any] = {"event": event.name, "source": event.source}
+        if event.name not in self.playbook.events:
+            self._log("event", now, **detail, status="ignored", reason="unknown event")
+            return
+        if not any(t.event == event.name for t in self.stage.transitions):
+            self._log("event", now, **detail, status="ignored", reason=f"not expected in stage '{self.stage.id}'")
+            return
+        if event.name in self.state.stage_events:
+            self._log("event", now, **detail, status="ignored", reason="already received")
+            return
+        self.state.stage_events[event.name] = now
+        self._log("event", now, **detail, status="accepted")
+        self._settle(now)
+
+    # --- timers --------------------------------------------------------------------------------------------------
+
+    def next_wakeup(self) -> Wakeup | None:
+        if self.closed:
+            return None
+        stage, candidates = self.stage, []
+        for task in self.state.tasks.values():
+            spec = stage.task(task.id)
+            if task.done_at is not None or task.due_at is None or spec is None:
+                continue
+            if not task.reminded:
+                candidates.append(Wakeup(task.due_at, f"task {task.id} due"))
+            elif spec.escalate is not None and not task.escalated:
+                candidates.append(Wakeup(spec.escalate.after.after(task.due_at), f"task {task.id} escalates"))
+        deadline, dl_spec = self.state.deadline, stage.deadline
+        if deadline is not None and dl_spec is not None:
+            for i, reminder in enumerate(dl_spec.remind):
+                if i not in deadline.reminders_sent:
+                    candidates.append(Wakeup(reminder.before.before(deadline.due_at), f"{deadline.label}: reminder"))
+            candidates.append(Wakeup(deadline.due_at, deadline.label))
+        cad, cad_spec = self.state.cadence, stage.cadence
+        if cad is not None and cad_spec is not None:
+            if cad_spec.remind is not None and not cad.reminded:
+                candidates.append(Wakeup(cad_spec.remind.before.before(cad.next_due), f"{cad.label}: reminder"))
+            if not cad.announced:
+                candidates.append(Wakeup(cad.next_due, f"{cad.label} due"))
+            if cad_spec.overdue is not None:
+                candidates.append(Wakeup(cad_spec.overdue.grace.after(cad.next_due), f"{cad.label} overdue"))
+        return min(candidates, key=lambda w: w.at) if candidates else None
+
+    def tick(self, now: datetime) -> None:
+        """Fire every timer due at or before `now`, in order; a worker that was down catches up on wake."""
+        for _ in range(1000):
+            wake = self.next_wakeup()
+            if wake is None or wake.at > now:
+                return
+            self._fire(wake.at)
+            self._settle(now)
+
+    def _fire(self, at: datetime) -> None:
+        stage, state = self.stage, self.state
+        for task in state.tasks.values():
+            spec = stage.task(task.id)
+            if spec is None or task.done_at is not None or task.due_at is None:
+                continue
+            extra = {"task": {"id": task.id, "title": task.title, "owner": task.owner,
+                              "due_at": task.due_at.isoformat()}}
+            if not task.reminded and at >= task.due_at:
+                task.reminded = True
+                self._log("reminder", at, task=task.id, owner=task.owner, reason="task overdue")
+                if spec.remind is not None:
+                    self._email(spec.remind, at, f"task-{task.id}-overdue", extra)
+                return
+            if spec.escalate is not None and not task.escalated and at >= spec.escalate.after.after(task.due_at):
+                task.escalated = True
+                self._log("escalation", at, task=task.id, owner=task.owner, reason="task overdue")
+                self._email(spec.escalate.email, at, f"task-{task.id}-escalation", extra)
+                return
+        deadline, dl_spec = state.deadline, stage.deadline
+        if deadline is not None and dl_spec is not None:
+            extra = {"deadline": {"label": deadline.label, "due_at": deadline.due_at.isoformat()}}
+            for i, reminder in enumerate(dl_spec.remind):
+                if i not in deadline.reminders_sent and at >= reminder.before.before(deadline.due_at):
+                    deadline.reminders_sent.append(i)
+                    self._log("reminder", at, deadline=deadline.label, due_at=deadline.due_at.isoformat())
+                    self._email(reminder.email, at, f"deadline-reminder-{i}", extra)
+                    return
+            if at >= deadline.due_at:
+                expiry = dl_spec.on_expiry
+                for i, action in enumerate(expiry.email):
+                    self._email(action, at, f"deadline-expired-{i}", extra)
+                self._enter(expiry.to, at, actor=None, trigger="deadline", reason=expiry.reason)
+                return
+        cad, cad_spec = state.cadence, stage.cadence
+        if cad is not None and cad_spec is not None:
+            extra = {"visit": {"label": cad.label, "due_at": cad.next_due.isoformat(), "number": cad.logged + 1}}
+            if cad_spec.remind is not None and not cad.reminded and at >= cad_spec.remind.before.before(cad.next_due):
+                cad.reminded = True
+                self._log("reminder", at, cadence=cad.label, due_at=cad.next_due.isoformat())
+                self._email(cad_spec.remind.email, at, "cadence-reminder", extra)
+                return
+            if not cad.announced and at >= cad.next_due:
+                cad.announced = True
+                self._log("visit_due", at, cadence=cad.label, due_at=cad.next_due.isoformat())
+                if cad_spec.overdue is None:
+                    self._advance_cadence(missed=False)
+                return
+            if cad_spec.overdue is not None and at >= cad_spec.overdue.grace.after(cad.next_due):
+                self._log("escalation", at, cadence=cad.label, due_at=cad.next_due.isoformat(), reason="missed")
+                self._email(cad_spec.overdue.email, at, "cadence-overdue", extra)
+                self._advance_cadence(missed=True)
+                return
+        raise AssertionError(f"no timer due at {at.isoformat()}")  # next_wakeup and _fire disagree: a bug
+
+    def _advance_cadence(self, missed: bool) -> None:
+        cad, spec = self.state.cadence, self.stage.cadence
+        assert cad is not None and spec is not None
+        cad.missed += int(missed)
+        cad.base = cad.next_due
+        cad.next_due = cadence_rules.next_due(spec, cad.anchor, cad.base)
+        cad.reminded = cad.announced = False
+
+    # --- transitions ---------------------------------------------------------------------------------------------
+
+    def _auto_transition(self) -> Transition | None:
+        stage, ctx = self.stage, self.context()
+        for transition in stage.transitions:
+            if transition.advance:
+                continue
+            if transition.form is not None and f"form:{transition.form}" not in self.state.stage_events:
+                continue
+            if transition.event is not None and transition.event not in self.state.stage_events:
+                continue
+            if evaluate(transition.when, ctx) and not self.unmet(stage):
+                return transition
+        return None
+
+    def _settle(self, now: datetime) -> None:
+        for _ in range(MAX_CHAINED_TRANSITIONS):
+            if self.closed:
+                return
+            transition = self._auto_transition()
+            if transition is None:
+                return
+            trigger = (f"form:{transition.form}" if transition.form else
+                       f"event:{transition.event}" if transition.event else "condition")
+            self._enter(transition.to, now, actor=None, trigger=trigger, reason=None)
+        self._log("rejected", now, reason=f"more than {MAX_CHAINED_TRANSITIONS} chained transitions: check the "
+                                          "playbook's 'when' transitions for a loop")
+
+    def _enter(
+        self, stage_id: str, now: datetime, *, actor: str | None, trigger: str, reason: str | None,
+        from_stage: str | None = "",
+    ) -> None:
+        state = self.state
+        previous = state.stage if from_stage == "" else from_stage
+        stage = self.playbook.stage(stage_id)
+        state.stage, state.stage_entered_at = stage.id, now
+        state.stage_visit += 1
+        state.stage_events, state.tasks = {}, {}
+        state.deadline = state.cadence = None
+        state.history.append(TransitionRecord(from_stage=previous, to_stage=stage.id, at=now, actor=actor,
+                                              trigger=trigger, reason=reason))
+        self._log("stage", now, **{"from": previous, "to": stage.id, "trigger": trigger, "reason": reason,
+                                   "by": actor})
+        if stage.terminal:
+            state.outcome, state.close_reason = stage.terminal, reason
+        ctx = self.context()
+        self._run_actions(stage.on_enter, now, f"enter-{stage.id}", {})
+        for spec in stage.tasks:
+            if evaluate(spec.when, ctx):
+                due_at = spec.due.after(now) if spec.due else None
+                state.tasks[spec.id] = TaskState(id=spec.id, title=spec.title, owner=spec.owner, opened_at=now,
+                                                 due_at=due_at)
+                self._log("task", now, task=spec.id, status="opened", owner=spec.owner,
+                          due_at=due_at.isoformat() if due_at else None)
+        if stage.deadline is not None:
+            start = self._date_ref(stage.deadline.from_, now) if stage.deadline.from_ else now
+            state.deadline = DeadlineState(label=stage.deadline.label, due_at=stage.deadline.within.after(start))
+        if stage.cadence is not None:
+            anchor = self._date_ref(stage.cadence.anchor, now) if stage.cadence.anchor else now
+            state.cadence = CadenceState(label=stage.cadence.label, anchor=anchor, base=anchor,
+                                         next_due=cadence_rules.next_due(stage.cadence, anchor, anchor))
+
+    def _date_ref(self, ref: str, now: datetime) -> datetime:
+        """A date field as a moment: that day at the current time of day; `now` when the field is not set."""
+        value = resolve(self.context(), ref)
+        if is_blank(value):
+            return now
+        moment = datetime.fromisoformat(str(value))
+        return moment if "T" in str(value) else datetime.combine(moment.date(), now.timetz())
+
+    def _run_actions(self, actions: list[Action], now: datetime, name: str, extra: dict[str, Any]) -> None:
+        for i, action in enumerate(actions):
+            if not evaluate(action.when, self.context()):
+                continue
+            if action.email is not None:
+                self._email(action.email, now, f"{name}-{i}", extra)
+            if action.set is not None:
+                self.state.fields.update(action.set)
+                self._log("fields", now, changed=sorted(action.set), by="playbook")
+
+    # --- journal and email ---------------------------------------------------------------------------------------
+
+    def _log(self, kind: JournalKind, at: datetime, **detail: Any) -> JournalEntry:
+        self.state.seq += 1
+        entry = JournalEntry(seq=self.state.seq, at=at, kind=kind, stage=self.state.stage,
+                             detail={k: v for k, v in detail.items() if v is not None})
+        self.steps.append(Step(entry))
+        return entry
+
+    def _email(self, action: EmailAction, at: datetime, name: str, extra: dict[str, Any]) -> None:
+        ctx = self.context()
+        if not evaluate(action.when, ctx):
+            return
+        to, cc, missing = [], [], []
+        for roles, out in ((action.to, to), (action.cc, cc)):
+            for role_id in roles:
+                email, display = role_address(self.playbook, ctx, role_id)
+                if email is None:
+                    missing.append(role_id)
+                elif all(r.email != email for r in to + cc):
+                    out.append(Recipient(role=role_id, email=email, name=display))
+        reply_to = None
+        if action.from_role is not None:
+            email, display = role_address(self.playbook, ctx, action.from_role)
+            reply_to = Recipient(role=action.from_role, email=email, name=display) if email else None
+        detail: dict[str, Any] = {"template": action.template, "to": [r.role for r in to],
+                                  "cc": [r.role for r in cc]}
+        if missing:
+            detail["missing_roles"] = missing
+        if not to:
+            self._log("email", at, **detail, status="skipped", reason="no address for " + ", ".join(missing))
+            return
+        entry = self._log("email", at, **detail)
+        request = EmailRequest(
+            key=f"{self.workflow_id}/{entry.seq}/{name}",
+            workflow_id=self.workflow_id,
+            deal_id=self.state.deal_id,
+            playbook=self.playbook.id,
+            template=action.template,
+            at=at,
+            to=to,
+            cc=cc,
+            reply_to=reply_to,
+            context=self.template_context(extra),
+            attachments=[a.file for a in action.attach if evaluate(a.when, ctx)],
+        )
+        self.steps[-1].email = request
+
+    def template_context(self, extra: dict[str, Any]) -> dict[str, Any]:
+        ctx = self.context()
+        roles = {}
+        for role_id in self.playbook.roles:
+            email, display = role_address(self.playbook, ctx, role_id)
+            roles[role_id] = {"email": email, "name": display or role_id.replace("_", " ")}
+        stage = self.stage
+        return {
+            "deal_id": self.state.deal_id,
+            "deal": dict(self.state.fields),
+            "forms": ctx["forms"],
+            "settings": dict(self.playbook.settings),
+            "roles": roles,
+            "stage": {"id": stage.id, "title": stage.name},
+            "playbook": {"id": self.playbook.id, "title": self.playbook.title or self.playbook.id},
+            "deadline": ({"label": self.state.deadline.label, "due_at": self.state.deadline.due_at.isoformat()}
+                         if self.state.deadline else None),
+            **extra,
+        }
+
+
+def check_deal_fields(playbook: Playbook, fields: dict[str, Any]) -> dict[str, Any]:
+    """Validate a new deal's fields against the playbook (required ones included); raise Rejected."""
+    try:
+        return validate_values(playbook.deal, fields)
+    except FieldErrors as exc:
+        raise Rejected(f"invalid deal fields: {exc}", exc.errors) from None
+

@@ -1,0 +1,262 @@
+"""Typed payloads crossing the workflow boundary: input, the carried state, updates, signals, queries, activities.
+
+One model per payload keeps history readable in the Temporal UI and lets validators reject bad input by type before
+any business rule runs. `LifecycleState` is the single model carried through continue-as-new.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sopflow.playbook import Playbook
+
+Actor = str
+DEAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- carried state --------------------------------------------------------------------------------------------
+
+
+class TaskState(Payload):
+    id: str
+    title: str
+    owner: str
+    opened_at: datetime
+    due_at: datetime | None = None
+    done_at: datetime | None = None
+    done_by: Actor | None = None
+    note: str | None = None
+    reminded: bool = False
+    escalated: bool = False
+
+
+class DeadlineState(Payload):
+    label: str
+    due_at: datetime
+    reminders_sent: list[int] = []
+
+
+class CadenceState(Payload):
+    label: str
+    anchor: datetime
+    # The schedule counts from here: the anchor, the last logged touchpoint, or the last missed due date.
+    base: datetime
+    next_due: datetime
+    reminded: bool = False
+    announced: bool = False
+    logged: int = 0
+    missed: int = 0
+    last_logged_at: datetime | None = None
+
+
+class FormRecord(Payload):
+    values: dict[str, Any]
+    submitted_at: datetime
+    by: Actor | None = None
+    count: int = 1
+
+
+class TransitionRecord(Payload):
+    from_stage: str | None
+    to_stage: str
+    at: datetime
+    actor: Actor | None = None
+    trigger: str
+    reason: str | None = None
+
+
+class LifecycleState(Payload):
+    deal_id: str
+    started_at: datetime
+    fields: dict[str, Any] = {}
+    forms: dict[str, FormRecord] = {}
+    stage: str
+    stage_entered_at: datetime
+    stage_visit: int = 1
+    # Events received while in the current stage (name -> when); cleared on every stage change.
+    stage_events: dict[str, datetime] = {}
+    # Ids of external events already applied, so a redelivered webhook is a no-op (bounded, newest last).
+    seen_event_ids: list[str] = []
+    tasks: dict[str, TaskState] = {}
+    deadline: DeadlineState | None = None
+    cadence: CadenceState | None = None
+    outcome: str | None = None
+    close_reason: str | None = None
+    history: list[TransitionRecord] = []
+    seq: int = 0
+    run: int = 1
+    run_started_at: datetime
+
+
+class LifecycleInput(Payload):
+    """The pinned playbook travels with every run: editing the YAML never changes a running client."""
+
+    deal_id: str = Field(pattern=DEAL_ID_PATTERN)
+    playbook: Playbook
+    fields: dict[str, Any] = {}
+    actor: Actor | None = None
+    state: LifecycleState | None = None
+
+
+# --- updates, signals ------------------------------------------------------------------------------------------
+
+
+class SubmitForm(Payload):
+    form: str
+    fields: dict[str, Any] = {}
+    actor: Actor | None = None
+
+
+class CompleteTask(Payload):
+    task: str
+    actor: Actor | None = None
+    note: str | None = None
+
+
+class Advance(Payload):
+    to: str
+    actor: Actor | None = None
+    note: str | None = None
+
+
+class SetFields(Payload):
+    fields: dict[str, Any] = Field(min_length=1)
+    actor: Actor | None = None
+
+
+class Close(Payload):
+    outcome: Literal["lost", "cancelled"]
+    reason: str = Field(min_length=1, max_length=2000)
+    stage: str | None = None
+    fields: dict[str, Any] = {}
+    actor: Actor | None = None
+
+
+class ExternalEvent(Payload):
+    name: str
+    # The sender's id for this delivery (an envelope id + status, a webhook event id): repeats are ignored.
+    event_id: str | None = None
+    source: str | None = None
+    data: dict[str, Any] = {}
+
+
+# --- query -----------------------------------------------------------------------------------------------------
+
+
+class TaskView(Payload):
+    id: str
+    title: str
+    owner: str
+    due_at: datetime | None = None
+    overdue: bool = False
+    blocked_by: list[str] = []
+
+
+class DueView(Payload):
+    kind: Literal["deadline", "task", "cadence"]
+    label: str
+    due_at: datetime
+
+
+class LifecycleStatus(Payload):
+    deal_id: str
+    playbook: str
+    playbook_version: int
+    stage: str
+    stage_title: str
+    stage_entered_at: datetime
+    outcome: str | None = None
+    close_reason: str | None = None
+    owner: str | None = None
+    open_tasks: list[TaskView] = []
+    done_tasks: list[str] = []
+    unmet_gate: list[str] = []
+    advance_to: list[str] = []
+    open_forms: list[str] = []
+    events: list[str] = []
+    forms_submitted: dict[str, datetime] = {}
+    due: list[DueView] = []
+    fields: dict[str, Any] = {}
+    history: list[TransitionRecord] = []
+    run: int = 1
+
+
+# --- activities ------------------------------------------------------------------------------------------------
+
+
+class Recipient(Payload):
+    role: str
+    email: str
+    name: str | None = None
+
+
+class EmailRequest(Payload):
+    # Idempotency key: workflow id + step, stable across retries and continue-as-new (never the run id).
+    key: str
+    workflow_id: str
+    deal_id: str
+    playbook: str
+    template: str
+    at: datetime
+    to: list[Recipient]
+    cc: list[Recipient] = []
+    reply_to: Recipient | None = None
+    context: dict[str, Any] = {}
+    attachments: list[str] = []
+
+
+class EmailResult(Payload):
+    status: Literal["sent", "already_sent"]
+    subject: str
+    message_id: str
+
+
+JournalKind = Literal[
+    "stage",
+    "email",
+    "task",
+    "reminder",
+    "escalation",
+    "rejected",
+    "visit_due",
+    "form",
+    "fields",
+    "event",
+    "continued_as_new",
+]
+
+
+class JournalEntry(Payload):
+    """One line of a client's timeline, written to the records store and printed by `rehearse`."""
+
+    seq: int
+    at: datetime
+    kind: JournalKind
+    stage: str
+    detail: dict[str, Any] = {}
+
+
+class JournalBatch(Payload):
+    workflow_id: str
+    deal_id: str
+    playbook: str
+    entries: list[JournalEntry]
+
+
+class ClaimRequest(Payload):
+    playbook: str
+    account_key: str
+    deal_id: str
+    at: datetime
+
+
+class ClaimResult(Payload):
+    granted: bool
+    holder_deal_id: str | None = None

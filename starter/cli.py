@@ -1,0 +1,523 @@
+"""`sopflow`: the staff CLI. Shaped like the `temporal` CLI: nouns and verbs, `-o json` for scripts.
+
+Every failure a person can cause (a rejected move, a typo in a field, no server running) prints one readable line
+and exits 1; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from sopflow.config import Settings
+from sopflow.constants import (
+    SA_NEXT_DUE,
+    SA_OWNER,
+    SA_PLAYBOOK,
+    SA_STAGE,
+    TASK_QUEUE,
+    WORKFLOW_ID_PREFIX,
+)
+from sopflow.engine import Rejected, check_deal_fields
+from sopflow.models import (
+    DEAL_ID_PATTERN,
+    Advance,
+    Close,
+    CompleteTask,
+    ExternalEvent,
+    LifecycleInput,
+    LifecycleStatus,
+    SetFields,
+    SubmitForm,
+)
+from sopflow.playbook import Playbook, PlaybookError, load_playbook, template_names
+from starter.connect import ConnectionFailed, connect
+from workflows.lifecycle import ClientLifecycle
+
+app = typer.Typer(help="sopflow: client-lifecycle SOPs run as durable Temporal workflows.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+deal_app = typer.Typer(help="Start deals.", no_args_is_help=True)
+form_app = typer.Typer(help="Submit forms.", no_args_is_help=True)
+task_app = typer.Typer(help="Complete checklist tasks.", no_args_is_help=True)
+playbook_app = typer.Typer(help="Validate and inspect playbooks.", no_args_is_help=True)
+app.add_typer(deal_app, name="deal")
+app.add_typer(form_app, name="form")
+app.add_typer(task_app, name="task")
+app.add_typer(playbook_app, name="playbook")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+class Output(StrEnum):
+    text = "text"
+    json = "json"
+
+
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text (tables) or json")]
+FieldOpt = Annotated[list[str] | None, typer.Option("--field", "-f", help="key=value; repeat for more fields")]
+ActorOpt = Annotated[str, typer.Option("--actor", envvar="SOPFLOW_ACTOR", help="who is acting (an id or role)")]
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine, turning every user-caused failure into one line and exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except ConnectionFailed as exc:
+        fail(str(exc))
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        fail(cause.message if isinstance(cause, ApplicationError) else str(cause))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            fail("no lifecycle found for that deal (check the deal id with `sopflow list`)")
+        fail(f"Temporal refused the request: {exc.message}")
+    except (Rejected, PlaybookError) as exc:
+        fail(str(exc))
+
+
+def parse_fields(pairs: list[str] | None, file: Path | None = None) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            loaded = yaml.safe_load(file.read_text())  # YAML is a superset of JSON: both work
+        except (OSError, yaml.YAMLError) as exc:
+            fail(f"cannot read {file}: {exc}")
+        if not isinstance(loaded, dict):
+            fail(f"{file} must hold an object of field names to values")
+        values.update(loaded)
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            fail(f"--field expects key=value, got {pair!r}")
+        values[key.strip()] = value
+    return values
+
+
+def workflow_id(deal_id: str) -> str:
+    return f"{WORKFLOW_ID_PREFIX}{deal_id}"
+
+
+def load(playbook: str) -> Playbook:
+    settings = Settings()
+    try:
+        return load_playbook(settings.playbook_path(playbook), settings.templates_dir)
+    except PlaybookError as exc:
+        fail(str(exc))
+
+
+async def _handle(deal_id: str) -> WorkflowHandle[Any, Any]:
+    client = await connect()
+    return client.get_workflow_handle(workflow_id(deal_id))
+
+
+def print_status(status: LifecycleStatus, output: Output) -> None:
+    if output == Output.json:
+        out.print_json(status.model_dump_json())
+        return
+    now = datetime.now(UTC)
+    days = (now - status.stage_entered_at).days
+    head = [f"[bold]{status.stage_title}[/bold] ([cyan]{status.stage}[/cyan]) for {days} days",
+            f"playbook {status.playbook} v{status.playbook_version} · owner {status.owner or '-'} · run {status.run}"]
+    if status.outcome:
+        head.append(f"[bold]closed: {status.outcome}[/bold]" + (f" — {status.close_reason}"
+                                                                  if status.close_reason else ""))
+    out.print(Panel("\n".join(head), title=f"deal {status.deal_id}", expand=False))
+    if status.open_tasks:
+        tasks = Table("task", "title", "owner", "due", title="Open tasks", title_justify="left")
+        for task in status.open_tasks:
+            due = task.due_at.date().isoformat() if task.due_at else ""
+            due = f"[red]{due} overdue[/red]" if task.overdue else due
+            blocked = f" (after {', '.join(task.blocked_by)})" if task.blocked_by else ""
+            tasks.add_row(task.id, task.title + blocked, task.owner, due)
+        out.print(tasks)
+    if status.unmet_gate:
+        out.print("[bold]Before this stage can be left:[/bold]")
+        for item in status.unmet_gate:
+            out.print(f"  • {item}", highlight=False)
+    if status.due:
+        due_table = Table("what", "due", title="Coming up", title_justify="left")
+        for item in status.due:
+            due_table.add_row(f"{item.label} ({item.kind})", item.due_at.strftime("%Y-%m-%d %H:%M UTC"))
+        out.print(due_table)
+    hints = []
+    if status.open_forms:
+        hints.append("forms: " + ", ".join(status.open_forms))
+    if status.advance_to:
+        hints.append("advance to: " + ", ".join(status.advance_to))
+    if hints:
+        out.print(" · ".join(hints), style="dim")
+    history = Table("when", "from", "to", "by", "trigger / reason", title="History", title_justify="left")
+    for record in status.history[-8:]:
+        history.add_row(record.at.strftime("%Y-%m-%d %H:%M"), record.from_stage or "", record.to_stage,
+                        record.actor or "", record.reason or record.trigger)
+    out.print(history)
+
+
+def _update_command(
+    deal_id: str, update: Callable[..., Any], payload: Any, output: Output, message: str
+) -> None:
+    async def go() -> LifecycleStatus:
+        handle = await _handle(deal_id)
+        result: LifecycleStatus = await handle.execute_update(update, payload, result_type=LifecycleStatus)
+        return result
+
+    status = run(go())
+    if output == Output.json:
+        print_status(status, output)
+    else:
+        out.print(f"[green]✓[/green] {message} → deal {deal_id} is in [cyan]{status.stage}[/cyan]", highlight=False)
+        if status.unmet_gate and not status.outcome:
+            out.print("  waiting on: " + "; ".join(status.unmet_gate), style="dim", highlight=False)
+
+
+# --- commands -----------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def dev() -> None:
+    """Run the whole local stack: Temporal dev server + UI, worker, SMTP sink, webhook intake."""
+    from starter.devstack import run_dev
+
+    try:
+        asyncio.run(run_dev(Settings()))
+    except KeyboardInterrupt:
+        err.print("stopped")
+    except (RuntimeError, OSError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker against the configured Temporal server (TEMPORAL_ADDRESS, profiles)."""
+    from worker import run_worker
+
+    try:
+        run(run_worker(Settings()))
+    except KeyboardInterrupt:
+        err.print("stopped")
+
+
+@deal_app.command("start")
+def deal_start(
+    deal_id: Annotated[str, typer.Option("--deal-id", "-d", help="the CRM's deal id (no names or emails)")],
+    playbook: Annotated[str, typer.Option("--playbook", "-p", help="playbook id or YAML path")],
+    field: FieldOpt = None,
+    file: Annotated[Path | None, typer.Option("--file", help="JSON/YAML file of deal fields")] = None,
+    actor: ActorOpt = "cli",
+    output: OutputOpt = Output.text,
+) -> None:
+    """Start a client's lifecycle on a playbook (the playbook is pinned into the workflow)."""
+    import re
+
+    if not re.match(DEAL_ID_PATTERN, deal_id) or "@" in deal_id:
+        fail(f"invalid deal id {deal_id!r}: use the CRM's id (letters, digits, . _ : -), never a name or email")
+    pb = load(playbook)
+    fields = parse_fields(field, file)
+    try:
+        values = check_deal_fields(pb, fields)
+    except Rejected as exc:
+        fail(str(exc))
+
+    async def go() -> LifecycleStatus:
+        client = await connect()
+        try:
+            handle = await client.start_workflow(
+                ClientLifecycle.run,
+                LifecycleInput(deal_id=deal_id, playbook=pb, fields=values, actor=actor),
+                id=workflow_id(deal_id),
+                task_queue=TASK_QUEUE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                static_summary=f"{pb.title or pb.id} (v{pb.version}) · deal {deal_id}",
+                search_attributes=TypedSearchAttributes([SA_PLAYBOOK.value_set(pb.id),
+                                                         SA_STAGE.value_set(pb.stages[0].id)]),
+            )
+        except Exception as exc:  # WorkflowAlreadyStartedError has no stable import path across SDK versions
+            if type(exc).__name__ == "WorkflowAlreadyStartedError":
+                fail(f"deal {deal_id} already has a running lifecycle (see `sopflow status {deal_id}`)")
+            raise
+        status: LifecycleStatus = await handle.query(ClientLifecycle.status)
+        return status
+
+    status = run(go())
+    if output == Output.json:
+        print_status(status, output)
+    else:
+        out.print(f"[green]✓[/green] started deal {deal_id} on {pb.id} v{pb.version}: stage [cyan]{status.stage}"
+                  f"[/cyan] (workflow {workflow_id(deal_id)})", highlight=False)
+
+
+@form_app.command("submit")
+def form_submit(
+    deal_id: str,
+    form: str,
+    field: FieldOpt = None,
+    file: Annotated[Path | None, typer.Option("--file", help="JSON/YAML file of form fields")] = None,
+    actor: ActorOpt = "cli",
+    output: OutputOpt = Output.text,
+) -> None:
+    """Submit a form for a deal (validated field by field by the playbook)."""
+    payload = SubmitForm(form=form, fields=parse_fields(field, file), actor=actor)
+    _update_command(deal_id, ClientLifecycle.submit_form, payload, output, f"form {form} submitted")
+
+
+@task_app.command("done")
+def task_done(
+    deal_id: str, task: str, note: Annotated[str | None, typer.Option(help="a note for the record")] = None,
+    actor: ActorOpt = "cli", output: OutputOpt = Output.text,
+) -> None:
+    """Mark a checklist task done."""
+    payload = CompleteTask(task=task, actor=actor, note=note)
+    _update_command(deal_id, ClientLifecycle.complete_task, payload, output, f"task {task} done")
+
+
+@app.command()
+def advance(
+    deal_id: str, stage: str, note: Annotated[str | None, typer.Option(help="why")] = None,
+    actor: ActorOpt = "cli", output: OutputOpt = Output.text,
+) -> None:
+    """Move a deal to the next stage (rejected, naming what is missing, if the stage's gate is not met)."""
+    _update_command(deal_id, ClientLifecycle.advance, Advance(to=stage, actor=actor, note=note), output,
+                    f"advanced to {stage}")
+
+
+@app.command("set")
+def set_fields(
+    deal_id: str, field: FieldOpt = None, actor: ActorOpt = "cli", output: OutputOpt = Output.text,
+) -> None:
+    """Set deal fields (e.g. launch_date=2026-03-01)."""
+    values = parse_fields(field)
+    if not values:
+        fail("give at least one --field key=value")
+    _update_command(deal_id, ClientLifecycle.set_fields, SetFields(fields=values, actor=actor), output,
+                    f"set {', '.join(values)}")
+
+
+@app.command()
+def close(
+    deal_id: str,
+    reason: Annotated[str, typer.Option(help="why the deal is closed (required)")],
+    lost: Annotated[bool, typer.Option("--lost", help="the prospect did not buy")] = False,
+    cancelled: Annotated[bool, typer.Option("--cancelled", help="the client or we stopped the engagement")] = False,
+    stage: Annotated[str | None, typer.Option(help="terminal stage, when the playbook has several")] = None,
+    field: FieldOpt = None,
+    actor: ActorOpt = "cli",
+    output: OutputOpt = Output.text,
+) -> None:
+    """Close a deal as lost or cancelled, with a reason."""
+    if lost == cancelled:
+        fail("say --lost or --cancelled")
+    if not reason.strip():
+        fail("--reason must not be empty")
+    payload = Close(outcome="lost" if lost else "cancelled", reason=reason, stage=stage, fields=parse_fields(field),
+                    actor=actor)
+    _update_command(deal_id, ClientLifecycle.close, payload, output, "closed")
+
+
+@app.command()
+def event(
+    deal_id: str,
+    name: str,
+    event_id: Annotated[str | None, typer.Option("--id", help="the sender's event id (repeats are ignored)")] = None,
+    source: Annotated[str, typer.Option(help="where the event comes from")] = "cli",
+) -> None:
+    """Deliver an external event (e.g. contract_signed). Repeating it is harmless."""
+
+    async def go() -> None:
+        handle = await _handle(deal_id)
+        status: LifecycleStatus = await handle.query(ClientLifecycle.status)
+        if status.outcome:
+            fail(f"deal {deal_id} is closed ({status.outcome})")
+        if name not in status.events:
+            fail(f"unknown event {name!r} for playbook {status.playbook} (events: {', '.join(status.events)})")
+        await handle.signal(ClientLifecycle.event, ExternalEvent(name=name, event_id=event_id, source=source))
+
+    run(go())
+    out.print(f"[green]✓[/green] event {name} sent to deal {deal_id}", highlight=False)
+
+
+@app.command()
+def status(deal_id: str, output: OutputOpt = Output.text) -> None:
+    """Show where a deal is: stage, open tasks, what blocks it, what is due, history."""
+
+    async def go() -> LifecycleStatus:
+        handle = await _handle(deal_id)
+        result: LifecycleStatus = await handle.query(ClientLifecycle.status)
+        return result
+
+    print_status(run(go()), output)
+
+
+def list_query(stage: str | None, playbook: str | None, owner: str | None, include_closed: bool) -> str:
+    clauses = [f"WorkflowType = '{ClientLifecycle.__name__}'"]
+    if not include_closed:
+        clauses.append("ExecutionStatus = 'Running'")
+    for key, value in ((SA_STAGE, stage), (SA_PLAYBOOK, playbook), (SA_OWNER, owner)):
+        if value is not None:
+            if "'" in value:
+                fail(f"invalid filter value {value!r}")
+            clauses.append(f"{key.name} = '{value}'")
+    return " AND ".join(clauses)
+
+
+async def list_lifecycles(client: Client, query: str, limit: int) -> list[dict[str, Any]]:
+    rows = []
+    async for execution in client.list_workflows(query, limit=limit):
+        attrs = execution.typed_search_attributes
+        next_due = attrs.get(SA_NEXT_DUE)
+        rows.append({
+            "deal_id": execution.id.removeprefix(WORKFLOW_ID_PREFIX),
+            "playbook": attrs.get(SA_PLAYBOOK),
+            "stage": attrs.get(SA_STAGE),
+            "owner": attrs.get(SA_OWNER),
+            "next_due": next_due.isoformat() if next_due else None,
+            "status": execution.status.name.lower() if execution.status else None,
+            "started": execution.start_time.isoformat(),
+        })
+    return rows
+
+
+@app.command("list")
+def list_deals(
+    stage: Annotated[str | None, typer.Option(help="only deals in this stage")] = None,
+    playbook: Annotated[str | None, typer.Option(help="only deals on this playbook")] = None,
+    owner: Annotated[str | None, typer.Option(help="only deals owned by this role[:id]")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="include closed lifecycles")] = False,
+    limit: Annotated[int, typer.Option(help="at most this many")] = 200,
+    output: OutputOpt = Output.text,
+) -> None:
+    """List lifecycles from Temporal visibility (search attributes), filtered by stage/playbook/owner."""
+
+    async def go() -> list[dict[str, Any]]:
+        client = await connect()
+        return await list_lifecycles(client, list_query(stage, playbook, owner, all_), limit)
+
+    rows = run(go())
+    if output == Output.json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("deal", "playbook", "stage", "owner", "next due", "status")
+    for row in rows:
+        table.add_row(row["deal_id"], row["playbook"] or "", row["stage"] or "", row["owner"] or "",
+                      (row["next_due"] or "")[:10], row["status"] or "")
+    out.print(table)
+    out.print(f"{len(rows)} lifecycle(s)", style="dim")
+
+
+@playbook_app.command("validate")
+def playbook_validate(files: list[Path]) -> None:
+    """Check playbooks: schema, every reference (forms, roles, stages, tasks), and that templates exist."""
+    settings, failed = Settings(), False
+    for file in files:
+        try:
+            pb = load_playbook(file, settings.templates_dir)
+        except PlaybookError as exc:
+            failed = True
+            for line in exc.errors:
+                err.print(f"{file}: {line}", highlight=False, soft_wrap=True)
+            continue
+        out.print(f"[green]✓[/green] {file}: {pb.id} v{pb.version}, {len(pb.stages)} stages, {len(pb.forms)} forms, "
+                  f"{len(template_names(pb))} templates", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@playbook_app.command("show")
+def playbook_show(playbook: str, output: OutputOpt = Output.text) -> None:
+    """Summarise a playbook: stages, what opens them, what gates them, where they lead."""
+    pb = load(playbook)
+    if output == Output.json:
+        out.print_json(pb.model_dump_json())
+        return
+    table = Table("stage", "owner", "tasks", "gate", "leads to", title=f"{pb.title or pb.id} v{pb.version}")
+    for stage in pb.stages:
+        gate = [*(f"form {f}" for f in stage.gate.forms), *(f"{r}" for r in stage.gate.fields),
+                *([f"tasks {stage.gate.tasks}"] if stage.gate.tasks else [])]
+        leads = [f"{t.to} ({'advance' if t.advance else t.form or t.event or 'when'})" for t in stage.transitions]
+        if stage.deadline:
+            leads.append(f"{stage.deadline.on_expiry.to} (after {stage.deadline.within})")
+        if stage.terminal:
+            leads.append(f"[bold]ends: {stage.terminal}[/bold]")
+        if stage.cadence:
+            leads.append(f"{stage.cadence.label} every " + ", then ".join(str(p.every) for p in stage.cadence.phases))
+        table.add_row(stage.id, stage.owner or "", "\n".join(t.id for t in stage.tasks), "\n".join(gate),
+                      "\n".join(leads))
+    out.print(table)
+
+
+@app.command()
+def rehearse(
+    playbook: str,
+    scenario: Path,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Run a scenario through the real workflow on virtual time and print the timeline."""
+    from starter.rehearse import load_scenario
+    from starter.rehearse import rehearse as run_rehearsal
+
+    pb = load(playbook)
+    try:
+        sc = load_scenario(scenario)
+        values = check_deal_fields(pb, sc.deal.fields)
+    except (PlaybookError, Rejected) as exc:
+        fail(str(exc))
+    inp = LifecycleInput(deal_id=sc.deal.id, playbook=pb, fields=values, actor="rehearsal")
+    result = asyncio.run(run_rehearsal(inp, sc, Settings().templates_dir))
+    if output == Output.json:
+        for entry in result.timeline:
+            sys.stdout.write(json.dumps(entry, default=str) + "\n")
+    else:
+        table = Table("day", "kind", "stage", "what", title=f"{pb.id}: {sc.name or scenario.name}")
+        for entry in result.timeline:
+            table.add_row(f"{entry['day']:.1f}", entry["kind"], entry.get("stage") or "", _describe(entry))
+        out.print(table)
+        out.print(f"final stage: [cyan]{result.status.stage}[/cyan]"
+                  + (f" ({result.status.outcome})" if result.status.outcome else ""), highlight=False)
+    sys.stdout.flush()
+    # The SDK can crash at interpreter exit after a test server and worker ran (sdk-python #300): exit directly.
+    os._exit(0)
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    kind = entry["kind"]
+    if kind == "stage":
+        return f"{entry.get('from') or 'start'} → {entry['to']} ({entry.get('reason') or entry.get('trigger')})"
+    if kind == "email":
+        what = entry.get("subject") or entry["template"]
+        return f"{what} → {', '.join(entry.get('to', []))} [{entry.get('status', '')}]"
+    if kind == "rejected":
+        return f"{entry.get('step')}: {entry.get('reason')}"
+    parts = [f"{k}={v}" for k, v in entry.items() if k not in ("at", "day", "kind", "stage")]
+    return ", ".join(parts)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Rehearsal: run a playbook on a scenario, through the real workflow and activities, on virtual time.
+
+SOP authors use it to see what their playbook will do over months or years in seconds; the tests use it to check
+the engine end to end. A rehearsal never touches the configured SMTP server or database: mail goes to an
+in-process sink and records to a throwaway SQLite file, and the timeline is read back from those records.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy import select
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.email import SmtpConfig
+from sopflow.constants import SEARCH_ATTRIBUTES, WORKFLOW_ID_PREFIX
+from sopflow.db import Database, JournalRow
+from sopflow.durations import Duration
+from sopflow.mailsink import MailSink
+from sopflow.models import (
+    DEAL_ID_PATTERN,
+    Advance,
+    Close,
+    CompleteTask,
+    ExternalEvent,
+    LifecycleInput,
+    LifecycleStatus,
+    SetFields,
+    SubmitForm,
+)
+from sopflow.playbook import PlaybookError, format_loc
+from starter.binaries import test_server
+from worker import build_worker
+from workflows.lifecycle import ClientLifecycle
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ScenarioDeal(_Strict):
+    id: str = Field(default="REHEARSAL-1", pattern=DEAL_ID_PATTERN)
+    fields: dict[str, Any] = {}
+
+
+class ScenarioStep(_Strict):
+    """One thing a person or system does at a moment: exactly one of form, event, task, advance, set, close."""
+
+    at: Duration
+    form: str | None = None
+    fields: dict[str, Any] = {}
+    event: str | None = None
+    event_id: str | None = None
+    task: str | None = None
+    advance: str | None = None
+    set: dict[str, Any] | None = None
+    close: str | None = Field(default=None, description="lost or cancelled")
+    reason: str | None = None
+    actor: str = "rehearsal"
+
+    @model_validator(mode="after")
+    def _one_action(self) -> ScenarioStep:
+        actions = [self.form, self.event, self.task, self.advance, self.set, self.close]
+        if sum(a is not None for a in actions) != 1:
+            raise ValueError("a step is exactly one of: form, event, task, advance, set, close")
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        for name in ("form", "event", "task", "advance", "close"):
+            value = getattr(self, name)
+            if value is not None:
+                return {"step": name, name: value}
+        return {"step": "set", "fields": sorted(self.set or {})}
+
+
+class Scenario(_Strict):
+    name: str | None = None
+    description: str | None = None
+    deal: ScenarioDeal = ScenarioDeal()
+    steps: list[ScenarioStep] = []
+    until: Duration
+
+
+def load_scenario(path: Path) -> Scenario:
+    try:
+        return Scenario.model_validate(yaml.safe_load(path.read_text()))
+    except OSError as exc:
+        raise PlaybookError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise PlaybookError(str(path), [f"not valid YAML: {exc}"]) from None
+    except ValidationError as exc:
+        raise PlaybookError(str(path), [f"{format_loc(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]) from None
+
+
+@dataclass
+class Rehearsal:
+    started_at: datetime
+    timeline: list[dict[str, Any]]
+    status: LifecycleStatus
+    emails: list[EmailMessage] = field(default_factory=list)
+    duplicates: int = 0
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [entry for entry in self.timeline if entry["kind"] == kind]
+
+
+async def register_search_attributes(client: Client) -> None:
+    """The time-skipping server starts empty; without these, every workflow task fails forever."""
+    kinds = {"KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+             "DATETIME": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME}
+    await client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=client.namespace,
+        search_attributes={key.name: kinds[key.indexed_value_type.name.removeprefix("INDEXED_VALUE_TYPE_")]
+                           for key in SEARCH_ATTRIBUTES},
+    ))
+
+
+async def start_test_env() -> WorkflowEnvironment:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=test_server(), data_converter=pydantic_data_converter
+    )
+    await register_search_attributes(env.client)
+    return env
+
+
+async def _perform(handle: WorkflowHandle[Any, Any], step: ScenarioStep) -> None:
+    if step.form is not None:
+        await handle.execute_update(ClientLifecycle.submit_form,
+                                    SubmitForm(form=step.form, fields=step.fields, actor=step.actor))
+    elif step.event is not None:
+        await handle.signal(ClientLifecycle.event,
+                            ExternalEvent(name=step.event, event_id=step.event_id, source="rehearsal"))
+    elif step.task is not None:
+        await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task=step.task, actor=step.actor))
+    elif step.advance is not None:
+        await handle.execute_update(ClientLifecycle.advance, Advance(to=step.advance, actor=step.actor))
+    elif step.set is not None:
+        await handle.execute_update(ClientLifecycle.set_fields, SetFields(fields=step.set, actor=step.actor))
+    elif step.close is not None:
+        outcome = step.close
+        if outcome not in ("lost", "cancelled"):
+            raise ValueError(f"close must be 'lost' or 'cancelled', not {outcome!r}")
+        await handle.execute_update(ClientLifecycle.close, Close(
+            outcome=outcome, reason=step.reason or "", fields=step.fields, actor=step.actor))
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def rehearse(
+    inp: LifecycleInput, scenario: Scenario, templates_dir: Path, env: WorkflowEnvironment | None = None
+) -> Rehearsal:
+    """Run the scenario to its horizon and return the timeline, final status and captured emails."""
+    own_env = env is None
+    env = env or await start_test_env()
+    try:
+        with tempfile.TemporaryDirectory(prefix="sopflow-rehearsal-") as tmp, MailSink() as sink:
+            db = Database(f"sqlite:///{Path(tmp) / 'records.db'}")
+            db.create_schema()
+            smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow rehearsal <rehearsal@example.com>")
+            task_queue = f"rehearsal-{uuid.uuid4()}"
+            try:
+                async with build_worker(env.client, db, smtp, templates_dir, task_queue=task_queue):
+                    return await _drive(env, inp, scenario, task_queue, db, sink)
+            finally:
+                db.dispose()
+    finally:
+        if own_env:
+            await env.shutdown()
+
+
+async def _drive(
+    env: WorkflowEnvironment, inp: LifecycleInput, scenario: Scenario, task_queue: str, db: Database,
+    sink: MailSink,
+) -> Rehearsal:
+    start = _aware(await env.get_current_time())
+    handle = await env.client.start_workflow(
+        ClientLifecycle.run, inp, id=f"{WORKFLOW_ID_PREFIX}{inp.deal_id}", task_queue=task_queue,
+        static_summary=f"rehearsal of {inp.playbook.id}",
+    )
+    rejected: list[dict[str, Any]] = []
+    steps = sorted(scenario.steps, key=lambda s: s.at.after(start))
+    for step in steps:
+        await _sleep_until(env, step.at.after(start))
+        try:
+            await _perform(handle, step)
+        except WorkflowUpdateFailedError as exc:
+            now = _aware(await env.get_current_time())
+            message = str(exc.cause.message if hasattr(exc.cause, "message") else exc.cause)
+            rejected.append({"at": now, "kind": "rejected", "stage": None, **step.describe(), "reason": message})
+    await _sleep_until(env, scenario.until.after(start))
+    status = await handle.query(ClientLifecycle.status)
+    with db.session() as session:
+        rows = session.scalars(select(JournalRow).order_by(JournalRow.seq)).all()
+        entries = [{"at": _aware(r.at), "kind": r.kind, "stage": r.stage, **r.detail} for r in rows]
+    merged = sorted(entries + rejected, key=lambda e: e["at"])
+    timeline = [{"at": e["at"].isoformat(), "day": round((e["at"] - start).total_seconds() / 86400, 3),
+                 **{k: v for k, v in e.items() if k != "at"}} for e in merged]
+    return Rehearsal(started_at=start, timeline=timeline, status=status, emails=list(sink.messages),
+                     duplicates=sink.duplicates)
+
+
+async def _sleep_until(env: WorkflowEnvironment, target: datetime) -> None:
+    now = _aware(await env.get_current_time())
+    if target > now:
+        await env.sleep(target - now)

@@ -1,0 +1,61 @@
+"""The sopflow worker: runs `ClientLifecycle` and its activities on the `sopflow` task queue.
+
+`build_worker` is shared by `sopflow worker`, `sopflow dev`, `sopflow rehearse` and the tests, so every one of them
+runs the same workflow and activity set, differing only in where mail and records go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.email import EmailActivities, SmtpConfig
+from activities.records import RecordActivities
+from sopflow.config import Settings
+from sopflow.constants import TASK_QUEUE
+from sopflow.db import Database
+from sopflow.templates import TemplateRenderer
+from workflows.lifecycle import ClientLifecycle
+
+
+def smtp_config(settings: Settings) -> SmtpConfig:
+    return SmtpConfig(
+        host=settings.smtp_host, port=settings.smtp_port, mail_from=settings.mail_from,
+        username=settings.smtp_username, password=settings.smtp_password, tls=settings.smtp_tls,
+    )
+
+
+def build_worker(
+    client: Client,
+    db: Database,
+    smtp: SmtpConfig,
+    templates_dir: Path,
+    public_url: str = "http://127.0.0.1:8000",
+    task_queue: str = TASK_QUEUE,
+) -> Worker:
+    emails = EmailActivities(db, TemplateRenderer(templates_dir), smtp, public_url)
+    records = RecordActivities(db)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[ClientLifecycle],
+        activities=[emails.send_email, records.record_journal, records.claim_account, records.release_claims],
+    )
+
+
+async def run_worker(settings: Settings | None = None) -> None:
+    from starter.connect import connect
+
+    settings = settings or Settings()
+    db = Database(settings.database_url)
+    db.create_schema()
+    client = await connect()
+    worker = build_worker(client, db, smtp_config(settings), settings.templates_dir, settings.public_url)
+    await worker.run()
+
+
+if __name__ == "__main__":
+    asyncio.run(run_worker())

@@ -1,0 +1,254 @@
+"""`ClientLifecycle`: one durable workflow per deal, interpreting its pinned playbook for as long as the client lives.
+
+The workflow only routes: requests and timers go to `sopflow.engine.Engine`, which changes the state and queues
+steps; the main loop sends the queued emails and records the queued timeline entries through activities, then
+sleeps until the engine's next timer or the next request.
+
+Update handlers are synchronous apart from `submit_form` (an account claim needs the records store), so a request
+is applied in the activation that validated it, and emails follow from the main loop. Continue-as-new happens when
+the server suggests it and at least once a year, after all handlers finished and every queued step was flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.email import EmailActivities
+    from activities.records import RecordActivities
+    from sopflow.constants import (
+        ACTIVITY_TIMEOUT,
+        MAX_RUN_AGE,
+        SA_NEXT_DUE,
+        SA_OWNER,
+        SA_PLAYBOOK,
+        SA_STAGE,
+    )
+    from sopflow.engine import Engine, Rejected
+    from sopflow.models import (
+        Advance,
+        ClaimRequest,
+        Close,
+        CompleteTask,
+        ExternalEvent,
+        JournalBatch,
+        LifecycleInput,
+        LifecycleStatus,
+        SetFields,
+        SubmitForm,
+    )
+
+EMAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=10))
+RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+# An email that still fails after a day of retries is recorded as failed instead of holding the client's lifecycle.
+EMAIL_GIVE_UP = timedelta(days=1)
+
+
+def _reject(exc: Rejected) -> ApplicationError:
+    return ApplicationError(str(exc), exc.field_errors, type="Rejected", non_retryable=True)
+
+
+@workflow.defn
+class ClientLifecycle:
+    @workflow.init
+    def __init__(self, inp: LifecycleInput) -> None:
+        # Handlers can run before `run` starts: the engine must be complete here.
+        workflow_id = workflow.info().workflow_id
+        self._start_error: Rejected | None = None
+        if inp.state is None:
+            try:
+                self._engine = Engine.start(inp.playbook, inp.deal_id, inp.fields, workflow.now(), workflow_id,
+                                            inp.actor)
+            except Rejected as exc:
+                # Starters validate first; a client that did not gets a failed workflow, not a stuck workflow task.
+                self._start_error = exc
+                self._engine = Engine.start(inp.playbook, inp.deal_id, inp.fields, workflow.now(), workflow_id,
+                                            inp.actor, validate=False)
+        else:
+            self._engine = Engine(inp.playbook, inp.state, workflow_id)
+            self._engine.continued(workflow.now())
+        self._input = inp
+        self._changed = True
+        self._published: dict[str, object] = {}
+
+    @workflow.run
+    async def run(self, inp: LifecycleInput) -> LifecycleStatus:
+        if self._start_error is not None:
+            raise _reject(self._start_error)
+        engine = self._engine
+        while True:
+            await self._flush()
+            if engine.closed:
+                break
+            if self._should_continue_as_new():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                await self._flush()
+                if not engine.closed:
+                    self._continue_as_new()
+            self._publish()
+            self._changed = False
+            wake = engine.next_wakeup()
+            timeout = max(wake.at - workflow.now(), timedelta(seconds=1)) if wake else None
+            try:
+                await workflow.wait_condition(
+                    lambda: self._changed, timeout=timeout, timeout_summary=wake.summary if wake else None
+                )
+            except asyncio.TimeoutError:
+                pass
+            engine.tick(workflow.now())
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._flush()
+        self._publish()
+        if engine.state.outcome != "won" and any(f.claims for f in inp.playbook.forms.values()):
+            await workflow.execute_activity_method(
+                RecordActivities.release_claims, engine.state.deal_id,
+                start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RECORD_RETRY,
+            )
+        return engine.status(workflow.now())
+
+    # --- updates ---------------------------------------------------------------------------------------------------
+
+    @workflow.update
+    async def submit_form(self, req: SubmitForm) -> LifecycleStatus:
+        values = self._engine.check_submit(req, workflow.now())
+        key = self._engine.claim_key(req, values)
+        if key is not None:
+            claim = await workflow.execute_activity_method(
+                RecordActivities.claim_account,
+                ClaimRequest(playbook=self._input.playbook.id, account_key=key, deal_id=self._engine.state.deal_id,
+                             at=workflow.now()),
+                start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RECORD_RETRY,
+            )
+            if not claim.granted:
+                raise ApplicationError(
+                    f"account '{key}' is already claimed by deal {claim.holder_deal_id}; contact the partner "
+                    "manager to discuss the opportunity", type="Rejected", non_retryable=True,
+                )
+        return self._apply(lambda now: self._engine.submit_form(req, now))
+
+    @submit_form.validator
+    def _check_submit_form(self, req: SubmitForm) -> None:
+        self._check(lambda: self._engine.check_submit(req, workflow.now()))
+
+    @workflow.update
+    def complete_task(self, req: CompleteTask) -> LifecycleStatus:
+        return self._apply(lambda now: self._engine.complete_task(req, now))
+
+    @complete_task.validator
+    def _check_complete_task(self, req: CompleteTask) -> None:
+        self._check(lambda: self._engine.check_task(req))
+
+    @workflow.update
+    def advance(self, req: Advance) -> LifecycleStatus:
+        return self._apply(lambda now: self._engine.advance(req, now))
+
+    @advance.validator
+    def _check_advance(self, req: Advance) -> None:
+        self._check(lambda: self._engine.check_advance(req))
+
+    @workflow.update
+    def set_fields(self, req: SetFields) -> LifecycleStatus:
+        return self._apply(lambda now: self._engine.set_fields(req, now))
+
+    @set_fields.validator
+    def _check_set_fields(self, req: SetFields) -> None:
+        self._check(lambda: self._engine.check_set_fields(req))
+
+    @workflow.update
+    def close(self, req: Close) -> LifecycleStatus:
+        return self._apply(lambda now: self._engine.close(req, now))
+
+    @close.validator
+    def _check_close(self, req: Close) -> None:
+        self._check(lambda: self._engine.check_close(req))
+
+    # --- signal, query ---------------------------------------------------------------------------------------------
+
+    @workflow.signal
+    def event(self, event: ExternalEvent) -> None:
+        self._engine.event(event, workflow.now())
+        self._changed = True
+
+    @workflow.query
+    def status(self) -> LifecycleStatus:
+        return self._engine.status(workflow.now())
+
+    # --- helpers ---------------------------------------------------------------------------------------------------
+
+    def _check(self, check: object) -> None:
+        if self._start_error is not None:
+            raise _reject(self._start_error)
+        try:
+            check()  # type: ignore[operator]
+        except Rejected as exc:
+            raise _reject(exc) from None
+
+    def _apply(self, change: object) -> LifecycleStatus:
+        now = workflow.now()
+        try:
+            change(now)  # type: ignore[operator]
+        except Rejected as exc:  # the state moved on between validation and handling
+            raise _reject(exc) from None
+        self._changed = True
+        return self._engine.status(now)
+
+    async def _flush(self) -> None:
+        """Send queued emails one by one (in order), then record the timeline entries in one activity."""
+        while self._engine.steps:
+            steps = self._engine.take_steps()
+            for step in steps:
+                if step.email is None:
+                    continue
+                try:
+                    result = await workflow.execute_activity_method(
+                        EmailActivities.send_email, step.email,
+                        start_to_close_timeout=ACTIVITY_TIMEOUT, schedule_to_close_timeout=EMAIL_GIVE_UP,
+                        retry_policy=EMAIL_RETRY, summary=f"email {step.email.template}",
+                    )
+                    step.entry.detail.update(status=result.status, subject=result.subject,
+                                             message_id=result.message_id)
+                except ActivityError as err:
+                    cause = err.cause or err
+                    step.entry.detail.update(status="failed", error=str(cause))
+            state = self._engine.state
+            await workflow.execute_activity_method(
+                RecordActivities.record_journal,
+                JournalBatch(workflow_id=self._engine.workflow_id, deal_id=state.deal_id,
+                             playbook=self._input.playbook.id, entries=[s.entry for s in steps]),
+                start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RECORD_RETRY, summary="record timeline",
+            )
+
+    def _should_continue_as_new(self) -> bool:
+        state = self._engine.state
+        return workflow.info().is_continue_as_new_suggested() or workflow.now() >= state.run_started_at + MAX_RUN_AGE
+
+    def _continue_as_new(self) -> None:
+        # No await since the last flush emptied the queue, so no handler can have queued a step we would drop.
+        state = self._engine.state
+        workflow.continue_as_new(LifecycleInput(deal_id=state.deal_id, playbook=self._input.playbook, state=state))
+
+    def _publish(self) -> None:
+        """Search attributes and UI details; only changed attributes are upserted, to keep history small."""
+        engine = self._engine
+        now = workflow.now()
+        values: dict[str, object] = {
+            SA_STAGE.name: engine.state.stage,
+            SA_PLAYBOOK.name: self._input.playbook.id,
+            SA_OWNER.name: engine.owner(),
+            SA_NEXT_DUE.name: engine.next_due(),
+        }
+        updates: list[SearchAttributeUpdate] = []
+        for key in (SA_STAGE, SA_PLAYBOOK, SA_OWNER, SA_NEXT_DUE):
+            value = values[key.name]
+            if key.name in self._published and self._published[key.name] == value:
+                continue
+            self._published[key.name] = value
+            updates.append(key.value_unset() if value is None else key.value_set(value))  # type: ignore[arg-type]
+        if updates:
+            workflow.upsert_search_attributes(updates)
+        workflow.set_current_details(engine.details_markdown(now))
