@@ -262,10 +262,12 @@ class Engine:
             if cad.date_field and values.get(cad.date_field):
                 logged_at = datetime.combine(datetime.fromisoformat(values[cad.date_field]).date(), now.timetz())
             cad_state.logged += 1
-            cad_state.last_logged_at = logged_at
-            cad_state.base = max(logged_at, cad_state.anchor)
-            cad_state.next_due = cadence_rules.next_due(cad, cad_state.anchor, cad_state.base)
-            cad_state.reminded = cad_state.announced = False
+            cad_state.last_logged_at = max(logged_at, cad_state.last_logged_at or logged_at)
+            # A visit logged late for an earlier date never moves the schedule back.
+            if logged_at > cad_state.base:
+                cad_state.base = logged_at
+                cad_state.next_due = cadence_rules.next_due(cad, cad_state.anchor, cad_state.base)
+                cad_state.reminded = cad_state.announced = False
             detail["next_due"] = cad_state.next_due.isoformat()
         self._log("form", now, **detail)
         self._run_actions(self.playbook.forms[req.form].on_submit, now, f"form-{req.form}", {"form": values})
@@ -533,7 +535,6 @@ class Engine:
         if stage.terminal:
             state.outcome, state.close_reason = stage.terminal, reason
         ctx = self.context()
-        self._run_actions(stage.on_enter, now, f"enter-{stage.id}", {})
         for spec in stage.tasks:
             if evaluate(spec.when, ctx):
                 due_at = spec.due.after(now) if spec.due else None
@@ -548,6 +549,8 @@ class Engine:
             anchor = self._date_ref(stage.cadence.anchor, now) if stage.cadence.anchor else now
             state.cadence = CadenceState(label=stage.cadence.label, anchor=anchor, base=anchor,
                                          next_due=cadence_rules.next_due(stage.cadence, anchor, anchor))
+        # Entry emails go out last, so they can quote the stage's deadline and due dates.
+        self._run_actions(stage.on_enter, now, f"enter-{stage.id}", {})
 
     def _date_ref(self, ref: str, now: datetime) -> datetime:
         """A date field as a moment: that day at the current time of day; `now` when the field is not set."""

@@ -27,7 +27,7 @@ class FieldErrors(ValueError):
 
 
 def is_blank(value: Any) -> bool:
-    return value is None or value == "" or value == []
+    return value is None or value == [] or (isinstance(value, str) and not value.strip())
 
 
 def coerce(spec: FieldSpec, value: Any) -> Any:

@@ -342,7 +342,7 @@ def parse_playbook(data: Any, source: str = "<playbook>", templates_dir: Path | 
         errors = []
         for err in exc.errors():
             # Pydantic names the union/model branch in the loc (e.g. 'function-after[...]'); users need the path only.
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
             errors.append(f"{format_loc(loc)}: {err['msg'].removeprefix('Value error, ')}")
         raise PlaybookError(source, errors) from None
     problems = check_references(playbook, templates_dir)

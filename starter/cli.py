@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -253,8 +253,8 @@ def deal_start(
                 task_queue=TASK_QUEUE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 static_summary=f"{pb.title or pb.id} (v{pb.version}) · deal {deal_id}",
-                search_attributes=TypedSearchAttributes([SA_PLAYBOOK.value_set(pb.id),
-                                                         SA_STAGE.value_set(pb.stages[0].id)]),
+                search_attributes=TypedSearchAttributes([SearchAttributePair(SA_PLAYBOOK, pb.id),
+                                                         SearchAttributePair(SA_STAGE, pb.stages[0].id)]),
             )
         except Exception as exc:  # WorkflowAlreadyStartedError has no stable import path across SDK versions
             if type(exc).__name__ == "WorkflowAlreadyStartedError":

@@ -7,10 +7,11 @@ in-process sink and records to a throwaway SQLite file, and the timeline is read
 
 from __future__ import annotations
 
+import re
 import tempfile
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -135,10 +136,26 @@ async def start_test_env() -> WorkflowEnvironment:
     return env
 
 
-async def _perform(handle: WorkflowHandle[Any, Any], step: ScenarioStep) -> None:
+_RELATIVE_DAY = re.compile(r"^\$today(?:([+-])(\d+)d)?$")
+
+
+def resolve_dates(values: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Scenario values `$today`, `$today-3d`, `$today+2d` become ISO dates on the rehearsal's virtual clock, so a
+    scenario written once stays valid whatever day it is rehearsed on."""
+    resolved = {}
+    for key, value in values.items():
+        match = _RELATIVE_DAY.match(value) if isinstance(value, str) else None
+        if match:
+            sign, days = match.group(1), int(match.group(2) or 0)
+            value = (now + timedelta(days=-days if sign == "-" else days)).date().isoformat()
+        resolved[key] = value
+    return resolved
+
+
+async def _perform(handle: WorkflowHandle[Any, Any], step: ScenarioStep, now: datetime) -> None:
     if step.form is not None:
-        await handle.execute_update(ClientLifecycle.submit_form,
-                                    SubmitForm(form=step.form, fields=step.fields, actor=step.actor))
+        await handle.execute_update(ClientLifecycle.submit_form, SubmitForm(
+            form=step.form, fields=resolve_dates(step.fields, now), actor=step.actor))
     elif step.event is not None:
         await handle.signal(ClientLifecycle.event,
                             ExternalEvent(name=step.event, event_id=step.event_id, source="rehearsal"))
@@ -147,7 +164,8 @@ async def _perform(handle: WorkflowHandle[Any, Any], step: ScenarioStep) -> None
     elif step.advance is not None:
         await handle.execute_update(ClientLifecycle.advance, Advance(to=step.advance, actor=step.actor))
     elif step.set is not None:
-        await handle.execute_update(ClientLifecycle.set_fields, SetFields(fields=step.set, actor=step.actor))
+        await handle.execute_update(ClientLifecycle.set_fields,
+                                    SetFields(fields=resolve_dates(step.set, now), actor=step.actor))
     elif step.close is not None:
         outcome = step.close
         if outcome not in ("lost", "cancelled"):
@@ -196,7 +214,7 @@ async def _drive(
     for step in steps:
         await _sleep_until(env, step.at.after(start))
         try:
-            await _perform(handle, step)
+            await _perform(handle, step, _aware(await env.get_current_time()))
         except WorkflowUpdateFailedError as exc:
             now = _aware(await env.get_current_time())
             message = str(exc.cause.message if hasattr(exc.cause, "message") else exc.cause)

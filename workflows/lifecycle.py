@@ -12,7 +12,7 @@ the server suggests it and at least once a year, after all handlers finished and
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
         SA_PLAYBOOK,
         SA_STAGE,
     )
-    from sopflow.engine import Engine, Rejected
+    from sopflow.engine import Engine, Rejected, Wakeup
     from sopflow.models import (
         Advance,
         ClaimRequest,
@@ -75,6 +75,9 @@ class ClientLifecycle:
         self._input = inp
         self._changed = True
         self._published: dict[str, object] = {}
+        # Pending wake-ups by fire time. Timers are never cancelled: a stale one fires into a no-op tick. Cancelling
+        # races with a timer firing at the same instant (the time-skipping server then rejects the workflow task).
+        self._timers: dict[datetime, asyncio.Task[None]] = {}
 
     @workflow.run
     async def run(self, inp: LifecycleInput) -> LifecycleStatus:
@@ -92,14 +95,9 @@ class ClientLifecycle:
                     self._continue_as_new()
             self._publish()
             self._changed = False
-            wake = engine.next_wakeup()
-            timeout = max(wake.at - workflow.now(), timedelta(seconds=1)) if wake else None
-            try:
-                await workflow.wait_condition(
-                    lambda: self._changed, timeout=timeout, timeout_summary=wake.summary if wake else None
-                )
-            except asyncio.TimeoutError:
-                pass
+            self._arm_timer(engine.next_wakeup())
+            await workflow.wait_condition(lambda: self._changed or any(t.done() for t in self._timers.values()))
+            self._timers = {at: t for at, t in self._timers.items() if not t.done()}
             engine.tick(workflow.now())
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._flush()
@@ -222,6 +220,14 @@ class ClientLifecycle:
                              playbook=self._input.playbook.id, entries=[s.entry for s in steps]),
                 start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RECORD_RETRY, summary="record timeline",
             )
+
+    def _arm_timer(self, wake: Wakeup | None) -> None:
+        """Make sure some timer fires no later than `wake`; an earlier pending timer already re-evaluates then."""
+        if wake is None or any(at <= wake.at for at in self._timers):
+            return
+        delay = max(wake.at - workflow.now(), timedelta(seconds=1))
+        fires_at = workflow.now() + delay
+        self._timers[fires_at] = asyncio.create_task(workflow.sleep(delay, summary=wake.summary))
 
     def _should_continue_as_new(self) -> bool:
         state = self._engine.state

@@ -1,0 +1,273 @@
+"""Field coercion: what staff type becomes one canonical JSON value, or a message meant for them."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from sopflow.fields import FieldErrors, coerce, validate_values
+from sopflow.playbook import FieldSpec, FieldType
+
+TIERS = ["Basic", "Standard", "Premium"]
+SERVICES = ["Balance assessment", "Fall-risk screening", "Therapy program"]
+
+
+def spec(kind: FieldType, *, required: bool = False, options: list[str] | None = None) -> FieldSpec:
+    return FieldSpec(type=kind, required=required, options=options)
+
+
+# --- text, email --------------------------------------------------------------------------------------------
+
+
+def test_text_is_trimmed() -> None:
+    assert coerce(spec("text"), "  Acme Clinic  ") == "Acme Clinic"
+
+
+def test_text_accepts_numbers_as_text() -> None:
+    assert coerce(spec("text"), 42) == "42"
+
+
+@pytest.mark.parametrize("value", [True, ["a"], {"a": 1}, None])
+def test_text_rejects_non_scalar_values(value: Any) -> None:
+    with pytest.raises(ValueError, match="expected text"):
+        coerce(spec("text"), value)
+
+
+def test_email_is_trimmed_and_kept_as_typed() -> None:
+    assert coerce(spec("email"), " Sam.Signer@Acme.example ") == "Sam.Signer@Acme.example"
+
+
+@pytest.mark.parametrize("value", ["sam", "sam@acme", "sam @acme.com", "@acme.com", "sam@@acme.com"])
+def test_email_rejects_text_that_is_not_an_address(value: str) -> None:
+    with pytest.raises(ValueError, match="is not an email address"):
+        coerce(spec("email"), value)
+
+
+# --- date, datetime -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["2025-01-31", " 2025-01-31 ", date(2025, 1, 31), datetime(2025, 1, 31, 17, 30, tzinfo=UTC)]
+)
+def test_date_becomes_iso_text(value: Any) -> None:
+    assert coerce(spec("date"), value) == "2025-01-31"
+
+
+@pytest.mark.parametrize("value", ["31/01/2025", "2025-02-30", "tomorrow"])
+def test_date_rejects_non_iso_or_impossible_dates(value: str) -> None:
+    with pytest.raises(ValueError, match=r"is not a date \(YYYY-MM-DD\)"):
+        coerce(spec("date"), value)
+
+
+def test_naive_datetime_is_taken_as_utc() -> None:
+    assert coerce(spec("datetime"), "2025-01-31T09:00") == "2025-01-31T09:00:00+00:00"
+    assert coerce(spec("datetime"), datetime(2025, 1, 31, 9)) == "2025-01-31T09:00:00+00:00"
+
+
+def test_aware_datetime_is_converted_to_utc() -> None:
+    eastern = timezone(timedelta(hours=-5))
+    assert coerce(spec("datetime"), datetime(2025, 1, 31, 9, tzinfo=eastern)) == "2025-01-31T14:00:00+00:00"
+    assert coerce(spec("datetime"), "2025-01-31T09:00:00+02:00") == "2025-01-31T07:00:00+00:00"
+
+
+def test_datetime_rejects_text_that_is_not_iso_8601() -> None:
+    with pytest.raises(ValueError, match=r"is not a date-time \(ISO 8601\)"):
+        coerce(spec("datetime"), "Jan 31 at 9")
+
+
+# --- number, money ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [("12", 12), (" 12 ", 12), ("12.0", 12), (12, 12),
+                                                 ("1.5", 1.5), (-3, -3), (2.25, 2.25)])
+def test_number_accepts_text_and_numbers_and_keeps_whole_numbers_integral(value: Any,
+                                                                          expected: float) -> None:
+    result = coerce(spec("number"), value)
+    assert result == expected
+    assert type(result) is type(expected)
+
+
+@pytest.mark.parametrize("value", ["twelve", "", "nan", "inf", "-inf", [1]])
+def test_number_rejects_text_that_is_not_a_finite_number(value: Any) -> None:
+    with pytest.raises(ValueError, match=r"is not a (finite )?number"):
+        coerce(spec("number"), value)
+
+
+def test_number_rejects_booleans() -> None:
+    with pytest.raises(ValueError, match="expected a number"):
+        coerce(spec("number"), True)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1500", "1500.00"), ("1500.5", "1500.50"), ("1,500.25", "1500.25"), ("$1,500", "1500.00"),
+     (1500, "1500.00"), (12.5, "12.50"), ("0.10", "0.10")],
+)
+def test_money_becomes_a_two_decimal_string_never_a_float(value: Any, expected: str) -> None:
+    result = coerce(spec("money"), value)
+    assert result == expected
+    assert isinstance(result, str)
+
+
+@pytest.mark.parametrize("value", ["1500.255", "0.001", 1.005])
+def test_money_rejects_more_than_two_decimals(value: Any) -> None:
+    with pytest.raises(ValueError, match="is not an amount with at most 2 decimals"):
+        coerce(spec("money"), value)
+
+
+@pytest.mark.parametrize("value", ["lots", "NaN", "Infinity"])
+def test_money_rejects_text_that_is_not_an_amount(value: str) -> None:
+    with pytest.raises(ValueError, match="is not an amount"):
+        coerce(spec("money"), value)
+
+
+def test_money_rejects_booleans() -> None:
+    with pytest.raises(ValueError, match="expected an amount"):
+        coerce(spec("money"), False)
+
+
+# --- choice, multi_choice -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["Premium", "premium", " PREMIUM "])
+def test_choice_matches_case_insensitively_and_returns_the_canonical_spelling(value: str) -> None:
+    assert coerce(spec("choice", options=TIERS), value) == "Premium"
+
+
+def test_choice_rejects_other_values_listing_the_options() -> None:
+    with pytest.raises(ValueError, match="'Gold' is not one of: Basic, Standard, Premium"):
+        coerce(spec("choice", options=TIERS), "Gold")
+
+
+def test_multi_choice_accepts_comma_separated_text() -> None:
+    value = "therapy program, balance ASSESSMENT"
+    assert coerce(spec("multi_choice", options=SERVICES), value) == ["Therapy program", "Balance assessment"]
+
+
+def test_multi_choice_accepts_a_list() -> None:
+    assert coerce(spec("multi_choice", options=SERVICES), ["fall-risk screening"]) == ["Fall-risk screening"]
+
+
+def test_multi_choice_drops_repeats_keeping_the_first_order() -> None:
+    value = ["Therapy program", "balance assessment", "THERAPY PROGRAM"]
+    assert coerce(spec("multi_choice", options=SERVICES), value) == ["Therapy program", "Balance assessment"]
+
+
+def test_multi_choice_ignores_empty_items_in_text() -> None:
+    assert coerce(spec("multi_choice", options=SERVICES), "Therapy program,, ") == ["Therapy program"]
+
+
+def test_multi_choice_rejects_an_unknown_option() -> None:
+    with pytest.raises(ValueError, match="'Yoga' is not one of: Balance assessment"):
+        coerce(spec("multi_choice", options=SERVICES), "Therapy program, Yoga")
+
+
+# --- bool ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [True, "yes", "Yes", "true", "TRUE", "y", "1", "on", 1])
+def test_bool_accepts_yes_and_true_spellings(value: Any) -> None:
+    assert coerce(spec("bool"), value) is True
+
+
+@pytest.mark.parametrize("value", [False, "no", "No", "false", "n", "0", "off", 0])
+def test_bool_accepts_no_and_false_spellings(value: Any) -> None:
+    assert coerce(spec("bool"), value) is False
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", ""])
+def test_bool_rejects_anything_else(value: str) -> None:
+    with pytest.raises(ValueError, match="is not yes/no"):
+        coerce(spec("bool"), value)
+
+
+# --- validate_values ----------------------------------------------------------------------------------------
+
+FORM = {
+    "company": spec("text", required=True),
+    "signer_email": spec("email", required=True),
+    "service_tier": spec("choice", required=True, options=TIERS),
+    "monthly_fee": spec("money"),
+    "notes": spec("text"),
+}
+COMPLETE = {"company": "Acme", "signer_email": "a@b.co", "service_tier": "Basic"}
+
+
+def test_valid_values_come_back_canonical() -> None:
+    values = {"company": " Acme ", "signer_email": "sam@acme.example", "service_tier": "basic",
+              "monthly_fee": "99"}
+    assert validate_values(FORM, values) == {
+        "company": "Acme", "signer_email": "sam@acme.example", "service_tier": "Basic",
+        "monthly_fee": "99.00",
+    }
+
+
+def test_blank_optional_values_become_none() -> None:
+    values = {"company": "Acme", "signer_email": "sam@acme.example", "service_tier": "Basic", "notes": ""}
+    assert validate_values(FORM, values)["notes"] is None
+
+
+def test_unknown_field_is_rejected_naming_the_known_fields() -> None:
+    with pytest.raises(FieldErrors) as caught:
+        validate_values(FORM, {**COMPLETE, "colour": "red"})
+    assert caught.value.errors == {
+        "colour": "unknown field (known: company, monthly_fee, notes, service_tier, signer_email)"
+    }
+
+
+def test_missing_required_fields_are_reported_as_required() -> None:
+    with pytest.raises(FieldErrors) as caught:
+        validate_values(FORM, {"company": "Acme"})
+    assert caught.value.errors == {"signer_email": "required", "service_tier": "required"}
+
+
+def test_blank_required_field_counts_as_missing() -> None:
+    with pytest.raises(FieldErrors) as caught:
+        validate_values(FORM, {"company": "", "signer_email": "a@b.co", "service_tier": "Basic"})
+    assert caught.value.errors == {"company": "required"}
+
+
+def test_required_fields_may_come_from_previous_values() -> None:
+    assert validate_values(FORM, {"notes": "call first"}, previous=COMPLETE) == {"notes": "call first"}
+
+
+def test_partial_mode_does_not_require_missing_fields() -> None:
+    assert validate_values(FORM, {"monthly_fee": "120"}, partial=True) == {"monthly_fee": "120.00"}
+
+
+def test_partial_mode_refuses_to_clear_a_required_field() -> None:
+    with pytest.raises(FieldErrors) as caught:
+        validate_values(FORM, {"company": None}, partial=True)
+    assert caught.value.errors == {"company": "required: cannot be cleared"}
+
+
+def test_partial_mode_allows_clearing_an_optional_field() -> None:
+    assert validate_values(FORM, {"notes": ""}, partial=True) == {"notes": None}
+
+
+def test_partial_mode_refuses_to_clear_a_required_text_field_with_whitespace() -> None:
+    with pytest.raises(FieldErrors) as caught:
+        validate_values(FORM, {"company": "   "}, partial=True)
+    assert caught.value.errors == {"company": "required: cannot be cleared"}
+
+
+def test_all_errors_are_reported_at_once_field_by_field() -> None:
+    values = {"signer_email": "not-an-address", "service_tier": "Gold", "monthly_fee": "9.999",
+              "colour": "red"}
+    with pytest.raises(FieldErrors) as caught:
+        validate_values(FORM, values)
+    errors = caught.value.errors
+    assert set(errors) == {"company", "signer_email", "service_tier", "monthly_fee", "colour"}
+    assert errors["company"] == "required"
+    assert "is not an email address" in errors["signer_email"]
+    assert "is not one of: Basic, Standard, Premium" in errors["service_tier"]
+    assert "at most 2 decimals" in errors["monthly_fee"]
+    assert errors["colour"].startswith("unknown field")
+
+
+def test_field_errors_message_lists_every_field_and_is_a_value_error() -> None:
+    error = FieldErrors({"company": "required", "service_tier": "'Gold' is not one of: Basic"})
+    assert isinstance(error, ValueError)
+    assert str(error) == "company: required; service_tier: 'Gold' is not one of: Basic"

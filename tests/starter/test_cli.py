@@ -1,0 +1,151 @@
+"""The `sopflow` CLI against a real dev server: search attributes, visibility filters, one-line rejections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from sopflow.constants import SA_NEXT_DUE, SA_OWNER, SA_PLAYBOOK, SA_STAGE, TASK_QUEUE
+from sopflow.db import Database
+from sopflow.mailsink import MailSink, free_port
+from tests.conftest import TEMPLATES
+from worker import build_worker
+
+SOPFLOW = str(Path(sys.executable).parent / "sopflow")
+TARGETING = ["company=Lakeside Clinic {n}", "signer_name=Client Signer", "signer_email=signer@example.com",
+             "service_tier=Premium"]
+
+
+class Cli:
+    def __init__(self, address: str) -> None:
+        self.env = {**os.environ, "TEMPORAL_ADDRESS": address, "TEMPORAL_NAMESPACE": "default",
+                    "COLUMNS": "200"}
+
+    async def __call__(self, *args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            SOPFLOW, *args, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+        return proc.returncode or 0, stdout.decode(), stderr.decode()
+
+    async def ok(self, *args: str) -> str:
+        code, stdout, stderr = await self(*args)
+        assert code == 0, f"sopflow {' '.join(args)} failed: {stderr}"
+        return stdout
+
+
+@pytest.fixture
+async def cli(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Cli]:
+    """A worker on the real task queue of the session's dev server, and the CLI pointed at that server."""
+    db = Database(f"sqlite:///{tmp_path / 'records.db'}")
+    db.create_schema()
+    from activities.email import SmtpConfig
+
+    with MailSink() as sink:
+        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
+        async with build_worker(dev_env.client, db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
+            yield Cli(dev_env.client.service_client.config.target_host)
+    db.dispose()
+
+
+async def eventually(check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+    """Visibility is eventually consistent: poll (briefly) until the check passes or the deadline is reached."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await check()
+        except AssertionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def test_list_filters_by_stage_and_playbook_through_search_attributes(cli: Cli, dev_env: WorkflowEnvironment):
+    run_id = uuid.uuid4().hex[:8]
+    deals = [f"T{run_id}-{n}" for n in range(3)]
+    for deal in deals:
+        await cli.ok("deal", "start", "--deal-id", deal, "--playbook", "safe_balance",
+                     "-f", "rep_email=rep@example.com", "-f", "rep_id=owner-42")
+    fields = [arg for pair in TARGETING for arg in ("-f", pair.format(n=run_id))]
+    await cli.ok("form", "submit", deals[0], "targeting", *fields)
+
+    async def listed(stage: str) -> list[str]:
+        rows = json.loads(await cli.ok("list", "--stage", stage, "--playbook", "safe_balance", "-o", "json"))
+        return sorted(row["deal_id"] for row in rows if row["deal_id"].startswith(f"T{run_id}"))
+
+    async def check_stages() -> None:
+        assert await listed("contract_request") == deals[:1]
+        assert await listed("targeting") == deals[1:]
+
+    await eventually(check_stages)
+
+    description = await dev_env.client.get_workflow_handle(f"deal-{deals[0]}").describe()
+    attrs = description.typed_search_attributes
+    assert attrs.get(SA_STAGE) == "contract_request"
+    assert attrs.get(SA_PLAYBOOK) == "safe_balance"
+    assert attrs.get(SA_OWNER) == "rep:owner-42"
+    assert attrs.get(SA_NEXT_DUE) is None  # nothing is scheduled while a contract request is awaited
+    assert "@" not in description.id and all("@" not in str(v.value) for v in attrs)
+
+
+async def test_contract_stage_publishes_next_due_and_ui_details(cli: Cli, dev_env: WorkflowEnvironment):
+    deal = f"T{uuid.uuid4().hex[:8]}"
+    await cli.ok("deal", "start", "--deal-id", deal, "--playbook", "safe_balance", "-f", "rep_email=rep@example.com")
+    await cli.ok("form", "submit", deal, "targeting", *[a for p in TARGETING for a in ("-f", p.format(n=deal))])
+    await cli.ok("form", "submit", deal, "contract_request", "-f", "agreement=Safe Balance", "-f", "term_months=24",
+                 "-f", "client_agreed_on=2026-01-05")
+    handle = dev_env.client.get_workflow_handle(f"deal-{deal}")
+
+    async def check() -> None:
+        description = await handle.describe()
+        next_due = description.typed_search_attributes.get(SA_NEXT_DUE)
+        assert next_due is not None
+        assert 13.9 < (next_due - description.start_time).total_seconds() / 86400 < 14.1
+        summary = await description.static_summary()
+        assert summary and deal in summary
+        metadata = await handle.query("__temporal_workflow_metadata")
+        assert "contract expires due" in metadata.current_details
+
+    await eventually(check)
+    status = json.loads(await cli.ok("status", deal, "-o", "json"))
+    assert status["stage"] == "contract" and status["due"][0]["label"] == "contract expires"
+
+
+async def test_rejected_advance_prints_one_line_naming_what_is_missing_and_exits_1(cli: Cli):
+    deal = f"T{uuid.uuid4().hex[:8]}"
+    await cli.ok("deal", "start", "--deal-id", deal, "--playbook", "safe_balance", "-f", "rep_email=rep@example.com")
+    code, stdout, stderr = await cli("advance", deal, "launch")
+    assert code == 1 and stdout == ""
+    assert stderr.strip().splitlines() == [
+        "error: cannot advance from 'targeting' to 'launch' (allowed: none: it moves on by itself, or close it)"]
+
+    code, _, stderr = await cli("form", "submit", deal, "targeting", "-f", "company=X", "-f", "signer_email=nope")
+    assert code == 1 and len(stderr.strip().splitlines()) == 1
+    assert "signer_email: 'nope' is not an email address" in stderr and "signer_name: required" in stderr
+
+    code, _, stderr = await cli("deal", "start", "--deal-id", deal, "--playbook", "safe_balance",
+                                "-f", "rep_email=rep@example.com")
+    assert code == 1 and "already has a running lifecycle" in stderr
+
+    code, _, stderr = await cli("event", deal, "contract_sgned")
+    assert code == 1 and "unknown event 'contract_sgned'" in stderr
+
+
+async def test_deal_ids_that_look_like_personal_data_are_refused(cli: Cli):
+    code, _, stderr = await cli("deal", "start", "--deal-id", "jane@example.com", "--playbook", "safe_balance",
+                                "-f", "rep_email=rep@example.com")
+    assert code == 1 and "never a name or email" in stderr
+
+
+async def test_without_a_server_the_cli_says_how_to_start_one():
+    cli = Cli(f"127.0.0.1:{free_port()}")
+    code, stdout, stderr = await cli("status", "D-404")
+    assert code == 1 and stdout == ""
+    assert "make dev" in stderr and len(stderr.strip().splitlines()) == 1

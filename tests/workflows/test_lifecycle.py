@@ -1,0 +1,217 @@
+"""ClientLifecycle through the real workflow, activities, SMTP sink and SQLite, on the time-skipping server."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+
+from sopflow.constants import WORKFLOW_ID_PREFIX
+from sopflow.models import Advance, CompleteTask, ExternalEvent, LifecycleInput, LifecycleStatus, SubmitForm
+from sopflow.playbook import Playbook
+from starter.rehearse import Rehearsal, Scenario, rehearse
+from tests.conftest import TEMPLATES, make_worker
+from workflows.lifecycle import ClientLifecycle
+
+DEAL = {"rep_email": "rep@example.com", "rep_id": "owner-17", "account_manager_email": "am@example.com"}
+TARGETING = {"company": "Sunrise Care Center", "signer_name": "Client Signer", "signer_email": "signer@example.com",
+             "service_tier": "Standard"}
+CONTRACT_REQUEST = {"agreement": "Safe Balance", "term_months": 12, "client_agreed_on": "2020-01-01"}
+PRELAUNCH_TASKS = ["onsite_appointment", "services_onboarded", "prelaunch_call", "cleared_for_launch"]
+
+
+def sales_steps(signed_on: str | None = "10d") -> list[dict[str, Any]]:
+    """Targeting on day 0, contract request on day 1 (contract sent), optionally signed."""
+    steps: list[dict[str, Any]] = [
+        {"at": "0d", "form": "targeting", "fields": TARGETING},
+        {"at": "1d", "form": "contract_request", "fields": CONTRACT_REQUEST},
+    ]
+    if signed_on:
+        steps.append({"at": signed_on, "event": "contract_signed", "event_id": "envelope-1/completed"})
+    return steps
+
+
+def launched_steps() -> list[dict[str, Any]]:
+    """Signed on day 3, pre-launch done by day 5, launched and closed out on day 6: ongoing from day 6."""
+    return [
+        *sales_steps("3d"),
+        *({"at": "4d", "task": task} for task in PRELAUNCH_TASKS),
+        {"at": "4d", "set": {"launch_date": "2030-01-01"}},
+        {"at": "5d", "advance": "launch"},
+        {"at": "6d", "task": "launch_checklist"},
+        {"at": "6d", "form": "closeout", "fields": {"launched_on": "2020-01-01", "staff_trained": "yes",
+                                                    "all_running": "yes"}},
+    ]
+
+
+async def run(env: WorkflowEnvironment, playbook: Playbook, steps: list[dict[str, Any]], until: str,
+              deal_id: str = "D-1") -> Rehearsal:
+    scenario = Scenario.model_validate({"deal": {"id": deal_id, "fields": DEAL}, "steps": steps, "until": until})
+    return await rehearse(LifecycleInput(deal_id=deal_id, playbook=playbook, fields=DEAL), scenario, TEMPLATES, env)
+
+
+def day_of(entry: dict[str, Any]) -> float:
+    return float(entry["day"])
+
+
+def stage_moves(result: Rehearsal) -> list[tuple[str, float]]:
+    return [(e["to"], day_of(e)) for e in result.of_kind("stage")]
+
+
+def days_between(a: str, b: str) -> float:
+    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds() / 86400
+
+
+async def test_unsigned_contract_expires_exactly_14_days_after_sending_with_reminders_before(ts_env, safe_balance):
+    result = await run(ts_env, safe_balance, sales_steps(signed_on=None), until="20d")
+
+    moves = stage_moves(result)
+    assert ("contract", 1.0) in moves
+    expiry = next(e for e in result.of_kind("stage") if e["to"] == "contract_expired")
+    assert expiry["trigger"] == "deadline" and day_of(expiry) == pytest.approx(15.0, abs=0.01)
+    reminders = [day_of(e) for e in result.of_kind("reminder") if e.get("deadline") == "contract expires"]
+    assert reminders == pytest.approx([8.0, 13.0], abs=0.01)  # 7 and 2 days before the day-15 expiry
+    sent = {(e["template"], e["status"]) for e in result.of_kind("email")}
+    assert {("contract_sent", "sent"), ("contract_reminder", "sent"), ("contract_expired", "sent")} <= sent
+    assert result.status.stage == "contract_expired"
+
+
+async def test_contract_signed_on_day_10_moves_to_prelaunch_and_sends_the_welcome_email(ts_env, safe_balance):
+    result = await run(ts_env, safe_balance, sales_steps("10d"), until="11d")
+
+    assert ("prelaunch", pytest.approx(10.0, abs=0.01)) in stage_moves(result)
+    assert not [e for e in result.of_kind("stage") if e["to"] == "contract_expired"]
+    welcome = [m for m in result.emails if m["X-Sopflow-Template"] == "safe_balance/welcome"]
+    assert len(welcome) == 1
+    assert "signer@example.com" in welcome[0]["To"] and "am@example.com" in welcome[0]["Reply-To"]
+    assert {task.id for task in result.status.open_tasks} == set(PRELAUNCH_TASKS)
+
+
+async def test_repeated_contract_signed_is_harmless(ts_env, safe_balance):
+    steps = [*sales_steps("10d"), {"at": "10d", "event": "contract_signed", "event_id": "envelope-1/completed"},
+             {"at": "11d", "event": "contract_signed", "event_id": "envelope-1/completed-again"}]
+    result = await run(ts_env, safe_balance, steps, until="12d")
+
+    assert [to for to, _ in stage_moves(result)].count("prelaunch") == 1
+    ignored = [e for e in result.of_kind("event") if e["status"] == "ignored"]
+    assert len(ignored) == 1 and "not expected in stage 'prelaunch'" in ignored[0]["reason"]
+    assert len([m for m in result.emails if m["X-Sopflow-Template"] == "safe_balance/welcome"]) == 1
+
+
+async def test_launch_is_rejected_until_prelaunch_is_complete_naming_what_is_missing(ts_env, safe_balance, db,
+                                                                                     smtp_sink):
+    async with make_worker(ts_env.client, db, smtp_sink) as worker:
+        handle = await ts_env.client.start_workflow(
+            ClientLifecycle.run, LifecycleInput(deal_id="D-9", playbook=safe_balance, fields=DEAL),
+            id=f"{WORKFLOW_ID_PREFIX}D-9", task_queue=worker.task_queue)
+        for form, fields in (("targeting", TARGETING), ("contract_request", CONTRACT_REQUEST)):
+            await handle.execute_update(ClientLifecycle.submit_form, SubmitForm(form=form, fields=fields))
+        await handle.signal(ClientLifecycle.event, ExternalEvent(name="contract_signed"))
+        await ts_env.sleep(timedelta(hours=1))
+
+        with pytest.raises(WorkflowUpdateFailedError) as rejected:
+            await handle.execute_update(ClientLifecycle.advance, Advance(to="launch"))
+        message = str(rejected.value.cause)
+        for missing in [*PRELAUNCH_TASKS, "launch_date"]:
+            assert missing in message
+        history = await handle.fetch_history()
+        accepted = [e for e in history.events
+                    if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
+        assert len(accepted) == 2  # the two forms; the rejected advance never reached history
+
+        with pytest.raises(WorkflowUpdateFailedError) as blocked:
+            await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task="cleared_for_launch"))
+        assert blocked.value.cause.message == "task 'cleared_for_launch' must wait for: services_onboarded, prelaunch_call"
+        status: LifecycleStatus = await handle.query(ClientLifecycle.status)
+        assert status.stage == "prelaunch"
+
+
+async def test_site_visits_over_three_years_follow_the_14_day_monthly_and_two_monthly_phases(ts_env, safe_balance):
+    result = await run(ts_env, safe_balance, launched_steps(), until=f"{6 + 3 * 365}d")
+
+    dues = [e["due_at"] for e in result.of_kind("visit_due")]
+    gaps = [days_between(a, b) for a, b in zip(dues, dues[1:], strict=False)]
+    ongoing_entry = next(e for e in result.of_kind("stage") if e["to"] == "ongoing")
+    offsets = [days_between(ongoing_entry["at"], due) for due in dues]
+    assert offsets[:5] == pytest.approx([14, 28, 42, 56, 70])
+    first_year = [g for g, o in zip(gaps, offsets[1:], strict=False) if 70 < o <= 365]
+    later = [g for g, o in zip(gaps, offsets[1:], strict=False) if o > 365 + 62]
+    assert first_year and all(28 <= g <= 31 for g in first_year)
+    assert later and all(59 <= g <= 62 for g in later)
+    assert len(dues) == pytest.approx(5 + 10 + 12, abs=2)
+
+
+async def test_overdue_site_visit_escalates_after_the_grace_period(ts_env, safe_balance):
+    result = await run(ts_env, safe_balance, launched_steps(), until="30d")
+
+    reminder = next(e for e in result.of_kind("reminder") if e.get("cadence") == "site visit")
+    due = next(e for e in result.of_kind("visit_due"))
+    escalation = next(e for e in result.of_kind("escalation") if e.get("cadence") == "site visit")
+    assert day_of(reminder) == pytest.approx(17.0, abs=0.01)
+    assert day_of(due) == pytest.approx(20.0, abs=0.01)
+    assert day_of(escalation) == pytest.approx(27.0, abs=0.01)
+    overdue = [m for m in result.emails if m["X-Sopflow-Template"] == "safe_balance/visit_overdue"]
+    assert len(overdue) == 1 and "am@example.com" in overdue[0]["Cc"]
+
+
+async def test_a_logged_visit_resets_the_next_due_date(ts_env, safe_balance):
+    visit = {"at": "16d", "form": "site_visit", "fields": {"visited_on": "$today", "steps_cleared": "yes"}}
+    result = await run(ts_env, safe_balance, [*launched_steps(), visit], until="36d")
+
+    logged = next(e for e in result.of_kind("form") if e["form"] == "site_visit")
+    assert days_between(logged["at"], logged["next_due"]) == pytest.approx(14.0, abs=0.01)
+    dues = [day_of(e) for e in result.of_kind("visit_due")]
+    assert dues[0] == pytest.approx(30.0, abs=0.01)  # 16 + 14, not the scheduled day 20
+    assert not result.of_kind("escalation")  # the day-20 slot was met by the visit; day 30 escalates on 37
+
+
+async def test_continue_as_new_keeps_state_across_years(ts_env, safe_balance):
+    result = await run(ts_env, safe_balance, launched_steps(), until="800d")
+
+    runs = result.of_kind("continued_as_new")
+    assert [e["run"] for e in runs] == [2, 3]
+    status = result.status
+    assert status.run == 3 and status.stage == "ongoing"
+    assert set(status.forms_submitted) == {"targeting", "contract_request", "closeout"}
+    assert [r.to_stage for r in status.history] == ["targeting", "contract_request", "contract", "prelaunch",
+                                                    "launch", "ongoing"]
+    seqs = [e for e in result.timeline if e["kind"] != "rejected"]
+    assert len(seqs) == len({(e["at"], e["kind"], str(e)) for e in seqs})
+    assert result.duplicates == 0
+
+
+async def test_a_claimed_account_cannot_be_claimed_by_another_deal(ts_env, safe_balance, db, smtp_sink):
+    async with make_worker(ts_env.client, db, smtp_sink) as worker:
+        handles = []
+        for deal_id in ("D-10", "D-11"):
+            handles.append(await ts_env.client.start_workflow(
+                ClientLifecycle.run, LifecycleInput(deal_id=deal_id, playbook=safe_balance, fields=DEAL),
+                id=f"{WORKFLOW_ID_PREFIX}{deal_id}", task_queue=worker.task_queue))
+        await handles[0].execute_update(ClientLifecycle.submit_form, SubmitForm(form="targeting", fields=TARGETING))
+        same_account = {**TARGETING, "company": "sunrise care center."}
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handles[1].execute_update(ClientLifecycle.submit_form,
+                                            SubmitForm(form="targeting", fields=same_account))
+        assert "already claimed by deal D-10" in refused.value.cause.message
+        status: LifecycleStatus = await handles[1].query(ClientLifecycle.status)
+        assert status.stage == "targeting" and "targeting" not in status.forms_submitted
+
+
+async def test_invalid_form_is_rejected_field_by_field_without_touching_history(ts_env, safe_balance, db, smtp_sink):
+    async with make_worker(ts_env.client, db, smtp_sink) as worker:
+        handle = await ts_env.client.start_workflow(
+            ClientLifecycle.run, LifecycleInput(deal_id="D-12", playbook=safe_balance, fields=DEAL),
+            id=f"{WORKFLOW_ID_PREFIX}D-12", task_queue=worker.task_queue)
+        before = len((await handle.fetch_history()).events)
+        with pytest.raises(WorkflowUpdateFailedError) as rejected:
+            await handle.execute_update(ClientLifecycle.submit_form, SubmitForm(
+                form="targeting", fields={**TARGETING, "signer_email": "not-an-email", "service_tier": "Gold"}))
+        assert rejected.value.cause.details == ({"signer_email": "'not-an-email' is not an email address",
+                                                 "service_tier": "'Gold' is not one of: Basic, Standard, Premium"},)
+        after = [e for e in (await handle.fetch_history()).events
+                 if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
+        assert not after and before > 0
