@@ -23,8 +23,12 @@ from workflows.lifecycle import ClientLifecycle
 
 def smtp_config(settings: Settings) -> SmtpConfig:
     return SmtpConfig(
-        host=settings.smtp_host, port=settings.smtp_port, mail_from=settings.mail_from,
-        username=settings.smtp_username, password=settings.smtp_password, tls=settings.smtp_tls,
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        mail_from=settings.mail_from,
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+        tls=settings.smtp_tls,
     )
 
 

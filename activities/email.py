@@ -66,8 +66,9 @@ class EmailActivities:
             rendered = self.renderer.render(req.playbook, req.template, context)
         except jinja2.TemplateError as exc:
             await asyncio.to_thread(self._mark, req.key, "failed", f"template error: {exc}")
-            raise ApplicationError(f"template {req.playbook}/{req.template}: {exc}", type="TemplateError",
-                                   non_retryable=True) from exc
+            raise ApplicationError(
+                f"template {req.playbook}/{req.template}: {exc}", type="TemplateError", non_retryable=True
+            ) from exc
         message = self._message(req, rendered, message_id)
         try:
             await aiosmtplib.send(
@@ -84,14 +85,16 @@ class EmailActivities:
             codes = [r.code for r in exc.recipients]
             if all(code >= 500 for code in codes):
                 await asyncio.to_thread(self._mark, req.key, "failed", str(exc))
-                raise ApplicationError(f"recipients refused: {exc}", type="RecipientRefused",
-                                       non_retryable=True) from exc
+                raise ApplicationError(
+                    f"recipients refused: {exc}", type="RecipientRefused", non_retryable=True
+                ) from exc
             raise
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code >= 500:
                 await asyncio.to_thread(self._mark, req.key, "failed", f"{exc.code} {exc.message}")
-                raise ApplicationError(f"SMTP {exc.code}: {exc.message}", type="SmtpRejected",
-                                       non_retryable=True) from exc
+                raise ApplicationError(
+                    f"SMTP {exc.code}: {exc.message}", type="SmtpRejected", non_retryable=True
+                ) from exc
             raise
         await asyncio.to_thread(self._mark, req.key, "sent", None, rendered.subject)
         return EmailResult(status="sent", subject=rendered.subject, message_id=message_id)
@@ -126,8 +129,13 @@ class EmailActivities:
             row = session.scalar(select(OutboxEmail).where(OutboxEmail.key == req.key))
             if row is None:
                 row = OutboxEmail(
-                    key=req.key, workflow_id=req.workflow_id, deal_id=req.deal_id, template=req.template,
-                    to=", ".join(r.email for r in req.to + req.cc), message_id=message_id, status="pending",
+                    key=req.key,
+                    workflow_id=req.workflow_id,
+                    deal_id=req.deal_id,
+                    template=req.template,
+                    to=", ".join(r.email for r in req.to + req.cc),
+                    message_id=message_id,
+                    status="pending",
                     scheduled_at=req.at,
                 )
                 session.add(row)

@@ -23,16 +23,27 @@ class RecordActivities:
     def _record_journal(self, batch: JournalBatch) -> int:
         with self.db.session() as session:
             seqs = [entry.seq for entry in batch.entries]
-            known = set(session.scalars(select(JournalRow.seq).where(
-                JournalRow.workflow_id == batch.workflow_id, JournalRow.seq.in_(seqs))))
+            known = set(
+                session.scalars(
+                    select(JournalRow.seq).where(JournalRow.workflow_id == batch.workflow_id, JournalRow.seq.in_(seqs))
+                )
+            )
             added = 0
             for entry in batch.entries:
                 if entry.seq in known:
                     continue
-                session.add(JournalRow(
-                    workflow_id=batch.workflow_id, deal_id=batch.deal_id, playbook=batch.playbook, seq=entry.seq,
-                    at=entry.at, kind=entry.kind, stage=entry.stage, detail=entry.detail,
-                ))
+                session.add(
+                    JournalRow(
+                        workflow_id=batch.workflow_id,
+                        deal_id=batch.deal_id,
+                        playbook=batch.playbook,
+                        seq=entry.seq,
+                        at=entry.at,
+                        kind=entry.kind,
+                        stage=entry.stage,
+                        detail=entry.detail,
+                    )
+                )
                 added += 1
             session.commit()
             return added
@@ -43,11 +54,17 @@ class RecordActivities:
 
     def _claim(self, req: ClaimRequest) -> ClaimResult:
         with self.db.session() as session:
-            holder = session.scalar(select(AccountClaim).where(
-                AccountClaim.playbook == req.playbook, AccountClaim.account_key == req.account_key))
+            holder = session.scalar(
+                select(AccountClaim).where(
+                    AccountClaim.playbook == req.playbook, AccountClaim.account_key == req.account_key
+                )
+            )
             if holder is None:
-                session.add(AccountClaim(playbook=req.playbook, account_key=req.account_key, deal_id=req.deal_id,
-                                         claimed_at=req.at))
+                session.add(
+                    AccountClaim(
+                        playbook=req.playbook, account_key=req.account_key, deal_id=req.deal_id, claimed_at=req.at
+                    )
+                )
                 try:
                     session.commit()
                 except IntegrityError:  # another deal claimed it between our read and write

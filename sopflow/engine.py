@@ -81,13 +81,24 @@ class Engine:
 
     @classmethod
     def start(
-        cls, playbook: Playbook, deal_id: str, fields: dict[str, Any], now: datetime, workflow_id: str,
-        actor: str | None = None, validate: bool = True,
+        cls,
+        playbook: Playbook,
+        deal_id: str,
+        fields: dict[str, Any],
+        now: datetime,
+        workflow_id: str,
+        actor: str | None = None,
+        validate: bool = True,
     ) -> Engine:
         values = check_deal_fields(playbook, fields) if validate else dict(fields)
         first = playbook.stages[0].id
         state = LifecycleState(
-            deal_id=deal_id, started_at=now, fields=values, stage=first, stage_entered_at=now, run_started_at=now,
+            deal_id=deal_id,
+            started_at=now,
+            fields=values,
+            stage=first,
+            stage_entered_at=now,
+            run_started_at=now,
             stage_visit=0,
         )
         engine = cls(playbook, state, workflow_id)
@@ -177,8 +188,16 @@ class Engine:
             spec = stage.task(task.id)
             blocked = [r for r in (spec.requires if spec else []) if self._task_open(r)]
             overdue = task.due_at is not None and now >= task.due_at
-            open_tasks.append(TaskView(id=task.id, title=task.title, owner=task.owner, due_at=task.due_at,
-                                       overdue=overdue, blocked_by=blocked))
+            open_tasks.append(
+                TaskView(
+                    id=task.id,
+                    title=task.title,
+                    owner=task.owner,
+                    due_at=task.due_at,
+                    overdue=overdue,
+                    blocked_by=blocked,
+                )
+            )
         return LifecycleStatus(
             deal_id=state.deal_id,
             playbook=self.playbook.id,
@@ -206,16 +225,22 @@ class Engine:
         """What an operator sees in the Temporal UI: ids, stage and what is pending; no names or addresses."""
         stage, state = self.stage, self.state
         days = (now - state.stage_entered_at).total_seconds() / 86400
-        lines = [f"**{self.playbook.title or self.playbook.id}** v{self.playbook.version} · deal `{state.deal_id}`",
-                 f"**Stage:** {stage.name} (`{stage.id}`), {days:.0f} days"]
+        lines = [
+            f"**{self.playbook.title or self.playbook.id}** v{self.playbook.version} · deal `{state.deal_id}`",
+            f"**Stage:** {stage.name} (`{stage.id}`), {days:.0f} days",
+        ]
         if self.closed:
             lines.append(f"**Outcome:** {state.outcome}")
             return "\n\n".join(lines)
         open_tasks = [t for t in state.tasks.values() if t.done_at is None]
         if open_tasks:
-            lines.append("**Open tasks:** " + ", ".join(
-                f"`{t.id}` ({t.owner}{', due ' + t.due_at.date().isoformat() if t.due_at else ''})"
-                for t in open_tasks))
+            lines.append(
+                "**Open tasks:** "
+                + ", ".join(
+                    f"`{t.id}` ({t.owner}{', due ' + t.due_at.date().isoformat() if t.due_at else ''})"
+                    for t in open_tasks
+                )
+            )
         unmet = self.unmet()
         if unmet and stage.transitions:
             lines.append("**Before leaving:** " + "; ".join(unmet))
@@ -243,10 +268,12 @@ class Engine:
         except FieldErrors as exc:
             raise Rejected(f"form '{req.form}' is invalid: {exc}", exc.errors) from None
         cad = stage.cadence
-        if cad is not None and cad.touchpoint == req.form and cad.date_field and values.get(cad.date_field):
-            if values[cad.date_field] > now.date().isoformat():
-                raise Rejected(f"form '{req.form}' is invalid: {cad.date_field}: cannot be in the future",
-                               {cad.date_field: "cannot be in the future"})
+        dated = cad is not None and cad.touchpoint == req.form and cad.date_field and values.get(cad.date_field)
+        if cad is not None and cad.date_field and dated and values[cad.date_field] > now.date().isoformat():
+            raise Rejected(
+                f"form '{req.form}' is invalid: {cad.date_field}: cannot be in the future",
+                {cad.date_field: "cannot be in the future"},
+            )
         return values
 
     def submit_form(self, req: SubmitForm, now: datetime) -> None:
@@ -432,8 +459,9 @@ class Engine:
             spec = stage.task(task.id)
             if spec is None or task.done_at is not None or task.due_at is None:
                 continue
-            extra = {"task": {"id": task.id, "title": task.title, "owner": task.owner,
-                              "due_at": task.due_at.isoformat()}}
+            extra: dict[str, Any] = {
+                "task": {"id": task.id, "title": task.title, "owner": task.owner, "due_at": task.due_at.isoformat()}
+            }
             if not task.reminded and at >= task.due_at:
                 task.reminded = True
                 self._log("reminder", at, task=task.id, owner=task.owner, reason="task overdue")
@@ -462,7 +490,9 @@ class Engine:
                 return
         cad, cad_spec = state.cadence, stage.cadence
         if cad is not None and cad_spec is not None:
-            extra = {"visit": {"label": cad.label, "due_at": cad.next_due.isoformat(), "number": cad.logged + 1}}
+            extra = {
+                "visit": {"label": cad.label, "due_at": cad.next_due.isoformat(), "number": cad.logged + 1}
+            }
             if cad_spec.remind is not None and not cad.reminded and at >= cad_spec.remind.before.before(cad.next_due):
                 cad.reminded = True
                 self._log("reminder", at, cadence=cad.label, due_at=cad.next_due.isoformat())
@@ -511,14 +541,29 @@ class Engine:
             transition = self._auto_transition()
             if transition is None:
                 return
-            trigger = (f"form:{transition.form}" if transition.form else
-                       f"event:{transition.event}" if transition.event else "condition")
+            trigger = (
+                f"form:{transition.form}"
+                if transition.form
+                else f"event:{transition.event}"
+                if transition.event
+                else "condition"
+            )
             self._enter(transition.to, now, actor=None, trigger=trigger, reason=None)
-        self._log("rejected", now, reason=f"more than {MAX_CHAINED_TRANSITIONS} chained transitions: check the "
-                                          "playbook's 'when' transitions for a loop")
+        self._log(
+            "rejected",
+            now,
+            reason=f"more than {MAX_CHAINED_TRANSITIONS} chained transitions: check the "
+            "playbook's 'when' transitions for a loop",
+        )
 
     def _enter(
-        self, stage_id: str, now: datetime, *, actor: str | None, trigger: str, reason: str | None,
+        self,
+        stage_id: str,
+        now: datetime,
+        *,
+        actor: str | None,
+        trigger: str,
+        reason: str | None,
         from_stage: str | None = "",
     ) -> None:
         state = self.state
@@ -528,27 +573,40 @@ class Engine:
         state.stage_visit += 1
         state.stage_events, state.tasks = {}, {}
         state.deadline = state.cadence = None
-        state.history.append(TransitionRecord(from_stage=previous, to_stage=stage.id, at=now, actor=actor,
-                                              trigger=trigger, reason=reason))
-        self._log("stage", now, **{"from": previous, "to": stage.id, "trigger": trigger, "reason": reason,
-                                   "by": actor})
+        state.history.append(
+            TransitionRecord(
+                from_stage=previous, to_stage=stage.id, at=now, actor=actor, trigger=trigger, reason=reason
+            )
+        )
+        self._log("stage", now, **{"from": previous, "to": stage.id, "trigger": trigger, "reason": reason, "by": actor})
         if stage.terminal:
             state.outcome, state.close_reason = stage.terminal, reason
         ctx = self.context()
         for spec in stage.tasks:
             if evaluate(spec.when, ctx):
                 due_at = spec.due.after(now) if spec.due else None
-                state.tasks[spec.id] = TaskState(id=spec.id, title=spec.title, owner=spec.owner, opened_at=now,
-                                                 due_at=due_at)
-                self._log("task", now, task=spec.id, status="opened", owner=spec.owner,
-                          due_at=due_at.isoformat() if due_at else None)
+                state.tasks[spec.id] = TaskState(
+                    id=spec.id, title=spec.title, owner=spec.owner, opened_at=now, due_at=due_at
+                )
+                self._log(
+                    "task",
+                    now,
+                    task=spec.id,
+                    status="opened",
+                    owner=spec.owner,
+                    due_at=due_at.isoformat() if due_at else None,
+                )
         if stage.deadline is not None:
             start = self._date_ref(stage.deadline.from_, now) if stage.deadline.from_ else now
             state.deadline = DeadlineState(label=stage.deadline.label, due_at=stage.deadline.within.after(start))
         if stage.cadence is not None:
             anchor = self._date_ref(stage.cadence.anchor, now) if stage.cadence.anchor else now
-            state.cadence = CadenceState(label=stage.cadence.label, anchor=anchor, base=anchor,
-                                         next_due=cadence_rules.next_due(stage.cadence, anchor, anchor))
+            state.cadence = CadenceState(
+                label=stage.cadence.label,
+                anchor=anchor,
+                base=anchor,
+                next_due=cadence_rules.next_due(stage.cadence, anchor, anchor),
+            )
         # Entry emails go out last, so they can quote the stage's deadline and due dates.
         self._run_actions(stage.on_enter, now, f"enter-{stage.id}", {})
 
@@ -574,8 +632,13 @@ class Engine:
 
     def _log(self, kind: JournalKind, at: datetime, **detail: Any) -> JournalEntry:
         self.state.seq += 1
-        entry = JournalEntry(seq=self.state.seq, at=at, kind=kind, stage=self.state.stage,
-                             detail={k: v for k, v in detail.items() if v is not None})
+        entry = JournalEntry(
+            seq=self.state.seq,
+            at=at,
+            kind=kind,
+            stage=self.state.stage,
+            detail={k: v for k, v in detail.items() if v is not None},
+        )
         self.steps.append(Step(entry))
         return entry
 
@@ -583,7 +646,9 @@ class Engine:
         ctx = self.context()
         if not evaluate(action.when, ctx):
             return
-        to, cc, missing = [], [], []
+        to: list[Recipient] = []
+        cc: list[Recipient] = []
+        missing: list[str] = []
         for roles, out in ((action.to, to), (action.cc, cc)):
             for role_id in roles:
                 email, display = role_address(self.playbook, ctx, role_id)
@@ -595,8 +660,7 @@ class Engine:
         if action.from_role is not None:
             email, display = role_address(self.playbook, ctx, action.from_role)
             reply_to = Recipient(role=action.from_role, email=email, name=display) if email else None
-        detail: dict[str, Any] = {"template": action.template, "to": [r.role for r in to],
-                                  "cc": [r.role for r in cc]}
+        detail: dict[str, Any] = {"template": action.template, "to": [r.role for r in to], "cc": [r.role for r in cc]}
         if missing:
             detail["missing_roles"] = missing
         if not to:
@@ -633,8 +697,11 @@ class Engine:
             "roles": roles,
             "stage": {"id": stage.id, "title": stage.name},
             "playbook": {"id": self.playbook.id, "title": self.playbook.title or self.playbook.id},
-            "deadline": ({"label": self.state.deadline.label, "due_at": self.state.deadline.due_at.isoformat()}
-                         if self.state.deadline else None),
+            "deadline": (
+                {"label": self.state.deadline.label, "due_at": self.state.deadline.due_at.isoformat()}
+                if self.state.deadline
+                else None
+            ),
             **extra,
         }
 
@@ -645,4 +712,3 @@ def check_deal_fields(playbook: Playbook, fields: dict[str, Any]) -> dict[str, A
         return validate_values(playbook.deal, fields)
     except FieldErrors as exc:
         raise Rejected(f"invalid deal fields: {exc}", exc.errors) from None
-

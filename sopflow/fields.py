@@ -106,7 +106,11 @@ def _option(options: list[str], value: Any) -> str:
 
 
 def validate_values(
-    specs: dict[str, FieldSpec], values: dict[str, Any], *, partial: bool = False, previous: dict[str, Any] | None = None
+    specs: dict[str, FieldSpec],
+    values: dict[str, Any],
+    *,
+    partial: bool = False,
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Coerce every value; reject unknown fields and, unless partial, missing required ones. All errors at once."""
     errors: dict[str, str] = {}

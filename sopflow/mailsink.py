@@ -27,7 +27,7 @@ class _Handler:
     def __init__(self, sink: MailSink) -> None:
         self.sink = sink
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd API)
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = message_from_bytes(envelope.content, policy=policy.default)
         assert isinstance(message, EmailMessage)
         self.sink.receive(message, list(envelope.rcpt_tos))
@@ -36,7 +36,10 @@ class _Handler:
 
 class MailSink:
     def __init__(
-        self, host: str = "127.0.0.1", port: int | None = None, store_dir: Path | None = None,
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        store_dir: Path | None = None,
         on_message: Callable[[EmailMessage, list[str]], None] | None = None,
     ) -> None:
         self.host = host

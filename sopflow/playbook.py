@@ -438,8 +438,10 @@ def check_references(playbook: Playbook, templates_dir: Path | None = None) -> l
         seen.add(stage.id)
         role(f"{at}.owner", stage.owner)
         if stage.terminal and (stage.transitions or stage.tasks or stage.deadline or stage.cadence or stage.forms):
-            errors.append(f"{at}: terminal stage '{stage.id}' ends the lifecycle: it cannot have transitions, "
-                          "tasks, forms, a deadline or a cadence")
+            errors.append(
+                f"{at}: terminal stage '{stage.id}' ends the lifecycle: it cannot have transitions, "
+                "tasks, forms, a deadline or a cadence"
+            )
         for fi, field in enumerate(stage.reason_fields):
             if field not in playbook.deal:
                 errors.append(f"{at}.reason_fields[{fi}]: unknown deal field '{field}'")
@@ -481,8 +483,10 @@ def check_references(playbook: Playbook, templates_dir: Path | None = None) -> l
             if transition.to == stage.id:
                 errors.append(f"{tat}.to: a stage cannot transition to itself")
             if transition.form is not None and transition.form not in stage.forms:
-                errors.append(f"{tat}.form: form '{transition.form}' is not open in stage '{stage.id}' "
-                              "(list it under the stage's forms)")
+                errors.append(
+                    f"{tat}.form: form '{transition.form}' is not open in stage '{stage.id}' "
+                    "(list it under the stage's forms)"
+                )
             if transition.event is not None and transition.event not in playbook.events:
                 errors.append(f"{tat}.event: unknown event '{transition.event}'")
             condition(f"{tat}.when", transition.when)

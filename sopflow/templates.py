@@ -34,8 +34,9 @@ class TemplateRenderer:
     def __init__(self, templates_dir: Path) -> None:
         self.templates_dir = templates_dir
         loader = FileSystemLoader(str(templates_dir))
-        self._text = SandboxedEnvironment(loader=loader, undefined=StrictUndefined, autoescape=False,
-                                          keep_trailing_newline=False)
+        self._text = SandboxedEnvironment(
+            loader=loader, undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
+        )
         self._html = SandboxedEnvironment(loader=loader, undefined=StrictUndefined, autoescape=True)
         for env in (self._text, self._html):
             env.filters["date"] = _date

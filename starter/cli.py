@@ -7,11 +7,11 @@ and exits 1; tracebacks are for bugs only.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -52,8 +52,11 @@ from sopflow.playbook import Playbook, PlaybookError, load_playbook, template_na
 from starter.connect import ConnectionFailed, connect
 from workflows.lifecycle import ClientLifecycle
 
-app = typer.Typer(help="sopflow: client-lifecycle SOPs run as durable Temporal workflows.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="sopflow: client-lifecycle SOPs run as durable Temporal workflows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 deal_app = typer.Typer(help="Start deals.", no_args_is_help=True)
 form_app = typer.Typer(help="Submit forms.", no_args_is_help=True)
 task_app = typer.Typer(help="Complete checklist tasks.", no_args_is_help=True)
@@ -141,11 +144,14 @@ def print_status(status: LifecycleStatus, output: Output) -> None:
         return
     now = datetime.now(UTC)
     days = (now - status.stage_entered_at).days
-    head = [f"[bold]{status.stage_title}[/bold] ([cyan]{status.stage}[/cyan]) for {days} days",
-            f"playbook {status.playbook} v{status.playbook_version} · owner {status.owner or '-'} · run {status.run}"]
+    head = [
+        f"[bold]{status.stage_title}[/bold] ([cyan]{status.stage}[/cyan]) for {days} days",
+        f"playbook {status.playbook} v{status.playbook_version} · owner {status.owner or '-'} · run {status.run}",
+    ]
     if status.outcome:
-        head.append(f"[bold]closed: {status.outcome}[/bold]" + (f" — {status.close_reason}"
-                                                                  if status.close_reason else ""))
+        head.append(
+            f"[bold]closed: {status.outcome}[/bold]" + (f" — {status.close_reason}" if status.close_reason else "")
+        )
     out.print(Panel("\n".join(head), title=f"deal {status.deal_id}", expand=False))
     if status.open_tasks:
         tasks = Table("task", "title", "owner", "due", title="Open tasks", title_justify="left")
@@ -161,8 +167,8 @@ def print_status(status: LifecycleStatus, output: Output) -> None:
             out.print(f"  • {item}", highlight=False)
     if status.due:
         due_table = Table("what", "due", title="Coming up", title_justify="left")
-        for item in status.due:
-            due_table.add_row(f"{item.label} ({item.kind})", item.due_at.strftime("%Y-%m-%d %H:%M UTC"))
+        for due_item in status.due:
+            due_table.add_row(f"{due_item.label} ({due_item.kind})", due_item.due_at.strftime("%Y-%m-%d %H:%M UTC"))
         out.print(due_table)
     hints = []
     if status.open_forms:
@@ -173,17 +179,20 @@ def print_status(status: LifecycleStatus, output: Output) -> None:
         out.print(" · ".join(hints), style="dim")
     history = Table("when", "from", "to", "by", "trigger / reason", title="History", title_justify="left")
     for record in status.history[-8:]:
-        history.add_row(record.at.strftime("%Y-%m-%d %H:%M"), record.from_stage or "", record.to_stage,
-                        record.actor or "", record.reason or record.trigger)
+        history.add_row(
+            record.at.strftime("%Y-%m-%d %H:%M"),
+            record.from_stage or "",
+            record.to_stage,
+            record.actor or "",
+            record.reason or record.trigger,
+        )
     out.print(history)
 
 
-def _update_command(
-    deal_id: str, update: Callable[..., Any], payload: Any, output: Output, message: str
-) -> None:
+def _update_command(deal_id: str, update: Any, payload: Any, output: Output, message: str) -> None:
     async def go() -> LifecycleStatus:
         handle = await _handle(deal_id)
-        result: LifecycleStatus = await handle.execute_update(update, payload, result_type=LifecycleStatus)
+        result: LifecycleStatus = await handle.execute_update(update, payload)
         return result
 
     status = run(go())
@@ -253,8 +262,9 @@ def deal_start(
                 task_queue=TASK_QUEUE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 static_summary=f"{pb.title or pb.id} (v{pb.version}) · deal {deal_id}",
-                search_attributes=TypedSearchAttributes([SearchAttributePair(SA_PLAYBOOK, pb.id),
-                                                         SearchAttributePair(SA_STAGE, pb.stages[0].id)]),
+                search_attributes=TypedSearchAttributes(
+                    [SearchAttributePair(SA_PLAYBOOK, pb.id), SearchAttributePair(SA_STAGE, pb.stages[0].id)]
+                ),
             )
         except Exception as exc:  # WorkflowAlreadyStartedError has no stable import path across SDK versions
             if type(exc).__name__ == "WorkflowAlreadyStartedError":
@@ -267,8 +277,11 @@ def deal_start(
     if output == Output.json:
         print_status(status, output)
     else:
-        out.print(f"[green]✓[/green] started deal {deal_id} on {pb.id} v{pb.version}: stage [cyan]{status.stage}"
-                  f"[/cyan] (workflow {workflow_id(deal_id)})", highlight=False)
+        out.print(
+            f"[green]✓[/green] started deal {deal_id} on {pb.id} v{pb.version}: stage [cyan]{status.stage}"
+            f"[/cyan] (workflow {workflow_id(deal_id)})",
+            highlight=False,
+        )
 
 
 @form_app.command("submit")
@@ -287,8 +300,11 @@ def form_submit(
 
 @task_app.command("done")
 def task_done(
-    deal_id: str, task: str, note: Annotated[str | None, typer.Option(help="a note for the record")] = None,
-    actor: ActorOpt = "cli", output: OutputOpt = Output.text,
+    deal_id: str,
+    task: str,
+    note: Annotated[str | None, typer.Option(help="a note for the record")] = None,
+    actor: ActorOpt = "cli",
+    output: OutputOpt = Output.text,
 ) -> None:
     """Mark a checklist task done."""
     payload = CompleteTask(task=task, actor=actor, note=note)
@@ -297,24 +313,32 @@ def task_done(
 
 @app.command()
 def advance(
-    deal_id: str, stage: str, note: Annotated[str | None, typer.Option(help="why")] = None,
-    actor: ActorOpt = "cli", output: OutputOpt = Output.text,
+    deal_id: str,
+    stage: str,
+    note: Annotated[str | None, typer.Option(help="why")] = None,
+    actor: ActorOpt = "cli",
+    output: OutputOpt = Output.text,
 ) -> None:
     """Move a deal to the next stage (rejected, naming what is missing, if the stage's gate is not met)."""
-    _update_command(deal_id, ClientLifecycle.advance, Advance(to=stage, actor=actor, note=note), output,
-                    f"advanced to {stage}")
+    _update_command(
+        deal_id, ClientLifecycle.advance, Advance(to=stage, actor=actor, note=note), output, f"advanced to {stage}"
+    )
 
 
 @app.command("set")
 def set_fields(
-    deal_id: str, field: FieldOpt = None, actor: ActorOpt = "cli", output: OutputOpt = Output.text,
+    deal_id: str,
+    field: FieldOpt = None,
+    actor: ActorOpt = "cli",
+    output: OutputOpt = Output.text,
 ) -> None:
     """Set deal fields (e.g. launch_date=2026-03-01)."""
     values = parse_fields(field)
     if not values:
         fail("give at least one --field key=value")
-    _update_command(deal_id, ClientLifecycle.set_fields, SetFields(fields=values, actor=actor), output,
-                    f"set {', '.join(values)}")
+    _update_command(
+        deal_id, ClientLifecycle.set_fields, SetFields(fields=values, actor=actor), output, f"set {', '.join(values)}"
+    )
 
 
 @app.command()
@@ -333,8 +357,9 @@ def close(
         fail("say --lost or --cancelled")
     if not reason.strip():
         fail("--reason must not be empty")
-    payload = Close(outcome="lost" if lost else "cancelled", reason=reason, stage=stage, fields=parse_fields(field),
-                    actor=actor)
+    payload = Close(
+        outcome="lost" if lost else "cancelled", reason=reason, stage=stage, fields=parse_fields(field), actor=actor
+    )
     _update_command(deal_id, ClientLifecycle.close, payload, output, "closed")
 
 
@@ -389,15 +414,17 @@ async def list_lifecycles(client: Client, query: str, limit: int) -> list[dict[s
     async for execution in client.list_workflows(query, limit=limit):
         attrs = execution.typed_search_attributes
         next_due = attrs.get(SA_NEXT_DUE)
-        rows.append({
-            "deal_id": execution.id.removeprefix(WORKFLOW_ID_PREFIX),
-            "playbook": attrs.get(SA_PLAYBOOK),
-            "stage": attrs.get(SA_STAGE),
-            "owner": attrs.get(SA_OWNER),
-            "next_due": next_due.isoformat() if next_due else None,
-            "status": execution.status.name.lower() if execution.status else None,
-            "started": execution.start_time.isoformat(),
-        })
+        rows.append(
+            {
+                "deal_id": execution.id.removeprefix(WORKFLOW_ID_PREFIX),
+                "playbook": attrs.get(SA_PLAYBOOK),
+                "stage": attrs.get(SA_STAGE),
+                "owner": attrs.get(SA_OWNER),
+                "next_due": next_due.isoformat() if next_due else None,
+                "status": execution.status.name.lower() if execution.status else None,
+                "started": execution.start_time.isoformat(),
+            }
+        )
     return rows
 
 
@@ -422,8 +449,14 @@ def list_deals(
         return
     table = Table("deal", "playbook", "stage", "owner", "next due", "status")
     for row in rows:
-        table.add_row(row["deal_id"], row["playbook"] or "", row["stage"] or "", row["owner"] or "",
-                      (row["next_due"] or "")[:10], row["status"] or "")
+        table.add_row(
+            row["deal_id"],
+            row["playbook"] or "",
+            row["stage"] or "",
+            row["owner"] or "",
+            (row["next_due"] or "")[:10],
+            row["status"] or "",
+        )
     out.print(table)
     out.print(f"{len(rows)} lifecycle(s)", style="dim")
 
@@ -440,8 +473,11 @@ def playbook_validate(files: list[Path]) -> None:
             for line in exc.errors:
                 err.print(f"{file}: {line}", highlight=False, soft_wrap=True)
             continue
-        out.print(f"[green]✓[/green] {file}: {pb.id} v{pb.version}, {len(pb.stages)} stages, {len(pb.forms)} forms, "
-                  f"{len(template_names(pb))} templates", highlight=False)
+        out.print(
+            f"[green]✓[/green] {file}: {pb.id} v{pb.version}, {len(pb.stages)} stages, {len(pb.forms)} forms, "
+            f"{len(template_names(pb))} templates",
+            highlight=False,
+        )
     if failed:
         raise typer.Exit(1)
 
@@ -455,8 +491,11 @@ def playbook_show(playbook: str, output: OutputOpt = Output.text) -> None:
         return
     table = Table("stage", "owner", "tasks", "gate", "leads to", title=f"{pb.title or pb.id} v{pb.version}")
     for stage in pb.stages:
-        gate = [*(f"form {f}" for f in stage.gate.forms), *(f"{r}" for r in stage.gate.fields),
-                *([f"tasks {stage.gate.tasks}"] if stage.gate.tasks else [])]
+        gate = [
+            *(f"form {f}" for f in stage.gate.forms),
+            *(f"{r}" for r in stage.gate.fields),
+            *([f"tasks {stage.gate.tasks}"] if stage.gate.tasks else []),
+        ]
         leads = [f"{t.to} ({'advance' if t.advance else t.form or t.event or 'when'})" for t in stage.transitions]
         if stage.deadline:
             leads.append(f"{stage.deadline.on_expiry.to} (after {stage.deadline.within})")
@@ -464,8 +503,9 @@ def playbook_show(playbook: str, output: OutputOpt = Output.text) -> None:
             leads.append(f"[bold]ends: {stage.terminal}[/bold]")
         if stage.cadence:
             leads.append(f"{stage.cadence.label} every " + ", then ".join(str(p.every) for p in stage.cadence.phases))
-        table.add_row(stage.id, stage.owner or "", "\n".join(t.id for t in stage.tasks), "\n".join(gate),
-                      "\n".join(leads))
+        table.add_row(
+            stage.id, stage.owner or "", "\n".join(t.id for t in stage.tasks), "\n".join(gate), "\n".join(leads)
+        )
     out.print(table)
 
 
@@ -486,7 +526,10 @@ def rehearse(
     except (PlaybookError, Rejected) as exc:
         fail(str(exc))
     inp = LifecycleInput(deal_id=sc.deal.id, playbook=pb, fields=values, actor="rehearsal")
-    result = asyncio.run(run_rehearsal(inp, sc, Settings().templates_dir))
+    settings = Settings()
+    # Activity failures are part of the timeline (status=failed); their worker log lines would only be noise here.
+    logging.getLogger("temporalio").setLevel(logging.ERROR)
+    result = asyncio.run(run_rehearsal(inp, sc, settings.templates_dir, server_log=settings.home / "rehearsal.log"))
     if output == Output.json:
         for entry in result.timeline:
             sys.stdout.write(json.dumps(entry, default=str) + "\n")
@@ -495,8 +538,11 @@ def rehearse(
         for entry in result.timeline:
             table.add_row(f"{entry['day']:.1f}", entry["kind"], entry.get("stage") or "", _describe(entry))
         out.print(table)
-        out.print(f"final stage: [cyan]{result.status.stage}[/cyan]"
-                  + (f" ({result.status.outcome})" if result.status.outcome else ""), highlight=False)
+        out.print(
+            f"final stage: [cyan]{result.status.stage}[/cyan]"
+            + (f" ({result.status.outcome})" if result.status.outcome else ""),
+            highlight=False,
+        )
     sys.stdout.flush()
     # The SDK can crash at interpreter exit after a test server and worker ran (sdk-python #300): exit directly.
     os._exit(0)

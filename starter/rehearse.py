@@ -7,6 +7,7 @@ in-process sink and records to a throwaway SQLite file, and the timeline is read
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import uuid
@@ -23,6 +24,7 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.email import SmtpConfig
@@ -119,19 +121,47 @@ class Rehearsal:
 
 async def register_search_attributes(client: Client) -> None:
     """The time-skipping server starts empty; without these, every workflow task fails forever."""
-    kinds = {"KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-             "DATETIME": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME}
-    await client.operator_service.add_search_attributes(AddSearchAttributesRequest(
-        namespace=client.namespace,
-        search_attributes={key.name: kinds[key.indexed_value_type.name.removeprefix("INDEXED_VALUE_TYPE_")]
-                           for key in SEARCH_ATTRIBUTES},
-    ))
-
-
-async def start_test_env() -> WorkflowEnvironment:
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=test_server(), data_converter=pydantic_data_converter
+    kinds = {
+        "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        "DATETIME": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
+    }
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=client.namespace,
+            search_attributes={
+                key.name: kinds[key.indexed_value_type.name.removeprefix("INDEXED_VALUE_TYPE_")]
+                for key in SEARCH_ATTRIBUTES
+            },
+        )
     )
+
+
+async def start_test_env(server_log: Path | None = None) -> WorkflowEnvironment:
+    """Start the time-skipping server (from the pinned package, never downloaded).
+
+    With `server_log`, the server's own output (Java stack traces at shutdown) goes to that file instead of the
+    terminal, and the SDK core only logs errors: what an SOP author reads is the timeline.
+    """
+    runtime = None
+    saved_stderr = None
+    if server_log is not None:
+        server_log.parent.mkdir(parents=True, exist_ok=True)
+        runtime = Runtime(
+            telemetry=TelemetryConfig(
+                logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
+            )
+        )
+        saved_stderr = os.dup(2)
+        with server_log.open("ab") as log:
+            os.dup2(log.fileno(), 2)  # the server process inherits this descriptor
+    try:
+        env = await WorkflowEnvironment.start_time_skipping(
+            test_server_existing_path=test_server(), data_converter=pydantic_data_converter, runtime=runtime
+        )
+    finally:
+        if saved_stderr is not None:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
     await register_search_attributes(env.client)
     return env
 
@@ -154,24 +184,30 @@ def resolve_dates(values: dict[str, Any], now: datetime) -> dict[str, Any]:
 
 async def _perform(handle: WorkflowHandle[Any, Any], step: ScenarioStep, now: datetime) -> None:
     if step.form is not None:
-        await handle.execute_update(ClientLifecycle.submit_form, SubmitForm(
-            form=step.form, fields=resolve_dates(step.fields, now), actor=step.actor))
+        await handle.execute_update(
+            ClientLifecycle.submit_form,
+            SubmitForm(form=step.form, fields=resolve_dates(step.fields, now), actor=step.actor),
+        )
     elif step.event is not None:
-        await handle.signal(ClientLifecycle.event,
-                            ExternalEvent(name=step.event, event_id=step.event_id, source="rehearsal"))
+        await handle.signal(
+            ClientLifecycle.event, ExternalEvent(name=step.event, event_id=step.event_id, source="rehearsal")
+        )
     elif step.task is not None:
         await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task=step.task, actor=step.actor))
     elif step.advance is not None:
         await handle.execute_update(ClientLifecycle.advance, Advance(to=step.advance, actor=step.actor))
     elif step.set is not None:
-        await handle.execute_update(ClientLifecycle.set_fields,
-                                    SetFields(fields=resolve_dates(step.set, now), actor=step.actor))
+        await handle.execute_update(
+            ClientLifecycle.set_fields, SetFields(fields=resolve_dates(step.set, now), actor=step.actor)
+        )
     elif step.close is not None:
         outcome = step.close
         if outcome not in ("lost", "cancelled"):
             raise ValueError(f"close must be 'lost' or 'cancelled', not {outcome!r}")
-        await handle.execute_update(ClientLifecycle.close, Close(
-            outcome=outcome, reason=step.reason or "", fields=step.fields, actor=step.actor))
+        await handle.execute_update(
+            ClientLifecycle.close,
+            Close(outcome=outcome, reason=step.reason or "", fields=step.fields, actor=step.actor),
+        )
 
 
 def _aware(moment: datetime) -> datetime:
@@ -179,11 +215,15 @@ def _aware(moment: datetime) -> datetime:
 
 
 async def rehearse(
-    inp: LifecycleInput, scenario: Scenario, templates_dir: Path, env: WorkflowEnvironment | None = None
+    inp: LifecycleInput,
+    scenario: Scenario,
+    templates_dir: Path,
+    env: WorkflowEnvironment | None = None,
+    server_log: Path | None = None,
 ) -> Rehearsal:
     """Run the scenario to its horizon and return the timeline, final status and captured emails."""
     own_env = env is None
-    env = env or await start_test_env()
+    env = env or await start_test_env(server_log)
     try:
         with tempfile.TemporaryDirectory(prefix="sopflow-rehearsal-") as tmp, MailSink() as sink:
             db = Database(f"sqlite:///{Path(tmp) / 'records.db'}")
@@ -201,12 +241,19 @@ async def rehearse(
 
 
 async def _drive(
-    env: WorkflowEnvironment, inp: LifecycleInput, scenario: Scenario, task_queue: str, db: Database,
+    env: WorkflowEnvironment,
+    inp: LifecycleInput,
+    scenario: Scenario,
+    task_queue: str,
+    db: Database,
     sink: MailSink,
 ) -> Rehearsal:
     start = _aware(await env.get_current_time())
     handle = await env.client.start_workflow(
-        ClientLifecycle.run, inp, id=f"{WORKFLOW_ID_PREFIX}{inp.deal_id}", task_queue=task_queue,
+        ClientLifecycle.run,
+        inp,
+        id=f"{WORKFLOW_ID_PREFIX}{inp.deal_id}",
+        task_queue=task_queue,
         static_summary=f"rehearsal of {inp.playbook.id}",
     )
     rejected: list[dict[str, Any]] = []
@@ -225,10 +272,17 @@ async def _drive(
         rows = session.scalars(select(JournalRow).order_by(JournalRow.seq)).all()
         entries = [{"at": _aware(r.at), "kind": r.kind, "stage": r.stage, **r.detail} for r in rows]
     merged = sorted(entries + rejected, key=lambda e: e["at"])
-    timeline = [{"at": e["at"].isoformat(), "day": round((e["at"] - start).total_seconds() / 86400, 3),
-                 **{k: v for k, v in e.items() if k != "at"}} for e in merged]
-    return Rehearsal(started_at=start, timeline=timeline, status=status, emails=list(sink.messages),
-                     duplicates=sink.duplicates)
+    timeline = [
+        {
+            "at": e["at"].isoformat(),
+            "day": round((e["at"] - start).total_seconds() / 86400, 3),
+            **{k: v for k, v in e.items() if k != "at"},
+        }
+        for e in merged
+    ]
+    return Rehearsal(
+        started_at=start, timeline=timeline, status=status, emails=list(sink.messages), duplicates=sink.duplicates
+    )
 
 
 async def _sleep_until(env: WorkflowEnvironment, target: datetime) -> None:

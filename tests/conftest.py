@@ -38,7 +38,8 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
 async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     """One real dev server for the session: search attributes and visibility need it."""
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_cli(), data_converter=pydantic_data_converter,
+        dev_server_existing_path=temporal_cli(),
+        data_converter=pydantic_data_converter,
         search_attributes=SEARCH_ATTRIBUTES,
     )
     yield env

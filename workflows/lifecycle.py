@@ -62,13 +62,15 @@ class ClientLifecycle:
         self._start_error: Rejected | None = None
         if inp.state is None:
             try:
-                self._engine = Engine.start(inp.playbook, inp.deal_id, inp.fields, workflow.now(), workflow_id,
-                                            inp.actor)
+                self._engine = Engine.start(
+                    inp.playbook, inp.deal_id, inp.fields, workflow.now(), workflow_id, inp.actor
+                )
             except Rejected as exc:
                 # Starters validate first; a client that did not gets a failed workflow, not a stuck workflow task.
                 self._start_error = exc
-                self._engine = Engine.start(inp.playbook, inp.deal_id, inp.fields, workflow.now(), workflow_id,
-                                            inp.actor, validate=False)
+                self._engine = Engine.start(
+                    inp.playbook, inp.deal_id, inp.fields, workflow.now(), workflow_id, inp.actor, validate=False
+                )
         else:
             self._engine = Engine(inp.playbook, inp.state, workflow_id)
             self._engine.continued(workflow.now())
@@ -104,8 +106,10 @@ class ClientLifecycle:
         self._publish()
         if engine.state.outcome != "won" and any(f.claims for f in inp.playbook.forms.values()):
             await workflow.execute_activity_method(
-                RecordActivities.release_claims, engine.state.deal_id,
-                start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RECORD_RETRY,
+                RecordActivities.release_claims,
+                engine.state.deal_id,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=RECORD_RETRY,
             )
         return engine.status(workflow.now())
 
@@ -118,14 +122,21 @@ class ClientLifecycle:
         if key is not None:
             claim = await workflow.execute_activity_method(
                 RecordActivities.claim_account,
-                ClaimRequest(playbook=self._input.playbook.id, account_key=key, deal_id=self._engine.state.deal_id,
-                             at=workflow.now()),
-                start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RECORD_RETRY,
+                ClaimRequest(
+                    playbook=self._input.playbook.id,
+                    account_key=key,
+                    deal_id=self._engine.state.deal_id,
+                    at=workflow.now(),
+                ),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=RECORD_RETRY,
             )
             if not claim.granted:
                 raise ApplicationError(
                     f"account '{key}' is already claimed by deal {claim.holder_deal_id}; contact the partner "
-                    "manager to discuss the opportunity", type="Rejected", non_retryable=True,
+                    "manager to discuss the opportunity",
+                    type="Rejected",
+                    non_retryable=True,
                 )
         return self._apply(lambda now: self._engine.submit_form(req, now))
 
@@ -204,21 +215,29 @@ class ClientLifecycle:
                     continue
                 try:
                     result = await workflow.execute_activity_method(
-                        EmailActivities.send_email, step.email,
-                        start_to_close_timeout=ACTIVITY_TIMEOUT, schedule_to_close_timeout=EMAIL_GIVE_UP,
-                        retry_policy=EMAIL_RETRY, summary=f"email {step.email.template}",
+                        EmailActivities.send_email,
+                        step.email,
+                        start_to_close_timeout=ACTIVITY_TIMEOUT,
+                        schedule_to_close_timeout=EMAIL_GIVE_UP,
+                        retry_policy=EMAIL_RETRY,
+                        summary=f"email {step.email.template}",
                     )
-                    step.entry.detail.update(status=result.status, subject=result.subject,
-                                             message_id=result.message_id)
+                    step.entry.detail.update(status=result.status, subject=result.subject, message_id=result.message_id)
                 except ActivityError as err:
                     cause = err.cause or err
                     step.entry.detail.update(status="failed", error=str(cause))
             state = self._engine.state
             await workflow.execute_activity_method(
                 RecordActivities.record_journal,
-                JournalBatch(workflow_id=self._engine.workflow_id, deal_id=state.deal_id,
-                             playbook=self._input.playbook.id, entries=[s.entry for s in steps]),
-                start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RECORD_RETRY, summary="record timeline",
+                JournalBatch(
+                    workflow_id=self._engine.workflow_id,
+                    deal_id=state.deal_id,
+                    playbook=self._input.playbook.id,
+                    entries=[s.entry for s in steps],
+                ),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+                summary="record timeline",
             )
 
     def _arm_timer(self, wake: Wakeup | None) -> None:

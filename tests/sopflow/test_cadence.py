@@ -11,14 +11,20 @@ from sopflow.cadence import interval_at, next_due, schedule
 from sopflow.durations import add_months, duration
 from sopflow.playbook import Cadence
 
-SAFE_BALANCE = Cadence.model_validate({
-    "label": "site visit",
-    "touchpoint": "site_visit",
-    "phases": [{"until": "60d", "every": "14d"}, {"until": "365d", "every": "1mo"}, {"every": "2mo"}],
-})
-ANCHORS = [datetime(2025, 1, 31, 9, tzinfo=UTC), datetime(2024, 1, 31, 9, tzinfo=UTC),
-           datetime(2025, 6, 15, 14, 30, tzinfo=UTC), datetime(2025, 12, 31, 9, tzinfo=UTC),
-           datetime(2025, 3, 22, 9, tzinfo=UTC)]  # day 70 is May 31: later months clamp to shorter ones
+SAFE_BALANCE = Cadence.model_validate(
+    {
+        "label": "site visit",
+        "touchpoint": "site_visit",
+        "phases": [{"until": "60d", "every": "14d"}, {"until": "365d", "every": "1mo"}, {"every": "2mo"}],
+    }
+)
+ANCHORS = [
+    datetime(2025, 1, 31, 9, tzinfo=UTC),
+    datetime(2024, 1, 31, 9, tzinfo=UTC),
+    datetime(2025, 6, 15, 14, 30, tzinfo=UTC),
+    datetime(2025, 12, 31, 9, tzinfo=UTC),
+    datetime(2025, 3, 22, 9, tzinfo=UTC),
+]  # day 70 is May 31: later months clamp to shorter ones
 
 
 def gaps_by_phase(anchor: datetime) -> dict[str, list[tuple[datetime, datetime]]]:
@@ -69,9 +75,21 @@ def test_schedule_for_a_client_launched_on_jan_31() -> None:
     dues = schedule(SAFE_BALANCE, anchor, datetime(2026, 6, 1, tzinfo=UTC))
     dates = [due.date().isoformat() for due in dues]
     assert dates == [
-        "2025-02-14", "2025-02-28", "2025-03-14", "2025-03-28", "2025-04-11",  # every 14 days
-        "2025-05-11", "2025-06-11", "2025-07-11", "2025-08-11", "2025-09-11", "2025-10-11", "2025-11-11",
-        "2025-12-11", "2026-01-11", "2026-02-11",  # monthly while the previous visit is in the first year
+        "2025-02-14",
+        "2025-02-28",
+        "2025-03-14",
+        "2025-03-28",
+        "2025-04-11",  # every 14 days
+        "2025-05-11",
+        "2025-06-11",
+        "2025-07-11",
+        "2025-08-11",
+        "2025-09-11",
+        "2025-10-11",
+        "2025-11-11",
+        "2025-12-11",
+        "2026-01-11",
+        "2026-02-11",  # monthly while the previous visit is in the first year
         "2026-04-11",  # then every two months
     ]
 

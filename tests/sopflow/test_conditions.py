@@ -86,16 +86,19 @@ def test_in_matches_any_option_case_insensitively() -> None:
 
 
 def test_in_on_a_list_value_matches_any_shared_item() -> None:
-    assert holds({"field": "forms.targeting.services", "in": ["Remote monitoring", "therapy program"]},
-                 ctx(targeting=TARGETING))
+    assert holds(
+        {"field": "forms.targeting.services", "in": ["Remote monitoring", "therapy program"]}, ctx(targeting=TARGETING)
+    )
 
 
 def test_in_on_a_missing_value_is_false() -> None:
     assert not holds({"field": "deal.tier", "in": ["Basic"]}, ctx())
 
 
-@pytest.mark.parametrize(("value", "is_set"), [("2025-03-01", True), (False, True), (0, True), (["x"], True),
-                                               (None, False), ("", False), ([], False)])
+@pytest.mark.parametrize(
+    ("value", "is_set"),
+    [("2025-03-01", True), (False, True), (0, True), (["x"], True), (None, False), ("", False), ([], False)],
+)
 def test_is_set_treats_none_empty_text_and_empty_lists_as_unset(value: Any, is_set: bool) -> None:
     context = ctx({"launch_date": value})
     assert holds({"field": "deal.launch_date", "is_set": True}, context) is is_set
@@ -111,8 +114,16 @@ def test_is_set_false_holds_for_an_absent_field() -> None:
 
 @pytest.mark.parametrize(
     ("op", "bound", "expected"),
-    [("gt", 11, True), ("gt", 12, False), ("gte", 12, True), ("gte", 13, False),
-     ("lt", 13, True), ("lt", 12, False), ("lte", 12, True), ("lte", 11, False)],
+    [
+        ("gt", 11, True),
+        ("gt", 12, False),
+        ("gte", 12, True),
+        ("gte", 13, False),
+        ("lt", 13, True),
+        ("lt", 12, False),
+        ("lte", 12, True),
+        ("lte", 11, False),
+    ],
 )
 def test_comparisons_on_numbers(op: str, bound: float, expected: bool) -> None:
     assert holds({"field": "forms.targeting.seats", op: bound}, ctx(targeting=TARGETING)) is expected
@@ -168,7 +179,9 @@ def test_empty_all_is_true_and_empty_any_is_false() -> None:
 # --- roles --------------------------------------------------------------------------------------------------
 
 DEAL = {
-    "rep_email": "rep@example.com", "rep_name": "Riley Rep", "rep_id": "hs-owner-17",
+    "rep_email": "rep@example.com",
+    "rep_name": "Riley Rep",
+    "rep_id": "hs-owner-17",
     "account_manager_email": "am@example.com",
 }
 SIGNER = {"signer_email": "sam@acme.example", "signer_name": "Sam"}

@@ -27,8 +27,7 @@ DAY = 86400
         (" 1y 2mo ", 14, 0),
     ],
 )
-def test_duration_text_parses_into_calendar_months_and_fixed_seconds(text: str, months: int,
-                                                                      seconds: int) -> None:
+def test_duration_text_parses_into_calendar_months_and_fixed_seconds(text: str, months: int, seconds: int) -> None:
     parsed = duration(text)
     assert (parsed.months, parsed.seconds) == (months, seconds)
 
@@ -50,8 +49,16 @@ def test_invalid_duration_is_rejected_with_a_message_showing_the_accepted_form(t
 
 @pytest.mark.parametrize(
     ("text", "canonical"),
-    [("14d", "14d"), ("2w", "14d"), ("36h", "1d12h"), ("1mo", "1mo"), ("14mo", "1y2mo"), ("1y2mo", "1y2mo"),
-     ("90m", "1h30m"), ("0d", "0s")],
+    [
+        ("14d", "14d"),
+        ("2w", "14d"),
+        ("36h", "1d12h"),
+        ("1mo", "1mo"),
+        ("14mo", "1y2mo"),
+        ("1y2mo", "1y2mo"),
+        ("90m", "1h30m"),
+        ("0d", "0s"),
+    ],
 )
 def test_str_gives_canonical_text_that_parses_back_to_the_same_duration(text: str, canonical: str) -> None:
     parsed = duration(text)

@@ -15,13 +15,25 @@ from sopflow.playbook import Playbook, load_playbook
 
 T0 = datetime(2025, 1, 31, 9, tzinfo=UTC)
 DEAL = {
-    "rep_email": "rep@example.com", "rep_name": "Riley Rep", "rep_id": "hs-17",
-    "account_manager_email": "am@example.com", "account_manager_name": "Alex Manager",
+    "rep_email": "rep@example.com",
+    "rep_name": "Riley Rep",
+    "rep_id": "hs-17",
+    "account_manager_email": "am@example.com",
+    "account_manager_name": "Alex Manager",
 }
-TARGETING = {"company": "Acme Clinic", "signer_name": "Sam Signer", "signer_email": "sam@acme.example",
-             "service_tier": "basic", "services": "Balance assessment, therapy program"}
-CONTRACT_REQUEST = {"agreement": "safe balance", "term_months": "12", "monthly_fee": "1500",
-                    "client_agreed_on": "2025-01-30"}
+TARGETING = {
+    "company": "Acme Clinic",
+    "signer_name": "Sam Signer",
+    "signer_email": "sam@acme.example",
+    "service_tier": "basic",
+    "services": "Balance assessment, therapy program",
+}
+CONTRACT_REQUEST = {
+    "agreement": "safe balance",
+    "term_months": "12",
+    "monthly_fee": "1500",
+    "client_agreed_on": "2025-01-30",
+}
 CLOSEOUT = {"launched_on": "2025-01-31", "staff_trained": "yes", "all_running": "yes"}
 PRELAUNCH_TASKS = ["onsite_appointment", "services_onboarded", "prelaunch_call", "cleared_for_launch"]
 
@@ -109,8 +121,7 @@ def test_a_new_deal_without_the_required_rep_email_is_rejected(playbook: Playboo
     assert caught.value.field_errors == {"rep_email": "required"}
 
 
-def test_targeting_form_moves_to_contract_request_and_queues_the_account_claimed_email(
-        playbook: Playbook) -> None:
+def test_targeting_form_moves_to_contract_request_and_queues_the_account_claimed_email(playbook: Playbook) -> None:
     engine = started(playbook)
     submit(engine, "targeting", TARGETING)
     assert engine.state.stage == "contract_request"
@@ -126,8 +137,7 @@ def test_targeting_form_moves_to_contract_request_and_queues_the_account_claimed
     assert email.key == f"deal-D-1/{steps[-1].entry.seq}/enter-contract_request-0"
 
 
-def test_contract_request_form_moves_to_contract_and_sends_the_contract_to_the_signer(
-        playbook: Playbook) -> None:
+def test_contract_request_form_moves_to_contract_and_sends_the_contract_to_the_signer(playbook: Playbook) -> None:
     engine = started(playbook)
     submit(engine, "targeting", TARGETING)
     engine.take_steps()
@@ -135,7 +145,9 @@ def test_contract_request_form_moves_to_contract_and_sends_the_contract_to_the_s
     assert engine.state.stage == "contract"
     assert engine.state.history[-1].trigger == "form:contract_request"
     assert engine.state.forms["contract_request"].values == {
-        "agreement": "Safe Balance", "term_months": 12, "monthly_fee": "1500.00",
+        "agreement": "Safe Balance",
+        "term_months": 12,
+        "monthly_fee": "1500.00",
         "client_agreed_on": "2025-01-30",
     }
     steps = engine.take_steps()
@@ -175,14 +187,17 @@ def test_contract_reminders_go_to_the_signer_at_day_seven_and_day_twelve(playboo
     assert engine.next_wakeup() == Wakeup(day(14), "contract expires")
 
 
-def test_unsigned_contract_moves_to_contract_expired_at_day_fourteen_with_trigger_deadline(
-        playbook: Playbook) -> None:
+def test_unsigned_contract_moves_to_contract_expired_at_day_fourteen_with_trigger_deadline(playbook: Playbook) -> None:
     engine = in_contract(playbook)
     engine.tick(day(14))
     assert engine.state.stage == "contract_expired"
     record = engine.state.history[-1]
     assert (record.from_stage, record.to_stage, record.at, record.trigger) == (
-        "contract", "contract_expired", day(14), "deadline")
+        "contract",
+        "contract_expired",
+        day(14),
+        "deadline",
+    )
     assert record.reason == "contract not signed within 14 days"
     steps = engine.take_steps()
     assert templates(steps) == ["contract_reminder", "contract_reminder", "contract_expired"]
@@ -194,7 +209,10 @@ def test_a_late_tick_catches_up_every_missed_timer_each_at_its_own_time(playbook
     engine.tick(day(20))
     steps = engine.take_steps()
     assert [(s.entry.kind, s.entry.at) for s in steps if s.entry.kind in ("reminder", "stage")] == [
-        ("reminder", day(7)), ("reminder", day(12)), ("stage", day(14))]
+        ("reminder", day(7)),
+        ("reminder", day(12)),
+        ("stage", day(14)),
+    ]
     assert engine.state.deadline is not None
     assert engine.state.deadline.due_at == day(44)  # the 30-day re-send window of contract_expired
 
@@ -246,8 +264,7 @@ def test_contract_declined_event_closes_the_deal_as_lost(playbook: Playbook) -> 
 
 
 @pytest.mark.parametrize("event_id", ["env-1:completed-redelivery", None])
-def test_a_repeated_contract_signed_is_ignored_with_a_journal_entry(playbook: Playbook,
-                                                                    event_id: str | None) -> None:
+def test_a_repeated_contract_signed_is_ignored_with_a_journal_entry(playbook: Playbook, event_id: str | None) -> None:
     engine = in_prelaunch(playbook)
     tasks_before = engine.state.model_dump()["tasks"]
     engine.event(ExternalEvent(name="contract_signed", event_id=event_id, source="docusign"), day(1))
@@ -255,8 +272,12 @@ def test_a_repeated_contract_signed_is_ignored_with_a_journal_entry(playbook: Pl
     assert engine.state.model_dump()["tasks"] == tasks_before
     [step] = engine.take_steps()
     assert step.entry.kind == "event"
-    assert step.entry.detail == {"event": "contract_signed", "source": "docusign", "status": "ignored",
-                                 "reason": "not expected in stage 'prelaunch'"}
+    assert step.entry.detail == {
+        "event": "contract_signed",
+        "source": "docusign",
+        "status": "ignored",
+        "reason": "not expected in stage 'prelaunch'",
+    }
 
 
 def test_a_redelivered_event_with_the_same_event_id_is_dropped_silently(playbook: Playbook) -> None:
@@ -275,8 +296,7 @@ def test_an_unknown_event_is_journaled_and_ignored(playbook: Playbook) -> None:
     assert step.entry.detail == {"event": "envelope_opened", "status": "ignored", "reason": "unknown event"}
 
 
-def test_a_signature_arriving_after_expiry_is_ignored_until_the_contract_is_resent(
-        playbook: Playbook) -> None:
+def test_a_signature_arriving_after_expiry_is_ignored_until_the_contract_is_resent(playbook: Playbook) -> None:
     engine = in_contract(playbook)
     engine.tick(day(14))
     engine.take_steps()
@@ -294,13 +314,14 @@ def test_a_signature_arriving_after_expiry_is_ignored_until_the_contract_is_rese
 def test_prelaunch_opens_its_tasks_with_due_dates(playbook: Playbook) -> None:
     engine = in_prelaunch(playbook)
     assert {task_id: task.due_at for task_id, task in engine.state.tasks.items()} == {
-        "onsite_appointment": day(7), "services_onboarded": day(21), "prelaunch_call": day(21),
+        "onsite_appointment": day(7),
+        "services_onboarded": day(21),
+        "prelaunch_call": day(21),
         "cleared_for_launch": None,
     }
 
 
-def test_advance_to_launch_is_rejected_naming_each_missing_task_and_the_launch_date(
-        playbook: Playbook) -> None:
+def test_advance_to_launch_is_rejected_naming_each_missing_task_and_the_launch_date(playbook: Playbook) -> None:
     engine = in_prelaunch(playbook)
     with pytest.raises(Rejected) as caught:
         engine.advance(Advance(to="launch"), day(1))
@@ -317,8 +338,7 @@ def test_advance_to_launch_still_needs_the_launch_date_once_tasks_are_done(playb
     engine = in_prelaunch(playbook)
     for task in PRELAUNCH_TASKS:
         engine.complete_task(CompleteTask(task=task), day(1))
-    with pytest.raises(Rejected, match=r"^cannot leave 'prelaunch' for 'launch': deal field 'launch_date'") \
-            as caught:
+    with pytest.raises(Rejected, match=r"^cannot leave 'prelaunch' for 'launch': deal field 'launch_date'") as caught:
         engine.advance(Advance(to="launch"), day(1))
     assert "task" not in str(caught.value)
 
@@ -338,8 +358,11 @@ def test_advance_to_launch_succeeds_once_tasks_are_done_and_launch_date_is_set(p
 
 def test_advance_to_a_stage_without_an_advance_transition_is_rejected(playbook: Playbook) -> None:
     engine = in_contract(playbook)
-    with pytest.raises(Rejected, match=r"cannot advance from 'contract' to 'prelaunch' "
-                                       r"\(allowed: none: it moves on by itself, or close it\)"):
+    with pytest.raises(
+        Rejected,
+        match=r"cannot advance from 'contract' to 'prelaunch' "
+        r"\(allowed: none: it moves on by itself, or close it\)",
+    ):
         engine.check_advance(Advance(to="prelaunch"))
 
 
@@ -351,8 +374,11 @@ def test_advance_to_an_unknown_stage_is_rejected_listing_the_stages(playbook: Pl
 
 def test_a_task_whose_requirements_are_open_is_rejected(playbook: Playbook) -> None:
     engine = in_prelaunch(playbook)
-    with pytest.raises(Rejected, match=r"^task 'cleared_for_launch' must wait for: services_onboarded, "
-                                       r"prelaunch_call$"):
+    with pytest.raises(
+        Rejected,
+        match=r"^task 'cleared_for_launch' must wait for: services_onboarded, "
+        r"prelaunch_call$",
+    ):
         engine.complete_task(CompleteTask(task="cleared_for_launch"), day(1))
     engine.complete_task(CompleteTask(task="services_onboarded"), day(1))
     with pytest.raises(Rejected, match=r"^task 'cleared_for_launch' must wait for: prelaunch_call$"):
@@ -371,15 +397,16 @@ def test_a_task_cannot_be_completed_twice(playbook: Playbook) -> None:
 
 def test_a_task_of_another_stage_is_rejected_naming_its_stage(playbook: Playbook) -> None:
     engine = in_prelaunch(playbook)
-    with pytest.raises(Rejected, match="task 'launch_checklist' belongs to stage 'launch'; "
-                                       "the deal is in 'prelaunch'"):
+    with pytest.raises(Rejected, match="task 'launch_checklist' belongs to stage 'launch'; the deal is in 'prelaunch'"):
         engine.complete_task(CompleteTask(task="launch_checklist"), day(1))
 
 
-@pytest.mark.parametrize(("tier", "opened"), [("Basic", False), ("Standard", False), ("Premium", True),
-                                              ("premium", True)])
-def test_the_premium_setup_task_is_opened_only_for_the_premium_tier(playbook: Playbook, tier: str,
-                                                                     opened: bool) -> None:
+@pytest.mark.parametrize(
+    ("tier", "opened"), [("Basic", False), ("Standard", False), ("Premium", True), ("premium", True)]
+)
+def test_the_premium_setup_task_is_opened_only_for_the_premium_tier(
+    playbook: Playbook, tier: str, opened: bool
+) -> None:
     engine = in_prelaunch(playbook, tier)
     assert ("premium_setup" in engine.state.tasks) is opened
 
@@ -414,7 +441,10 @@ def test_an_overdue_task_reminds_its_owner_then_escalates(playbook: Playbook) ->
     email = escalation[1].email
     assert email is not None
     assert (email.template, [r.role for r in email.to], [r.role for r in email.cc]) == (
-        "task_escalation", ["account_manager"], ["partner_manager"])
+        "task_escalation",
+        ["account_manager"],
+        ["partner_manager"],
+    )
     assert email.context["task"]["id"] == "onsite_appointment"
 
 
@@ -432,8 +462,11 @@ def test_a_task_done_in_time_never_reminds(playbook: Playbook) -> None:
 def test_a_form_not_open_in_the_stage_is_rejected_naming_the_open_forms(playbook: Playbook) -> None:
     engine = started(playbook)
     submit(engine, "targeting", TARGETING)
-    with pytest.raises(Rejected, match=r"^form 'closeout' is not open in stage 'contract_request' "
-                                       r"\(open: targeting, contract_request\)$"):
+    with pytest.raises(
+        Rejected,
+        match=r"^form 'closeout' is not open in stage 'contract_request' "
+        r"\(open: targeting, contract_request\)$",
+    ):
         submit(engine, "closeout", CLOSEOUT)
 
 
@@ -445,8 +478,11 @@ def test_a_stage_without_forms_says_none_are_open(playbook: Playbook) -> None:
 
 def test_an_unknown_form_is_rejected_listing_the_forms(playbook: Playbook) -> None:
     engine = started(playbook)
-    with pytest.raises(Rejected, match=r"unknown form 'nps' \(forms: targeting, contract_request, closeout, "
-                                       r"site_visit\)"):
+    with pytest.raises(
+        Rejected,
+        match=r"unknown form 'nps' \(forms: targeting, contract_request, closeout, "
+        r"site_visit\)",
+    ):
         submit(engine, "nps", {})
 
 
@@ -470,21 +506,20 @@ def test_a_corrected_targeting_form_replaces_the_values_and_counts_submissions(p
     submit(engine, "targeting", TARGETING)
     submit(engine, "targeting", {**TARGETING, "signer_email": "pat@acme.example"}, day(1))
     record = engine.state.forms["targeting"]
-    assert (record.count, record.values["signer_email"], record.submitted_at) == (
-        2, "pat@acme.example", day(1))
+    assert (record.count, record.values["signer_email"], record.submitted_at) == (2, "pat@acme.example", day(1))
     assert engine.state.stage == "contract_request"
 
 
 # --- launch -------------------------------------------------------------------------------------------------
 
 
-def test_closeout_submitted_before_the_checklist_waits_for_the_task_then_moves_to_ongoing(
-        playbook: Playbook) -> None:
+def test_closeout_submitted_before_the_checklist_waits_for_the_task_then_moves_to_ongoing(playbook: Playbook) -> None:
     engine = in_launch(playbook)
     submit(engine, "closeout", {**CLOSEOUT, "staff_trained": "no"}, day(1))
     assert engine.state.stage == "launch"
     assert engine.unmet() == [
-        "task 'launch_checklist' not done (Launch the account using the SOP and checklist; owner: rep)"]
+        "task 'launch_checklist' not done (Launch the account using the SOP and checklist; owner: rep)"
+    ]
     engine.complete_task(CompleteTask(task="launch_checklist"), day(2))
     assert engine.state.stage == "ongoing"
     assert engine.state.history[-1].trigger == "form:closeout"
@@ -576,7 +611,10 @@ def test_site_visit_due_is_journaled_at_the_due_date_without_an_email(playbook: 
     engine.tick(day(14))
     [step] = engine.take_steps()
     assert (step.entry.kind, step.entry.at, step.entry.detail) == (
-        "visit_due", day(14), {"cadence": "site visit", "due_at": day(14).isoformat()})
+        "visit_due",
+        day(14),
+        {"cadence": "site visit", "due_at": day(14).isoformat()},
+    )
 
 
 def test_a_missed_site_visit_escalates_seven_days_after_the_due_date(playbook: Playbook) -> None:
@@ -593,7 +631,10 @@ def test_a_missed_site_visit_escalates_seven_days_after_the_due_date(playbook: P
     email = steps[1].email
     assert email is not None
     assert (email.template, [r.role for r in email.to], [r.role for r in email.cc]) == (
-        "visit_overdue", ["rep"], ["account_manager"])
+        "visit_overdue",
+        ["rep"],
+        ["account_manager"],
+    )
 
 
 def test_after_a_missed_visit_the_schedule_moves_on_from_the_missed_due_date(playbook: Playbook) -> None:
@@ -623,8 +664,7 @@ def test_a_logged_site_visit_resets_next_due_from_the_visit_date(playbook: Playb
     assert (cadence.logged, cadence.last_logged_at, cadence.next_due) == (1, day(12), day(26))
     assert not cadence.reminded
     [form_entry] = engine.take_steps()
-    assert form_entry.entry.detail == {"form": "site_visit", "count": 1, "by": "riley",
-                                       "next_due": day(26).isoformat()}
+    assert form_entry.entry.detail == {"form": "site_visit", "count": 1, "by": "riley", "next_due": day(26).isoformat()}
     assert engine.next_wakeup() == Wakeup(day(23), "site visit: reminder")
 
 
@@ -687,19 +727,25 @@ def test_logging_an_older_visit_late_does_not_move_the_schedule_back(playbook: P
 
 CHECKS: dict[str, tuple[Callable[[Playbook], Engine], Callable[[Engine], object]]] = {
     "form not open": (in_contract, lambda e: e.check_submit(SubmitForm(form="closeout"), day(1))),
-    "invalid form fields": (started, lambda e: e.check_submit(
-        SubmitForm(form="targeting", fields={"service_tier": "Gold"}), day(1))),
+    "invalid form fields": (
+        started,
+        lambda e: e.check_submit(SubmitForm(form="targeting", fields={"service_tier": "Gold"}), day(1)),
+    ),
     "blocked task": (in_prelaunch, lambda e: e.check_task(CompleteTask(task="cleared_for_launch"))),
     "unknown task": (in_prelaunch, lambda e: e.check_task(CompleteTask(task="dance"))),
     "advance with unmet gate": (in_prelaunch, lambda e: e.check_advance(Advance(to="launch"))),
-    "invalid deal fields": (in_prelaunch, lambda e: e.check_set_fields(
-        SetFields(fields={"launch_date": "soon"}))),
-    "clearing a required deal field": (in_prelaunch, lambda e: e.check_set_fields(
-        SetFields(fields={"rep_email": ""}))),
-    "close into a missing stage": (in_prelaunch, lambda e: e.check_close(
-        Close(outcome="lost", reason="x", stage="nope"))),
-    "future site visit": (in_ongoing, lambda e: e.check_submit(
-        SubmitForm(form="site_visit", fields={"visited_on": "2025-12-31", "steps_cleared": "yes"}), day(1))),
+    "invalid deal fields": (in_prelaunch, lambda e: e.check_set_fields(SetFields(fields={"launch_date": "soon"}))),
+    "clearing a required deal field": (in_prelaunch, lambda e: e.check_set_fields(SetFields(fields={"rep_email": ""}))),
+    "close into a missing stage": (
+        in_prelaunch,
+        lambda e: e.check_close(Close(outcome="lost", reason="x", stage="nope")),
+    ),
+    "future site visit": (
+        in_ongoing,
+        lambda e: e.check_submit(
+            SubmitForm(form="site_visit", fields={"visited_on": "2025-12-31", "steps_cleared": "yes"}), day(1)
+        ),
+    ),
 }
 
 
@@ -717,8 +763,9 @@ def test_a_rejecting_check_never_changes_the_state(playbook: Playbook, name: str
 def test_a_passing_check_never_changes_the_state_either(playbook: Playbook) -> None:
     engine = in_ongoing(playbook)
     before = engine.state.model_dump()
-    values = engine.check_submit(SubmitForm(form="site_visit", fields={"visited_on": "2025-02-10",
-                                                                       "steps_cleared": "Yes"}), day(11))
+    values = engine.check_submit(
+        SubmitForm(form="site_visit", fields={"visited_on": "2025-02-10", "steps_cleared": "Yes"}), day(11)
+    )
     assert values == {"visited_on": "2025-02-10", "steps_cleared": True}
     engine.check_set_fields(SetFields(fields={"launch_date": "2025-02-01"}))
     engine.check_close(Close(outcome="cancelled", reason="moved away"))

@@ -80,10 +80,10 @@ def test_datetime_rejects_text_that_is_not_iso_8601() -> None:
 # --- number, money ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "expected"), [("12", 12), (" 12 ", 12), ("12.0", 12), (12, 12),
-                                                 ("1.5", 1.5), (-3, -3), (2.25, 2.25)])
-def test_number_accepts_text_and_numbers_and_keeps_whole_numbers_integral(value: Any,
-                                                                          expected: float) -> None:
+@pytest.mark.parametrize(
+    ("value", "expected"), [("12", 12), (" 12 ", 12), ("12.0", 12), (12, 12), ("1.5", 1.5), (-3, -3), (2.25, 2.25)]
+)
+def test_number_accepts_text_and_numbers_and_keeps_whole_numbers_integral(value: Any, expected: float) -> None:
     result = coerce(spec("number"), value)
     assert result == expected
     assert type(result) is type(expected)
@@ -102,8 +102,15 @@ def test_number_rejects_booleans() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("1500", "1500.00"), ("1500.5", "1500.50"), ("1,500.25", "1500.25"), ("$1,500", "1500.00"),
-     (1500, "1500.00"), (12.5, "12.50"), ("0.10", "0.10")],
+    [
+        ("1500", "1500.00"),
+        ("1500.5", "1500.50"),
+        ("1,500.25", "1500.25"),
+        ("$1,500", "1500.00"),
+        (1500, "1500.00"),
+        (12.5, "12.50"),
+        ("0.10", "0.10"),
+    ],
 )
 def test_money_becomes_a_two_decimal_string_never_a_float(value: Any, expected: str) -> None:
     result = coerce(spec("money"), value)
@@ -196,10 +203,11 @@ COMPLETE = {"company": "Acme", "signer_email": "a@b.co", "service_tier": "Basic"
 
 
 def test_valid_values_come_back_canonical() -> None:
-    values = {"company": " Acme ", "signer_email": "sam@acme.example", "service_tier": "basic",
-              "monthly_fee": "99"}
+    values = {"company": " Acme ", "signer_email": "sam@acme.example", "service_tier": "basic", "monthly_fee": "99"}
     assert validate_values(FORM, values) == {
-        "company": "Acme", "signer_email": "sam@acme.example", "service_tier": "Basic",
+        "company": "Acme",
+        "signer_email": "sam@acme.example",
+        "service_tier": "Basic",
         "monthly_fee": "99.00",
     }
 
@@ -254,8 +262,7 @@ def test_partial_mode_refuses_to_clear_a_required_text_field_with_whitespace() -
 
 
 def test_all_errors_are_reported_at_once_field_by_field() -> None:
-    values = {"signer_email": "not-an-address", "service_tier": "Gold", "monthly_fee": "9.999",
-              "colour": "red"}
+    values = {"signer_email": "not-an-address", "service_tier": "Gold", "monthly_fee": "9.999", "colour": "red"}
     with pytest.raises(FieldErrors) as caught:
         validate_values(FORM, values)
     errors = caught.value.errors

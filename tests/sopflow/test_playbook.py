@@ -54,9 +54,11 @@ def load_errors(path: Path, templates_dir: Path | None = None) -> list[str]:
 
 
 def minimal(**overrides: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"id": "mini", "version": 1,
-                            "stages": [{"id": "open", "transitions": [{"to": "done", "advance": True}]},
-                                       {"id": "done", "terminal": "won"}]}
+    data: dict[str, Any] = {
+        "id": "mini",
+        "version": 1,
+        "stages": [{"id": "open", "transitions": [{"to": "done", "advance": True}]}, {"id": "done", "terminal": "won"}],
+    }
     return {**data, **overrides}
 
 
@@ -66,8 +68,16 @@ def minimal(**overrides: Any) -> dict[str, Any]:
 def test_safe_balance_playbook_loads_without_templates(playbook: Playbook) -> None:
     assert playbook.id == "safe_balance"
     assert [stage.id for stage in playbook.stages] == [
-        "targeting", "contract_request", "contract", "contract_expired", "prelaunch", "launch", "ongoing",
-        "closed_lost", "closed_expired", "cancelled",
+        "targeting",
+        "contract_request",
+        "contract",
+        "contract_expired",
+        "prelaunch",
+        "launch",
+        "ongoing",
+        "closed_lost",
+        "closed_expired",
+        "cancelled",
     ]
 
 
@@ -102,14 +112,13 @@ def test_durations_are_serialised_as_text(playbook: Playbook) -> None:
 
 
 def test_aliased_keywords_round_trip_by_their_written_names() -> None:
-    condition = Condition.model_validate({"any": [{"field": "deal.tier", "in": ["Gold"]},
-                                                  {"not": {"field": "deal.tier", "is_set": True}}]})
+    condition = Condition.model_validate(
+        {"any": [{"field": "deal.tier", "in": ["Gold"]}, {"not": {"field": "deal.tier", "is_set": True}}]}
+    )
     dumped = json.loads(condition.model_dump_json())
-    assert dumped == {"any": [{"field": "deal.tier", "in": ["Gold"]},
-                              {"not": {"field": "deal.tier", "is_set": True}}]}
+    assert dumped == {"any": [{"field": "deal.tier", "in": ["Gold"]}, {"not": {"field": "deal.tier", "is_set": True}}]}
     assert Condition.model_validate(dumped) == condition
-    deadline = Deadline.model_validate({"within": "30d", "from": "deal.launch_date",
-                                        "on_expiry": {"to": "lost"}})
+    deadline = Deadline.model_validate({"within": "30d", "from": "deal.launch_date", "on_expiry": {"to": "lost"}})
     assert json.loads(deadline.model_dump_json())["from"] == "deal.launch_date"
     assert Deadline.model_validate_json(deadline.model_dump_json()) == deadline
 
@@ -123,8 +132,7 @@ def test_safe_balance_loads_when_every_template_exists(playbook: Playbook, tmp_p
     assert load_playbook(SAFE_BALANCE, tmp_path) == playbook
 
 
-def test_missing_templates_are_reported_when_a_templates_dir_is_given(playbook: Playbook,
-                                                                       tmp_path: Path) -> None:
+def test_missing_templates_are_reported_when_a_templates_dir_is_given(playbook: Playbook, tmp_path: Path) -> None:
     errors = load_errors(SAFE_BALANCE, tmp_path)
     missing = "is missing subject.txt, body.txt, body.html"
     assert f"stages[1].on_enter[0].email.template: template 'account_claimed' {missing}" in errors
@@ -191,22 +199,49 @@ def test_playbook_error_message_names_the_source_and_lists_every_error() -> None
 @pytest.mark.parametrize(
     ("overrides", "error"),
     [
-        ({"stages": [{"id": "done", "terminal": "won"}]},
-         "stages[0]: the first stage is where clients start; it cannot be terminal"),
-        ({"stages": [{"id": "open", "transitions": [{"to": "open", "advance": True}]}]},
-         "stages[0].transitions[0].to: a stage cannot transition to itself"),
-        ({"stages": [{"id": "open", "transitions": [{"to": "done", "form": "intake"}]}, {"id": "done"}],
-          "forms": {"intake": {"fields": {"name": {}}}}},
-         "stages[0].transitions[0].form: form 'intake' is not open in stage 'open' "
-         "(list it under the stage's forms)"),
-        ({"stages": [{"id": "open", "tasks": [{"id": "call", "title": "Call", "owner": "rep"},
-                                               {"id": "call", "title": "Call again", "owner": "rep"}]}],
-          "roles": {"rep": {"email": "settings.rep"}}, "settings": {"rep": "rep@example.com"}},
-         "stages[0].tasks[1].id: duplicate task 'call'"),
-        ({"stages": [{"id": "open", "transitions": [{"to": "done", "advance": True}]},
-                     {"id": "done", "terminal": "won", "forms": ["x"]}], "forms": {"x": {"fields": {}}}},
-         "stages[1]: terminal stage 'done' ends the lifecycle: it cannot have transitions, tasks, forms, "
-         "a deadline or a cadence"),
+        (
+            {"stages": [{"id": "done", "terminal": "won"}]},
+            "stages[0]: the first stage is where clients start; it cannot be terminal",
+        ),
+        (
+            {"stages": [{"id": "open", "transitions": [{"to": "open", "advance": True}]}]},
+            "stages[0].transitions[0].to: a stage cannot transition to itself",
+        ),
+        (
+            {
+                "stages": [{"id": "open", "transitions": [{"to": "done", "form": "intake"}]}, {"id": "done"}],
+                "forms": {"intake": {"fields": {"name": {}}}},
+            },
+            "stages[0].transitions[0].form: form 'intake' is not open in stage 'open' "
+            "(list it under the stage's forms)",
+        ),
+        (
+            {
+                "stages": [
+                    {
+                        "id": "open",
+                        "tasks": [
+                            {"id": "call", "title": "Call", "owner": "rep"},
+                            {"id": "call", "title": "Call again", "owner": "rep"},
+                        ],
+                    }
+                ],
+                "roles": {"rep": {"email": "settings.rep"}},
+                "settings": {"rep": "rep@example.com"},
+            },
+            "stages[0].tasks[1].id: duplicate task 'call'",
+        ),
+        (
+            {
+                "stages": [
+                    {"id": "open", "transitions": [{"to": "done", "advance": True}]},
+                    {"id": "done", "terminal": "won", "forms": ["x"]},
+                ],
+                "forms": {"x": {"fields": {}}},
+            },
+            "stages[1]: terminal stage 'done' ends the lifecycle: it cannot have transitions, tasks, forms, "
+            "a deadline or a cadence",
+        ),
         ({"stages": []}, "stages: List should have at least 1 item after validation, not 0"),
         ({"id": "Safe-Balance"}, "id: String should match pattern '^[a-z][a-z0-9_]*$'"),
     ],

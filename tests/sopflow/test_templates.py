@@ -57,34 +57,56 @@ FORM_LINKS = {
 }
 
 FULL_DEAL: dict[str, Any] = {
-    "rep_email": "rep@example.com", "rep_name": "Alex Rep", "rep_id": "crm-101",
-    "account_manager_email": "am@example.com", "account_manager_name": "Morgan Manager",
-    "account_manager_id": "crm-202", "launch_date": "2025-05-05",
+    "rep_email": "rep@example.com",
+    "rep_name": "Alex Rep",
+    "rep_id": "crm-101",
+    "account_manager_email": "am@example.com",
+    "account_manager_name": "Morgan Manager",
+    "account_manager_id": "crm-202",
+    "launch_date": "2025-05-05",
 }
 FULL_FORMS: dict[str, dict[str, Any]] = {
     "targeting": {
-        "company": "Example Care Center", "city": "Springfield", "contact_name": "Pat Contact",
-        "signer_name": "Casey Signer", "signer_email": "signer@example.com", "service_tier": "Premium",
-        "services": ["Balance assessment", "Remote monitoring"], "notes": "Prefers morning calls",
+        "company": "Example Care Center",
+        "city": "Springfield",
+        "contact_name": "Pat Contact",
+        "signer_name": "Casey Signer",
+        "signer_email": "signer@example.com",
+        "service_tier": "Premium",
+        "services": ["Balance assessment", "Remote monitoring"],
+        "notes": "Prefers morning calls",
     },
     "contract_request": {
-        "agreement": "Life in Balance", "term_months": 24, "monthly_fee": "450.00",
-        "client_agreed_on": "2025-03-01", "notes": None,
+        "agreement": "Life in Balance",
+        "term_months": 24,
+        "monthly_fee": "450.00",
+        "client_agreed_on": "2025-03-01",
+        "notes": None,
     },
     "closeout": {
-        "launched_on": "2025-05-06", "staff_trained": True, "went_well": "Staff engaged from day one",
-        "sore_spots": "Night shift needs a second training", "all_running": False,
+        "launched_on": "2025-05-06",
+        "staff_trained": True,
+        "went_well": "Staff engaged from day one",
+        "sore_spots": "Night shift needs a second training",
+        "all_running": False,
     },
     "site_visit": {
-        "visited_on": "2025-05-20", "steps_cleared": True, "staff_met": "Head nurse, two aides",
-        "notes": "Good progress", "needs": "More assessment kits\nA refresher session for new staff",
+        "visited_on": "2025-05-20",
+        "steps_cleared": True,
+        "staff_met": "Head nurse, two aides",
+        "notes": "Good progress",
+        "needs": "More assessment kits\nA refresher session for new staff",
     },
 }
 # What the engine holds when only required values were given: optional fields are absent, not None.
 MINIMAL_DEAL: dict[str, Any] = {"rep_email": "rep@example.com"}
 MINIMAL_FORMS: dict[str, dict[str, Any]] = {
-    "targeting": {"company": "Example Care Center", "signer_name": "Casey Signer",
-                  "signer_email": "signer@example.com", "service_tier": "Basic"},
+    "targeting": {
+        "company": "Example Care Center",
+        "signer_name": "Casey Signer",
+        "signer_email": "signer@example.com",
+        "service_tier": "Basic",
+    },
     "contract_request": {"agreement": "Safe Balance", "term_months": 12, "client_agreed_on": "2025-03-01"},
     "closeout": {"launched_on": "2025-05-06", "staff_trained": True, "all_running": True},
     "site_visit": {"visited_on": "2025-05-20", "steps_cleared": False, "needs": "Replacement tablet"},
@@ -116,14 +138,14 @@ def sample_context(template: str, *, minimal: bool = False) -> dict[str, Any]:
     elif extra_kind == "task":
         spec = stage.task("onsite_appointment")
         assert spec is not None
-        extra["task"] = {"id": spec.id, "title": spec.title, "owner": spec.owner,
-                         "due_at": "2025-03-24T09:00:00+00:00"}
+        extra["task"] = {"id": spec.id, "title": spec.title, "owner": spec.owner, "due_at": "2025-03-24T09:00:00+00:00"}
     elif extra_kind == "visit":
         extra["visit"] = {"label": "site visit", "due_at": "2025-05-20T09:00:00+00:00", "number": 2}
     elif extra_kind == "form":
         extra["form"] = forms["site_visit"]
-    deadline = ({"label": "contract expires", "due_at": "2025-03-17T09:00:00+00:00"}
-                if stage.deadline is not None else None)
+    deadline = (
+        {"label": "contract expires", "due_at": "2025-03-17T09:00:00+00:00"} if stage.deadline is not None else None
+    )
     return {
         "deal_id": DEAL_ID,
         "deal": deal,
@@ -186,10 +208,17 @@ def test_greetings_use_role_names(renderer: TemplateRenderer) -> None:
     assert "Hello rep," in minimal.text
 
 
-@pytest.mark.parametrize(("template", "key"), [
-    ("task_overdue", "task"), ("visit_due", "visit"), ("site_visit_needs", "form"), ("welcome", "roles"),
-    ("account_claimed", "links"), ("launch_day", "deal_id"),
-])
+@pytest.mark.parametrize(
+    ("template", "key"),
+    [
+        ("task_overdue", "task"),
+        ("visit_due", "visit"),
+        ("site_visit_needs", "form"),
+        ("welcome", "roles"),
+        ("account_claimed", "links"),
+        ("launch_day", "deal_id"),
+    ],
+)
 def test_missing_variable_fails(renderer: TemplateRenderer, template: str, key: str) -> None:
     ctx = sample_context(template)
     del ctx[key]
@@ -221,11 +250,14 @@ def test_html_is_escaped_and_text_is_not(renderer: TemplateRenderer) -> None:
 
 
 @pytest.mark.parametrize("part", ["subject.txt", "body.txt", "body.html"])
-@pytest.mark.parametrize("expression", [
-    "{{ ''.__class__.__mro__ }}",
-    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-    "{{ deal.__class__.__init__.__globals__ }}",
-])
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ deal.__class__.__init__.__globals__ }}",
+    ],
+)
 def test_sandbox_refuses_python_internals(tmp_path: Path, part: str, expression: str) -> None:
     folder = tmp_path / "pb" / "evil"
     folder.mkdir(parents=True)
@@ -275,8 +307,9 @@ def test_emails_the_engine_queues_all_render(renderer: TemplateRenderer) -> None
     engine.submit_form(SubmitForm(form="closeout", fields=MINIMAL_FORMS["closeout"]), now)
     now += timedelta(days=30)
     engine.tick(now)
-    engine.submit_form(SubmitForm(form="site_visit", fields={**MINIMAL_FORMS["site_visit"],
-                                                             "visited_on": now.date().isoformat()}), now)
+    engine.submit_form(
+        SubmitForm(form="site_visit", fields={**MINIMAL_FORMS["site_visit"], "visited_on": now.date().isoformat()}), now
+    )
     drain(engine)
 
     assert set(rendered) == set(ALL_TEMPLATES)

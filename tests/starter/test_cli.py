@@ -20,18 +20,22 @@ from tests.conftest import TEMPLATES
 from worker import build_worker
 
 SOPFLOW = str(Path(sys.executable).parent / "sopflow")
-TARGETING = ["company=Lakeside Clinic {n}", "signer_name=Client Signer", "signer_email=signer@example.com",
-             "service_tier=Premium"]
+TARGETING = [
+    "company=Lakeside Clinic {n}",
+    "signer_name=Client Signer",
+    "signer_email=signer@example.com",
+    "service_tier=Premium",
+]
 
 
 class Cli:
     def __init__(self, address: str) -> None:
-        self.env = {**os.environ, "TEMPORAL_ADDRESS": address, "TEMPORAL_NAMESPACE": "default",
-                    "COLUMNS": "200"}
+        self.env = {**os.environ, "TEMPORAL_ADDRESS": address, "TEMPORAL_NAMESPACE": "default", "COLUMNS": "200"}
 
     async def __call__(self, *args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            SOPFLOW, *args, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            SOPFLOW, *args, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
         stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
         return proc.returncode or 0, stdout.decode(), stderr.decode()
 
@@ -71,8 +75,18 @@ async def test_list_filters_by_stage_and_playbook_through_search_attributes(cli:
     run_id = uuid.uuid4().hex[:8]
     deals = [f"T{run_id}-{n}" for n in range(3)]
     for deal in deals:
-        await cli.ok("deal", "start", "--deal-id", deal, "--playbook", "safe_balance",
-                     "-f", "rep_email=rep@example.com", "-f", "rep_id=owner-42")
+        await cli.ok(
+            "deal",
+            "start",
+            "--deal-id",
+            deal,
+            "--playbook",
+            "safe_balance",
+            "-f",
+            "rep_email=rep@example.com",
+            "-f",
+            "rep_id=owner-42",
+        )
     fields = [arg for pair in TARGETING for arg in ("-f", pair.format(n=run_id))]
     await cli.ok("form", "submit", deals[0], "targeting", *fields)
 
@@ -99,8 +113,18 @@ async def test_contract_stage_publishes_next_due_and_ui_details(cli: Cli, dev_en
     deal = f"T{uuid.uuid4().hex[:8]}"
     await cli.ok("deal", "start", "--deal-id", deal, "--playbook", "safe_balance", "-f", "rep_email=rep@example.com")
     await cli.ok("form", "submit", deal, "targeting", *[a for p in TARGETING for a in ("-f", p.format(n=deal))])
-    await cli.ok("form", "submit", deal, "contract_request", "-f", "agreement=Safe Balance", "-f", "term_months=24",
-                 "-f", "client_agreed_on=2026-01-05")
+    await cli.ok(
+        "form",
+        "submit",
+        deal,
+        "contract_request",
+        "-f",
+        "agreement=Safe Balance",
+        "-f",
+        "term_months=24",
+        "-f",
+        "client_agreed_on=2026-01-05",
+    )
     handle = dev_env.client.get_workflow_handle(f"deal-{deal}")
 
     async def check() -> None:
@@ -124,14 +148,16 @@ async def test_rejected_advance_prints_one_line_naming_what_is_missing_and_exits
     code, stdout, stderr = await cli("advance", deal, "launch")
     assert code == 1 and stdout == ""
     assert stderr.strip().splitlines() == [
-        "error: cannot advance from 'targeting' to 'launch' (allowed: none: it moves on by itself, or close it)"]
+        "error: cannot advance from 'targeting' to 'launch' (allowed: none: it moves on by itself, or close it)"
+    ]
 
     code, _, stderr = await cli("form", "submit", deal, "targeting", "-f", "company=X", "-f", "signer_email=nope")
     assert code == 1 and len(stderr.strip().splitlines()) == 1
     assert "signer_email: 'nope' is not an email address" in stderr and "signer_name: required" in stderr
 
-    code, _, stderr = await cli("deal", "start", "--deal-id", deal, "--playbook", "safe_balance",
-                                "-f", "rep_email=rep@example.com")
+    code, _, stderr = await cli(
+        "deal", "start", "--deal-id", deal, "--playbook", "safe_balance", "-f", "rep_email=rep@example.com"
+    )
     assert code == 1 and "already has a running lifecycle" in stderr
 
     code, _, stderr = await cli("event", deal, "contract_sgned")
@@ -139,8 +165,16 @@ async def test_rejected_advance_prints_one_line_naming_what_is_missing_and_exits
 
 
 async def test_deal_ids_that_look_like_personal_data_are_refused(cli: Cli):
-    code, _, stderr = await cli("deal", "start", "--deal-id", "jane@example.com", "--playbook", "safe_balance",
-                                "-f", "rep_email=rep@example.com")
+    code, _, stderr = await cli(
+        "deal",
+        "start",
+        "--deal-id",
+        "jane@example.com",
+        "--playbook",
+        "safe_balance",
+        "-f",
+        "rep_email=rep@example.com",
+    )
     assert code == 1 and "never a name or email" in stderr
 
 

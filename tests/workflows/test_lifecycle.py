@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,8 +19,12 @@ from tests.conftest import TEMPLATES, make_worker
 from workflows.lifecycle import ClientLifecycle
 
 DEAL = {"rep_email": "rep@example.com", "rep_id": "owner-17", "account_manager_email": "am@example.com"}
-TARGETING = {"company": "Sunrise Care Center", "signer_name": "Client Signer", "signer_email": "signer@example.com",
-             "service_tier": "Standard"}
+TARGETING = {
+    "company": "Sunrise Care Center",
+    "signer_name": "Client Signer",
+    "signer_email": "signer@example.com",
+    "service_tier": "Standard",
+}
 CONTRACT_REQUEST = {"agreement": "Safe Balance", "term_months": 12, "client_agreed_on": "2020-01-01"}
 PRELAUNCH_TASKS = ["onsite_appointment", "services_onboarded", "prelaunch_call", "cleared_for_launch"]
 
@@ -43,13 +48,17 @@ def launched_steps() -> list[dict[str, Any]]:
         {"at": "4d", "set": {"launch_date": "2030-01-01"}},
         {"at": "5d", "advance": "launch"},
         {"at": "6d", "task": "launch_checklist"},
-        {"at": "6d", "form": "closeout", "fields": {"launched_on": "2020-01-01", "staff_trained": "yes",
-                                                    "all_running": "yes"}},
+        {
+            "at": "6d",
+            "form": "closeout",
+            "fields": {"launched_on": "2020-01-01", "staff_trained": "yes", "all_running": "yes"},
+        },
     ]
 
 
-async def run(env: WorkflowEnvironment, playbook: Playbook, steps: list[dict[str, Any]], until: str,
-              deal_id: str = "D-1") -> Rehearsal:
+async def run(
+    env: WorkflowEnvironment, playbook: Playbook, steps: list[dict[str, Any]], until: str, deal_id: str = "D-1"
+) -> Rehearsal:
     scenario = Scenario.model_validate({"deal": {"id": deal_id, "fields": DEAL}, "steps": steps, "until": until})
     return await rehearse(LifecycleInput(deal_id=deal_id, playbook=playbook, fields=DEAL), scenario, TEMPLATES, env)
 
@@ -92,8 +101,11 @@ async def test_contract_signed_on_day_10_moves_to_prelaunch_and_sends_the_welcom
 
 
 async def test_repeated_contract_signed_is_harmless(ts_env, safe_balance):
-    steps = [*sales_steps("10d"), {"at": "10d", "event": "contract_signed", "event_id": "envelope-1/completed"},
-             {"at": "11d", "event": "contract_signed", "event_id": "envelope-1/completed-again"}]
+    steps = [
+        *sales_steps("10d"),
+        {"at": "10d", "event": "contract_signed", "event_id": "envelope-1/completed"},
+        {"at": "11d", "event": "contract_signed", "event_id": "envelope-1/completed-again"},
+    ]
     result = await run(ts_env, safe_balance, steps, until="12d")
 
     assert [to for to, _ in stage_moves(result)].count("prelaunch") == 1
@@ -102,12 +114,16 @@ async def test_repeated_contract_signed_is_harmless(ts_env, safe_balance):
     assert len([m for m in result.emails if m["X-Sopflow-Template"] == "safe_balance/welcome"]) == 1
 
 
-async def test_launch_is_rejected_until_prelaunch_is_complete_naming_what_is_missing(ts_env, safe_balance, db,
-                                                                                     smtp_sink):
+async def test_launch_is_rejected_until_prelaunch_is_complete_naming_what_is_missing(
+    ts_env, safe_balance, db, smtp_sink
+):
     async with make_worker(ts_env.client, db, smtp_sink) as worker:
         handle = await ts_env.client.start_workflow(
-            ClientLifecycle.run, LifecycleInput(deal_id="D-9", playbook=safe_balance, fields=DEAL),
-            id=f"{WORKFLOW_ID_PREFIX}D-9", task_queue=worker.task_queue)
+            ClientLifecycle.run,
+            LifecycleInput(deal_id="D-9", playbook=safe_balance, fields=DEAL),
+            id=f"{WORKFLOW_ID_PREFIX}D-9",
+            task_queue=worker.task_queue,
+        )
         for form, fields in (("targeting", TARGETING), ("contract_request", CONTRACT_REQUEST)):
             await handle.execute_update(ClientLifecycle.submit_form, SubmitForm(form=form, fields=fields))
         await handle.signal(ClientLifecycle.event, ExternalEvent(name="contract_signed"))
@@ -119,13 +135,16 @@ async def test_launch_is_rejected_until_prelaunch_is_complete_naming_what_is_mis
         for missing in [*PRELAUNCH_TASKS, "launch_date"]:
             assert missing in message
         history = await handle.fetch_history()
-        accepted = [e for e in history.events
-                    if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
+        accepted = [
+            e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+        ]
         assert len(accepted) == 2  # the two forms; the rejected advance never reached history
 
         with pytest.raises(WorkflowUpdateFailedError) as blocked:
             await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task="cleared_for_launch"))
-        assert blocked.value.cause.message == "task 'cleared_for_launch' must wait for: services_onboarded, prelaunch_call"
+        assert (
+            blocked.value.cause.message == "task 'cleared_for_launch' must wait for: services_onboarded, prelaunch_call"
+        )
         status: LifecycleStatus = await handle.query(ClientLifecycle.status)
         assert status.stage == "prelaunch"
 
@@ -134,7 +153,7 @@ async def test_site_visits_over_three_years_follow_the_14_day_monthly_and_two_mo
     result = await run(ts_env, safe_balance, launched_steps(), until=f"{6 + 3 * 365}d")
 
     dues = [e["due_at"] for e in result.of_kind("visit_due")]
-    gaps = [days_between(a, b) for a, b in zip(dues, dues[1:], strict=False)]
+    gaps = [days_between(a, b) for a, b in itertools.pairwise(dues)]
     ongoing_entry = next(e for e in result.of_kind("stage") if e["to"] == "ongoing")
     offsets = [days_between(ongoing_entry["at"], due) for due in dues]
     assert offsets[:5] == pytest.approx([14, 28, 42, 56, 70])
@@ -177,8 +196,14 @@ async def test_continue_as_new_keeps_state_across_years(ts_env, safe_balance):
     status = result.status
     assert status.run == 3 and status.stage == "ongoing"
     assert set(status.forms_submitted) == {"targeting", "contract_request", "closeout"}
-    assert [r.to_stage for r in status.history] == ["targeting", "contract_request", "contract", "prelaunch",
-                                                    "launch", "ongoing"]
+    assert [r.to_stage for r in status.history] == [
+        "targeting",
+        "contract_request",
+        "contract",
+        "prelaunch",
+        "launch",
+        "ongoing",
+    ]
     seqs = [e for e in result.timeline if e["kind"] != "rejected"]
     assert len(seqs) == len({(e["at"], e["kind"], str(e)) for e in seqs})
     assert result.duplicates == 0
@@ -188,14 +213,20 @@ async def test_a_claimed_account_cannot_be_claimed_by_another_deal(ts_env, safe_
     async with make_worker(ts_env.client, db, smtp_sink) as worker:
         handles = []
         for deal_id in ("D-10", "D-11"):
-            handles.append(await ts_env.client.start_workflow(
-                ClientLifecycle.run, LifecycleInput(deal_id=deal_id, playbook=safe_balance, fields=DEAL),
-                id=f"{WORKFLOW_ID_PREFIX}{deal_id}", task_queue=worker.task_queue))
+            handles.append(
+                await ts_env.client.start_workflow(
+                    ClientLifecycle.run,
+                    LifecycleInput(deal_id=deal_id, playbook=safe_balance, fields=DEAL),
+                    id=f"{WORKFLOW_ID_PREFIX}{deal_id}",
+                    task_queue=worker.task_queue,
+                )
+            )
         await handles[0].execute_update(ClientLifecycle.submit_form, SubmitForm(form="targeting", fields=TARGETING))
         same_account = {**TARGETING, "company": "sunrise care center."}
         with pytest.raises(WorkflowUpdateFailedError) as refused:
-            await handles[1].execute_update(ClientLifecycle.submit_form,
-                                            SubmitForm(form="targeting", fields=same_account))
+            await handles[1].execute_update(
+                ClientLifecycle.submit_form, SubmitForm(form="targeting", fields=same_account)
+            )
         assert "already claimed by deal D-10" in refused.value.cause.message
         status: LifecycleStatus = await handles[1].query(ClientLifecycle.status)
         assert status.stage == "targeting" and "targeting" not in status.forms_submitted
@@ -204,14 +235,28 @@ async def test_a_claimed_account_cannot_be_claimed_by_another_deal(ts_env, safe_
 async def test_invalid_form_is_rejected_field_by_field_without_touching_history(ts_env, safe_balance, db, smtp_sink):
     async with make_worker(ts_env.client, db, smtp_sink) as worker:
         handle = await ts_env.client.start_workflow(
-            ClientLifecycle.run, LifecycleInput(deal_id="D-12", playbook=safe_balance, fields=DEAL),
-            id=f"{WORKFLOW_ID_PREFIX}D-12", task_queue=worker.task_queue)
+            ClientLifecycle.run,
+            LifecycleInput(deal_id="D-12", playbook=safe_balance, fields=DEAL),
+            id=f"{WORKFLOW_ID_PREFIX}D-12",
+            task_queue=worker.task_queue,
+        )
         before = len((await handle.fetch_history()).events)
         with pytest.raises(WorkflowUpdateFailedError) as rejected:
-            await handle.execute_update(ClientLifecycle.submit_form, SubmitForm(
-                form="targeting", fields={**TARGETING, "signer_email": "not-an-email", "service_tier": "Gold"}))
-        assert rejected.value.cause.details == ({"signer_email": "'not-an-email' is not an email address",
-                                                 "service_tier": "'Gold' is not one of: Basic, Standard, Premium"},)
-        after = [e for e in (await handle.fetch_history()).events
-                 if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
+            await handle.execute_update(
+                ClientLifecycle.submit_form,
+                SubmitForm(
+                    form="targeting", fields={**TARGETING, "signer_email": "not-an-email", "service_tier": "Gold"}
+                ),
+            )
+        assert rejected.value.cause.details == (
+            {
+                "signer_email": "'not-an-email' is not an email address",
+                "service_tier": "'Gold' is not one of: Basic, Standard, Premium",
+            },
+        )
+        after = [
+            e
+            for e in (await handle.fetch_history()).events
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+        ]
         assert not after and before > 0

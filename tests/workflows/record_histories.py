@@ -1,0 +1,66 @@
+"""Record the workflow histories that `test_replay.py` replays: `python -m tests.workflows.record_histories`.
+
+Re-record only for a deliberate, compatible change of recorded behaviour; a history recorded by an older version
+that stops replaying means running clients would break (guard the change with `workflow.patched`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from temporalio.client import WorkflowHistory
+
+from sopflow.config import PROJECT_ROOT
+from sopflow.constants import WORKFLOW_ID_PREFIX
+from sopflow.engine import check_deal_fields
+from sopflow.models import LifecycleInput
+from sopflow.playbook import load_playbook
+from starter.rehearse import load_scenario, rehearse, start_test_env
+
+HISTORIES = PROJECT_ROOT / "tests" / "histories"
+SCENARIOS = sorted((PROJECT_ROOT / "playbooks" / "scenarios").glob("safe_balance_*.yaml"))
+
+
+async def record(scenario_path: Path) -> list[Path]:
+    playbook = load_playbook(PROJECT_ROOT / "playbooks" / "safe_balance.yaml")
+    scenario = load_scenario(scenario_path)
+    env = await start_test_env()
+    try:
+        inp = LifecycleInput(
+            deal_id=scenario.deal.id, playbook=playbook, fields=check_deal_fields(playbook, scenario.deal.fields)
+        )
+        await rehearse(inp, scenario, PROJECT_ROOT / "templates", env)
+        workflow_id = f"{WORKFLOW_ID_PREFIX}{scenario.deal.id}"
+        runs: list[WorkflowHistory] = []
+        run_id: str | None = None
+        while True:  # walk back from the latest run through continue-as-new links
+            history = await env.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+            runs.insert(0, history)
+            started = history.events[0].workflow_execution_started_event_attributes
+            run_id = started.continued_execution_run_id or None
+            if run_id is None:
+                break
+    finally:
+        await env.shutdown()
+    written = []
+    for number, history in enumerate(runs, start=1):
+        path = HISTORIES / f"{scenario_path.stem}.run{number}.json"
+        path.write_text(history.to_json())
+        written.append(path)
+    return written
+
+
+async def main() -> None:
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    for scenario in SCENARIOS:
+        for path in await record(scenario):
+            print(f"recorded {path.relative_to(PROJECT_ROOT)}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    sys.stdout.flush()
+    os._exit(0)  # sdk-python #300: avoid a crash at interpreter exit after a test server and worker ran
