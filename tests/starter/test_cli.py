@@ -183,3 +183,18 @@ async def test_without_a_server_the_cli_says_how_to_start_one():
     code, stdout, stderr = await cli("status", "D-404")
     assert code == 1 and stdout == ""
     assert "make dev" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+async def test_rehearse_prints_the_timeline_as_json_lines_with_rendered_subjects():
+    cli = Cli(f"127.0.0.1:{free_port()}")  # a rehearsal never needs the configured server
+    code, stdout, stderr = await cli(
+        "rehearse", "safe_balance", "playbooks/scenarios/safe_balance_declined.yaml", "-o", "json"
+    )
+    assert code == 0, stderr
+    timeline = [json.loads(line) for line in stdout.splitlines()]
+    assert {"at", "day", "kind"} <= set(timeline[0])
+    kinds = [entry["kind"] for entry in timeline]
+    assert kinds.count("rejected") == 2 and kinds[-1] == "stage" and timeline[-1]["to"] == "closed_lost"
+    contract_email = next(e for e in timeline if e["kind"] == "email" and e["template"] == "contract_sent")
+    assert contract_email["subject"].startswith("Please sign") and contract_email["to"] == ["signer"]
+    assert [e["day"] for e in timeline] == sorted(e["day"] for e in timeline)

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from sopflow.constants import WORKFLOW_ID_PREFIX
 from sopflow.models import Advance, CompleteTask, ExternalEvent, LifecycleInput, LifecycleStatus, SubmitForm
@@ -61,6 +62,15 @@ async def run(
 ) -> Rehearsal:
     scenario = Scenario.model_validate({"deal": {"id": deal_id, "fields": DEAL}, "steps": steps, "until": until})
     return await rehearse(LifecycleInput(deal_id=deal_id, playbook=playbook, fields=DEAL), scenario, TEMPLATES, env)
+
+
+async def start_deal(env: WorkflowEnvironment, worker: Worker, playbook: Playbook, deal_id: str) -> WorkflowHandle:
+    return await env.client.start_workflow(
+        ClientLifecycle.run,
+        LifecycleInput(deal_id=deal_id, playbook=playbook, fields=DEAL),
+        id=f"{WORKFLOW_ID_PREFIX}{deal_id}",
+        task_queue=worker.task_queue,
+    )
 
 
 def day_of(entry: dict[str, Any]) -> float:
@@ -118,12 +128,7 @@ async def test_launch_is_rejected_until_prelaunch_is_complete_naming_what_is_mis
     ts_env, safe_balance, db, smtp_sink
 ):
     async with make_worker(ts_env.client, db, smtp_sink) as worker:
-        handle = await ts_env.client.start_workflow(
-            ClientLifecycle.run,
-            LifecycleInput(deal_id="D-9", playbook=safe_balance, fields=DEAL),
-            id=f"{WORKFLOW_ID_PREFIX}D-9",
-            task_queue=worker.task_queue,
-        )
+        handle = await start_deal(ts_env, worker, safe_balance, "D-9")
         for form, fields in (("targeting", TARGETING), ("contract_request", CONTRACT_REQUEST)):
             await handle.execute_update(ClientLifecycle.submit_form, SubmitForm(form=form, fields=fields))
         await handle.signal(ClientLifecycle.event, ExternalEvent(name="contract_signed"))
@@ -211,16 +216,7 @@ async def test_continue_as_new_keeps_state_across_years(ts_env, safe_balance):
 
 async def test_a_claimed_account_cannot_be_claimed_by_another_deal(ts_env, safe_balance, db, smtp_sink):
     async with make_worker(ts_env.client, db, smtp_sink) as worker:
-        handles = []
-        for deal_id in ("D-10", "D-11"):
-            handles.append(
-                await ts_env.client.start_workflow(
-                    ClientLifecycle.run,
-                    LifecycleInput(deal_id=deal_id, playbook=safe_balance, fields=DEAL),
-                    id=f"{WORKFLOW_ID_PREFIX}{deal_id}",
-                    task_queue=worker.task_queue,
-                )
-            )
+        handles = [await start_deal(ts_env, worker, safe_balance, deal_id) for deal_id in ("D-10", "D-11")]
         await handles[0].execute_update(ClientLifecycle.submit_form, SubmitForm(form="targeting", fields=TARGETING))
         same_account = {**TARGETING, "company": "sunrise care center."}
         with pytest.raises(WorkflowUpdateFailedError) as refused:
@@ -234,12 +230,7 @@ async def test_a_claimed_account_cannot_be_claimed_by_another_deal(ts_env, safe_
 
 async def test_invalid_form_is_rejected_field_by_field_without_touching_history(ts_env, safe_balance, db, smtp_sink):
     async with make_worker(ts_env.client, db, smtp_sink) as worker:
-        handle = await ts_env.client.start_workflow(
-            ClientLifecycle.run,
-            LifecycleInput(deal_id="D-12", playbook=safe_balance, fields=DEAL),
-            id=f"{WORKFLOW_ID_PREFIX}D-12",
-            task_queue=worker.task_queue,
-        )
+        handle = await start_deal(ts_env, worker, safe_balance, "D-12")
         before = len((await handle.fetch_history()).events)
         with pytest.raises(WorkflowUpdateFailedError) as rejected:
             await handle.execute_update(
