@@ -490,9 +490,7 @@ class Engine:
                 return
         cad, cad_spec = state.cadence, stage.cadence
         if cad is not None and cad_spec is not None:
-            extra = {
-                "visit": {"label": cad.label, "due_at": cad.next_due.isoformat(), "number": cad.logged + 1}
-            }
+            extra = {"visit": {"label": cad.label, "due_at": cad.next_due.isoformat(), "number": cad.logged + 1}}
             if cad_spec.remind is not None and not cad.reminded and at >= cad_spec.remind.before.before(cad.next_due):
                 cad.reminded = True
                 self._log("reminder", at, cadence=cad.label, due_at=cad.next_due.isoformat())

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -71,6 +72,12 @@ async def start_deal(env: WorkflowEnvironment, worker: Worker, playbook: Playboo
         id=f"{WORKFLOW_ID_PREFIX}{deal_id}",
         task_queue=worker.task_queue,
     )
+
+
+def cause_of(failure: pytest.ExceptionInfo[WorkflowUpdateFailedError]) -> ApplicationError:
+    """The workflow's rejection (message and per-field details) behind a failed update."""
+    assert isinstance(failure.value.cause, ApplicationError)
+    return failure.value.cause
 
 
 def day_of(entry: dict[str, Any]) -> float:
@@ -148,7 +155,7 @@ async def test_launch_is_rejected_until_prelaunch_is_complete_naming_what_is_mis
         with pytest.raises(WorkflowUpdateFailedError) as blocked:
             await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task="cleared_for_launch"))
         assert (
-            blocked.value.cause.message == "task 'cleared_for_launch' must wait for: services_onboarded, prelaunch_call"
+            cause_of(blocked).message == "task 'cleared_for_launch' must wait for: services_onboarded, prelaunch_call"
         )
         status: LifecycleStatus = await handle.query(ClientLifecycle.status)
         assert status.stage == "prelaunch"
@@ -223,7 +230,7 @@ async def test_a_claimed_account_cannot_be_claimed_by_another_deal(ts_env, safe_
             await handles[1].execute_update(
                 ClientLifecycle.submit_form, SubmitForm(form="targeting", fields=same_account)
             )
-        assert "already claimed by deal D-10" in refused.value.cause.message
+        assert "already claimed by deal D-10" in cause_of(refused).message
         status: LifecycleStatus = await handles[1].query(ClientLifecycle.status)
         assert status.stage == "targeting" and "targeting" not in status.forms_submitted
 
@@ -239,7 +246,7 @@ async def test_invalid_form_is_rejected_field_by_field_without_touching_history(
                     form="targeting", fields={**TARGETING, "signer_email": "not-an-email", "service_tier": "Gold"}
                 ),
             )
-        assert rejected.value.cause.details == (
+        assert cause_of(rejected).details == (
             {
                 "signer_email": "'not-an-email' is not an email address",
                 "service_tier": "'Gold' is not one of: Basic, Standard, Premium",

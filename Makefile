@@ -1,0 +1,31 @@
+# Everything runs from .venv, so `make dev` / `make test` behave the same on every machine and in CI.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv dev test lint clean
+
+venv: $(STAMP)
+
+# Reinstall only when the dependency list changed: pip resolving on every `make test` costs seconds.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+dev: venv
+	$(BIN)/sopflow dev
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+# Local dev state only (Temporal db, records db, captured mail); the venv stays.
+clean:
+	rm -rf .sopflow

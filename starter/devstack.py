@@ -1,0 +1,468 @@
+"""`sopflow dev`: the whole local stack in one process, so a newcomer needs one command and no Docker.
+
+Temporal runs as a child process (the pinned `temporal` CLI's dev server, persisted in `<home>/temporal.db`);
+the worker, the SMTP sink and the webhook intake run in this event loop. Everything is torn down in reverse
+order when the coroutine is cancelled (Ctrl-C) or when startup fails halfway, so no dev server is ever left
+behind holding the ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+import uvicorn
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy.engine import make_url
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+from temporalio.client import Client
+from temporalio.common import SearchAttributeIndexedValueType
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from sopflow.config import Settings
+from sopflow.constants import SEARCH_ATTRIBUTES
+from sopflow.db import Database
+from sopflow.mailsink import MailSink
+from starter import webhooks
+from starter.binaries import temporal_cli
+from worker import build_worker, smtp_config
+
+HOST = "127.0.0.1"
+NAMESPACE = "default"
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+CLI_TIMEOUT = 20.0
+
+# The CLI spells search attribute types its own way; a type missing here fails at startup, not in a workflow.
+_CLI_TYPES = {
+    SearchAttributeIndexedValueType.KEYWORD: "Keyword",
+    SearchAttributeIndexedValueType.DATETIME: "Datetime",
+    SearchAttributeIndexedValueType.TEXT: "Text",
+    SearchAttributeIndexedValueType.INT: "Int",
+    SearchAttributeIndexedValueType.DOUBLE: "Double",
+    SearchAttributeIndexedValueType.BOOL: "Bool",
+    SearchAttributeIndexedValueType.KEYWORD_LIST: "KeywordList",
+}
+
+
+class DevStackError(RuntimeError):
+    """A failure of the local stack, worded for the terminal: the CLI prints it without a traceback."""
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own SIGINT/SIGTERM handlers.
+
+    uvicorn would swallow Ctrl-C to stop only itself and re-raise it later; signals belong to `asyncio.run` in
+    the CLI, which cancels `run_dev`, which stops everything in order.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run_dev(
+    settings: Settings,
+    *,
+    ready: asyncio.Event | None = None,
+    console: Console | None = None,
+    on_server_pid: Callable[[int], None] | None = None,
+) -> None:
+    """Run the local stack until cancelled (Ctrl-C) or SIGTERM/SIGHUP; set `ready` once every part answers.
+
+    SIGTERM and SIGHUP (a closed terminal) end it normally after the same orderly shutdown, because the dev
+    server runs in its own session: killed outright, this process would leave it orphaned on its ports.
+    `on_server_pid` receives the dev server's process id as soon as it is spawned, so a caller (the tests) can
+    prove that shutdown really ended it.
+    """
+    console = console or Console()
+    home = settings.home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    port = settings.dev_temporal_port
+    address = f"{HOST}:{port}"
+
+    _check_ports_free(settings)
+    stop = asyncio.Event()
+    async with AsyncExitStack() as stack:
+        stack.enter_context(_stop_on_signals(stop))
+        # Our own listeners are taken before the dev server starts, which binds random free ports of its own
+        # (HTTP API, metrics, internal services) and could otherwise land on one of ours.
+        intake_socket = stack.enter_context(_bind_intake(settings))
+        mail_dir = home / "mail"
+        sink = MailSink(
+            host=settings.smtp_host, port=settings.smtp_port, store_dir=mail_dir, on_message=_mail_printer(console)
+        )
+        try:
+            await asyncio.to_thread(sink.start)
+        except Exception as exc:  # aiosmtpd reports a busy port in several ways
+            raise DevStackError(
+                f"cannot start the SMTP sink on {settings.smtp_host}:{settings.smtp_port}: "
+                f"{exc}; choose another port with SOPFLOW_SMTP_PORT"
+            ) from exc
+        stack.callback(sink.stop)
+
+        proc = await _spawn_server(settings)
+        stack.push_async_callback(_stop_process, proc)
+        if on_server_pid is not None:
+            on_server_pid(proc.pid)
+        started = time.monotonic()
+        client = await _wait_until_serving(proc, address, home / "temporal.log")
+        await _register_search_attributes(address)
+        server_seconds = time.monotonic() - started
+
+        db = Database(settings.database_url)
+        stack.callback(db.dispose)
+        try:
+            await asyncio.to_thread(db.create_schema)
+        except Exception as exc:  # any driver's connection error: the message is what matters here
+            raise DevStackError(f"records database {_safe_url(settings.database_url)}: {exc}") from exc
+
+        worker = build_worker(client, db, smtp_config(settings), settings.templates_dir, settings.public_url)
+        worker_task = asyncio.create_task(worker.run(), name="sopflow-worker")
+        stack.push_async_callback(_stop_worker, worker, worker_task)
+
+        webhooks.use_client(client)
+        stack.callback(webhooks.use_client, None)
+        web, web_task = _start_intake(settings, intake_socket)
+        stack.push_async_callback(_stop_intake, web, web_task)
+        await _wait_until_started(web, web_task)
+
+        console.print(_panel(settings, address, home, server_seconds))
+        if ready is not None:
+            ready.set()
+        try:
+            await _supervise(proc, worker_task, web_task, stop, home / "temporal.log")
+        finally:
+            console.print(Text("stopping the local stack...", style="dim"))
+
+
+def _check_ports_free(settings: Settings) -> None:
+    """Fail before spawning anything: a half-started stack beside someone else's server only confuses."""
+    wanted = [
+        ("Temporal", HOST, settings.dev_temporal_port),
+        ("Temporal UI", HOST, settings.dev_ui_port),
+        ("webhook intake", HOST, settings.dev_intake_port),
+        ("SMTP sink", settings.smtp_host, settings.smtp_port),
+    ]
+    for name, host, port in wanted:
+        if _port_free(host, port):
+            continue
+        hint = (
+            "is another `sopflow dev` (or a Temporal server) running? Stop it"
+            if name == "Temporal"
+            else "stop whatever holds it"
+        )
+        raise DevStackError(
+            f"{host}:{port} ({name}) is already in use: {hint}, or choose other ports with "
+            "SOPFLOW_DEV_TEMPORAL_PORT / SOPFLOW_DEV_UI_PORT / SOPFLOW_DEV_INTAKE_PORT / "
+            "SOPFLOW_SMTP_PORT"
+        )
+
+
+def _port_free(host: str, port: int) -> bool:
+    # SO_REUSEADDR: a port left in TIME_WAIT by the previous run is free for the servers, which set it too.
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def _spawn_server(settings: Settings) -> asyncio.subprocess.Process:
+    home = settings.home.resolve()
+    log_path = home / "temporal.log"
+    args = [
+        "server",
+        "start-dev",
+        "--db-filename",
+        str(home / "temporal.db"),
+        "--port",
+        str(settings.dev_temporal_port),
+        "--ui-port",
+        str(settings.dev_ui_port),
+        "--ip",
+        HOST,
+        "--namespace",
+        NAMESPACE,
+        "--log-level",
+        "warn",
+        # WAL + synchronous=normal about doubled throughput (shared notes): SQLite syncs are the limit.
+        "--sqlite-pragma",
+        "journal_mode=wal",
+        "--sqlite-pragma",
+        "synchronous=normal",
+    ]
+    with log_path.open("a", encoding="utf-8") as log:
+        stamp = datetime.now().isoformat(timespec="seconds")
+        log.write(f"\n--- sopflow dev: starting Temporal at {stamp} ---\n")
+        log.flush()
+        # Own session: Ctrl-C reaches only us, so the worker stops before the server it talks to.
+        return await asyncio.create_subprocess_exec(
+            temporal_cli(),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+async def _wait_until_serving(proc: asyncio.subprocess.Process, address: str, log_path: Path) -> Client:
+    """Poll until the namespace answers: a listening port alone does not mean `default` exists yet."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    last_error = "no attempt"
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise DevStackError(
+                f"the Temporal dev server exited with code {proc.returncode} while starting; "
+                f"end of {log_path}:\n{_tail(log_path)}"
+            )
+        try:
+            client = await asyncio.wait_for(
+                Client.connect(address, namespace=NAMESPACE, data_converter=pydantic_data_converter), 5
+            )
+            await client.workflow_service.describe_namespace(
+                DescribeNamespaceRequest(namespace=NAMESPACE), timeout=timedelta(seconds=5)
+            )
+            return client
+        except (RuntimeError, TimeoutError) as exc:  # RPCError and connect errors alike: not up yet
+            last_error = str(exc)
+        await asyncio.sleep(0.1)
+    raise DevStackError(
+        f"the Temporal dev server did not answer at {address} within {READY_TIMEOUT:.0f} s "
+        f"({last_error}); end of {log_path}:\n{_tail(log_path)}"
+    )
+
+
+async def _register_search_attributes(address: str) -> None:
+    """Register at every start: start-dev ignores `--search-attribute` once its db file exists (shared notes).
+
+    Registering an existing attribute of the same type succeeds; the same name with another type is an error
+    worth stopping for, since every workflow upserting it would fail.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
+    for key in SEARCH_ATTRIBUTES:
+        kind = _CLI_TYPES[key.indexed_value_type]
+        cli = await asyncio.create_subprocess_exec(
+            temporal_cli(),
+            "operator",
+            "search-attribute",
+            "create",
+            "--name",
+            key.name,
+            "--type",
+            kind,
+            "--address",
+            address,
+            "--namespace",
+            NAMESPACE,
+            "--disable-config-file",
+            "--disable-config-env",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            output, _ = await asyncio.wait_for(cli.communicate(), CLI_TIMEOUT)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                cli.kill()
+            raise
+        text = output.decode(errors="replace").strip()
+        if cli.returncode == 0 or ("already exists" in text and "different type" not in text):
+            continue
+        raise DevStackError(f"registering search attribute {key.name} ({kind}) failed: {text}")
+
+
+def _mail_printer(console: Console) -> Callable[[EmailMessage, list[str]], None]:
+    """One line per captured message, so the developer sees a step's email without opening the folder."""
+
+    def show(message: EmailMessage, recipients: list[str]) -> None:
+        to = str(message.get("To") or ", ".join(recipients))
+        line = Text.assemble(
+            (datetime.now().strftime("%H:%M:%S"), "dim"),
+            "  ",
+            ("mail", "bold cyan"),
+            "  To: ",
+            to,
+            "  Subject: ",
+            (str(message.get("Subject", "")), "bold"),
+        )
+        console.print(line)
+
+    return show
+
+
+@contextlib.contextmanager
+def _bind_intake(settings: Settings) -> Iterator[socket.socket]:
+    """Bind the intake ourselves: uvicorn's own bind failure is a sys.exit() that would end the whole process."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((HOST, settings.dev_intake_port))
+    except OSError as exc:
+        sock.close()
+        raise DevStackError(
+            f"cannot bind the webhook intake to {HOST}:{settings.dev_intake_port}: {exc}; "
+            "choose another port with SOPFLOW_DEV_INTAKE_PORT"
+        ) from exc
+    with sock:
+        yield sock
+
+
+def _start_intake(settings: Settings, sock: socket.socket) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    config = uvicorn.Config(
+        webhooks.app, host=HOST, port=settings.dev_intake_port, log_level="warning", timeout_graceful_shutdown=5
+    )
+    server = _QuietServer(config)
+
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        except SystemExit as exc:
+            raise DevStackError(f"the webhook intake failed to start (exit {exc.code})") from None
+
+    return server, asyncio.create_task(serve(), name="sopflow-intake")
+
+
+async def _wait_until_started(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    while not server.started:
+        if task.done():
+            task.result()
+            raise DevStackError("the webhook intake stopped while starting")
+        await asyncio.sleep(0.02)
+
+
+async def _supervise(
+    proc: asyncio.subprocess.Process,
+    worker_task: asyncio.Task[None],
+    web_task: asyncio.Task[None],
+    stop: asyncio.Event,
+    log_path: Path,
+) -> None:
+    """Wait for cancellation or a stop signal; a part dying on its own stops all: no half stack."""
+    server_task = asyncio.create_task(proc.wait(), name="temporal-dev-server")
+    stop_task = asyncio.create_task(stop.wait(), name="stop-signal")
+    try:
+        done, _ = await asyncio.wait(
+            {server_task, stop_task, worker_task, web_task}, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        server_task.cancel()
+        stop_task.cancel()
+    if stop_task in done:
+        return
+    if server_task in done:
+        raise DevStackError(
+            f"the Temporal dev server exited with code {proc.returncode}; end of {log_path}:\n{_tail(log_path)}"
+        )
+    part = "worker" if worker_task in done else "webhook intake"
+    finished = worker_task if worker_task in done else web_task
+    if finished.exception() is not None:
+        raise DevStackError(f"the {part} failed: {finished.exception()}") from finished.exception()
+    raise DevStackError(f"the {part} stopped unexpectedly")
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into an orderly stop; SIGINT stays with `asyncio.run`, which cancels us.
+
+    Only the main thread may own signals; elsewhere (an embedding app, a test thread) this does nothing. The
+    previous handlers come back afterwards, so a test session that runs the stack keeps its own.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous: dict[signal.Signals, object] = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.getsignal(sig)
+            loop.add_signal_handler(sig, stop.set)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+async def _stop_worker(worker: Worker, task: asyncio.Task[None]) -> None:
+    if not task.done():
+        await worker.shutdown()
+    # Its failure, if any, was already reported by _supervise; shutdown must not raise it a second time.
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await task
+
+
+async def _stop_intake(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await task
+
+
+async def _stop_process(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT; kill at once if our own shutdown is cancelled (2nd Ctrl-C).
+
+    The server runs in its own session, so nothing else would ever stop it: every path out of here ends it.
+    """
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
+
+
+def _panel(settings: Settings, address: str, home: Path, server_seconds: float) -> Panel:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("Temporal", f"{address}  (namespace {NAMESPACE}, ready in {server_seconds:.1f} s)")
+    grid.add_row("Temporal UI", f"http://localhost:{settings.dev_ui_port}")
+    grid.add_row("Webhook intake", f"http://{HOST}:{settings.dev_intake_port}")
+    grid.add_row("SMTP sink", f"{settings.smtp_host}:{settings.smtp_port}  ->  {home / 'mail'}")
+    grid.add_row("Records DB", _safe_url(settings.database_url))
+    grid.add_row("Server log", str(home / "temporal.log"))
+    grid.add_row("", Text("Ctrl-C to stop", style="dim"))
+    return Panel(grid, title="sopflow dev", border_style="green", expand=False)
+
+
+def _safe_url(url: str) -> str:
+    """Database URLs may carry a password; terminals get screenshotted."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+    return "\n".join(text.splitlines()[-lines:])

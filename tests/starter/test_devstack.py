@@ -1,0 +1,241 @@
+"""`sopflow dev` end to end: real dev server, real SMTP, real HTTP; and nothing left running afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from email.message import EmailMessage
+from pathlib import Path
+
+import aiosmtplib
+import httpx
+import pytest
+from rich.console import Console
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from sopflow.config import Settings
+from sopflow.mailsink import free_port
+from starter import webhooks
+from starter.devstack import DevStackError, run_dev
+
+# What `sopflow dev` does, without depending on the CLI module. SIGINT gets its default handler back because a
+# test run started in the background inherits it ignored, and asyncio.run would then never see "Ctrl-C".
+STANDALONE = """
+import asyncio, signal
+from sopflow.config import Settings
+from starter.devstack import run_dev
+signal.signal(signal.SIGINT, signal.default_int_handler)
+try:
+    asyncio.run(run_dev(Settings()))
+except KeyboardInterrupt:
+    print("stopped", flush=True)
+"""
+
+
+def dev_settings(home: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "home": home,
+        "database_url": f"sqlite:///{home / 'sopflow.db'}",
+        "dev_temporal_port": free_port(),
+        "dev_ui_port": free_port(),
+        "dev_intake_port": free_port(),
+        "smtp_port": free_port(),
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+async def start(settings: Settings, console: Console, pids: list[int]) -> asyncio.Task[None]:
+    ready = asyncio.Event()
+    task = asyncio.create_task(run_dev(settings, ready=ready, console=console, on_server_pid=pids.append))
+    waiter = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait({task, waiter}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task in done:
+        task.result()  # surfaces the startup error
+    assert ready.is_set(), "dev stack not ready within 60 s"
+    return task
+
+
+async def stop(task: asyncio.Task[None]) -> float:
+    began = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return time.monotonic() - began
+
+
+def accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def poll(check: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.05)
+    return check()
+
+
+async def test_dev_stack_serves_everything_and_stops_cleanly(tmp_path: Path) -> None:
+    settings = dev_settings(tmp_path)
+    output = io.StringIO()
+    console = Console(file=output, width=200)
+    pids: list[int] = []
+    task = await start(settings, console, pids)
+    try:
+        client = await Client.connect(f"127.0.0.1:{settings.dev_temporal_port}", data_converter=pydantic_data_converter)
+        listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace="default"))
+        assert dict(listed.custom_attributes) == {
+            "SopStage": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+            "SopPlaybook": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+            "SopOwner": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+            "SopNextDue": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
+        }
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.dev_intake_port}") as http:
+            health = await http.get("/healthz")
+            readiness = await http.get("/readyz")
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        assert (readiness.status_code, readiness.json()) == (200, {"status": "ready"})
+
+        message = EmailMessage()
+        message["From"] = "sopflow@example.com"
+        message["To"] = "client@example.com"
+        message["Subject"] = "Welcome aboard"
+        message["Message-ID"] = "<devstack-test@example.com>"
+        message.set_content("hello")
+        await aiosmtplib.send(message, hostname=settings.smtp_host, port=settings.smtp_port)
+        assert await poll(lambda: any((tmp_path / "mail").glob("*.eml")), 10)
+        assert await poll(lambda: "Welcome aboard" in output.getvalue(), 5)
+    finally:
+        seconds = await stop(task)
+
+    (pid,) = pids
+    assert await poll(lambda: gone(pid), 5), f"dev server {pid} still running after shutdown"
+    assert not accepts(settings.dev_temporal_port)
+    assert not accepts(settings.dev_intake_port)
+    assert not accepts(settings.smtp_port)
+    assert seconds < 20
+    text = output.getvalue()
+    assert f"http://localhost:{settings.dev_ui_port}" in text
+    assert "Ctrl-C to stop" in text
+    assert "Traceback" not in text
+
+
+async def test_restart_on_the_same_home_keeps_search_attributes(tmp_path: Path) -> None:
+    """The second start finds the db file that makes start-dev ignore --search-attribute: must still work."""
+    settings = dev_settings(tmp_path)
+    console = Console(file=io.StringIO())
+    await stop(await start(settings, console, []))
+    task = await start(settings, console, [])
+    try:
+        client = await Client.connect(f"127.0.0.1:{settings.dev_temporal_port}")
+        listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace="default"))
+        assert {"SopStage", "SopPlaybook", "SopOwner", "SopNextDue"} <= set(listed.custom_attributes)
+    finally:
+        await stop(task)
+
+
+async def test_busy_temporal_port_is_reported_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        settings = dev_settings(tmp_path, dev_temporal_port=squatter.getsockname()[1])
+        with pytest.raises(DevStackError, match="another `sopflow dev`"):
+            await run_dev(settings, console=Console(file=io.StringIO()))
+    assert not (tmp_path / "temporal.db").exists()
+
+
+async def test_failure_midway_still_stops_the_dev_server(tmp_path: Path) -> None:
+    """The records database fails only once Temporal is up: the server must not outlive the error."""
+    closed_port = free_port()
+    settings = dev_settings(tmp_path, database_url=f"postgresql+psycopg://u:secret@127.0.0.1:{closed_port}/x")
+    pids: list[int] = []
+    with pytest.raises(DevStackError, match="records database") as failure:
+        await asyncio.wait_for(run_dev(settings, console=Console(file=io.StringIO()), on_server_pid=pids.append), 60)
+    assert "secret" not in str(failure.value)
+    (pid,) = pids
+    assert await poll(lambda: gone(pid), 5)
+    assert not accepts(settings.dev_temporal_port)
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+async def test_standalone_process_stops_its_dev_server_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    """How it really ends: a signal to the Python process. The dev server, in its own session, must go too."""
+    settings = dev_settings(tmp_path)
+    env = {
+        **os.environ,
+        "SOPFLOW_HOME": str(tmp_path),
+        "SOPFLOW_DATABASE_URL": settings.database_url,
+        "SOPFLOW_DEV_TEMPORAL_PORT": str(settings.dev_temporal_port),
+        "SOPFLOW_DEV_UI_PORT": str(settings.dev_ui_port),
+        "SOPFLOW_DEV_INTAKE_PORT": str(settings.dev_intake_port),
+        "SOPFLOW_SMTP_PORT": str(settings.smtp_port),
+        "COLUMNS": "200",
+    }
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", STANDALONE, env=env, stdout=stdout, stderr=stderr
+        )
+    try:
+        assert await poll(lambda: "Ctrl-C to stop" in out.read_text(), 60), err.read_text()
+        (server,) = children(proc.pid)
+        proc.send_signal(sig)
+        began = time.monotonic()
+        code = await asyncio.wait_for(proc.wait(), 30)
+        seconds = time.monotonic() - began
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0, err.read_text()
+    assert await poll(lambda: gone(server), 5), f"dev server {server} outlived its parent"
+    assert not accepts(settings.dev_temporal_port)
+    assert "Traceback" not in err.read_text() + out.read_text()
+    assert "stopping the local stack" in out.read_text()
+    if sig == signal.SIGINT:
+        assert "stopped" in out.read_text().splitlines()[-1]
+    assert seconds < 20
+
+
+async def test_intake_reports_unready_while_temporal_is_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CRM retries a webhook on 503: say "not ready" clearly instead of failing to come up."""
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{free_port()}")
+    webhooks.use_client(None)
+    transport = httpx.ASGITransport(app=webhooks.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as http:
+        health = await http.get("/healthz")
+        readiness = await http.get("/readyz")
+    assert health.status_code == 200
+    assert readiness.status_code == 503
+    assert readiness.json()["status"] == "unavailable"
+    assert "cannot reach Temporal" in readiness.json()["reason"]
