@@ -543,9 +543,6 @@ def rehearse(
             + (f" ({result.status.outcome})" if result.status.outcome else ""),
             highlight=False,
         )
-    sys.stdout.flush()
-    # The SDK can crash at interpreter exit after a test server and worker ran (sdk-python #300): exit directly.
-    os._exit(0)
 
 
 def _describe(entry: dict[str, Any]) -> str:
@@ -562,7 +559,16 @@ def _describe(entry: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    app()
+    """Entry point. Exits with `os._exit`: the SDK's native runtime can crash while the interpreter shuts down
+    (sdk-python #300, seen here as a SIGSEGV after a successful command), which would turn success into failure."""
+    code = 0
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
