@@ -10,7 +10,6 @@ errors with a path such as `stages[2].gate.forms[0]`, so an SOP author can find 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -537,5 +536,4 @@ def template_names(playbook: Playbook) -> set[str]:
     return names
 
 
-IDENT_RE = re.compile(_ID)
 FormSpec.model_rebuild()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from rich.panel import Panel
 from rich.table import Table
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from sopflow.config import Settings
@@ -241,8 +242,6 @@ def deal_start(
     output: OutputOpt = Output.text,
 ) -> None:
     """Start a client's lifecycle on a playbook (the playbook is pinned into the workflow)."""
-    import re
-
     if not re.match(DEAL_ID_PATTERN, deal_id) or "@" in deal_id:
         fail(f"invalid deal id {deal_id!r}: use the CRM's id (letters, digits, . _ : -), never a name or email")
     pb = load(playbook)
@@ -266,10 +265,8 @@ def deal_start(
                     [SearchAttributePair(SA_PLAYBOOK, pb.id), SearchAttributePair(SA_STAGE, pb.stages[0].id)]
                 ),
             )
-        except Exception as exc:  # WorkflowAlreadyStartedError has no stable import path across SDK versions
-            if type(exc).__name__ == "WorkflowAlreadyStartedError":
-                fail(f"deal {deal_id} already has a running lifecycle (see `sopflow status {deal_id}`)")
-            raise
+        except WorkflowAlreadyStartedError:
+            fail(f"deal {deal_id} already has a running lifecycle (see `sopflow status {deal_id}`)")
         status: LifecycleStatus = await handle.query(ClientLifecycle.status)
         return status
 
