@@ -39,8 +39,9 @@ def build_worker(
     templates_dir: Path,
     public_url: str = "http://127.0.0.1:8000",
     task_queue: str = TASK_QUEUE,
+    email_activities: type[EmailActivities] = EmailActivities,
 ) -> Worker:
-    emails = EmailActivities(db, TemplateRenderer(templates_dir), smtp, public_url)
+    emails = email_activities(db, TemplateRenderer(templates_dir), smtp, public_url)
     records = RecordActivities(db)
     return Worker(
         client,

@@ -1,9 +1,16 @@
 """`send_email`: render a template and deliver it once per step, whatever retries and crashes happen.
 
-Once-only rests on three things: an outbox row keyed by the step's idempotency key (workflow id + step, never the
-run id), a status that moves pending -> sent, and a Message-ID derived from the key. The one window left is a crash
-after the SMTP server accepted the message but before the outbox row says `sent`: the retry sends again, with the
-same Message-ID, so a receiving server (and the dev sink) can recognise the duplicate.
+Once-only rests on three things: an outbox row keyed by the step's idempotency key (workflow id + step number,
+stable across retries and continue-as-new, never the run id), a status that moves pending -> sent | partial |
+failed, and a Message-ID derived from the key. A step whose row says sent is never sent again.
+
+What stays at-least-once: a crash (or a failed database commit) after the SMTP server answered 250 but before the
+row says `sent`. The retry sends the message again, with the same Message-ID, so the receiving server, a mail
+client's threading, and the dev sink recognise and drop the duplicate.
+
+Failures are classified so that nothing gets stuck: connection errors, timeouts and 4xx answers raise and are
+retried with backoff by Temporal; a template error or a 5xx refusal is permanent, recorded in the outbox and raised
+as non-retryable, and the workflow turns an undeliverable address into a task for the stage owner.
 """
 
 from __future__ import annotations
@@ -15,11 +22,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
+from types import TracebackType
 from typing import Literal
 
 import aiosmtplib
 import jinja2
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -58,20 +67,21 @@ class EmailActivities:
     @activity.defn
     async def send_email(self, req: EmailRequest) -> EmailResult:
         message_id = message_id_for(req.key, self.smtp.mail_from)
-        existing = await asyncio.to_thread(self._outbox_row, req, message_id)
-        if existing.status == "sent":
-            return EmailResult(status="already_sent", subject=existing.subject, message_id=message_id)
-        context = {**req.context, "links": self._links(req)}
+        row = await asyncio.to_thread(self._begin, req, message_id)
+        if row.status in ("sent", "partial"):
+            earlier = row.error.split(", ") if row.status == "partial" and row.error else []
+            return EmailResult(status="already_sent", subject=row.subject, message_id=message_id, refused=earlier)
+        context = {**req.context, "links": links_for(self.public_url, req.deal_id)}
         try:
             rendered = self.renderer.render(req.playbook, req.template, context)
         except jinja2.TemplateError as exc:
-            await asyncio.to_thread(self._mark, req.key, "failed", f"template error: {exc}")
-            raise ApplicationError(
-                f"template {req.playbook}/{req.template}: {exc}", type="TemplateError", non_retryable=True
-            ) from exc
+            reason = f"template {req.playbook}/{req.template}{_part(exc.__traceback__)}: {exc.message or exc}"
+            await asyncio.to_thread(self._finish, req.key, "failed", reason)
+            raise ApplicationError(reason, type="TemplateError", non_retryable=True) from exc
+        await asyncio.to_thread(self._store_rendered, req.key, rendered)
         message = self._message(req, rendered, message_id)
         try:
-            await aiosmtplib.send(
+            refusals, _ = await aiosmtplib.send(
                 message,
                 hostname=self.smtp.host,
                 port=self.smtp.port,
@@ -82,26 +92,24 @@ class EmailActivities:
                 timeout=self.smtp.timeout,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            codes = [r.code for r in exc.recipients]
-            if all(code >= 500 for code in codes):
-                await asyncio.to_thread(self._mark, req.key, "failed", str(exc))
-                raise ApplicationError(
-                    f"recipients refused: {exc}", type="RecipientRefused", non_retryable=True
-                ) from exc
-            raise
+            refused = {r.recipient: r for r in exc.recipients}
+            if any(r.code < 500 for r in refused.values()):
+                raise  # a temporary refusal: retry the whole message
+            reason = "; ".join(f"{address}: {r.code} {r.message}" for address, r in refused.items())
+            await asyncio.to_thread(self._finish, req.key, "failed", reason)
+            raise ApplicationError(
+                f"no recipient accepted the email: {reason}", list(refused), type="RecipientRefused", non_retryable=True
+            ) from exc
         except aiosmtplib.SMTPResponseException as exc:
-            if exc.code >= 500:
-                await asyncio.to_thread(self._mark, req.key, "failed", f"{exc.code} {exc.message}")
-                raise ApplicationError(
-                    f"SMTP {exc.code}: {exc.message}", type="SmtpRejected", non_retryable=True
-                ) from exc
-            raise
-        await asyncio.to_thread(self._mark, req.key, "sent", None, rendered.subject)
-        return EmailResult(status="sent", subject=rendered.subject, message_id=message_id)
-
-    def _links(self, req: EmailRequest) -> dict[str, str]:
-        base = f"{self.public_url}/forms/{req.deal_id}"
-        return {"forms": base, "status": f"{self.public_url}/deals/{req.deal_id}"}
+            if exc.code < 500:
+                raise
+            reason = f"SMTP {exc.code} {exc.message}"
+            await asyncio.to_thread(self._finish, req.key, "failed", reason)
+            raise ApplicationError(reason, type="SmtpRejected", non_retryable=True) from exc
+        refused_now = sorted(refusals)
+        status: Literal["sent", "partial"] = "partial" if refused_now else "sent"
+        await asyncio.to_thread(self._finish, req.key, status, ", ".join(refused_now) or None)
+        return EmailResult(status=status, subject=rendered.subject, message_id=message_id, refused=refused_now)
 
     def _message(self, req: EmailRequest, rendered: Rendered, message_id: str) -> EmailMessage:
         message = EmailMessage()
@@ -124,7 +132,8 @@ class EmailActivities:
             message.add_attachment(path.read_bytes(), maintype=maintype, subtype=subtype, filename=name)
         return message
 
-    def _outbox_row(self, req: EmailRequest, message_id: str) -> OutboxEmail:
+    def _begin(self, req: EmailRequest, message_id: str) -> OutboxEmail:
+        """Find or create the step's outbox row (UNIQUE key) and count the attempt."""
         with self.db.session() as session:
             row = session.scalar(select(OutboxEmail).where(OutboxEmail.key == req.key))
             if row is None:
@@ -132,24 +141,55 @@ class EmailActivities:
                     key=req.key,
                     workflow_id=req.workflow_id,
                     deal_id=req.deal_id,
+                    playbook=req.playbook,
                     template=req.template,
-                    to=", ".join(r.email for r in req.to + req.cc),
+                    to=", ".join(r.email for r in req.to),
+                    cc=", ".join(r.email for r in req.cc),
+                    attachments=", ".join(req.attachments),
                     message_id=message_id,
                     status="pending",
+                    attempts=0,
                     scheduled_at=req.at,
                 )
                 session.add(row)
+            row.attempts += 1
+            try:
                 session.commit()
+            except IntegrityError:  # a concurrent attempt of the same step created it first
+                session.rollback()
+                return self._begin(req, message_id)
             return row
 
-    def _mark(self, key: str, status: str, error: str | None, subject: str | None = None) -> None:
+    def _store_rendered(self, key: str, rendered: Rendered) -> None:
+        with self.db.session() as session:
+            row = session.scalar(select(OutboxEmail).where(OutboxEmail.key == key))
+            if row is not None:
+                row.subject, row.body_text, row.body_html = rendered.subject, rendered.text, rendered.html
+                session.commit()
+
+    def _finish(self, key: str, status: str, error: str | None) -> None:
         with self.db.session() as session:
             row = session.scalar(select(OutboxEmail).where(OutboxEmail.key == key))
             if row is None:
                 return
             row.status, row.error = status, error
-            if subject is not None:
-                row.subject = subject
-            if status == "sent":
+            if status in ("sent", "partial"):
                 row.sent_at = datetime.now(UTC)
             session.commit()
+
+
+def links_for(public_url: str, deal_id: str) -> dict[str, str]:
+    """Links templates may use: `{{ links.forms }}/site_visit` is the deal's site-visit form."""
+    base = public_url.rstrip("/")
+    return {"forms": f"{base}/forms/{deal_id}", "status": f"{base}/deals/{deal_id}"}
+
+
+def _part(tb: TracebackType | None) -> str:
+    """Which file of the template failed (` (body.html)`), from the traceback Jinja attaches to its errors."""
+    part = ""
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name.endswith((".txt", ".html")):
+            part = f" ({name.rsplit('/', 1)[-1]})"
+        tb = tb.tb_next
+    return part

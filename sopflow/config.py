@@ -43,6 +43,17 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.home / 'sopflow.db'}"
         return self
 
+    @model_validator(mode="after")
+    def _no_plaintext_credentials(self) -> Settings:
+        """A password sent without TLS to a real mail server can be read on the wire; only the local sink may."""
+        local = self.smtp_host in ("127.0.0.1", "localhost", "::1")
+        if (self.smtp_username or self.smtp_password) and self.smtp_tls == "none" and not local:
+            raise ValueError(
+                f"SOPFLOW_SMTP_USERNAME/PASSWORD are set for {self.smtp_host} without TLS: "
+                "set SOPFLOW_SMTP_TLS=starttls (usually port 587) or implicit (port 465)"
+            )
+        return self
+
     def playbook_path(self, name_or_path: str) -> Path:
         """Accept `safe_balance` as well as `playbooks/safe_balance.yaml`, as users type either."""
         candidate = Path(name_or_path)

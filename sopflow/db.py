@@ -20,17 +20,26 @@ class Base(DeclarativeBase):
 
 
 class OutboxEmail(Base):
+    """One row per email step. `key` is the step's idempotency key; status: pending -> sent | partial | failed
+    (partial: delivered, but some recipients were refused)."""
+
     __tablename__ = "outbox"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(300), unique=True)
     workflow_id: Mapped[str] = mapped_column(String(200), index=True)
     deal_id: Mapped[str] = mapped_column(String(100), index=True)
+    playbook: Mapped[str] = mapped_column(String(64))
     template: Mapped[str] = mapped_column(String(100))
     to: Mapped[str] = mapped_column(Text)
+    cc: Mapped[str] = mapped_column(Text, default="")
     subject: Mapped[str] = mapped_column(Text, default="")
+    body_text: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str] = mapped_column(Text, default="")
+    attachments: Mapped[str] = mapped_column(Text, default="")
     message_id: Mapped[str] = mapped_column(String(300))
     status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     scheduled_at: Mapped[datetime]
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)

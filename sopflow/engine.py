@@ -43,6 +43,8 @@ from sopflow.models import (
 from sopflow.playbook import Action, EmailAction, Playbook, Stage, Transition
 
 SEEN_EVENT_IDS_KEPT = 200
+# Templates the engine itself sends (not a playbook's): templates/_system/<name>/.
+SYSTEM_TEMPLATES = "_system"
 
 
 class Rejected(ValueError):
@@ -640,7 +642,32 @@ class Engine:
         self.steps.append(Step(entry))
         return entry
 
-    def _email(self, action: EmailAction, at: datetime, name: str, extra: dict[str, Any]) -> None:
+    def email_undeliverable(self, step: Step, refused: list[str], reason: str) -> None:
+        """A permanently refused address becomes a task for the stage owner, so a bounce is fixed, not lost."""
+        request, at = step.email, step.entry.at
+        if request is None or self.closed:
+            return
+        refused_set = {address.lower() for address in refused}
+        recipients = request.to + request.cc
+        roles = sorted({r.role for r in recipients if r.email.lower() in refused_set}) or [r.role for r in request.to]
+        owner = self.stage.owner or (request.reply_to.role if request.reply_to else roles[0])
+        task_id = f"fix_email_{step.entry.seq}"
+        self.state.tasks[task_id] = TaskState(
+            id=task_id,
+            title=f"Email '{request.template}' could not be delivered to {', '.join(roles)}: correct the address",
+            owner=owner,
+            opened_at=at,
+        )
+        self._log("escalation", at, template=request.template, roles=roles, owner=owner, task=task_id, reason=reason)
+        owner_email, _ = role_address(self.playbook, self.context(), owner) if owner in self.playbook.roles else (None, None)
+        if request.playbook != SYSTEM_TEMPLATES and owner_email and owner_email.lower() not in refused_set:
+            notice = EmailAction(template="email_undeliverable", to=[owner])
+            extra = {"failed": {"template": request.template, "roles": roles, "reason": reason, "task": task_id}}
+            self._email(notice, at, f"undeliverable-{step.entry.seq}", extra, playbook_id=SYSTEM_TEMPLATES)
+
+    def _email(
+        self, action: EmailAction, at: datetime, name: str, extra: dict[str, Any], playbook_id: str | None = None
+    ) -> None:
         ctx = self.context()
         if not evaluate(action.when, ctx):
             return
@@ -669,7 +696,7 @@ class Engine:
             key=f"{self.workflow_id}/{entry.seq}/{name}",
             workflow_id=self.workflow_id,
             deal_id=self.state.deal_id,
-            playbook=self.playbook.id,
+            playbook=playbook_id or self.playbook.id,
             template=action.template,
             at=at,
             to=to,

@@ -2,6 +2,10 @@
 
 It drops a message whose Message-ID it already holds, as a careful receiving server would, but counts the
 duplicate so tests can prove that retries never delivered the same step twice.
+
+It can also misbehave on purpose, the way real mail servers do, so the email path is tested against real SMTP
+failures rather than mocks: drop the first N connections, answer 451 to the first N messages, refuse recipients
+with 550.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -27,11 +32,39 @@ class _Handler:
     def __init__(self, sink: MailSink) -> None:
         self.sink = sink
 
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address.lower() in self.sink.reject_recipients:
+            return "550 5.1.1 Mailbox does not exist"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.sink.inject("deferred", self.sink.defer_messages):
+            return "451 4.3.0 Temporary failure, try again later"
         message = message_from_bytes(envelope.content, policy=policy.default)
         assert isinstance(message, EmailMessage)
         self.sink.receive(message, list(envelope.rcpt_tos))
         return "250 Message accepted for delivery"
+
+
+class _FlakySMTP(SMTP):
+    """Drops a connection right after accepting it while the sink still has drops to make."""
+
+    def __init__(self, handler: _Handler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.sink = handler.sink
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if self.sink.armed and self.sink.inject("dropped", self.sink.drop_connections):
+            transport.abort()
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _FlakySMTP(self.handler, **self.SMTP_kwargs)
 
 
 class MailSink:
@@ -41,16 +74,33 @@ class MailSink:
         port: int | None = None,
         store_dir: Path | None = None,
         on_message: Callable[[EmailMessage, list[str]], None] | None = None,
+        *,
+        drop_connections: int = 0,
+        defer_messages: int = 0,
+        reject_recipients: set[str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.store_dir = store_dir
         self.on_message = on_message
+        self.drop_connections = drop_connections
+        self.defer_messages = defer_messages
+        self.reject_recipients = {address.lower() for address in reject_recipients or set()}
+        self.injected = {"dropped": 0, "deferred": 0}
+        self.armed = False  # the controller's own start-up probe connection must not be dropped
         self.messages: list[EmailMessage] = []
         self.duplicates = 0
         self._ids: set[str] = set()
         self._lock = threading.Lock()
-        self._controller = Controller(_Handler(self), hostname=host, port=self.port)
+        self._controller = _Controller(_Handler(self), hostname=host, port=self.port)
+
+    def inject(self, kind: str, limit: int) -> bool:
+        """Count one more injected failure of this kind if fewer than `limit` were injected so far."""
+        with self._lock:
+            if self.injected[kind] >= limit:
+                return False
+            self.injected[kind] += 1
+            return True
 
     def receive(self, message: EmailMessage, recipients: list[str]) -> None:
         message_id = str(message.get("Message-ID", ""))
@@ -69,6 +119,7 @@ class MailSink:
 
     def start(self) -> MailSink:
         self._controller.start()
+        self.armed = True
         return self
 
     def stop(self) -> None:

@@ -213,9 +213,11 @@ class EmailRequest(Payload):
 
 
 class EmailResult(Payload):
-    status: Literal["sent", "already_sent"]
+    status: Literal["sent", "partial", "already_sent"]
     subject: str
     message_id: str
+    # Recipients the server refused permanently while accepting the others.
+    refused: list[str] = []
 
 
 JournalKind = Literal[

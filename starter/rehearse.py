@@ -7,6 +7,7 @@ in-process sink and records to a throwaway SQLite file, and the timeline is read
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -27,7 +28,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.email import SmtpConfig
+from activities.email import EmailActivities, SmtpConfig
 from sopflow.constants import SEARCH_ATTRIBUTES, WORKFLOW_ID_PREFIX
 from sopflow.db import Database, JournalRow
 from sopflow.durations import Duration
@@ -220,21 +221,33 @@ async def rehearse(
     templates_dir: Path,
     env: WorkflowEnvironment | None = None,
     server_log: Path | None = None,
+    *,
+    sink: MailSink | None = None,
+    db: Database | None = None,
+    email_activities: type[EmailActivities] = EmailActivities,
 ) -> Rehearsal:
-    """Run the scenario to its horizon and return the timeline, final status and captured emails."""
+    """Run the scenario to its horizon and return the timeline, final status and captured emails.
+
+    By default everything is throwaway (test server, sink, database); callers that want to inspect or misbehave
+    (tests of failure handling) pass their own running sink, database or email activity class.
+    """
     own_env = env is None
     env = env or await start_test_env(server_log)
     try:
-        with tempfile.TemporaryDirectory(prefix="sopflow-rehearsal-") as tmp, MailSink() as sink:
-            db = Database(f"sqlite:///{Path(tmp) / 'records.db'}")
-            db.create_schema()
+        with tempfile.TemporaryDirectory(prefix="sopflow-rehearsal-") as tmp, contextlib.ExitStack() as stack:
+            if sink is None:
+                sink = stack.enter_context(MailSink())
+            if db is None:
+                db = Database(f"sqlite:///{Path(tmp) / 'records.db'}")
+                db.create_schema()
+                stack.callback(db.dispose)
             smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow rehearsal <rehearsal@example.com>")
             task_queue = f"rehearsal-{uuid.uuid4()}"
-            try:
-                async with build_worker(env.client, db, smtp, templates_dir, task_queue=task_queue):
-                    return await _drive(env, inp, scenario, task_queue, db, sink)
-            finally:
-                db.dispose()
+            worker = build_worker(
+                env.client, db, smtp, templates_dir, task_queue=task_queue, email_activities=email_activities
+            )
+            async with worker:
+                return await _drive(env, inp, scenario, task_queue, db, sink)
     finally:
         if own_env:
             await env.shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import Client
@@ -17,13 +18,69 @@ from sopflow.config import PROJECT_ROOT
 from sopflow.constants import SEARCH_ATTRIBUTES
 from sopflow.db import Database
 from sopflow.mailsink import MailSink
+from sopflow.models import LifecycleInput
 from sopflow.playbook import Playbook, load_playbook
 from starter.binaries import temporal_cli
-from starter.rehearse import start_test_env
+from starter.rehearse import Rehearsal, Scenario, rehearse, start_test_env
 from worker import build_worker
 
 TEMPLATES = PROJECT_ROOT / "templates"
 PLAYBOOKS = PROJECT_ROOT / "playbooks"
+
+# --- a Safe Balance deal, as the lifecycle tests drive it ---------------------------------------------------------
+
+DEAL = {"rep_email": "rep@example.com", "rep_id": "owner-17", "account_manager_email": "am@example.com"}
+TARGETING = {
+    "company": "Sunrise Care Center",
+    "signer_name": "Client Signer",
+    "signer_email": "signer@example.com",
+    "service_tier": "Standard",
+}
+CONTRACT_REQUEST = {"agreement": "Safe Balance", "term_months": 12, "client_agreed_on": "2020-01-01"}
+PRELAUNCH_TASKS = ["onsite_appointment", "services_onboarded", "prelaunch_call", "cleared_for_launch"]
+
+
+def sales_steps(signed_on: str | None = "10d") -> list[dict[str, Any]]:
+    """Targeting on day 0, contract request on day 1 (contract sent), optionally signed."""
+    steps: list[dict[str, Any]] = [
+        {"at": "0d", "form": "targeting", "fields": TARGETING},
+        {"at": "1d", "form": "contract_request", "fields": CONTRACT_REQUEST},
+    ]
+    if signed_on:
+        steps.append({"at": signed_on, "event": "contract_signed", "event_id": "envelope-1/completed"})
+    return steps
+
+
+def launched_steps() -> list[dict[str, Any]]:
+    """Signed on day 3, pre-launch done by day 5, launched and closed out on day 6: ongoing from day 6."""
+    return [
+        *sales_steps("3d"),
+        *({"at": "4d", "task": task} for task in PRELAUNCH_TASKS),
+        {"at": "4d", "set": {"launch_date": "2030-01-01"}},
+        {"at": "5d", "advance": "launch"},
+        {"at": "6d", "task": "launch_checklist"},
+        {
+            "at": "6d",
+            "form": "closeout",
+            "fields": {"launched_on": "2020-01-01", "staff_trained": "yes", "all_running": "yes"},
+        },
+    ]
+
+
+async def run(
+    env: WorkflowEnvironment,
+    playbook: Playbook,
+    steps: list[dict[str, Any]],
+    until: str,
+    deal_id: str = "D-1",
+    deal: dict[str, Any] | None = None,
+    **options: Any,
+) -> Rehearsal:
+    """Rehearse steps for one deal through the real workflow and activities (see `starter.rehearse`)."""
+    fields = DEAL if deal is None else deal
+    scenario = Scenario.model_validate({"deal": {"id": deal_id, "fields": fields}, "steps": steps, "until": until})
+    inp = LifecycleInput(deal_id=deal_id, playbook=playbook, fields=fields)
+    return await rehearse(inp, scenario, options.pop("templates_dir", TEMPLATES), env, **options)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
@@ -47,6 +48,8 @@ EMAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interva
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 # An email that still fails after a day of retries is recorded as failed instead of holding the client's lifecycle.
 EMAIL_GIVE_UP = timedelta(days=1)
+# Permanent refusals by the mail server: the address is wrong, a person must fix it.
+UNDELIVERABLE = ("RecipientRefused", "SmtpRejected")
 
 
 def _reject(exc: Rejected) -> ApplicationError:
@@ -187,6 +190,11 @@ class ClientLifecycle:
     def status(self) -> LifecycleStatus:
         return self._engine.status(workflow.now())
 
+    @workflow.query
+    def email_context(self) -> dict[str, Any]:
+        """The template context this deal's emails get now, for `sopflow template preview --deal`."""
+        return self._engine.template_context({})
+
     # --- helpers ---------------------------------------------------------------------------------------------------
 
     def _check(self, check: object) -> None:
@@ -223,9 +231,15 @@ class ClientLifecycle:
                         summary=f"email {step.email.template}",
                     )
                     step.entry.detail.update(status=result.status, subject=result.subject, message_id=result.message_id)
+                    if result.refused:
+                        step.entry.detail["refused"] = len(result.refused)
+                        self._engine.email_undeliverable(step, result.refused, "refused by the mail server")
                 except ActivityError as err:
-                    cause = err.cause or err
-                    step.entry.detail.update(status="failed", error=str(cause))
+                    cause = err.cause
+                    step.entry.detail.update(status="failed", error=str(cause or err))
+                    if isinstance(cause, ApplicationError) and cause.type in UNDELIVERABLE:
+                        refused = [str(a) for a in cause.details[0]] if cause.details else []
+                        self._engine.email_undeliverable(step, refused, cause.message)
             state = self._engine.state
             await workflow.execute_activity_method(
                 RecordActivities.record_journal,

@@ -16,53 +16,18 @@ from temporalio.worker import Worker
 from sopflow.constants import WORKFLOW_ID_PREFIX
 from sopflow.models import Advance, CompleteTask, ExternalEvent, LifecycleInput, LifecycleStatus, SubmitForm
 from sopflow.playbook import Playbook
-from starter.rehearse import Rehearsal, Scenario, rehearse
-from tests.conftest import TEMPLATES, make_worker
+from starter.rehearse import Rehearsal
+from tests.conftest import (
+    CONTRACT_REQUEST,
+    DEAL,
+    PRELAUNCH_TASKS,
+    TARGETING,
+    launched_steps,
+    make_worker,
+    run,
+    sales_steps,
+)
 from workflows.lifecycle import ClientLifecycle
-
-DEAL = {"rep_email": "rep@example.com", "rep_id": "owner-17", "account_manager_email": "am@example.com"}
-TARGETING = {
-    "company": "Sunrise Care Center",
-    "signer_name": "Client Signer",
-    "signer_email": "signer@example.com",
-    "service_tier": "Standard",
-}
-CONTRACT_REQUEST = {"agreement": "Safe Balance", "term_months": 12, "client_agreed_on": "2020-01-01"}
-PRELAUNCH_TASKS = ["onsite_appointment", "services_onboarded", "prelaunch_call", "cleared_for_launch"]
-
-
-def sales_steps(signed_on: str | None = "10d") -> list[dict[str, Any]]:
-    """Targeting on day 0, contract request on day 1 (contract sent), optionally signed."""
-    steps: list[dict[str, Any]] = [
-        {"at": "0d", "form": "targeting", "fields": TARGETING},
-        {"at": "1d", "form": "contract_request", "fields": CONTRACT_REQUEST},
-    ]
-    if signed_on:
-        steps.append({"at": signed_on, "event": "contract_signed", "event_id": "envelope-1/completed"})
-    return steps
-
-
-def launched_steps() -> list[dict[str, Any]]:
-    """Signed on day 3, pre-launch done by day 5, launched and closed out on day 6: ongoing from day 6."""
-    return [
-        *sales_steps("3d"),
-        *({"at": "4d", "task": task} for task in PRELAUNCH_TASKS),
-        {"at": "4d", "set": {"launch_date": "2030-01-01"}},
-        {"at": "5d", "advance": "launch"},
-        {"at": "6d", "task": "launch_checklist"},
-        {
-            "at": "6d",
-            "form": "closeout",
-            "fields": {"launched_on": "2020-01-01", "staff_trained": "yes", "all_running": "yes"},
-        },
-    ]
-
-
-async def run(
-    env: WorkflowEnvironment, playbook: Playbook, steps: list[dict[str, Any]], until: str, deal_id: str = "D-1"
-) -> Rehearsal:
-    scenario = Scenario.model_validate({"deal": {"id": deal_id, "fields": DEAL}, "steps": steps, "until": until})
-    return await rehearse(LifecycleInput(deal_id=deal_id, playbook=playbook, fields=DEAL), scenario, TEMPLATES, env)
 
 
 async def start_deal(env: WorkflowEnvironment, worker: Worker, playbook: Playbook, deal_id: str) -> WorkflowHandle:

@@ -1,0 +1,187 @@
+"""Email that users can trust, against a real (misbehaving) aiosmtpd server and real SQLite.
+
+Each lifecycle test rehearses a deal through the real workflow and activities on the time-skipping server, with a
+sink that drops connections, defers messages or refuses recipients the way real mail servers do.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from temporalio.testing import ActivityEnvironment
+
+from activities.email import EmailActivities, SmtpConfig, message_id_for
+from sopflow.db import Database, OutboxEmail
+from sopflow.mailsink import MailSink
+from sopflow.models import EmailRequest, Recipient
+from sopflow.templates import TemplateRenderer
+from tests.conftest import TARGETING, TEMPLATES, launched_steps, run, sales_steps
+
+
+def outbox(db: Database) -> list[OutboxEmail]:
+    with db.session() as session:
+        return list(session.scalars(select(OutboxEmail).order_by(OutboxEmail.id)))
+
+
+def templates_sent(sink: MailSink) -> Counter[str]:
+    return Counter(str(m["X-Sopflow-Template"]) for m in sink.messages)
+
+
+async def test_email_arrives_exactly_once_when_the_server_drops_connections_and_defers_messages(
+    ts_env, safe_balance, db
+):
+    with MailSink(drop_connections=3, defer_messages=2) as sink:
+        result = await run(ts_env, safe_balance, sales_steps(signed_on=None), until="2d", sink=sink, db=db)
+
+    assert sink.injected == {"dropped": 3, "deferred": 2}
+    assert templates_sent(sink) == {"safe_balance/account_claimed": 1, "safe_balance/contract_sent": 1}
+    assert sink.duplicates == 0
+    rows = outbox(db)
+    assert [(r.template, r.status) for r in rows] == [("account_claimed", "sent"), ("contract_sent", "sent")]
+    assert rows[0].attempts == 6  # 3 dropped connections, 2 deferrals, then delivered
+    assert all(e["status"] == "sent" for e in result.of_kind("email"))
+
+
+class CrashAfterSending(EmailActivities):
+    """The worker dies after the server's 250 but before the outbox says `sent`, once for every step."""
+
+    crashed: set[str] = set()
+
+    def _finish(self, key: str, status: str, error: str | None) -> None:
+        if status == "sent" and key not in self.crashed:
+            self.crashed.add(key)
+            raise RuntimeError("simulated crash before the outbox commit")
+        super()._finish(key, status, error)
+
+
+async def test_a_crash_between_sending_and_the_outbox_commit_resends_with_the_same_message_id(
+    ts_env, safe_balance, db, smtp_sink
+):
+    CrashAfterSending.crashed = set()
+    result = await run(
+        ts_env, safe_balance, launched_steps(), until="60d", sink=smtp_sink, db=db, email_activities=CrashAfterSending
+    )
+
+    sent_steps = [e for e in result.of_kind("email") if e["status"] == "sent"]
+    assert len(sent_steps) >= 10
+    assert len(CrashAfterSending.crashed) == len(sent_steps)
+    # Every step reached the server twice; the sink kept one message per distinct Message-ID.
+    assert smtp_sink.duplicates == len(sent_steps)
+    message_ids = [str(m["Message-ID"]) for m in smtp_sink.messages]
+    assert len(message_ids) == len(set(message_ids)) == len(sent_steps)
+    assert {e["message_id"] for e in sent_steps} == set(message_ids)
+    assert all(row.status == "sent" and row.attempts == 2 for row in outbox(db))
+
+
+async def test_a_mailbox_that_does_not_exist_fails_the_email_and_opens_a_task_for_the_owner(
+    ts_env, safe_balance, db
+):
+    rep_only = {"rep_email": "rep@example.com", "rep_id": "owner-17"}  # no account manager to copy
+    with MailSink(reject_recipients={"rep@example.com"}) as sink:
+        result = await run(ts_env, safe_balance, sales_steps("3d"), until="4d", deal=rep_only, sink=sink, db=db)
+
+    claimed = next(r for r in outbox(db) if r.template == "account_claimed")
+    assert claimed.status == "failed" and "550" in (claimed.error or "") and "rep@example.com" in (claimed.error or "")
+    escalation = next(e for e in result.of_kind("escalation") if e.get("template") == "account_claimed")
+    assert escalation["roles"] == ["rep"] and escalation["owner"] == "rep" and "550" in escalation["reason"]
+    # The workflow kept going: the contract went out and was signed.
+    assert result.status.stage == "prelaunch"
+    assert "safe_balance/account_claimed" not in templates_sent(sink)
+
+
+async def test_a_refused_cc_still_delivers_to_the_others_and_tells_the_owner(ts_env, safe_balance, db):
+    bouncing_signer = {**TARGETING, "signer_email": "gone@example.com"}
+    steps = [{**sales_steps(None)[0], "fields": bouncing_signer}, sales_steps(None)[1]]
+    with MailSink(reject_recipients={"gone@example.com"}) as sink:
+        result = await run(ts_env, safe_balance, steps, until="2d", sink=sink, db=db)
+
+    contract = next(r for r in outbox(db) if r.template == "contract_sent")
+    assert contract.status == "partial" and contract.error == "gone@example.com"
+    delivered = next(m for m in sink.messages if m["X-Sopflow-Template"] == "safe_balance/contract_sent")
+    assert "rep@example.com" in str(delivered["Cc"])
+    escalation = next(e for e in result.of_kind("escalation") if e.get("template") == "contract_sent")
+    assert escalation["roles"] == ["signer"] and escalation["owner"] == "rep"
+    notice = next(m for m in sink.messages if m["X-Sopflow-Template"] == "_system/email_undeliverable")
+    assert str(notice["To"]) == "rep@example.com" and escalation["task"] in notice.get_body(("plain",)).get_content()
+    assert escalation["task"] in {t.id for t in result.status.open_tasks}
+
+
+async def test_a_missing_template_variable_fails_naming_it_and_sends_nothing(
+    ts_env, safe_balance, db, smtp_sink, tmp_path: Path
+):
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    body = templates / "safe_balance" / "account_claimed" / "body.txt"
+    body.write_text(body.read_text() + "\nTerritory: {{ deal.territory_code }}\n")
+
+    result = await run(
+        ts_env, safe_balance, sales_steps(None), until="2d", sink=smtp_sink, db=db, templates_dir=templates
+    )
+
+    failed = next(e for e in result.of_kind("email") if e["template"] == "account_claimed")
+    assert failed["status"] == "failed"
+    assert "territory_code" in failed["error"] and "safe_balance/account_claimed (body.txt)" in failed["error"]
+    assert "safe_balance/account_claimed" not in templates_sent(smtp_sink)
+    row = next(r for r in outbox(db) if r.template == "account_claimed")
+    assert row.status == "failed" and "territory_code" in (row.error or "")
+    assert result.status.stage == "contract"  # nothing else was held up
+
+
+async def test_deal_values_are_escaped_in_html_but_not_in_subjects_or_text(ts_env, safe_balance, smtp_sink):
+    hostile = {**TARGETING, "company": "<script>alert(1)</script> Rehab & Care"}
+    steps = [{**sales_steps(None)[0], "fields": hostile}]
+    await run(ts_env, safe_balance, steps, until="1d", sink=smtp_sink)
+
+    message = next(m for m in smtp_sink.messages if m["X-Sopflow-Template"] == "safe_balance/account_claimed")
+    assert str(message["Subject"]) == "Account claimed: <script>alert(1)</script> Rehab & Care"
+    html = message.get_body(("html",)).get_content()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; Rehab &amp; Care" in html and "<script>" not in html
+    assert "<script>alert(1)</script> Rehab & Care" in message.get_body(("plain",)).get_content()
+
+
+@pytest.fixture
+def attachment_templates(tmp_path: Path) -> Path:
+    folder = tmp_path / "demo" / "roster_welcome"
+    folder.mkdir(parents=True)
+    (folder / "subject.txt").write_text("Welcome, {{ deal.company }}")
+    (folder / "body.txt").write_text("Rosters attached.")
+    (folder / "body.html").write_text("<p>Rosters attached for {{ deal.company }}.</p>")
+    (tmp_path / "demo" / "attachments").mkdir()
+    (tmp_path / "demo" / "attachments" / "Payor Roster.xlsx").write_bytes(b"PK\x03\x04 demo roster")
+    return tmp_path
+
+
+async def test_send_email_builds_a_multipart_message_with_attachments_and_a_key_derived_message_id(
+    attachment_templates: Path, db: Database, smtp_sink: MailSink
+):
+    smtp = SmtpConfig(host=smtp_sink.host, port=smtp_sink.port, mail_from="sopflow <sopflow@example.com>")
+    activities = EmailActivities(db, TemplateRenderer(attachment_templates), smtp, "http://127.0.0.1:8000")
+    request = EmailRequest(
+        key="deal-D-5/7/enter-welcome-0",
+        workflow_id="deal-D-5",
+        deal_id="D-5",
+        playbook="demo",
+        template="roster_welcome",
+        at="2026-01-05T10:00:00Z",  # type: ignore[arg-type]
+        to=[Recipient(role="admin", email="admin@example.com", name="Clinic Admin")],
+        context={"deal": {"company": "Example Clinic"}},
+        attachments=["Payor Roster.xlsx"],
+    )
+
+    env = ActivityEnvironment()
+    first = await env.run(activities.send_email, request)
+    again = await env.run(activities.send_email, request)
+
+    assert first.status == "sent" and again.status == "already_sent"
+    assert first.message_id == again.message_id == message_id_for(request.key, smtp.mail_from)
+    assert first.message_id.endswith("@example.com>")
+    (message,) = smtp_sink.messages
+    assert message.get_content_type() == "multipart/mixed"
+    assert message.get_body(("plain",)).get_content().strip() == "Rosters attached."
+    (attachment,) = list(message.iter_attachments())
+    assert attachment.get_filename() == "Payor Roster.xlsx" and attachment.get_content() == b"PK\x03\x04 demo roster"
+    assert str(message["To"]) == "Clinic Admin <admin@example.com>"
