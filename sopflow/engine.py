@@ -34,6 +34,7 @@ from sopflow.models import (
     LifecycleState,
     LifecycleStatus,
     Recipient,
+    Resend,
     SetFields,
     SubmitForm,
     TaskState,
@@ -331,6 +332,11 @@ class Engine:
         task = self.state.tasks[req.task]
         task.done_at, task.done_by, task.note = now, req.actor, req.note
         self._log("task", now, task=task.id, status="done", by=req.actor)
+        if task.resend is not None:
+            again = task.resend
+            action = EmailAction(template=again.template, to=again.to, cc=again.cc, from_role=again.from_role)
+            playbook_id = None if again.playbook == self.playbook.id else again.playbook
+            self._email(action, now, f"resend-{task.id}", again.extra, playbook_id=playbook_id)
         self._settle(now)
 
     def _task_open(self, task_id: str) -> bool:
@@ -651,15 +657,28 @@ class Engine:
         recipients = request.to + request.cc
         roles = sorted({r.role for r in recipients if r.email.lower() in refused_set}) or [r.role for r in request.to]
         owner = self.stage.owner or (request.reply_to.role if request.reply_to else roles[0])
-        task_id = f"fix_email_{step.entry.seq}"
+        task_id = f"fix_email_{request.template}"  # readable: `sopflow task done D-1 fix_email_welcome`
+        if task_id in self.state.tasks:
+            task_id = f"{task_id}_{step.entry.seq}"
+        base_keys = set(self.template_context({}))
         self.state.tasks[task_id] = TaskState(
             id=task_id,
-            title=f"Email '{request.template}' could not be delivered to {', '.join(roles)}: correct the address",
+            title=f"Email '{request.template}' could not be delivered to {', '.join(roles)}: correct the address "
+            "(marking this done sends it again)",
             owner=owner,
             opened_at=at,
+            resend=Resend(
+                template=request.template,
+                playbook=request.playbook,
+                to=roles,  # only those who did not get it: the others already have it
+                from_role=request.reply_to.role if request.reply_to else None,
+                extra={k: v for k, v in request.context.items() if k not in base_keys},
+            ),
         )
         self._log("escalation", at, template=request.template, roles=roles, owner=owner, task=task_id, reason=reason)
-        owner_email, _ = role_address(self.playbook, self.context(), owner) if owner in self.playbook.roles else (None, None)
+        owner_email, _ = (
+            role_address(self.playbook, self.context(), owner) if owner in self.playbook.roles else (None, None)
+        )
         if request.playbook != SYSTEM_TEMPLATES and owner_email and owner_email.lower() not in refused_set:
             notice = EmailAction(template="email_undeliverable", to=[owner])
             extra = {"failed": {"template": request.template, "roles": roles, "reason": reason, "task": task_id}}

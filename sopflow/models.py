@@ -24,6 +24,17 @@ class Payload(BaseModel):
 # --- carried state --------------------------------------------------------------------------------------------
 
 
+class Resend(Payload):
+    """An email to send again, to freshly resolved addresses, once its fix-the-address task is done."""
+
+    template: str
+    playbook: str
+    to: list[str]
+    cc: list[str] = []
+    from_role: str | None = None
+    extra: dict[str, Any] = {}
+
+
 class TaskState(Payload):
     id: str
     title: str
@@ -35,6 +46,7 @@ class TaskState(Payload):
     note: str | None = None
     reminded: bool = False
     escalated: bool = False
+    resend: Resend | None = None
 
 
 class DeadlineState(Payload):

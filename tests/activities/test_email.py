@@ -77,9 +77,7 @@ async def test_a_crash_between_sending_and_the_outbox_commit_resends_with_the_sa
     assert all(row.status == "sent" and row.attempts == 2 for row in outbox(db))
 
 
-async def test_a_mailbox_that_does_not_exist_fails_the_email_and_opens_a_task_for_the_owner(
-    ts_env, safe_balance, db
-):
+async def test_a_mailbox_that_does_not_exist_fails_the_email_and_opens_a_task_for_the_owner(ts_env, safe_balance, db):
     rep_only = {"rep_email": "rep@example.com", "rep_id": "owner-17"}  # no account manager to copy
     with MailSink(reject_recipients={"rep@example.com"}) as sink:
         result = await run(ts_env, safe_balance, sales_steps("3d"), until="4d", deal=rep_only, sink=sink, db=db)
@@ -108,6 +106,26 @@ async def test_a_refused_cc_still_delivers_to_the_others_and_tells_the_owner(ts_
     notice = next(m for m in sink.messages if m["X-Sopflow-Template"] == "_system/email_undeliverable")
     assert str(notice["To"]) == "rep@example.com" and escalation["task"] in notice.get_body(("plain",)).get_content()
     assert escalation["task"] in {t.id for t in result.status.open_tasks}
+
+
+async def test_correcting_a_bounced_address_and_closing_the_task_sends_the_email_again(ts_env, safe_balance, db):
+    bouncing_signer = {**TARGETING, "signer_email": "gone@example.com"}
+    first, request = sales_steps(None)
+    fix = [
+        {"at": "2d", "form": "targeting", "fields": TARGETING},  # the right signer email
+        {"at": "2d", "task": "fix_email_contract_sent"},
+    ]
+    with MailSink(reject_recipients={"gone@example.com"}) as sink:
+        steps = [{**first, "fields": bouncing_signer}, request, *fix]
+        result = await run(ts_env, safe_balance, steps, until="3d", sink=sink, db=db)
+
+    contracts = [m for m in sink.messages if m["X-Sopflow-Template"] == "safe_balance/contract_sent"]
+    assert [str(m["To"]) for m in contracts] == [
+        "Client Signer <gone@example.com>",  # refused for that address, delivered to the copied rep
+        "Client Signer <signer@example.com>",
+    ]
+    assert "Cc" not in contracts[1]  # the rep already had it
+    assert result.status.stage == "contract" and not result.status.open_tasks
 
 
 async def test_a_missing_template_variable_fails_naming_it_and_sends_nothing(
