@@ -32,9 +32,7 @@ class _Handler:
     def __init__(self, sink: MailSink) -> None:
         self.sink = sink
 
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
-    ) -> str:
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         if address.lower() in self.sink.reject_recipients:
             return "550 5.1.1 Mailbox does not exist"
         envelope.rcpt_tos.append(address)

@@ -42,13 +42,17 @@ class TemplateRenderer:
             env.filters["date"] = _date
 
     def render(self, playbook: str, template: str, context: dict[str, Any]) -> Rendered:
-        base = f"{playbook}/{template}"
-        subject = self._text.get_template(f"{base}/subject.txt").render(context)
+        subject = self.render_part(playbook, template, "subject.txt", context)
         return Rendered(
             subject=" ".join(subject.split()),
-            text=self._text.get_template(f"{base}/body.txt").render(context),
-            html=self._html.get_template(f"{base}/body.html").render(context),
+            text=self.render_part(playbook, template, "body.txt", context),
+            html=self.render_part(playbook, template, "body.html", context),
         )
+
+    def render_part(self, playbook: str, template: str, part: str, context: dict[str, Any]) -> str:
+        """One file of a template, so a caller that checks templates can say which file failed."""
+        env = self._html if part.endswith(".html") else self._text
+        return env.get_template(f"{playbook}/{template}/{part}").render(context)
 
     def attachment_path(self, playbook: str, name: str) -> Path:
         return self.templates_dir / playbook / "attachments" / name

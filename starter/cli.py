@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -23,7 +23,10 @@ import yaml
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from rich.text import Text
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -37,6 +40,7 @@ from sopflow.constants import (
     TASK_QUEUE,
     WORKFLOW_ID_PREFIX,
 )
+from sopflow.db import Database, OutboxEmail
 from sopflow.engine import Rejected, check_deal_fields
 from sopflow.models import (
     DEAL_ID_PATTERN,
@@ -50,6 +54,8 @@ from sopflow.models import (
     SubmitForm,
 )
 from sopflow.playbook import Playbook, PlaybookError, load_playbook, template_names
+from sopflow.samples import RenderError, email_uses, render_check, render_email, sample_context, sample_links
+from sopflow.templates import TemplateRenderer
 from starter.connect import ConnectionFailed, connect
 from workflows.lifecycle import ClientLifecycle
 
@@ -62,10 +68,14 @@ deal_app = typer.Typer(help="Start deals.", no_args_is_help=True)
 form_app = typer.Typer(help="Submit forms.", no_args_is_help=True)
 task_app = typer.Typer(help="Complete checklist tasks.", no_args_is_help=True)
 playbook_app = typer.Typer(help="Validate and inspect playbooks.", no_args_is_help=True)
+mail_app = typer.Typer(help="Inspect the email outbox (what was sent, what failed).", no_args_is_help=True)
+template_app = typer.Typer(help="Preview email templates.", no_args_is_help=True)
 app.add_typer(deal_app, name="deal")
 app.add_typer(form_app, name="form")
 app.add_typer(task_app, name="task")
 app.add_typer(playbook_app, name="playbook")
+app.add_typer(mail_app, name="mail")
+app.add_typer(template_app, name="template")
 
 out = Console()
 err = Console(stderr=True)
@@ -460,8 +470,9 @@ def list_deals(
 
 @playbook_app.command("validate")
 def playbook_validate(files: list[Path]) -> None:
-    """Check playbooks: schema, every reference (forms, roles, stages, tasks), and that templates exist."""
+    """Check playbooks: schema, every reference (forms, roles, stages, tasks), that templates exist and render."""
     settings, failed = Settings(), False
+    renderer = TemplateRenderer(settings.templates_dir)
     for file in files:
         try:
             pb = load_playbook(file, settings.templates_dir)
@@ -469,6 +480,13 @@ def playbook_validate(files: list[Path]) -> None:
             failed = True
             for line in exc.errors:
                 err.print(f"{file}: {line}", highlight=False, soft_wrap=True)
+            continue
+        # Templates exist; now render each email with sample data, so a bad variable fails here, not months later.
+        render_errors = render_check(pb, renderer)
+        if render_errors:
+            failed = True
+            for line in render_errors:
+                err.print(f"{file}: {line}", highlight=False, soft_wrap=True, markup=False)
             continue
         out.print(
             f"[green]✓[/green] {file}: {pb.id} v{pb.version}, {len(pb.stages)} stages, {len(pb.forms)} forms, "
@@ -504,6 +522,218 @@ def playbook_show(playbook: str, output: OutputOpt = Output.text) -> None:
             stage.id, stage.owner or "", "\n".join(t.id for t in stage.tasks), "\n".join(gate), "\n".join(leads)
         )
     out.print(table)
+
+
+# --- mail: the outbox in the records database -----------------------------------------------------------------------
+
+
+class MailStatus(StrEnum):
+    pending = "pending"
+    sent = "sent"
+    partial = "partial"
+    failed = "failed"
+
+
+def _records() -> Database:
+    """The records store the worker writes to; its schema is created if missing, so a fresh machine lists nothing
+    instead of failing on a missing table."""
+    db = Database(Settings().database_url)
+    try:
+        db.create_schema()
+    except SQLAlchemyError as exc:
+        db.dispose()
+        _db_fail(exc)
+    return db
+
+
+def _db_fail(exc: SQLAlchemyError) -> NoReturn:
+    cause = getattr(exc, "orig", None) or exc
+    fail(f"cannot read the records database: {' '.join(str(cause).split())}")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    """SQLite hands back naive datetimes; every time sopflow stores is UTC, so say so."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def _mail_row(row: OutboxEmail, *, bodies: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": row.id,
+        "key": row.key,
+        "workflow_id": row.workflow_id,
+        "deal_id": row.deal_id,
+        "playbook": row.playbook,
+        "template": row.template,
+        "to": row.to,
+        "cc": row.cc,
+        "subject": row.subject,
+        "attachments": row.attachments,
+        "message_id": row.message_id,
+        "status": row.status,
+        "attempts": row.attempts,
+        "error": row.error,
+        "scheduled_at": _iso(row.scheduled_at),
+        "sent_at": _iso(row.sent_at),
+    }
+    if bodies:
+        data["body_text"], data["body_html"] = row.body_text, row.body_html
+    return data
+
+
+@mail_app.command("list")
+def mail_list(
+    deal: Annotated[str | None, typer.Option("--deal", help="only this deal's emails")] = None,
+    status: Annotated[MailStatus | None, typer.Option("--status", help="only emails in this state")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50,
+    output: OutputOpt = Output.text,
+) -> None:
+    """List outbox emails, newest first: what went out, to whom, and what failed."""
+    query = select(OutboxEmail).order_by(OutboxEmail.scheduled_at.desc(), OutboxEmail.id.desc()).limit(limit)
+    if deal is not None:
+        query = query.where(OutboxEmail.deal_id == deal)
+    if status is not None:
+        query = query.where(OutboxEmail.status == status.value)
+    db = _records()
+    try:
+        with db.session() as session:
+            rows = list(session.scalars(query))
+    except SQLAlchemyError as exc:
+        _db_fail(exc)
+    finally:
+        db.dispose()
+    if output == Output.json:
+        out.print_json(json.dumps([_mail_row(row, bodies=False) for row in rows]))
+        return
+    table = Table("id", "when", "deal", "template", "to", "status", "subject")
+    colours = {"sent": "green", "failed": "red", "partial": "yellow"}
+    for row in rows:
+        table.add_row(
+            str(row.id),
+            row.scheduled_at.strftime("%Y-%m-%d %H:%M"),
+            Text(row.deal_id),
+            Text(row.template),
+            Text(row.to),
+            Text(row.status, style=colours.get(row.status, "")),
+            Text(row.subject),
+        )
+    out.print(table)
+    out.print(f"{len(rows)} email(s)", style="dim")
+
+
+@mail_app.command("show")
+def mail_show(
+    email_id: Annotated[int, typer.Argument(metavar="ID", help="the id `sopflow mail list` shows")],
+    html: Annotated[Path | None, typer.Option("--html", help="write the HTML body to this file")] = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Show one outbox email: every column and the text body (`--html FILE` saves the HTML body)."""
+    db = _records()
+    try:
+        with db.session() as session:
+            row = session.get(OutboxEmail, email_id)
+    except SQLAlchemyError as exc:
+        _db_fail(exc)
+    finally:
+        db.dispose()
+    if row is None:
+        fail(f"no email with id {email_id} in the outbox (see `sopflow mail list`)")
+    if html is not None:
+        if not row.body_html:
+            fail(f"email {email_id} has no HTML body (status {row.status}: it was never rendered)")
+        _write(html, row.body_html)
+    data = _mail_row(row, bodies=True)
+    if output == Output.json:
+        out.print_json(json.dumps(data))
+        return
+    grid = Table.grid(padding=(0, 2))
+    for key, value in data.items():
+        if key not in ("body_text", "body_html"):
+            grid.add_row(Text(key, style="dim"), Text("" if value is None else str(value)))
+    out.print(grid)
+    out.print()
+    out.print(row.body_text or "(no text body: the email was never rendered)", markup=False, highlight=False)
+    if html is not None:
+        out.print(f"HTML body written to {html}", style="dim", highlight=False)
+
+
+def _write(path: Path, content: str) -> None:
+    try:
+        path.write_text(content)
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror}")
+
+
+# --- template preview -----------------------------------------------------------------------------------------------
+
+
+@template_app.command("preview")
+def template_preview(
+    playbook: str,
+    template: str,
+    deal: Annotated[str | None, typer.Option("--deal", help="render with this running deal's live data")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="write the HTML body to this file")] = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Render a template's subject and text body, with sample data or with a deal's live context."""
+    pb = load(playbook)
+    uses = [use for use in email_uses(pb) if use.template == template]
+    if not uses:
+        known = ", ".join(sorted(template_names(pb))) or "none"
+        fail(f"playbook {pb.id} sends no template {template!r} (templates: {known})")
+    settings = Settings()
+    use = uses[0]
+    sample = sample_context(pb, use, minimal=False, public_url=settings.public_url)
+    if deal is None:
+        context = sample
+    else:
+        live = run(_email_context(deal))
+        live_playbook = (live.get("playbook") or {}).get("id")
+        if live_playbook != pb.id:
+            fail(f"deal {deal} runs playbook {live_playbook}, not {pb.id}")
+        context = {**live, "links": sample_links(settings.public_url, deal)}
+        # Extras exist only where the engine sends the email (a task's reminder, a visit): samples stand in.
+        for key in use.extra_keys:
+            if context.get(key) is None:
+                context[key] = sample[key]
+    try:
+        rendered = render_email(TemplateRenderer(settings.templates_dir), pb.id, template, context)
+    except RenderError as exc:
+        fail(str(exc))
+    if html is not None:
+        _write(html, rendered.html)
+    if output == Output.json:
+        data = {
+            "playbook": pb.id,
+            "template": template,
+            "deal": deal,
+            "context": "deal" if deal else "sample",
+            "subject": rendered.subject,
+            "text": rendered.text,
+            "html": rendered.html,
+        }
+        out.print_json(json.dumps(data))
+        return
+    out.print(f"Subject: {rendered.subject}", markup=False, highlight=False, soft_wrap=True)
+    out.print()
+    out.print(rendered.text, markup=False, highlight=False, soft_wrap=True)
+    source = f"deal {deal}" if deal else "sample data"
+    note = f"rendered with {source}" + (f"; HTML body written to {html}" if html else "")
+    err.print(note, style="dim", highlight=False)
+
+
+async def _email_context(deal_id: str) -> dict[str, Any]:
+    handle = await _handle(deal_id)
+    try:
+        context: dict[str, Any] = await handle.query(ClientLifecycle.email_context, rpc_timeout=timedelta(seconds=20))
+    except WorkflowQueryFailedError as exc:
+        fail(f"deal {deal_id} could not answer the email context query: {exc.message}")
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.DEADLINE_EXCEEDED:
+            fail(f"deal {deal_id} did not answer: is a worker running (`sopflow worker` or `make dev`)?")
+        raise
+    return context
 
 
 @app.command()
