@@ -22,11 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
-from types import TracebackType
 from typing import Literal
 
 import aiosmtplib
-import jinja2
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
@@ -34,7 +32,7 @@ from temporalio.exceptions import ApplicationError
 
 from sopflow.db import Database, OutboxEmail
 from sopflow.models import EmailRequest, EmailResult, Recipient
-from sopflow.templates import Rendered, TemplateRenderer
+from sopflow.templates import Rendered, RenderError, TemplateRenderer, links_for
 
 
 @dataclass(frozen=True)
@@ -74,8 +72,8 @@ class EmailActivities:
         context = {**req.context, "links": links_for(self.public_url, req.deal_id)}
         try:
             rendered = self.renderer.render(req.playbook, req.template, context)
-        except jinja2.TemplateError as exc:
-            reason = f"template {req.playbook}/{req.template}{_part(exc.__traceback__)}: {exc.message or exc}"
+        except RenderError as exc:
+            reason = f"template {req.playbook}/{req.template} ({exc.part}): {exc.message}"
             await asyncio.to_thread(self._finish, req.key, "failed", reason)
             raise ApplicationError(reason, type="TemplateError", non_retryable=True) from exc
         await asyncio.to_thread(self._store_rendered, req.key, rendered)
@@ -176,20 +174,3 @@ class EmailActivities:
             if status in ("sent", "partial"):
                 row.sent_at = datetime.now(UTC)
             session.commit()
-
-
-def links_for(public_url: str, deal_id: str) -> dict[str, str]:
-    """Links templates may use: `{{ links.forms }}/site_visit` is the deal's site-visit form."""
-    base = public_url.rstrip("/")
-    return {"forms": f"{base}/forms/{deal_id}", "status": f"{base}/deals/{deal_id}"}
-
-
-def _part(tb: TracebackType | None) -> str:
-    """Which file of the template failed (` (body.html)`), from the traceback Jinja attaches to its errors."""
-    part = ""
-    while tb is not None:
-        name = tb.tb_frame.f_code.co_filename
-        if name.endswith((".txt", ".html")):
-            part = f" ({name.rsplit('/', 1)[-1]})"
-        tb = tb.tb_next
-    return part

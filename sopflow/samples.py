@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
-
-import jinja2
 
 from sopflow.conditions import evaluate, make_context, role_address
 from sopflow.fields import is_blank
-from sopflow.playbook import TEMPLATE_PARTS, Action, Condition, EmailAction, FieldSpec, Playbook, Stage
-from sopflow.templates import Rendered, TemplateRenderer
+from sopflow.playbook import Action, Condition, EmailAction, FieldSpec, Playbook, Stage
+from sopflow.templates import RenderError, TemplateRenderer, links_for
 
 ExtraKey = Literal["task", "deadline", "visit", "form"]
 
@@ -37,9 +34,6 @@ SAMPLE_DATE = "2025-03-17"
 # Canonical datetimes are ISO text in UTC (see sopflow.fields.coerce); due dates in contexts look the same.
 SAMPLE_MOMENT = "2025-03-17T09:00:00+00:00"
 SAMPLE_VISIT_NUMBER = 2
-
-# What rendering can raise besides Jinja's own errors: a filter such as `date` given a value it cannot parse.
-_RENDER_FAILURES = (jinja2.TemplateError, ValueError, TypeError, ArithmeticError, LookupError)
 
 
 @dataclass(frozen=True)
@@ -63,16 +57,6 @@ class EmailUse:
     sets: dict[str, Any] = field(default_factory=dict)
     # The roles it is sent to: the engine skips an email none of whose `to` roles has an address.
     to: tuple[str, ...] = ()
-
-
-class RenderError(Exception):
-    """A template that does not render, with the file at fault, so the author knows where to look."""
-
-    def __init__(self, template: str, part: str, message: str) -> None:
-        self.template = template
-        self.part = part
-        self.message = message
-        super().__init__(f"template '{template}' ({part}): {message}")
 
 
 # --- sample values ---------------------------------------------------------------------------------------------------
@@ -103,12 +87,6 @@ def sample_value(spec: FieldSpec, name: str) -> Any:
 def sample_values(specs: dict[str, FieldSpec], *, minimal: bool) -> dict[str, Any]:
     """Every field (full) or only the required ones (minimal): optional fields left empty are absent, not None."""
     return {name: sample_value(spec, name) for name, spec in specs.items() if spec.required or not minimal}
-
-
-def sample_links(public_url: str, deal_id: str) -> dict[str, str]:
-    """The `links` the email activity adds before rendering (kept identical to activities.email's)."""
-    base = public_url.rstrip("/")
-    return {"forms": f"{base}/forms/{deal_id}", "status": f"{base}/deals/{deal_id}"}
 
 
 # --- where emails are sent -------------------------------------------------------------------------------------------
@@ -218,7 +196,7 @@ def _build_context(
         "deadline": deadline,
     }
     context.update(_extras(use, stage, forms, deadline))
-    context["links"] = sample_links(public_url, deal_id)
+    context["links"] = links_for(public_url, deal_id)
     return context, sent
 
 
@@ -354,52 +332,6 @@ def _number(spec: FieldSpec | None, number: float) -> Any:
 # --- rendering -------------------------------------------------------------------------------------------------------
 
 
-def render_email(renderer: TemplateRenderer, playbook_id: str, template: str, context: dict[str, Any]) -> Rendered:
-    """Render all three files like the email activity does; raise RenderError naming the file and Jinja's message."""
-    parts: dict[str, str] = {}
-    for part in TEMPLATE_PARTS:
-        try:
-            parts[part] = renderer.render_part(playbook_id, template, part, context)
-        except _RENDER_FAILURES as exc:
-            raise RenderError(template, part, _describe(exc, part)) from exc
-    return Rendered(subject=" ".join(parts["subject.txt"].split()), text=parts["body.txt"], html=parts["body.html"])
-
-
-def _describe(exc: Exception, part: str) -> str:
-    """Jinja's message on one line, with where it happened when that is known (line, or another file such as the
-    shared layout)."""
-    if isinstance(exc, jinja2.TemplateNotFound):
-        return f"missing file {exc.name}"
-    file: str | None
-    line: int | None
-    if isinstance(exc, jinja2.TemplateSyntaxError):
-        file, line = exc.filename or exc.name, exc.lineno
-    else:
-        file, line = _template_frame(exc.__traceback__)
-    raw = exc.message if isinstance(exc, jinja2.TemplateError) else f"{type(exc).__name__}: {exc}"
-    message = " ".join(str(raw or exc).split())
-    if line is None:
-        return message
-    if file is None or _short(file) == part:
-        return f"{message} (line {line})"
-    return f"{message} ({_short(file)} line {line})"
-
-
-def _template_frame(tb: TracebackType | None) -> tuple[str | None, int | None]:
-    """The innermost template frame: Jinja rewrites tracebacks so template lines appear as frames of their file."""
-    file, line = None, None
-    while tb is not None:
-        name = tb.tb_frame.f_code.co_filename
-        if name.endswith((".txt", ".html")):
-            file, line = name, tb.tb_lineno
-        tb = tb.tb_next
-    return file, line
-
-
-def _short(file: str) -> str:
-    return file.replace("\\", "/").rsplit("/", 1)[-1]
-
-
 def render_check(playbook: Playbook, renderer: TemplateRenderer) -> list[str]:
     """Render every email use in both variants; one error line per failure, prefixed with the use's path.
 
@@ -415,7 +347,7 @@ def render_check(playbook: Playbook, renderer: TemplateRenderer) -> list[str]:
             if not sent:
                 continue  # the engine would never send this email with data like this
             try:
-                render_email(renderer, playbook.id, use.template, context)
+                renderer.render(playbook.id, use.template, context)
             except RenderError as exc:
                 if str(exc) in failures:
                     continue

@@ -20,6 +20,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import yaml
+from pydantic import ValidationError
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -54,8 +55,8 @@ from sopflow.models import (
     SubmitForm,
 )
 from sopflow.playbook import Playbook, PlaybookError, load_playbook, template_names
-from sopflow.samples import RenderError, email_uses, render_check, render_email, sample_context, sample_links
-from sopflow.templates import TemplateRenderer
+from sopflow.samples import email_uses, render_check, sample_context
+from sopflow.templates import RenderError, TemplateRenderer, links_for
 from starter.connect import ConnectionFailed, connect
 from workflows.lifecycle import ClientLifecycle
 
@@ -110,7 +111,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         if exc.status == RPCStatusCode.NOT_FOUND:
             fail("no lifecycle found for that deal (check the deal id with `sopflow list`)")
         fail(f"Temporal refused the request: {exc.message}")
-    except (Rejected, PlaybookError) as exc:
+    except PlaybookError as exc:
+        fail(playbook_failure(exc))
+    except Rejected as exc:
         fail(str(exc))
 
 
@@ -136,12 +139,26 @@ def workflow_id(deal_id: str) -> str:
     return f"{WORKFLOW_ID_PREFIX}{deal_id}"
 
 
-def load(playbook: str) -> Playbook:
-    settings = Settings()
+def settings() -> Settings:
+    """The SOPFLOW_* configuration, or one line saying what is wrong with it (never the values: they may be secrets)."""
     try:
-        return load_playbook(settings.playbook_path(playbook), settings.templates_dir)
+        return Settings()
+    except ValidationError as exc:
+        fail("invalid configuration: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
+
+
+def playbook_failure(exc: PlaybookError) -> str:
+    first = exc.errors[0] if exc.errors else "invalid"
+    more = f" (and {len(exc.errors) - 1} more: run `sopflow playbook validate {exc.source}`)" if exc.errors[1:] else ""
+    return f"{exc.source}: {first}{more}"
+
+
+def load(playbook: str) -> Playbook:
+    config = settings()
+    try:
+        return load_playbook(config.playbook_path(playbook), config.templates_dir)
     except PlaybookError as exc:
-        fail(str(exc))
+        fail(playbook_failure(exc))
 
 
 async def _handle(deal_id: str) -> WorkflowHandle[Any, Any]:
@@ -224,7 +241,7 @@ def dev() -> None:
     from starter.devstack import run_dev
 
     try:
-        asyncio.run(run_dev(Settings()))
+        asyncio.run(run_dev(settings()))
     except KeyboardInterrupt:
         err.print("stopped")
     except (RuntimeError, OSError) as exc:
@@ -237,7 +254,7 @@ def worker() -> None:
     from worker import run_worker
 
     try:
-        run(run_worker(Settings()))
+        run(run_worker(settings()))
     except KeyboardInterrupt:
         err.print("stopped")
 
@@ -471,11 +488,11 @@ def list_deals(
 @playbook_app.command("validate")
 def playbook_validate(files: list[Path]) -> None:
     """Check playbooks: schema, every reference (forms, roles, stages, tasks), that templates exist and render."""
-    settings, failed = Settings(), False
-    renderer = TemplateRenderer(settings.templates_dir)
+    config, failed = settings(), False
+    renderer = TemplateRenderer(config.templates_dir)
     for file in files:
         try:
-            pb = load_playbook(file, settings.templates_dir)
+            pb = load_playbook(file, config.templates_dir)
         except PlaybookError as exc:
             failed = True
             for line in exc.errors:
@@ -537,7 +554,7 @@ class MailStatus(StrEnum):
 def _records() -> Database:
     """The records store the worker writes to; its schema is created if missing, so a fresh machine lists nothing
     instead of failing on a missing table."""
-    db = Database(Settings().database_url)
+    db = Database(settings().database_url)
     try:
         db.create_schema()
     except SQLAlchemyError as exc:
@@ -682,9 +699,9 @@ def template_preview(
     if not uses:
         known = ", ".join(sorted(template_names(pb))) or "none"
         fail(f"playbook {pb.id} sends no template {template!r} (templates: {known})")
-    settings = Settings()
+    config = settings()
     use = uses[0]
-    sample = sample_context(pb, use, minimal=False, public_url=settings.public_url)
+    sample = sample_context(pb, use, minimal=False, public_url=config.public_url)
     if deal is None:
         context = sample
     else:
@@ -692,13 +709,13 @@ def template_preview(
         live_playbook = (live.get("playbook") or {}).get("id")
         if live_playbook != pb.id:
             fail(f"deal {deal} runs playbook {live_playbook}, not {pb.id}")
-        context = {**live, "links": sample_links(settings.public_url, deal)}
+        context = {**live, "links": links_for(config.public_url, deal)}
         # Extras exist only where the engine sends the email (a task's reminder, a visit): samples stand in.
         for key in use.extra_keys:
             if context.get(key) is None:
                 context[key] = sample[key]
     try:
-        rendered = render_email(TemplateRenderer(settings.templates_dir), pb.id, template, context)
+        rendered = TemplateRenderer(config.templates_dir).render(pb.id, template, context)
     except RenderError as exc:
         fail(str(exc))
     if html is not None:
@@ -753,10 +770,10 @@ def rehearse(
     except (PlaybookError, Rejected) as exc:
         fail(str(exc))
     inp = LifecycleInput(deal_id=sc.deal.id, playbook=pb, fields=values, actor="rehearsal")
-    settings = Settings()
+    config = settings()
     # Activity failures are part of the timeline (status=failed); their worker log lines would only be noise here.
     logging.getLogger("temporalio").setLevel(logging.ERROR)
-    result = asyncio.run(run_rehearsal(inp, sc, settings.templates_dir, server_log=settings.home / "rehearsal.log"))
+    result = asyncio.run(run_rehearsal(inp, sc, config.templates_dir, server_log=config.home / "rehearsal.log"))
     if output == Output.json:
         for entry in result.timeline:
             sys.stdout.write(json.dumps(entry, default=str) + "\n")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -25,6 +27,12 @@ from tests.conftest import TARGETING, TEMPLATES, launched_steps, run, sales_step
 def outbox(db: Database) -> list[OutboxEmail]:
     with db.session() as session:
         return list(session.scalars(select(OutboxEmail).order_by(OutboxEmail.id)))
+
+
+def body(message: EmailMessage, kind: str) -> str:
+    part = message.get_body((kind,))
+    assert part is not None, f"no {kind} part"
+    return str(part.get_content())
 
 
 def templates_sent(sink: MailSink) -> Counter[str]:
@@ -104,19 +112,19 @@ async def test_a_refused_cc_still_delivers_to_the_others_and_tells_the_owner(ts_
     escalation = next(e for e in result.of_kind("escalation") if e.get("template") == "contract_sent")
     assert escalation["roles"] == ["signer"] and escalation["owner"] == "rep"
     notice = next(m for m in sink.messages if m["X-Sopflow-Template"] == "_system/email_undeliverable")
-    assert str(notice["To"]) == "rep@example.com" and escalation["task"] in notice.get_body(("plain",)).get_content()
+    assert str(notice["To"]) == "rep@example.com" and escalation["task"] in body(notice, "plain")
     assert escalation["task"] in {t.id for t in result.status.open_tasks}
 
 
 async def test_correcting_a_bounced_address_and_closing_the_task_sends_the_email_again(ts_env, safe_balance, db):
     bouncing_signer = {**TARGETING, "signer_email": "gone@example.com"}
     first, request = sales_steps(None)
-    fix = [
+    fix: list[dict[str, Any]] = [
         {"at": "2d", "form": "targeting", "fields": TARGETING},  # the right signer email
         {"at": "2d", "task": "fix_email_contract_sent"},
     ]
     with MailSink(reject_recipients={"gone@example.com"}) as sink:
-        steps = [{**first, "fields": bouncing_signer}, request, *fix]
+        steps: list[dict[str, Any]] = [{**first, "fields": bouncing_signer}, request, *fix]
         result = await run(ts_env, safe_balance, steps, until="3d", sink=sink, db=db)
 
     contracts = [m for m in sink.messages if m["X-Sopflow-Template"] == "safe_balance/contract_sent"]
@@ -156,9 +164,9 @@ async def test_deal_values_are_escaped_in_html_but_not_in_subjects_or_text(ts_en
 
     message = next(m for m in smtp_sink.messages if m["X-Sopflow-Template"] == "safe_balance/account_claimed")
     assert str(message["Subject"]) == "Account claimed: <script>alert(1)</script> Rehab & Care"
-    html = message.get_body(("html",)).get_content()
+    html = body(message, "html")
     assert "&lt;script&gt;alert(1)&lt;/script&gt; Rehab &amp; Care" in html and "<script>" not in html
-    assert "<script>alert(1)</script> Rehab & Care" in message.get_body(("plain",)).get_content()
+    assert "<script>alert(1)</script> Rehab & Care" in body(message, "plain")  # type: ignore[union-attr]
 
 
 @pytest.fixture
@@ -199,7 +207,7 @@ async def test_send_email_builds_a_multipart_message_with_attachments_and_a_key_
     assert first.message_id.endswith("@example.com>")
     (message,) = smtp_sink.messages
     assert message.get_content_type() == "multipart/mixed"
-    assert message.get_body(("plain",)).get_content().strip() == "Rosters attached."
+    assert body(message, "plain").strip() == "Rosters attached."
     (attachment,) = list(message.iter_attachments())
     assert attachment.get_filename() == "Payor Roster.xlsx" and attachment.get_content() == b"PK\x03\x04 demo roster"
     assert str(message["To"]) == "Clinic Admin <admin@example.com>"

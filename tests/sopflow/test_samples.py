@@ -22,11 +22,10 @@ from sopflow.samples import (
     email_uses,
     render_check,
     sample_context,
-    sample_links,
     sample_value,
     sample_values,
 )
-from sopflow.templates import TemplateRenderer
+from sopflow.templates import TemplateRenderer, links_for
 from tests.conftest import TEMPLATES
 
 
@@ -118,7 +117,7 @@ def test_full_context_has_every_field_and_minimal_only_required_ones(safe_balanc
     # Roles resolve like the engine's: a role without a name is called by its id.
     assert full["roles"]["rep"]["name"] == "Example Rep name" and minimal["roles"]["rep"]["name"] == "rep"
     assert full["stage"] == {"id": "prelaunch", "title": "Pre-launch"} and full["deadline"] is None
-    assert full["links"] == sample_links("https://sopflow.example.com", SAMPLE_DEAL_ID)
+    assert full["links"] == links_for("https://sopflow.example.com", SAMPLE_DEAL_ID)
 
 
 def test_extras_match_the_site(safe_balance: Playbook) -> None:
@@ -152,15 +151,9 @@ def test_sample_context_is_built_like_the_engines(safe_balance: Playbook) -> Non
         engine.submit_form(SubmitForm(form=form_id, fields=fields), now)
     queued = [step.email for step in engine.take_steps() if step.email and step.email.template == use.template]
     assert len(queued) == 1
-    actual: dict[str, Any] = {**queued[0].context, "links": sample_links("https://sopflow.example.com", SAMPLE_DEAL_ID)}
+    actual: dict[str, Any] = {**queued[0].context, "links": links_for("https://sopflow.example.com", SAMPLE_DEAL_ID)}
     expected["forms"] = {form_id: expected["forms"][form_id] for form_id in actual["forms"]}
     assert actual == expected
-
-
-def test_links_match_the_email_activity() -> None:
-    from activities.email import links_for
-
-    assert sample_links("https://sop.example.com/", "D-7") == links_for("https://sop.example.com/", "D-7")
 
 
 def test_a_variable_the_site_does_not_provide_names_path_template_and_variable(

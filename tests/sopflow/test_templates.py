@@ -15,7 +15,7 @@ from sopflow.config import PROJECT_ROOT
 from sopflow.engine import Engine
 from sopflow.models import Advance, CompleteTask, ExternalEvent, SetFields, SubmitForm
 from sopflow.playbook import load_playbook, template_names
-from sopflow.templates import Rendered, TemplateRenderer
+from sopflow.templates import Rendered, RenderError, TemplateRenderer
 
 TEMPLATES = PROJECT_ROOT / "templates"
 PLAYBOOK = load_playbook(PROJECT_ROOT / "playbooks" / "safe_balance.yaml")
@@ -222,8 +222,9 @@ def test_greetings_use_role_names(renderer: TemplateRenderer) -> None:
 def test_missing_variable_fails(renderer: TemplateRenderer, template: str, key: str) -> None:
     ctx = sample_context(template)
     del ctx[key]
-    with pytest.raises(UndefinedError):
+    with pytest.raises(RenderError, match=f"'{key}' is undefined") as failure:
         render(renderer, template, ctx)
+    assert isinstance(failure.value.__cause__, UndefinedError)
 
 
 def test_missing_variable_fails_in_any_part(tmp_path: Path) -> None:
@@ -232,8 +233,9 @@ def test_missing_variable_fails_in_any_part(tmp_path: Path) -> None:
     (folder / "subject.txt").write_text("Hello")
     (folder / "body.txt").write_text("Dear {{ name }},")
     (folder / "body.html").write_text("<p>Hello</p>")
-    with pytest.raises(UndefinedError):
+    with pytest.raises(RenderError) as failure:
         TemplateRenderer(tmp_path).render("pb", "greeting", {})
+    assert str(failure.value) == "template 'greeting' (body.txt): 'name' is undefined (line 1)"
 
 
 def test_html_is_escaped_and_text_is_not(renderer: TemplateRenderer) -> None:
@@ -263,8 +265,9 @@ def test_sandbox_refuses_python_internals(tmp_path: Path, part: str, expression:
     folder.mkdir(parents=True)
     for name in ("subject.txt", "body.txt", "body.html"):
         (folder / name).write_text(expression if name == part else "harmless")
-    with pytest.raises(SecurityError):
+    with pytest.raises(RenderError, match="unsafe") as failure:
         TemplateRenderer(tmp_path).render("pb", "evil", {"deal": {}})
+    assert isinstance(failure.value.__cause__, SecurityError) and failure.value.part == part
 
 
 def test_emails_the_engine_queues_all_render(renderer: TemplateRenderer) -> None:
