@@ -198,3 +198,14 @@ async def test_rehearse_prints_the_timeline_as_json_lines_with_rendered_subjects
     contract_email = next(e for e in timeline if e["kind"] == "email" and e["template"] == "contract_sent")
     assert contract_email["subject"].startswith("Please sign") and contract_email["to"] == ["signer"]
     assert [e["day"] for e in timeline] == sorted(e["day"] for e in timeline)
+
+
+async def test_an_unsafe_mail_configuration_is_refused_in_one_line_without_the_secret():
+    cli = Cli(f"127.0.0.1:{free_port()}")
+    cli.env.update(SOPFLOW_SMTP_HOST="smtp.example.com", SOPFLOW_SMTP_PASSWORD="hunter2", SOPFLOW_SMTP_TLS="none")
+    code, stdout, stderr = await cli("worker")
+    assert code == 1 and stdout == ""
+    assert stderr.strip().splitlines() == [
+        "error: invalid configuration: SOPFLOW_SMTP_USERNAME/PASSWORD are set for smtp.example.com without TLS: "
+        "set SOPFLOW_SMTP_TLS=starttls (usually port 587) or implicit (port 465)"
+    ]
