@@ -42,7 +42,7 @@ def test_resolve_gives_none_for_anything_missing() -> None:
 
 
 def test_make_context_exposes_deal_forms_and_playbook_settings(playbook: Playbook) -> None:
-    context = make_context(playbook, {"rep_email": "a@b.co"}, {"targeting": TARGETING})
+    context = make_context(playbook, {"rep_email": "rep@example.com"}, {"targeting": TARGETING})
     assert resolve(context, "settings.partner_manager_email") == "partners@example.com"
     assert resolve(context, "forms.targeting.seats") == 12
 
@@ -184,7 +184,7 @@ DEAL = {
     "rep_id": "hs-owner-17",
     "account_manager_email": "am@example.com",
 }
-SIGNER = {"signer_email": "sam@acme.example", "signer_name": "Sam"}
+SIGNER = {"signer_email": "signer@example.com", "signer_name": "Sam"}
 
 
 def test_role_address_resolves_email_and_name_from_the_deal(playbook: Playbook) -> None:
@@ -194,7 +194,7 @@ def test_role_address_resolves_email_and_name_from_the_deal(playbook: Playbook) 
 
 def test_role_address_resolves_from_a_form_and_from_settings(playbook: Playbook) -> None:
     context = make_context(playbook, DEAL, {"targeting": SIGNER})
-    assert role_address(playbook, context, "signer") == ("sam@acme.example", "Sam")
+    assert role_address(playbook, context, "signer") == ("signer@example.com", "Sam")
     assert role_address(playbook, context, "corporate") == ("support-team@example.com", None)
 
 

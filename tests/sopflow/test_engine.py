@@ -16,15 +16,15 @@ from sopflow.playbook import Playbook, load_playbook
 T0 = datetime(2025, 1, 31, 9, tzinfo=UTC)
 DEAL = {
     "rep_email": "rep@example.com",
-    "rep_name": "Riley Rep",
+    "rep_name": "Field Rep",
     "rep_id": "hs-17",
     "account_manager_email": "am@example.com",
-    "account_manager_name": "Alex Manager",
+    "account_manager_name": "Account Manager",
 }
 TARGETING = {
     "company": "Acme Clinic",
-    "signer_name": "Sam Signer",
-    "signer_email": "sam@acme.example",
+    "signer_name": "Client Signer",
+    "signer_email": "signer@example.com",
     "service_tier": "basic",
     "services": "Balance assessment, therapy program",
 }
@@ -154,7 +154,7 @@ def test_contract_request_form_moves_to_contract_and_sends_the_contract_to_the_s
     assert templates(steps) == ["contract_sent"]
     email = steps[-1].email
     assert email is not None
-    assert [r.email for r in email.to] == ["sam@acme.example"]
+    assert [r.email for r in email.to] == ["signer@example.com"]
     assert [r.email for r in email.cc] == ["rep@example.com"]
     assert email.reply_to is not None and email.reply_to.email == "rep@example.com"
 
@@ -504,9 +504,9 @@ def test_invalid_form_fields_are_rejected_with_field_errors(playbook: Playbook) 
 def test_a_corrected_targeting_form_replaces_the_values_and_counts_submissions(playbook: Playbook) -> None:
     engine = started(playbook)
     submit(engine, "targeting", TARGETING)
-    submit(engine, "targeting", {**TARGETING, "signer_email": "pat@acme.example"}, day(1))
+    submit(engine, "targeting", {**TARGETING, "signer_email": "other-signer@example.com"}, day(1))
     record = engine.state.forms["targeting"]
-    assert (record.count, record.values["signer_email"], record.submitted_at) == (2, "pat@acme.example", day(1))
+    assert (record.count, record.values["signer_email"], record.submitted_at) == (2, "other-signer@example.com", day(1))
     assert engine.state.stage == "contract_request"
 
 
@@ -771,3 +771,67 @@ def test_a_passing_check_never_changes_the_state_either(playbook: Playbook) -> N
     engine.check_close(Close(outcome="cancelled", reason="moved away"))
     assert engine.state.model_dump() == before
     assert engine.steps == []
+
+
+def test_attachments_are_chosen_by_conditions_on_the_deal() -> None:
+    from sopflow.playbook import parse_playbook
+
+    rosters = parse_playbook(
+        {
+            "id": "rosters",
+            "version": 1,
+            "roles": {"admin": {"email": "deal.admin_email"}},
+            "deal": {
+                "admin_email": {"type": "email", "required": True},
+                "tier": {"type": "choice", "options": ["Basic", "Standard", "Premium"], "required": True},
+                "credentialing": {"type": "bool"},
+            },
+            "stages": [
+                {
+                    "id": "welcome",
+                    "on_enter": [
+                        {
+                            "email": {
+                                "template": "welcome",
+                                "to": ["admin"],
+                                "attach": [
+                                    {"file": "Account Configuration Roster.xlsx"},
+                                    {
+                                        "file": "Payor Roster.xlsx",
+                                        "when": {
+                                            "all": [
+                                                {"field": "deal.tier", "equals": "Basic"},
+                                                {"field": "deal.credentialing", "equals": True},
+                                            ]
+                                        },
+                                    },
+                                    {
+                                        "file": "Credentialing Information Roster.xlsx",
+                                        "when": {
+                                            "all": [
+                                                {"field": "deal.tier", "in": ["Standard", "Premium"]},
+                                                {"field": "deal.credentialing", "equals": True},
+                                            ]
+                                        },
+                                    },
+                                ],
+                            }
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+
+    def attachments(**deal: Any) -> list[str]:
+        engine = Engine.start(rosters, "D-1", {"admin_email": "admin@example.com", **deal}, T0, "deal-D-1")
+        (email_step,) = [s for s in engine.take_steps() if s.email is not None]
+        assert email_step.email is not None
+        return email_step.email.attachments
+
+    assert attachments(tier="Basic") == ["Account Configuration Roster.xlsx"]
+    assert attachments(tier="basic", credentialing="yes") == ["Account Configuration Roster.xlsx", "Payor Roster.xlsx"]
+    assert attachments(tier="Premium", credentialing=True) == [
+        "Account Configuration Roster.xlsx",
+        "Credentialing Information Roster.xlsx",
+    ]

@@ -36,7 +36,7 @@ def test_text_rejects_non_scalar_values(value: Any) -> None:
 
 
 def test_email_is_trimmed_and_kept_as_typed() -> None:
-    assert coerce(spec("email"), " Sam.Signer@Acme.example ") == "Sam.Signer@Acme.example"
+    assert coerce(spec("email"), " Client.Signer@Example.com ") == "Client.Signer@Example.com"
 
 
 @pytest.mark.parametrize("value", ["sam", "sam@acme", "sam @acme.com", "@acme.com", "sam@@acme.com"])
@@ -199,21 +199,21 @@ FORM = {
     "monthly_fee": spec("money"),
     "notes": spec("text"),
 }
-COMPLETE = {"company": "Acme", "signer_email": "a@b.co", "service_tier": "Basic"}
+COMPLETE = {"company": "Acme", "signer_email": "rep@example.com", "service_tier": "Basic"}
 
 
 def test_valid_values_come_back_canonical() -> None:
-    values = {"company": " Acme ", "signer_email": "sam@acme.example", "service_tier": "basic", "monthly_fee": "99"}
+    values = {"company": " Acme ", "signer_email": "signer@example.com", "service_tier": "basic", "monthly_fee": "99"}
     assert validate_values(FORM, values) == {
         "company": "Acme",
-        "signer_email": "sam@acme.example",
+        "signer_email": "signer@example.com",
         "service_tier": "Basic",
         "monthly_fee": "99.00",
     }
 
 
 def test_blank_optional_values_become_none() -> None:
-    values = {"company": "Acme", "signer_email": "sam@acme.example", "service_tier": "Basic", "notes": ""}
+    values = {"company": "Acme", "signer_email": "signer@example.com", "service_tier": "Basic", "notes": ""}
     assert validate_values(FORM, values)["notes"] is None
 
 
@@ -233,7 +233,7 @@ def test_missing_required_fields_are_reported_as_required() -> None:
 
 def test_blank_required_field_counts_as_missing() -> None:
     with pytest.raises(FieldErrors) as caught:
-        validate_values(FORM, {"company": "", "signer_email": "a@b.co", "service_tier": "Basic"})
+        validate_values(FORM, {"company": "", "signer_email": "rep@example.com", "service_tier": "Basic"})
     assert caught.value.errors == {"company": "required"}
 
 
