@@ -40,9 +40,10 @@ def build_worker(
     public_url: str = "http://127.0.0.1:8000",
     task_queue: str = TASK_QUEUE,
     email_activities: type[EmailActivities] = EmailActivities,
+    record_activities: type[RecordActivities] = RecordActivities,
 ) -> Worker:
     emails = email_activities(db, TemplateRenderer(templates_dir), smtp, public_url)
-    records = RecordActivities(db)
+    records = record_activities(db)
     return Worker(
         client,
         task_queue=task_queue,
@@ -56,7 +57,7 @@ async def run_worker(settings: Settings | None = None) -> None:
 
     settings = settings or Settings()
     db = Database(settings.database_url)
-    db.create_schema()
+    db.upgrade()
     client = await connect()
     worker = build_worker(client, db, smtp_config(settings), settings.templates_dir, settings.public_url)
     await worker.run()

@@ -73,6 +73,128 @@ class AccountClaim(Base):
     claimed_at: Mapped[datetime]
 
 
+class DealRow(Base):
+    """The latest known state of each lifecycle: what reports group and filter on."""
+
+    __tablename__ = "deals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(200), unique=True)
+    deal_id: Mapped[str] = mapped_column(String(100), index=True)
+    playbook: Mapped[str] = mapped_column(String(64), index=True)
+    playbook_version: Mapped[int]
+    stage: Mapped[str] = mapped_column(String(64), index=True)
+    stage_title: Mapped[str] = mapped_column(String(200))
+    stage_entered_at: Mapped[datetime]
+    owner: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    next_due: Mapped[datetime | None] = mapped_column(nullable=True)
+    next_visit_due: Mapped[datetime | None] = mapped_column(nullable=True)
+    visit_label: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    started_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    # The journal sequence the row reflects: a retried or out-of-order batch never moves it backwards.
+    last_seq: Mapped[int]
+
+
+class DealContact(Base):
+    """Who plays each role on a deal (rep, account manager, client signer), as resolved from its data."""
+
+    __tablename__ = "deal_contacts"
+    __table_args__ = (UniqueConstraint("workflow_id", "role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(200), index=True)
+    deal_id: Mapped[str] = mapped_column(String(100), index=True)
+    role: Mapped[str] = mapped_column(String(64))
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    updated_at: Mapped[datetime]
+
+
+class StageTransition(Base):
+    __tablename__ = "stage_transitions"
+    __table_args__ = (UniqueConstraint("workflow_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(200), index=True)
+    deal_id: Mapped[str] = mapped_column(String(100), index=True)
+    playbook: Mapped[str] = mapped_column(String(64), index=True)
+    seq: Mapped[int]
+    from_stage: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    to_stage: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+    actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    trigger: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class FormSubmission(Base):
+    __tablename__ = "form_submissions"
+    __table_args__ = (UniqueConstraint("workflow_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(200), index=True)
+    deal_id: Mapped[str] = mapped_column(String(100), index=True)
+    seq: Mapped[int]
+    form: Mapped[str] = mapped_column(String(64))
+    stage: Mapped[str] = mapped_column(String(64))
+    fields: Mapped[dict[str, Any]]
+    actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    at: Mapped[datetime]
+
+
+class TaskRow(Base):
+    """A checklist task per stage visit: opened (seq of opening is the key), due, done and by whom."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (UniqueConstraint("workflow_id", "opened_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(200), index=True)
+    deal_id: Mapped[str] = mapped_column(String(100), index=True)
+    opened_seq: Mapped[int]
+    task: Mapped[str] = mapped_column(String(100))
+    title: Mapped[str] = mapped_column(Text, default="")
+    stage: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(64))
+    opened_at: Mapped[datetime]
+    due_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    done_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    done_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class VisitRow(Base):
+    """Cadence touchpoints (site visits): logged ones, and due dates that came and went."""
+
+    __tablename__ = "visits"
+    __table_args__ = (UniqueConstraint("workflow_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(200), index=True)
+    deal_id: Mapped[str] = mapped_column(String(100), index=True)
+    seq: Mapped[int]
+    label: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20))  # logged | due | missed
+    due_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    logged_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    at: Mapped[datetime]
+
+
+class InboundEvent(Base):
+    """Webhook deliveries, keyed by our own de-duplication key: a retried delivery is recognised, never replayed."""
+
+    __tablename__ = "inbound_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(50))
+    dedupe_key: Mapped[str] = mapped_column(String(300), unique=True)
+    deal_id: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
+    received_at: Mapped[datetime]
+    payload: Mapped[dict[str, Any]]
+    outcome: Mapped[str] = mapped_column(String(50))
+
+
 class Database:
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
@@ -83,13 +205,39 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
+        """Create the current schema directly (fast, for rehearsals and tests) and stamp it as the latest migration,
+        so `upgrade` later treats it like a migrated database."""
+        from alembic import command
+
         Base.metadata.create_all(self.engine)
+        with self.engine.begin() as connection:
+            config = alembic_config(self.engine.url.render_as_string(hide_password=False))
+            config.attributes["connection"] = connection
+            command.stamp(config, "head")
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Bring the database to `revision` with the Alembic migrations (`sopflow db upgrade`)."""
+        from alembic import command
+
+        with self.engine.begin() as connection:
+            config = alembic_config(self.engine.url.render_as_string(hide_password=False))
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
 
     def session(self) -> Session:
         return self.sessions()
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

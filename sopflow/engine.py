@@ -24,7 +24,9 @@ from sopflow.models import (
     CadenceState,
     Close,
     CompleteTask,
+    ContactView,
     DeadlineState,
+    DealSnapshot,
     DueView,
     EmailRequest,
     ExternalEvent,
@@ -224,6 +226,26 @@ class Engine:
             run=state.run,
         )
 
+    def snapshot(self) -> DealSnapshot:
+        ctx, state, cadence = self.context(), self.state, self.state.cadence
+        contacts = []
+        for role_id in self.playbook.roles:
+            email, name = role_address(self.playbook, ctx, role_id)
+            contacts.append(ContactView(role=role_id, email=email, name=name))
+        return DealSnapshot(
+            playbook_version=self.playbook.version,
+            stage=state.stage,
+            stage_title=self.stage.name,
+            stage_entered_at=state.stage_entered_at,
+            owner=self.owner(),
+            next_due=None if self.closed else self.next_due(),
+            next_visit_due=cadence.next_due if cadence and not self.closed else None,
+            visit_label=cadence.label if cadence else None,
+            outcome=state.outcome,
+            started_at=state.started_at,
+            contacts=contacts,
+        )
+
     def details_markdown(self, now: datetime) -> str:
         """What an operator sees in the Temporal UI: ids, stage and what is pending; no names or addresses."""
         stage, state = self.stage, self.state
@@ -285,7 +307,7 @@ class Engine:
         count = previous.count + 1 if previous else 1
         self.state.forms[req.form] = FormRecord(values=values, submitted_at=now, by=req.actor, count=count)
         self.state.stage_events[f"form:{req.form}"] = now
-        detail: dict[str, Any] = {"form": req.form, "count": count, "by": req.actor}
+        detail: dict[str, Any] = {"form": req.form, "count": count, "by": req.actor, "values": values}
         cad, cad_state = self.stage.cadence, self.state.cadence
         if cad is not None and cad_state is not None and cad.touchpoint == req.form:
             logged_at = now
@@ -299,6 +321,8 @@ class Engine:
                 cad_state.next_due = cadence_rules.next_due(cad, cad_state.anchor, cad_state.base)
                 cad_state.reminded = cad_state.announced = False
             detail["next_due"] = cad_state.next_due.isoformat()
+            detail["logged_at"] = logged_at.isoformat()
+            detail["touchpoint"] = cad.label
         self._log("form", now, **detail)
         self._run_actions(self.playbook.forms[req.form].on_submit, now, f"form-{req.form}", {"form": values})
         self._settle(now)
@@ -598,6 +622,7 @@ class Engine:
                     "task",
                     now,
                     task=spec.id,
+                    title=spec.title,
                     status="opened",
                     owner=spec.owner,
                     due_at=due_at.isoformat() if due_at else None,

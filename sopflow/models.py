@@ -257,11 +257,34 @@ class JournalEntry(Payload):
     detail: dict[str, Any] = {}
 
 
+class ContactView(Payload):
+    role: str
+    email: str | None = None
+    name: str | None = None
+
+
+class DealSnapshot(Payload):
+    """Where the deal stands after a batch of entries: the records' `deals` row mirrors it."""
+
+    playbook_version: int
+    stage: str
+    stage_title: str
+    stage_entered_at: datetime
+    owner: str | None = None
+    next_due: datetime | None = None
+    next_visit_due: datetime | None = None
+    visit_label: str | None = None
+    outcome: str | None = None
+    started_at: datetime
+    contacts: list[ContactView] = []
+
+
 class JournalBatch(Payload):
     workflow_id: str
     deal_id: str
     playbook: str
     entries: list[JournalEntry]
+    snapshot: DealSnapshot | None = None
 
 
 class ClaimRequest(Payload):

@@ -127,7 +127,7 @@ async def run_dev(
         db = Database(settings.database_url)
         stack.callback(db.dispose)
         try:
-            await asyncio.to_thread(db.create_schema)
+            await asyncio.to_thread(db.upgrade)
         except Exception as exc:  # any driver's connection error: the message is what matters here
             raise DevStackError(f"records database {_safe_url(settings.database_url)}: {exc}") from exc
 

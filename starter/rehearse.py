@@ -29,6 +29,7 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 from temporalio.testing import WorkflowEnvironment
 
 from activities.email import EmailActivities, SmtpConfig
+from activities.records import RecordActivities
 from sopflow.constants import SEARCH_ATTRIBUTES, WORKFLOW_ID_PREFIX
 from sopflow.db import Database, JournalRow
 from sopflow.durations import Duration
@@ -225,6 +226,7 @@ async def rehearse(
     sink: MailSink | None = None,
     db: Database | None = None,
     email_activities: type[EmailActivities] = EmailActivities,
+    record_activities: type[RecordActivities] = RecordActivities,
 ) -> Rehearsal:
     """Run the scenario to its horizon and return the timeline, final status and captured emails.
 
@@ -244,7 +246,13 @@ async def rehearse(
             smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow rehearsal <rehearsal@example.com>")
             task_queue = f"rehearsal-{uuid.uuid4()}"
             worker = build_worker(
-                env.client, db, smtp, templates_dir, task_queue=task_queue, email_activities=email_activities
+                env.client,
+                db,
+                smtp,
+                templates_dir,
+                task_queue=task_queue,
+                email_activities=email_activities,
+                record_activities=record_activities,
             )
             async with worker:
                 return await _drive(env, inp, scenario, task_queue, db, sink)

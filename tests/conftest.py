@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,51 @@ def smtp_sink() -> Iterator[MailSink]:
 def db(tmp_path: Path) -> Iterator[Database]:
     database = Database(f"sqlite:///{tmp_path / 'records.db'}")
     database.create_schema()
+    yield database
+    database.dispose()
+
+
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL (trust auth), dropped afterwards; skips (or fails in CI) without one."""
+    import psycopg
+
+    name = f"sopflow_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("SOPFLOW_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required (SOPFLOW_REQUIRE_POSTGRES=1) but not reachable: {exc}")
+        pytest.skip(
+            "no PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres): start one to run the PostgreSQL tests "
+            "(`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`)"
+        )
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database on each supported backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'records.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+def records_db(database_url: str) -> Iterator[Database]:
+    """A migrated records store on each backend (SQLite and the real PostgreSQL)."""
+    database = Database(database_url)
+    database.upgrade()
     yield database
     database.dispose()
 

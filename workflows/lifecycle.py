@@ -248,6 +248,7 @@ class ClientLifecycle:
                     deal_id=state.deal_id,
                     playbook=self._input.playbook.id,
                     entries=[s.entry for s in steps],
+                    snapshot=self._engine.snapshot(),
                 ),
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=RECORD_RETRY,

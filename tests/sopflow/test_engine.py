@@ -664,7 +664,15 @@ def test_a_logged_site_visit_resets_next_due_from_the_visit_date(playbook: Playb
     assert (cadence.logged, cadence.last_logged_at, cadence.next_due) == (1, day(12), day(26))
     assert not cadence.reminded
     [form_entry] = engine.take_steps()
-    assert form_entry.entry.detail == {"form": "site_visit", "count": 1, "by": "riley", "next_due": day(26).isoformat()}
+    assert form_entry.entry.detail == {
+        "form": "site_visit",
+        "count": 1,
+        "by": "riley",
+        "values": {"visited_on": "2025-02-12", "steps_cleared": True},
+        "next_due": day(26).isoformat(),
+        "logged_at": day(12).isoformat(),
+        "touchpoint": "site visit",
+    }
     assert engine.next_wakeup() == Wakeup(day(23), "site visit: reminder")
 
 
