@@ -39,6 +39,11 @@ class Cli:
         stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
         return proc.returncode or 0, stdout.decode(), stderr.decode()
 
+    async def start_deal(self, deal: str, *fields: str, playbook: str = "safe_balance") -> str:
+        """`sopflow deal start` with `key=value` fields."""
+        pairs = [arg for field in fields for arg in ("-f", field)]
+        return await self.ok("deal", "start", "--deal-id", deal, "--playbook", playbook, *pairs)
+
     async def ok(self, *args: str) -> str:
         code, stdout, stderr = await self(*args)
         assert code == 0, f"sopflow {' '.join(args)} failed: {stderr}"
@@ -75,18 +80,7 @@ async def test_list_filters_by_stage_and_playbook_through_search_attributes(cli:
     run_id = uuid.uuid4().hex[:8]
     deals = [f"T{run_id}-{n}" for n in range(3)]
     for deal in deals:
-        await cli.ok(
-            "deal",
-            "start",
-            "--deal-id",
-            deal,
-            "--playbook",
-            "safe_balance",
-            "-f",
-            "rep_email=rep@example.com",
-            "-f",
-            "rep_id=owner-42",
-        )
+        await cli.start_deal(deal, "rep_email=rep@example.com", "rep_id=owner-42")
     fields = [arg for pair in TARGETING for arg in ("-f", pair.format(n=run_id))]
     await cli.ok("form", "submit", deals[0], "targeting", *fields)
 
@@ -111,7 +105,7 @@ async def test_list_filters_by_stage_and_playbook_through_search_attributes(cli:
 
 async def test_contract_stage_publishes_next_due_and_ui_details(cli: Cli, dev_env: WorkflowEnvironment):
     deal = f"T{uuid.uuid4().hex[:8]}"
-    await cli.ok("deal", "start", "--deal-id", deal, "--playbook", "safe_balance", "-f", "rep_email=rep@example.com")
+    await cli.start_deal(deal, "rep_email=rep@example.com")
     await cli.ok("form", "submit", deal, "targeting", *[a for p in TARGETING for a in ("-f", p.format(n=deal))])
     await cli.ok(
         "form",
@@ -144,7 +138,7 @@ async def test_contract_stage_publishes_next_due_and_ui_details(cli: Cli, dev_en
 
 async def test_rejected_advance_prints_one_line_naming_what_is_missing_and_exits_1(cli: Cli):
     deal = f"T{uuid.uuid4().hex[:8]}"
-    await cli.ok("deal", "start", "--deal-id", deal, "--playbook", "safe_balance", "-f", "rep_email=rep@example.com")
+    await cli.start_deal(deal, "rep_email=rep@example.com")
     code, stdout, stderr = await cli("advance", deal, "launch")
     assert code == 1 and stdout == ""
     assert stderr.strip().splitlines() == [

@@ -54,18 +54,7 @@ async def stack(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[C
 async def claimed_deal(cli: Cli, company: str) -> str:
     """A deal whose targeting form claimed `company`: it is in contract_request and was sent `account_claimed`."""
     deal = f"M{uuid.uuid4().hex[:8]}"
-    await cli.ok(
-        "deal",
-        "start",
-        "--deal-id",
-        deal,
-        "--playbook",
-        "safe_balance",
-        "-f",
-        "rep_email=rep@example.com",
-        "-f",
-        "account_manager_email=am@example.com",
-    )
+    await cli.start_deal(deal, "rep_email=rep@example.com", "account_manager_email=am@example.com")
     targeting = [f"company={company}", "signer_name=Facility Director", "signer_email=director@example.com"]
     fields = [arg for pair in [*targeting, "service_tier=Premium"] for arg in ("-f", pair)]
     await cli.ok("form", "submit", deal, "targeting", *fields)
