@@ -50,6 +50,8 @@ RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interv
 EMAIL_GIVE_UP = timedelta(days=1)
 # Permanent refusals by the mail server: the address is wrong, a person must fix it.
 UNDELIVERABLE = ("RecipientRefused", "SmtpRejected")
+# Lifecycles that hit a bounce before this behaviour existed replay without the task it opens (workflow.patched).
+PATCH_UNDELIVERABLE = "undeliverable-email-opens-task"
 
 
 def _reject(exc: Rejected) -> ApplicationError:
@@ -231,13 +233,14 @@ class ClientLifecycle:
                         summary=f"email {step.email.template}",
                     )
                     step.entry.detail.update(status=result.status, subject=result.subject, message_id=result.message_id)
-                    if result.refused:
+                    if result.refused and workflow.patched(PATCH_UNDELIVERABLE):
                         step.entry.detail["refused"] = len(result.refused)
                         self._engine.email_undeliverable(step, result.refused, "refused by the mail server")
                 except ActivityError as err:
                     cause = err.cause
                     step.entry.detail.update(status="failed", error=str(cause or err))
-                    if isinstance(cause, ApplicationError) and cause.type in UNDELIVERABLE:
+                    permanent = isinstance(cause, ApplicationError) and cause.type in UNDELIVERABLE
+                    if permanent and isinstance(cause, ApplicationError) and workflow.patched(PATCH_UNDELIVERABLE):
                         refused = [str(a) for a in cause.details[0]] if cause.details else []
                         self._engine.email_undeliverable(step, refused, cause.message)
             state = self._engine.state
