@@ -7,12 +7,14 @@ and exits 1; tracebacks are for bugs only.
 from __future__ import annotations
 
 import asyncio
+import csv
+import dataclasses
 import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -27,11 +29,18 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from sopflow import reports
 from sopflow.config import Settings
 from sopflow.constants import (
     SA_NEXT_DUE,
@@ -42,6 +51,7 @@ from sopflow.constants import (
     WORKFLOW_ID_PREFIX,
 )
 from sopflow.db import Database, OutboxEmail
+from sopflow.durations import duration
 from sopflow.engine import Rejected, check_deal_fields
 from sopflow.models import (
     DEAL_ID_PATTERN,
@@ -65,7 +75,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-deal_app = typer.Typer(help="Start deals.", no_args_is_help=True)
+deal_app = typer.Typer(help="Start deals and read their history.", no_args_is_help=True)
 form_app = typer.Typer(help="Submit forms.", no_args_is_help=True)
 task_app = typer.Typer(help="Complete checklist tasks.", no_args_is_help=True)
 playbook_app = typer.Typer(help="Validate and inspect playbooks.", no_args_is_help=True)
@@ -77,6 +87,17 @@ app.add_typer(task_app, name="task")
 app.add_typer(playbook_app, name="playbook")
 app.add_typer(mail_app, name="mail")
 app.add_typer(template_app, name="template")
+db_app = typer.Typer(help="The records database (SQLite by default, PostgreSQL via SOPFLOW_DATABASE_URL).")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+    """Apply the Alembic migrations (sopflow dev and the worker do this at start)."""
+    db = _records_at(revision)
+    db.dispose()
+    out.print(f"[green]✓[/green] records database at revision {revision}", highlight=False)
+
 
 out = Console()
 err = Console(stderr=True)
@@ -259,6 +280,18 @@ def worker() -> None:
         err.print("stopped")
 
 
+@app.command()
+def intake(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+) -> None:
+    """Run the webhook intake (HubSpot, DocuSign, web forms) against the configured Temporal server."""
+    import uvicorn
+
+    settings()  # an invalid SOPFLOW_* configuration fails here, in one line, not on the first webhook
+    uvicorn.run("starter.webhooks:app", host=host, port=port, log_level="info")
+
+
 @deal_app.command("start")
 def deal_start(
     deal_id: Annotated[str, typer.Option("--deal-id", "-d", help="the CRM's deal id (no names or emails)")],
@@ -287,13 +320,15 @@ def deal_start(
                 id=workflow_id(deal_id),
                 task_queue=TASK_QUEUE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                # A deal id names one lifecycle for good: its timeline, records and email keys are per deal id.
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 static_summary=f"{pb.title or pb.id} (v{pb.version}) · deal {deal_id}",
                 search_attributes=TypedSearchAttributes(
                     [SearchAttributePair(SA_PLAYBOOK, pb.id), SearchAttributePair(SA_STAGE, pb.stages[0].id)]
                 ),
             )
         except WorkflowAlreadyStartedError:
-            fail(f"deal {deal_id} already has a running lifecycle (see `sopflow status {deal_id}`)")
+            fail(f"deal {deal_id} already has a lifecycle (see `sopflow status {deal_id}`); deal ids are never reused")
         status: LifecycleStatus = await handle.query(ClientLifecycle.status)
         return status
 
@@ -551,16 +586,25 @@ class MailStatus(StrEnum):
     failed = "failed"
 
 
-def _records() -> Database:
-    """The records store the worker writes to; its schema is created if missing, so a fresh machine lists nothing
-    instead of failing on a missing table."""
+def _records_at(revision: str) -> Database:
+    from alembic.util.exc import CommandError
+
     db = Database(settings().database_url)
     try:
-        db.create_schema()
+        db.upgrade(revision)
     except SQLAlchemyError as exc:
         db.dispose()
         _db_fail(exc)
+    except CommandError as exc:  # e.g. a database migrated by a newer sopflow, or an unknown revision
+        db.dispose()
+        fail(f"cannot migrate the records database: {exc}")
     return db
+
+
+def _records() -> Database:
+    """The records store the worker writes to, migrated to the current schema first, so a fresh machine lists
+    nothing instead of failing on a missing table."""
+    return _records_at("head")
 
 
 def _db_fail(exc: SQLAlchemyError) -> NoReturn:
@@ -800,6 +844,194 @@ def _describe(entry: dict[str, Any]) -> str:
         return f"{entry.get('step')}: {entry.get('reason')}"
     parts = [f"{k}={v}" for k, v in entry.items() if k not in ("at", "day", "kind", "stage")]
     return ", ".join(parts)
+
+
+# --- reports: read-only views of the records database ---------------------------------------------------------------
+# Reports read the `deals`, `stage_transitions` and `journal` tables the worker keeps (sopflow.reports); they never
+# talk to Temporal, so they work while the server is down and cost it nothing.
+
+report_app = typer.Typer(
+    help="Reports from the records database: pipeline, stalled deals, site visits, time in stage.",
+    no_args_is_help=True,
+)
+app.add_typer(report_app, name="report")
+
+
+class ReportOutput(StrEnum):
+    text = "text"
+    json = "json"
+    csv = "csv"
+
+
+class VisitsBy(StrEnum):
+    owner = "owner"
+    deal = "deal"
+
+
+ReportOutputOpt = Annotated[
+    ReportOutput,
+    typer.Option("--output", "-o", help="text (a table), json (a list of objects) or csv (with a header row)"),
+]
+ReportPlaybookOpt = Annotated[str | None, typer.Option("--playbook", "-p", help="only deals on this playbook id")]
+
+
+def _report_db() -> Database:
+    """The records store, migrated to the current schema before reading: on a fresh machine every report is empty
+    instead of an error about a missing table."""
+    from alembic.util import CommandError
+
+    db = Database(settings().database_url)
+    try:
+        db.upgrade()
+    except SQLAlchemyError as exc:
+        db.dispose()
+        _db_fail(exc)
+    except CommandError as exc:  # e.g. a database migrated by a newer sopflow: its revision is unknown here
+        db.dispose()
+        fail(f"cannot migrate the records database: {exc}")
+    return db
+
+
+def _read_records(query: Callable[[Session], T]) -> T:
+    db = _report_db()
+    try:
+        with db.session() as session:
+            return query(session)
+    except SQLAlchemyError as exc:
+        _db_fail(exc)
+    finally:
+        db.dispose()
+
+
+def _report_playbooks() -> list[Playbook]:
+    """Every playbook file that loads, for stage order and stall thresholds. A file that fails to load is skipped:
+    a report on running deals must not depend on an unrelated YAML typo (`sopflow playbook validate` finds it)."""
+    playbooks = []
+    for path in sorted(settings().playbooks_dir.glob("*.yaml")):
+        try:
+            playbooks.append(load_playbook(path))
+        except PlaybookError:
+            continue
+    return playbooks
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    """A report row as JSON/CSV values: moments as ISO UTC, day counts to three decimals."""
+    data: dict[str, Any] = {}
+    for field in dataclasses.fields(row):
+        value = getattr(row, field.name)
+        if isinstance(value, datetime):
+            value = reports.utc(value).isoformat()
+        elif isinstance(value, float):
+            value = round(value, 3)
+        data[field.name] = value
+    return data
+
+
+def _text_cell(value: Any) -> Text:
+    if value is None:
+        return Text("-", style="dim")
+    if isinstance(value, datetime):
+        return Text(reports.utc(value).strftime("%Y-%m-%d %H:%M"))
+    if isinstance(value, float):
+        return Text(f"{value:.1f}")
+    return Text(str(value))  # Text, not markup: stage titles and reasons are data
+
+
+def _emit(
+    rows: Sequence[Any],
+    row_type: type[Any],
+    output: ReportOutput,
+    *,
+    title: str,
+    columns: Sequence[str] | None = None,
+    noun: str = "row",
+) -> None:
+    """Print report rows as a rich table, a JSON list of objects, or CSV with a header row (even when empty)."""
+    names = [field.name for field in dataclasses.fields(row_type)]
+    if output == ReportOutput.json:
+        out.print_json(json.dumps([_plain(row) for row in rows]))
+        return
+    if output == ReportOutput.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=names, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_plain(row) for row in rows)
+        return
+    shown = list(columns or names)
+    table = Table(*(name.replace("_", " ") for name in shown), title=title, title_justify="left")
+    for row in rows:
+        table.add_row(*(_text_cell(getattr(row, name)) for name in shown))
+    out.print(table)
+    out.print(f"{len(rows)} {noun}(s)", style="dim", highlight=False)
+
+
+@report_app.command("pipeline")
+def report_pipeline(playbook: ReportPlaybookOpt = None, output: ReportOutputOpt = ReportOutput.text) -> None:
+    """Open deals per playbook and stage (in the playbook's stage order), with median and longest time in stage."""
+    now = datetime.now(UTC)
+    order = reports.stage_orders(_report_playbooks())
+    rows = _read_records(lambda session: reports.pipeline(session, now, playbook, order))
+    _emit(rows, reports.PipelineRow, output, title="Pipeline: open deals (days in stage)", noun="stage")
+
+
+@report_app.command("stalled")
+def report_stalled(
+    days: Annotated[
+        float | None,
+        typer.Option(
+            "--days", min=0, help="stalled after this many days in a stage (default: each stage's stall_after)"
+        ),
+    ] = None,
+    output: ReportOutputOpt = ReportOutput.text,
+) -> None:
+    """Open deals that have been in their stage too long, longest first."""
+    now = datetime.now(UTC)
+    thresholds = None if days is not None else reports.stall_thresholds(_report_playbooks())
+    rows = _read_records(lambda session: reports.stalled(session, now, days, thresholds))
+    rule = f"more than {days:g} days in a stage" if days is not None else "past the stage's stall_after"
+    _emit(rows, reports.StalledRow, output, title=f"Stalled deals ({rule})", noun="deal")
+
+
+@report_app.command("visits")
+def report_visits(
+    within: Annotated[str, typer.Option("--within", help="upcoming window: 30d, 2w, 1mo")] = "30d",
+    by: Annotated[VisitsBy, typer.Option("--by", help="owner: counts per owner (+ deals in text); deal: deals")] = (
+        VisitsBy.owner
+    ),
+    output: ReportOutputOpt = ReportOutput.text,
+) -> None:
+    """Site visits (cadence touchpoints) overdue and coming up within a window, per owner; overdue first."""
+    try:
+        span = duration(within)
+    except ValidationError as exc:
+        fail(f"--within: {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
+    now = datetime.now(UTC)
+    window = span.after(now) - now  # calendar-aware: 1mo from today, not 30 days
+    result = _read_records(lambda session: reports.visits(session, now, window, by_owner=by == VisitsBy.owner))
+    if by == VisitsBy.owner:
+        _emit(result.summary, reports.VisitSummary, output, title=f"Visits per owner (next {within})", noun="owner")
+    # json and csv hold one list of one kind of row; a person reading text also wants the deals behind the counts.
+    if by == VisitsBy.deal or output == ReportOutput.text:
+        _emit(result.deals, reports.VisitDue, output, title=f"Visits overdue or due within {within}", noun="visit")
+
+
+@report_app.command("time-in-stage")
+def report_time_in_stage(playbook: ReportPlaybookOpt = None, output: ReportOutputOpt = ReportOutput.text) -> None:
+    """How long completed stays in each stage took: count, median and p90 days (nearest-rank)."""
+    order = reports.stage_orders(_report_playbooks())
+    rows = _read_records(lambda session: reports.time_in_stage(session, playbook, order))
+    _emit(rows, reports.StageTimeRow, output, title="Time in stage (completed stays, days)", noun="stage")
+
+
+@deal_app.command("history")
+def deal_history(deal_id: str, output: ReportOutputOpt = ReportOutput.text) -> None:
+    """A deal's audit trail from the records: stage moves, forms, tasks, emails, reminders, escalations, events."""
+    rows = _read_records(lambda session: reports.deal_history(session, deal_id))
+    if not rows and output == ReportOutput.text:
+        err.print(f"no records for deal {deal_id} (check the deal id with `sopflow list --all`)", highlight=False)
+        return
+    columns = ["at", "kind", "stage", "summary"]
+    _emit(rows, reports.HistoryEntry, output, title=f"deal {deal_id}", columns=columns, noun="entry")
 
 
 def main() -> None:

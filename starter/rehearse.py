@@ -289,8 +289,13 @@ async def _drive(
             rejected.append({"at": now, "kind": "rejected", "stage": None, **step.describe(), "reason": message})
     await _sleep_until(env, scenario.until.after(start))
     status = await handle.query(ClientLifecycle.status)
+    if status.outcome is None:
+        # The rehearsal ends at its horizon; a lifecycle left running would hold the test server's clock back.
+        await handle.terminate("rehearsal horizon reached")
     with db.session() as session:
-        rows = session.scalars(select(JournalRow).order_by(JournalRow.seq)).all()
+        rows = session.scalars(
+            select(JournalRow).where(JournalRow.workflow_id == handle.id).order_by(JournalRow.seq)
+        ).all()
         entries = [{"at": _aware(r.at), "kind": r.kind, "stage": r.stage, **r.detail} for r in rows]
     merged = sorted(entries + rejected, key=lambda e: e["at"])
     timeline = [

@@ -152,7 +152,7 @@ async def test_rejected_advance_prints_one_line_naming_what_is_missing_and_exits
     code, _, stderr = await cli(
         "deal", "start", "--deal-id", deal, "--playbook", "safe_balance", "-f", "rep_email=rep@example.com"
     )
-    assert code == 1 and "already has a running lifecycle" in stderr
+    assert code == 1 and "already has a lifecycle" in stderr
 
     code, _, stderr = await cli("event", deal, "contract_sgned")
     assert code == 1 and "unknown event 'contract_sgned'" in stderr
