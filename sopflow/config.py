@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +37,25 @@ class Settings(BaseSettings):
     dev_ui_port: int = 8233
     dev_intake_port: int = 8000
 
+    # Webhook intake (`sopflow intake`). Secrets come from the environment only and are SecretStr, so a repr, a log
+    # line or a validation error never shows them.
+    # HubSpot app's client secret: the key of X-HubSpot-Signature-v3 (and of the legacy v1/v2 hashes).
+    hubspot_client_secret: SecretStr | None = None
+    # Also accept v1/v2 X-HubSpot-Signature when a request has no v3 header. Off by default: those hashes carry no
+    # timestamp, so a captured request could be replayed forever.
+    hubspot_accept_legacy_signatures: bool = False
+    # The public base URL HubSpot calls (e.g. https://hooks.example.com/intake): HubSpot signs the URI it sent, which
+    # a proxy rewrites. Unset: the URL the request arrived at.
+    public_intake_url: str | None = None
+    # DocuSign Connect HMAC keys, comma-separated: any one matching any X-DocuSign-Signature-N header is enough.
+    docusign_hmac_keys: SecretStr | None = None
+    # Key of the per-form tokens: token = hex HMAC-SHA256(form_secret, "<deal id>:<form>").
+    form_secret: SecretStr | None = None
+    # Larger bodies are refused with 413 before they are parsed or their signature is computed.
+    max_body_bytes: int = Field(default=1_000_000, gt=0)
+    # Pipeline -> playbook, HubSpot property -> deal field, property values -> lifecycle events.
+    intake_config: Path = PROJECT_ROOT / "playbooks" / "intake.yaml"
+
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
         if not self.database_url:
@@ -53,6 +72,11 @@ class Settings(BaseSettings):
                 "set SOPFLOW_SMTP_TLS=starttls (usually port 587) or implicit (port 465)"
             )
         return self
+
+    def docusign_keys(self) -> list[str]:
+        """The configured Connect HMAC keys (blank entries dropped), for `sopflow.signatures.verify_docusign`."""
+        raw = self.docusign_hmac_keys.get_secret_value() if self.docusign_hmac_keys else ""
+        return [key.strip() for key in raw.split(",") if key.strip()]
 
     def playbook_path(self, name_or_path: str) -> Path:
         """Accept `safe_balance` as well as `playbooks/safe_balance.yaml`, as users type either."""

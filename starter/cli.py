@@ -289,6 +289,9 @@ def intake(
     import uvicorn
 
     settings()  # an invalid SOPFLOW_* configuration fails here, in one line, not on the first webhook
+    # One line per handled event (ids and outcomes only: bodies, headers and secrets are never logged).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("temporalio").setLevel(logging.WARNING)
     uvicorn.run("starter.webhooks:app", host=host, port=port, log_level="info")
 
 

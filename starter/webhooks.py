@@ -1,25 +1,59 @@
-"""Webhook intake (FastAPI). For now only the probes; the CRM and form endpoints come with their own issue.
+"""Webhook intake (FastAPI): HubSpot deal events, DocuSign Connect envelope events, web forms, and the probes.
+
+Run by `sopflow intake` (uvicorn) and inside `sopflow dev`. The endpoints live in `starter.intake.*`; this module
+assembles the app and keeps the hooks the dev stack and tests use (`use_client`, `use_settings`, `use_database`).
 
 The intake must start, and say so, even while Temporal is down: a CRM retries a failed webhook, so a clear 503
-from /readyz is more useful than a process that refuses to come up.
+from /readyz (and from a webhook that cannot be delivered yet) is more useful than a process that refuses to come
+up. Answers are 4xx for requests that will never succeed and 503 for those worth retrying; a bad request is never
+a 500. Secrets are never logged, and neither are bodies or signature headers.
 """
 
 from __future__ import annotations
 
-import asyncio
-from datetime import timedelta
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from starter.connect import connect
+from sopflow.config import Settings
+from sopflow.db import Database
+from starter.intake import docusign, forms, hubspot
+from starter.intake.context import CONNECT_TIMEOUT, HEALTH_TIMEOUT, IntakeError, temporal_client
 
-CONNECT_TIMEOUT = 5.0
-HEALTH_TIMEOUT = timedelta(seconds=2)
+__all__ = ["app", "temporal_client", "use_client", "use_database", "use_settings"]
 
-app = FastAPI(title="sopflow intake", version="0.1.0")
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    # Only a database the app opened itself (first request, no `use_database`) is the app's to close.
+    owned: Database | None = getattr(app.state, "owned_database", None)
+    if owned is not None:
+        owned.dispose()
+        app.state.owned_database = None
+        if getattr(app.state, "database", None) is owned:
+            app.state.database = None
+
+
+app = FastAPI(
+    title="sopflow intake",
+    version="0.2.0",
+    description="Webhook intake: HubSpot deal events start and update client lifecycles, DocuSign envelope events "
+    "reach them as lifecycle events, web forms become form submissions.",
+    lifespan=_lifespan,
+)
+app.include_router(hubspot.router)
+app.include_router(docusign.router)
+app.include_router(forms.router)
+
+
+@app.exception_handler(IntakeError)
+async def _intake_error(_request: Request, exc: IntakeError) -> JSONResponse:
+    return exc.response()
 
 
 def use_client(client: Client | None) -> None:
@@ -31,25 +65,23 @@ def use_client(client: Client | None) -> None:
     app.state.temporal_client = client
 
 
-async def temporal_client(request: Request) -> Client:
-    """The app's single client, connected on first use: one connection for all requests, none at import time.
-
-    Two first requests racing may both connect; the loser's client is simply dropped, which costs nothing.
-    """
-    client: Client | None = getattr(request.app.state, "temporal_client", None)
-    if client is None:
-        client = await asyncio.wait_for(connect(), CONNECT_TIMEOUT)
-        request.app.state.temporal_client = client
-    return client
+def use_settings(settings: Settings | None) -> None:
+    """Use these settings instead of reading SOPFLOW_* on first use (tests); `None` reads them again."""
+    app.state.settings = settings
 
 
-@app.get("/healthz")
+def use_database(db: Database | None) -> None:
+    """Use this (already migrated) records database; `None` opens SOPFLOW_DATABASE_URL on first use again."""
+    app.state.database = db
+
+
+@app.get("/healthz", tags=["probes"])
 async def healthz() -> dict[str, str]:
     """Liveness: the process answers. Never touches Temporal, so an outage there does not get us restarted."""
     return {"status": "ok"}
 
 
-@app.get("/readyz")
+@app.get("/readyz", tags=["probes"])
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: Temporal is reachable, so an accepted webhook can actually start or signal a workflow."""
     try:

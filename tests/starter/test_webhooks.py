@@ -1,0 +1,724 @@
+"""The webhook intake against the real dev server: signed HubSpot deals start real lifecycles exactly once, a signed
+DocuSign completion moves a real Safe Balance deal to pre-launch, forms become updates, and fuzzed requests never
+get a 5xx nor break a workflow."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import yaml
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.testing import WorkflowEnvironment
+
+from activities.email import SmtpConfig
+from sopflow.config import PROJECT_ROOT, Settings
+from sopflow.constants import SA_PLAYBOOK, SA_STAGE, TASK_QUEUE
+from sopflow.db import Database, InboundEvent
+from sopflow.intake_config import IntakeConfigError, load_intake_config, parse_intake_config
+from sopflow.mailsink import MailSink, free_port
+from sopflow.models import Close, LifecycleStatus
+from sopflow.playbook import load_playbook
+from sopflow.signatures import docusign_signature, form_token, hubspot_v1_signature, hubspot_v3_signature
+from starter import webhooks
+from starter.intake import context
+from tests.conftest import CONTRACT_REQUEST, TARGETING, TEMPLATES
+from tests.starter.test_cli import eventually
+from worker import build_worker
+from workflows.lifecycle import ClientLifecycle
+
+HUBSPOT_SECRET = "hubspot-client-secret-for-tests"
+PUBLIC = "https://hooks.example.com/intake"  # what HubSpot calls; the test client talks to the app directly
+DOCUSIGN_KEYS = ("docusign-key-old", "docusign-key-new")
+FORM_SECRET = "form-secret-for-tests"
+DEAL_DEFAULTS = {"rep_email": "rep@example.com", "account_manager_email": "am@example.com"}
+
+
+def intake_yaml(tmp_path: Path, defaults: dict[str, Any] | None = None) -> Path:
+    """The shipped mapping, with deal defaults so that ids-only creation events can start a Safe Balance deal."""
+    data = yaml.safe_load((PROJECT_ROOT / "playbooks" / "intake.yaml").read_text())
+    data["hubspot"]["defaults"] = DEAL_DEFAULTS if defaults is None else defaults
+    path = tmp_path / f"intake-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@dataclass
+class Intake:
+    http: httpx.AsyncClient
+    client: Client
+    db: Database
+    settings: Settings
+    portal: int
+
+    def deal(self, object_id: int) -> str:
+        return f"{self.portal}-{object_id}"
+
+    async def hubspot(
+        self,
+        events: Any,
+        *,
+        body: bytes | None = None,
+        timestamp_ms: int | None = None,
+        secret: str = HUBSPOT_SECRET,
+        signed_url: str = f"{PUBLIC}/webhooks/hubspot",
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        content = json.dumps(events).encode() if body is None else body
+        timestamp = str(int(time.time() * 1000) if timestamp_ms is None else timestamp_ms)
+        signature = hubspot_v3_signature(secret, "POST", signed_url, content, timestamp)
+        sent = {
+            "Content-Type": "application/json",
+            "X-HubSpot-Signature-v3": signature,
+            "X-HubSpot-Request-Timestamp": timestamp,
+            **(headers or {}),
+        }
+        return await self.http.post("/webhooks/hubspot", content=content, headers=sent)
+
+    async def docusign(self, message: Any, keys: tuple[str, ...] = DOCUSIGN_KEYS[1:]) -> httpx.Response:
+        content = json.dumps(message).encode()
+        headers = {f"X-DocuSign-Signature-{n}": docusign_signature(k, content) for n, k in enumerate(keys, 1)}
+        return await self.http.post("/webhooks/docusign", content=content, headers=headers)
+
+    async def form(self, deal_id: str, form: str, fields: dict[str, Any], *, encoded: bool = False) -> httpx.Response:
+        token = form_token(FORM_SECRET, deal_id, form)
+        if encoded:
+            return await self.http.post(
+                f"/forms/{deal_id}/{form}",
+                params={"token": token},
+                content=urlencode(fields, doseq=True).encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        return await self.http.post(f"/forms/{deal_id}/{form}", json=fields, headers={"X-Sopflow-Form-Token": token})
+
+    async def status(self, deal_id: str) -> LifecycleStatus:
+        result: LifecycleStatus = await self.client.get_workflow_handle(f"deal-{deal_id}").query(ClientLifecycle.status)
+        return result
+
+    def rows(self, deal_id: str | None = None) -> list[InboundEvent]:
+        query = select(InboundEvent).order_by(InboundEvent.id)
+        if deal_id is not None:
+            query = query.where(InboundEvent.deal_id == deal_id)
+        with self.db.session() as session:
+            return list(session.scalars(query))
+
+
+def creation(portal: int, object_id: int, occurred_at: int = 1_760_000_000_000, **extra: Any) -> dict[str, Any]:
+    return {
+        "eventId": random.randint(1, 10**9),
+        "subscriptionId": 42,
+        "portalId": portal,
+        "appId": 7,
+        "occurredAt": occurred_at,
+        "subscriptionType": "deal.creation",
+        "attemptNumber": 0,
+        "objectId": object_id,
+        "changeFlag": "CREATED",
+        "changeSource": "CRM",
+        **extra,
+    }
+
+
+def change(portal: int, object_id: int, prop: str, value: str, occurred_at: int) -> dict[str, Any]:
+    return {
+        "eventId": random.randint(1, 10**9),
+        "subscriptionId": 43,
+        "portalId": portal,
+        "appId": 7,
+        "occurredAt": occurred_at,
+        "subscriptionType": "deal.propertyChange",
+        "attemptNumber": 0,
+        "objectId": object_id,
+        "propertyName": prop,
+        "propertyValue": value,
+        "changeSource": "CRM",
+    }
+
+
+def envelope(event: str, envelope_id: str, deal_id: str | None) -> dict[str, Any]:
+    custom = [{"fieldId": "1", "name": "deal_id", "value": deal_id, "show": "true"}] if deal_id else []
+    return {
+        "event": event,
+        "apiVersion": "v2.1",
+        "uri": f"/restapi/v2.1/accounts/1/envelopes/{envelope_id}",
+        "retryCount": 0,
+        "configurationId": 10,
+        "generatedDateTime": "2026-05-01T10:00:00.000Z",
+        "data": {
+            "accountId": "1",
+            "userId": "2",
+            "envelopeId": envelope_id,
+            "envelopeSummary": {
+                "status": event.removeprefix("envelope-"),
+                "emailSubject": "Please sign",
+                "customFields": {"textCustomFields": custom, "listCustomFields": []},
+            },
+        },
+    }
+
+
+@pytest.fixture
+def app_state() -> Iterator[None]:
+    """The app is a module global (the dev stack serves it): leave it as found."""
+    yield
+    webhooks.use_client(None)
+    webhooks.use_settings(None)
+    webhooks.use_database(None)
+
+
+def make_settings(tmp_path: Path, db_url: str, config: Path) -> Settings:
+    return Settings(
+        home=tmp_path / "home",
+        database_url=db_url,
+        hubspot_client_secret=HUBSPOT_SECRET,
+        public_intake_url=PUBLIC,
+        docusign_hmac_keys=",".join(DOCUSIGN_KEYS),
+        form_secret=FORM_SECRET,
+        max_body_bytes=64 * 1024,
+        intake_config=config,
+    )
+
+
+@pytest.fixture
+async def offline(tmp_path: Path, app_state: None, dev_env: WorkflowEnvironment) -> AsyncIterator[Intake]:
+    """The intake without a worker: for everything refused before a workflow is touched."""
+    db = Database(f"sqlite:///{tmp_path / 'records.db'}")
+    db.create_schema()
+    config = make_settings(tmp_path, f"sqlite:///{tmp_path / 'records.db'}", intake_yaml(tmp_path))
+    webhooks.use_settings(config)
+    webhooks.use_database(db)
+    webhooks.use_client(dev_env.client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=webhooks.app), base_url="http://intake") as http:
+        yield Intake(http, dev_env.client, db, config, random.randint(10**6, 10**9))
+    db.dispose()
+
+
+@pytest.fixture
+async def live(offline: Intake) -> AsyncIterator[Intake]:
+    """The intake plus a worker on the real task queue (the one the intake starts lifecycles on)."""
+    with MailSink() as sink:
+        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
+        async with build_worker(offline.client, offline.db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
+            yield offline
+
+
+# --- intake mapping ----------------------------------------------------------------------------------------------
+
+
+def test_the_shipped_mapping_loads_and_names_existing_playbooks():
+    config = load_intake_config(PROJECT_ROOT / "playbooks" / "intake.yaml")
+    for name in config.playbooks():
+        load_playbook(PROJECT_ROOT / "playbooks" / f"{name}.yaml", TEMPLATES)
+    assert config.playbook_for(None) == config.playbook_for("no-such-pipeline") == "safe_balance"
+    assert config.event_for("dealstage", "closedwon") == "deal_won"
+    assert config.event_for("dealstage", "appointmentscheduled") is None
+    assert config.hubspot.properties["launch_date"].convert("1765929600000") == "2025-12-17"
+    assert config.hubspot.properties["launch_date"].convert("2026-01-05") == "2026-01-05"
+    assert config.docusign.events["envelope-completed"] == "contract_signed"
+
+
+def test_a_broken_mapping_names_each_problem():
+    with pytest.raises(IntakeConfigError) as refused:
+        parse_intake_config(
+            {
+                "default_playbook": "safe_balance",
+                "pipelines": {123: "x y"},
+                "hubspot": {"properties": {"dealstage": "stage"}, "events": {"dealstage": {"closedwon": "Won!"}}},
+            }
+        )
+    text = str(refused.value)
+    assert "pipelines" in text and "hubspot.events" in text
+
+
+# --- refusals before anything reaches Temporal ------------------------------------------------------------------------
+
+
+async def test_bad_missing_stale_or_future_hubspot_signatures_are_401(offline: Intake):
+    event = [creation(offline.portal, 1)]
+    now = int(time.time() * 1000)
+    answers = {
+        "missing": await offline.http.post("/webhooks/hubspot", json=event),
+        "wrong secret": await offline.hubspot(event, secret="not-the-secret"),
+        "stale": await offline.hubspot(event, timestamp_ms=now - 5 * 60 * 1000 - 5000),
+        "future": await offline.hubspot(event, timestamp_ms=now + 5 * 60 * 1000 + 5000),
+        "other url": await offline.hubspot(event, signed_url="https://hooks.example.com/webhooks/hubspot"),
+        "bad timestamp": await offline.hubspot(event, headers={"X-HubSpot-Request-Timestamp": "yesterday"}),
+    }
+    content = json.dumps(event).encode()
+    timestamp = str(now)
+    signature = hubspot_v3_signature(HUBSPOT_SECRET, "POST", f"{PUBLIC}/webhooks/hubspot", content, timestamp)
+    answers["tampered"] = await offline.http.post(
+        "/webhooks/hubspot",
+        content=content.replace(b"deal.creation", b"deal.deletion"),
+        headers={"X-HubSpot-Signature-v3": signature, "X-HubSpot-Request-Timestamp": timestamp},
+    )
+    assert {name: r.status_code for name, r in answers.items()} == dict.fromkeys(answers, 401)
+    assert offline.rows() == []
+    for answer in answers.values():
+        assert HUBSPOT_SECRET not in answer.text
+
+
+async def test_without_a_public_url_the_signed_uri_is_the_one_the_request_arrived_at(offline: Intake, tmp_path: Path):
+    config = make_settings(tmp_path, offline.settings.database_url, offline.settings.intake_config)
+    webhooks.use_settings(config.model_copy(update={"public_intake_url": None}))
+    content = b"[]"
+    timestamp = str(int(time.time() * 1000))
+    for path in ("/webhooks/hubspot", "/webhooks/hubspot?portal=1&x=%3A"):
+        signature = hubspot_v3_signature(HUBSPOT_SECRET, "POST", f"http://intake{path}", content, timestamp)
+        headers = {"X-HubSpot-Signature-v3": signature, "X-HubSpot-Request-Timestamp": timestamp}
+        answer = await offline.http.post(path, content=content, headers=headers)
+        assert answer.status_code == 200, (path, answer.text)
+        assert answer.json() == {"results": []}
+
+
+async def test_legacy_signatures_only_when_enabled(offline: Intake, tmp_path: Path):
+    content = b"[]"
+    headers = {
+        "X-HubSpot-Signature": hubspot_v1_signature(HUBSPOT_SECRET, content),
+        "X-HubSpot-Signature-Version": "v1",
+    }
+    assert (await offline.http.post("/webhooks/hubspot", content=content, headers=headers)).status_code == 401
+    webhooks.use_settings(offline.settings.model_copy(update={"hubspot_accept_legacy_signatures": True}))
+    assert (await offline.http.post("/webhooks/hubspot", content=content, headers=headers)).status_code == 200
+    wrong = {**headers, "X-HubSpot-Signature": hubspot_v1_signature("other", content)}
+    assert (await offline.http.post("/webhooks/hubspot", content=content, headers=wrong)).status_code == 401
+
+
+async def test_unparseable_oversized_and_non_array_bodies(offline: Intake):
+    assert (await offline.hubspot(None, body=b"[{not json")).status_code == 400
+    assert (await offline.hubspot(None, body=b'{"an": "object"}')).status_code == 400
+    assert (await offline.hubspot(None, body=b"[1e999]")).status_code == 400
+    assert (await offline.hubspot(None, body=b"\xff\xfe")).status_code == 400
+    assert (await offline.hubspot(None, body=b"[" * 10_000 + b"]" * 10_000)).status_code == 400
+    too_big = b"[" + b" " * (64 * 1024) + b"]"
+    assert (await offline.hubspot(None, body=too_big)).status_code == 413
+    # Unusable events in a signed batch are reported one by one, never retried by HubSpot forever.
+    answer = await offline.hubspot(
+        [42, {"subscriptionType": "contact.creation", "portalId": 1, "objectId": 2, "occurredAt": 3}, {"portalId": "x"}]
+    )
+    assert answer.status_code == 200
+    assert [r["outcome"] for r in answer.json()["results"]] == ["invalid", "ignored", "invalid"]
+
+
+async def test_docusign_refuses_unsigned_wrongly_signed_and_malformed(offline: Intake):
+    message = envelope("envelope-completed", str(uuid.uuid4()), "D-1")
+    assert (await offline.http.post("/webhooks/docusign", json=message)).status_code == 401
+    assert (await offline.docusign(message, keys=("unknown-key",))).status_code == 401
+    content = json.dumps(message).encode()
+    tampered = await offline.http.post(
+        "/webhooks/docusign",
+        content=content.replace(b"D-1", b"D-2"),
+        headers={"X-DocuSign-Signature-1": docusign_signature(DOCUSIGN_KEYS[0], content)},
+    )
+    assert tampered.status_code == 401
+    assert (await offline.docusign({"event": "envelope-completed"})).status_code == 400
+    assert (await offline.docusign(["not", "an", "object"])).status_code == 400
+    ignored = await offline.docusign(envelope("recipient-delivered", str(uuid.uuid4()), "D-1"))
+    assert ignored.status_code == 200 and ignored.json()["outcome"] == "ignored"
+    unmapped = await offline.docusign(envelope("envelope-completed", "env-unmapped-" + uuid.uuid4().hex, None))
+    assert unmapped.status_code == 200 and unmapped.json()["outcome"] == "unmapped"
+
+
+async def test_forms_need_the_token_of_that_deal_and_form(offline: Intake):
+    deal = offline.deal(1)
+    good = form_token(FORM_SECRET, deal, "targeting")
+    assert (await offline.http.post(f"/forms/{deal}/targeting", json=TARGETING)).status_code == 401
+    other_form = form_token(FORM_SECRET, deal, "closeout")
+    assert (await offline.http.post(f"/forms/{deal}/targeting?token={other_form}", json={})).status_code == 401
+    other_deal = form_token(FORM_SECRET, offline.deal(2), "targeting")
+    assert (await offline.http.post(f"/forms/{deal}/targeting?token={other_deal}", json={})).status_code == 401
+    unsupported = await offline.http.post(
+        f"/forms/{deal}/targeting?token={good}", content=b"<xml/>", headers={"Content-Type": "text/xml"}
+    )
+    assert unsupported.status_code == 415
+    array = await offline.http.post(f"/forms/{deal}/targeting?token={good}", json=[1, 2])
+    assert array.status_code == 400
+    big = await offline.http.post(f"/forms/{deal}/targeting?token={good}", json={"notes": "x" * 70_000})
+    assert big.status_code == 413
+    huge = await offline.http.post(
+        f"/forms/{deal}/contract_request?token=" + form_token(FORM_SECRET, deal, "contract_request"),
+        json={"monthly_fee": "1e999999999"},
+    )
+    assert huge.status_code == 422
+    # The deal has no lifecycle: 404, but only once the token proved the caller may ask.
+    missing = await offline.http.post(f"/forms/{deal}/targeting?token={good}", json=TARGETING)
+    assert missing.status_code == 404
+
+
+async def test_openapi_documents_every_endpoint(offline: Intake):
+    spec = (await offline.http.get("/openapi.json")).json()
+    assert {"/webhooks/hubspot", "/webhooks/docusign", "/forms/{deal_id}/{form}", "/healthz", "/readyz"} <= set(
+        spec["paths"]
+    )
+    assert (await offline.http.get("/docs")).status_code == 200
+
+
+async def test_temporal_unreachable_is_503_and_nothing_is_recorded(offline: Intake, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{free_port()}")
+    webhooks.use_client(None)
+    answer = await offline.hubspot([creation(offline.portal, 1)])
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    assert offline.rows() == []
+    form = await offline.form(offline.deal(1), "targeting", TARGETING)
+    assert form.status_code == 503
+
+
+# --- real lifecycles --------------------------------------------------------------------------------------------------
+
+
+async def test_signed_deal_creation_starts_one_real_lifecycle_however_often_it_is_sent(live: Intake):
+    deal = live.deal(101)
+    event = creation(live.portal, 101)
+    first = await live.hubspot([event])
+    assert first.status_code == 200, first.text
+    assert first.json()["results"] == [
+        {
+            "index": 0,
+            "deal_id": deal,
+            "outcome": "started",
+            "detail": {"workflow_id": f"deal-{deal}", "playbook": "safe_balance", "playbook_version": 1},
+        }
+    ]
+    status = await live.status(deal)
+    assert status.stage == "targeting" and status.fields["rep_email"] == "rep@example.com"
+    handle = live.client.get_workflow_handle(f"deal-{deal}")
+    run_id = (await handle.describe()).run_id
+
+    # HubSpot retries with a new attempt number (and, across subscriptions, another eventId): still one deal.
+    repeats = [await live.hubspot([{**event, "attemptNumber": n, "eventId": n}]) for n in range(1, 5)]
+    assert [r.json()["results"][0]["outcome"] for r in repeats] == ["duplicate"] * 4
+    generic = {**event, "subscriptionType": "object.creation", "objectTypeId": "0-3"}
+    assert (await live.hubspot([generic])).json()["results"][0]["outcome"] == "duplicate"
+    description = await handle.describe()
+    assert description.run_id == run_id
+    assert description.typed_search_attributes.get(SA_PLAYBOOK) == "safe_balance"
+    assert description.typed_search_attributes.get(SA_STAGE) == "targeting"
+    assert [r.outcome for r in live.rows(deal)] == ["started"]
+
+
+async def test_the_same_creation_sent_five_times_at_once_yields_one_lifecycle(live: Intake):
+    deal = live.deal(202)
+    event = creation(live.portal, 202)
+    answers = await asyncio.gather(*(live.hubspot([{**event, "attemptNumber": n}]) for n in range(5)))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    outcomes = sorted(a.json()["results"][0]["outcome"] for a in answers)
+    assert outcomes == ["duplicate"] * 4 + ["started"]
+    assert len(live.rows(deal)) == 1
+
+    async def one_run() -> None:
+        count = await live.client.count_workflows(f"WorkflowId = 'deal-{deal}'")
+        assert count.count == 1
+
+    await eventually(one_run)
+    assert (await live.status(deal)).stage == "targeting"
+
+
+async def test_a_deal_missing_required_fields_is_reported_then_started_by_its_property_changes(
+    live: Intake, tmp_path: Path
+):
+    webhooks.use_settings(make_settings(tmp_path, live.settings.database_url, intake_yaml(tmp_path, defaults={})))
+    deal = live.deal(303)
+    t0 = 1_760_000_000_000
+    waiting = await live.hubspot([creation(live.portal, 303, t0)])
+    result = waiting.json()["results"][0]
+    assert waiting.status_code == 200
+    assert result["outcome"] == "needs_fields" and result["detail"]["missing"] == {"rep_email": "required"}
+    with pytest.raises(RPCError) as missing:
+        await live.client.get_workflow_handle(f"deal-{deal}").describe()
+    assert missing.value.status == RPCStatusCode.NOT_FOUND
+
+    # Changes arrive out of order and in one batch with an unmapped property; the lifecycle starts with all.
+    batch = [
+        change(live.portal, 303, "hubspot_owner_id", "owner-9", t0 + 20),
+        change(live.portal, 303, "notes_last_contacted", "whatever", t0 + 21),
+        change(live.portal, 303, "rep_email", "rep303@example.com", t0 + 30),
+    ]
+    started = await live.hubspot(batch)
+    assert [r["outcome"] for r in started.json()["results"]] == ["pending", "ignored", "started"]
+    status = await live.status(deal)
+    assert status.fields["rep_email"] == "rep303@example.com" and status.fields["rep_id"] == "owner-9"
+    assert status.owner == "rep:owner-9"
+
+    # Later changes update the running lifecycle; an older one delivered late does not overwrite a newer one.
+    newer = await live.hubspot([change(live.portal, 303, "launch_date", "1767225600000", t0 + 50)])
+    assert newer.json()["results"][0]["outcome"] == "fields_set"
+    older = await live.hubspot([change(live.portal, 303, "launch_date", "1767312000000", t0 + 40)])
+    assert older.json()["results"][0]["outcome"] == "stale"
+    bad = await live.hubspot([change(live.portal, 303, "rep_email", "not-an-email", t0 + 60)])
+    assert bad.json()["results"][0]["outcome"] == "rejected"
+    assert "rep_email" in bad.json()["results"][0]["detail"]["fields"]
+    status = await live.status(deal)
+    assert status.fields["launch_date"] == "2026-01-01" and status.fields["rep_email"] == "rep303@example.com"
+    won = await live.hubspot([change(live.portal, 303, "dealstage", "closedwon", t0 + 70)])
+    assert won.json()["results"][0]["outcome"] == "signaled"
+    creation_row = next(r for r in live.rows(deal) if r.payload["kind"] == "creation")
+    assert creation_row.outcome == "started"
+
+
+async def test_docusign_completion_moves_a_real_safe_balance_deal_from_contract_to_prelaunch(live: Intake):
+    deal = live.deal(404)
+    assert (await live.hubspot([creation(live.portal, 404)])).json()["results"][0]["outcome"] == "started"
+
+    invalid = await live.form(deal, "targeting", {**TARGETING, "signer_email": "nobody", "service_tier": "Gold"})
+    assert invalid.status_code == 422
+    assert set(invalid.json()["fields"]) == {"signer_email", "service_tier"}
+    not_open = await live.form(deal, "closeout", {"launched_on": "2026-01-01"})
+    assert not_open.status_code == 409 and "not open" in not_open.json()["error"]
+
+    targeting = await live.form(deal, "targeting", {**TARGETING, "company": f"Clinic {deal}"})
+    assert targeting.status_code == 200, targeting.text
+    assert targeting.json()["stage"] == "contract_request"
+    contract = await live.form(deal, "contract_request", CONTRACT_REQUEST, encoded=True)
+    assert contract.status_code == 200, contract.text
+    assert contract.json()["stage"] == "contract"
+
+    envelope_id = str(uuid.uuid4())
+    # Connect signs with every active key; we know only the new one (a key rotation in progress).
+    signed = await live.docusign(
+        envelope("envelope-completed", envelope_id, deal), keys=("retired-key", DOCUSIGN_KEYS[1])
+    )
+    assert signed.status_code == 200, signed.text
+    assert signed.json() == {
+        "outcome": "signaled",
+        "deal_id": deal,
+        "event": "envelope-completed",
+        "envelope_id": envelope_id,
+    }
+
+    async def in_prelaunch() -> None:
+        assert (await live.status(deal)).stage == "prelaunch"
+
+    await eventually(in_prelaunch)
+    again = await live.docusign(envelope("envelope-completed", envelope_id, deal))
+    assert again.json()["outcome"] == "duplicate"
+    unknown = await live.docusign(envelope("envelope-completed", str(uuid.uuid4()), live.deal(999)))
+    assert unknown.status_code == 404
+    assert (await live.status(deal)).stage == "prelaunch"
+
+
+async def test_a_closed_lifecycle_is_never_restarted_and_refuses_changes_without_5xx(live: Intake):
+    deal = live.deal(606)
+    t0 = 1_760_000_000_000
+    assert (await live.hubspot([creation(live.portal, 606, t0)])).json()["results"][0]["outcome"] == "started"
+    handle = live.client.get_workflow_handle(f"deal-{deal}")
+    await handle.execute_update(ClientLifecycle.close, Close(outcome="lost", reason="went elsewhere"))
+    await handle.result()
+
+    # A creation event for the same deal (HubSpot restored it) must not start a second lifecycle.
+    again = await live.hubspot([creation(live.portal, 606, t0 + 1000)])
+    assert again.json()["results"][0]["outcome"] == "closed"
+    later = await live.hubspot([change(live.portal, 606, "rep_email", "new@example.com", t0 + 2000)])
+    assert later.json()["results"][0]["outcome"] == "closed"
+    form = await live.form(deal, "targeting", TARGETING)
+    assert form.status_code == 409
+    signed = await live.docusign(envelope("envelope-completed", str(uuid.uuid4()), deal))
+    assert signed.status_code == 200 and signed.json()["outcome"] == "closed"
+    count = await live.client.count_workflows(f"WorkflowId = 'deal-{deal}'")
+    assert count.count == 1
+
+
+async def test_a_lifecycle_without_a_worker_answers_503_not_a_hang(offline: Intake, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(context, "TEMPORAL_TIMEOUT", 1.0)
+    deal = offline.deal(505)
+    assert (await offline.hubspot([creation(offline.portal, 505)])).json()["results"][0]["outcome"] == "started"
+    handle = offline.client.get_workflow_handle(f"deal-{deal}")
+    try:
+        answer = await offline.form(deal, "targeting", TARGETING)
+        assert answer.status_code == 503
+    finally:
+        await handle.terminate("test: no worker")
+
+
+# --- fuzzing -------------------------------------------------------------------------------------------------------
+
+PRINTABLE = st.characters(min_codepoint=32, max_codepoint=126)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+FORMS = ["targeting", "contract_request", "closeout", "site_visit", "nope", "Bad-Form"]
+HEADER_NAMES = [
+    "X-HubSpot-Signature-v3",
+    "X-HubSpot-Request-Timestamp",
+    "X-HubSpot-Signature",
+    "X-DocuSign-Signature-1",
+    "X-DocuSign-Signature-2",
+    "X-Sopflow-Form-Token",
+    "Content-Type",
+    "X-Anything",
+]
+
+
+@dataclass
+class Fuzzed:
+    method: str
+    path: str
+    headers: dict[str, str]
+    content: bytes
+
+
+def signed_hubspot(events: Any) -> Fuzzed:
+    body = json.dumps(events).encode()
+    stamp = str(int(time.time() * 1000))
+    signature = hubspot_v3_signature(HUBSPOT_SECRET, "POST", f"{PUBLIC}/webhooks/hubspot", body, stamp)
+    headers = {"X-HubSpot-Signature-v3": signature, "X-HubSpot-Request-Timestamp": stamp}
+    return Fuzzed("POST", "/webhooks/hubspot", headers, body)
+
+
+def signed_docusign(message: Any) -> Fuzzed:
+    body = json.dumps(message).encode()
+    return Fuzzed(
+        "POST", "/webhooks/docusign", {"X-DocuSign-Signature-1": docusign_signature(DOCUSIGN_KEYS[0], body)}, body
+    )
+
+
+@st.composite
+def requests(draw: st.DrawFn, portal: int, deal: str) -> Fuzzed:
+    """Random requests at every endpoint; about half are correctly signed, so the fuzz gets past the door."""
+    headers = draw(st.dictionaries(st.sampled_from(HEADER_NAMES), st.text(PRINTABLE, max_size=60), max_size=3))
+    target = draw(st.sampled_from(["hubspot"] * 3 + ["docusign"] * 2 + ["form"] * 3 + ["random"]))
+    signed = draw(st.integers(0, 4)) < 4  # hypothesis favours small draws: 0 means signed
+    if target == "hubspot":
+        event = st.fixed_dictionaries(
+            {
+                "subscriptionType": st.sampled_from(
+                    ["deal.creation", "deal.propertyChange", "object.creation", "object.propertyChange", "x"]
+                ),
+                "portalId": st.just(portal) | json_values,
+                "objectId": st.integers(0, 5) | json_values,
+                "occurredAt": st.integers(0, 2**50) | json_values,
+            },
+            optional={
+                "propertyName": st.sampled_from(["rep_email", "dealstage", "pipeline", "launch_date", "nope"]),
+                "propertyValue": st.sampled_from(["closedwon", "rep@example.com", "1767225600000", "1e999999"])
+                | json_values,
+                "objectTypeId": st.sampled_from(["0-3", "0-1"]),
+                "properties": json_values,
+            },
+        )
+        events = st.lists(event, min_size=1, max_size=4).map(lambda e: json.dumps(e).encode())
+        body = draw(st.one_of(events, events, events, st.binary(max_size=200)))
+        if signed:
+            stamp = str(int(time.time() * 1000))
+            url = f"{PUBLIC}/webhooks/hubspot"
+            headers["X-HubSpot-Request-Timestamp"] = stamp
+            headers["X-HubSpot-Signature-v3"] = hubspot_v3_signature(HUBSPOT_SECRET, "POST", url, body, stamp)
+        return Fuzzed("POST", "/webhooks/hubspot", headers, body)
+    if target == "docusign":
+        message = st.fixed_dictionaries(
+            {
+                "event": st.sampled_from(["envelope-completed", "envelope-declined", "envelope-voided", "x"]),
+                "data": st.fixed_dictionaries(
+                    {
+                        "envelopeId": st.uuids().map(str) | json_values,
+                        "envelopeSummary": st.fixed_dictionaries(
+                            {
+                                "customFields": st.fixed_dictionaries(
+                                    {
+                                        "textCustomFields": st.lists(
+                                            st.fixed_dictionaries(
+                                                {"name": st.just("deal_id"), "value": st.just(deal) | json_values}
+                                            ),
+                                            max_size=2,
+                                        )
+                                    }
+                                )
+                            }
+                        )
+                        | json_values,
+                    }
+                )
+                | json_values,
+            }
+        )
+        messages = message.map(lambda m: json.dumps(m).encode())
+        body = draw(st.one_of(messages, messages, messages, st.binary(max_size=200)))
+        if signed:
+            headers["X-DocuSign-Signature-1"] = docusign_signature(DOCUSIGN_KEYS[0], body)
+        return Fuzzed("POST", "/webhooks/docusign", headers, body)
+    if target == "form":
+        form = draw(st.sampled_from(FORMS))
+        other = st.text(PRINTABLE.filter(lambda c: c not in "/?#%\\"), min_size=1, max_size=20)
+        form_deal = deal if draw(st.integers(0, 3)) < 3 else draw(other)
+        fields = draw(
+            st.dictionaries(
+                st.sampled_from(["company", "signer_email", "term_months", "monthly_fee", "visited_on", "x"])
+                | st.text(max_size=8),
+                json_values,
+                max_size=5,
+            )
+        )
+        if draw(st.booleans()):
+            headers["Content-Type"] = "application/json"
+            body = draw(st.just(json.dumps(fields).encode()) | st.binary(max_size=100))
+        else:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+            body = urlencode(flat).encode()
+        token = form_token(FORM_SECRET, form_deal, form) if signed else draw(st.text(PRINTABLE, max_size=64))
+        return Fuzzed("POST", f"/forms/{form_deal}/{form}?{urlencode({'token': token})}", headers, body)
+    path = "/" + draw(st.text(PRINTABLE.filter(lambda c: c not in "?#%\\"), max_size=30))
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]))
+    return Fuzzed(method, path, headers, draw(st.binary(max_size=100)))
+
+
+async def test_fuzzed_requests_never_get_a_5xx_nor_break_a_lifecycle(live: Intake):
+    deal = live.deal(1)
+    assert (await live.hubspot([creation(live.portal, 1)])).json()["results"][0]["outcome"] == "started"
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[str, str, int]] = []
+
+    def send(request: Fuzzed) -> httpx.Response:
+        call = live.http.request(request.method, request.path, headers=request.headers, content=request.content)
+        return asyncio.run_coroutine_threadsafe(call, loop).result(timeout=60)
+
+    @hypothesis_settings(
+        max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck), derandomize=False
+    )
+    @given(requests(live.portal, deal))
+    @example(signed_hubspot([creation(live.portal, 2), change(live.portal, 2, "rep_email", "1e999999999", 1)]))
+    @example(signed_docusign(envelope("envelope-declined", str(uuid.uuid4()), deal)))
+    @example(
+        Fuzzed(
+            "POST",
+            f"/forms/{deal}/targeting?token={form_token(FORM_SECRET, deal, 'targeting')}",
+            {"Content-Type": "application/json"},
+            json.dumps({"company": ["x"], "notes": 1e300}).encode(),
+        )
+    )
+    def fuzz(request: Fuzzed) -> None:
+        answer = send(request)
+        seen.append((request.method, request.path, answer.status_code))
+        assert answer.status_code < 500, (request, answer.text)
+
+    await asyncio.to_thread(fuzz)
+    assert len(seen) >= 30
+
+    # Every lifecycle the fuzz touched still answers, and none of them ever failed a workflow task.
+    deals = {deal} | {row.deal_id for row in live.rows() if row.outcome == "started" and row.deal_id}
+    for touched in sorted(d for d in deals if d):
+        await live.status(touched)
+        history = await live.client.get_workflow_handle(f"deal-{touched}").fetch_history()
+        failed = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+        assert failed == [], touched
