@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     # Larger bodies are refused with 413 before they are parsed or their signature is computed.
     max_body_bytes: int = Field(default=1_000_000, gt=0)
     # Pipeline -> playbook, HubSpot property -> deal field, property values -> lifecycle events.
-    intake_config: Path = PROJECT_ROOT / "playbooks" / "intake.yaml"
+    intake_config: Path = PROJECT_ROOT / "playbooks" / "intake" / "mapping.yaml"
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sopflow.playbook import FieldSpec
 
+MAX_MONEY_DIGITS = 15
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _TRUE = {"true", "yes", "y", "1", "on"}
 _FALSE = {"false", "no", "n", "0", "off"}
@@ -70,6 +71,8 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
             raise ValueError(f"{value!r} is not an amount") from None
         if not amount.is_finite() or amount.as_tuple().exponent < -2:  # type: ignore[operator]
             raise ValueError(f"{value!r} is not an amount with at most 2 decimals")
+        if amount.adjusted() >= MAX_MONEY_DIGITS:  # also keeps "1e999999999" from being expanded to a billion digits
+            raise ValueError(f"{value!r} is too large an amount")
         return f"{amount:.2f}"
     if kind == "date":
         if isinstance(value, datetime):

@@ -1,4 +1,6 @@
-"""What the webhook intake does with CRM and e-signature events: `playbooks/intake.yaml` (SOPFLOW_INTAKE_CONFIG).
+"""What the webhook intake does with CRM and e-signature events: `playbooks/intake/mapping.yaml`.
+
+The file is chosen with SOPFLOW_INTAKE_CONFIG.
 
 Kept apart from the playbooks because it describes one company's CRM (pipeline ids, custom property names), not
 an SOP: the same playbook serves several pipelines, and a CRM admin renaming a property edits one small file.

@@ -6,6 +6,7 @@ any business rule runs. `LifecycleState` is the single model carried through con
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -15,6 +16,11 @@ from sopflow.playbook import Playbook
 
 Actor = str
 DEAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"
+
+
+def valid_deal_id(deal_id: str) -> bool:
+    """A CRM id, never personal data: no '@', and the whole string must match (re.match's `$` allows a newline)."""
+    return re.fullmatch(DEAL_ID_PATTERN.strip("^$"), deal_id) is not None
 
 
 class Payload(BaseModel):

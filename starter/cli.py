@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
@@ -54,7 +53,6 @@ from sopflow.db import Database, OutboxEmail
 from sopflow.durations import duration
 from sopflow.engine import Rejected, check_deal_fields
 from sopflow.models import (
-    DEAL_ID_PATTERN,
     Advance,
     Close,
     CompleteTask,
@@ -63,6 +61,7 @@ from sopflow.models import (
     LifecycleStatus,
     SetFields,
     SubmitForm,
+    valid_deal_id,
 )
 from sopflow.playbook import Playbook, PlaybookError, load_playbook, template_names
 from sopflow.samples import email_uses, render_check, sample_context
@@ -305,7 +304,7 @@ def deal_start(
     output: OutputOpt = Output.text,
 ) -> None:
     """Start a client's lifecycle on a playbook (the playbook is pinned into the workflow)."""
-    if not re.match(DEAL_ID_PATTERN, deal_id) or "@" in deal_id:
+    if not valid_deal_id(deal_id):
         fail(f"invalid deal id {deal_id!r}: use the CRM's id (letters, digits, . _ : -), never a name or email")
     pb = load(playbook)
     fields = parse_fields(field, file)

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from sopflow.config import Settings
 from sopflow.constants import WORKFLOW_ID_PREFIX
 from sopflow.db import Database
 from sopflow.intake_config import IntakeConfig, IntakeConfigError, load_intake_config
-from sopflow.models import DEAL_ID_PATTERN
 from sopflow.playbook import Playbook, PlaybookError, load_playbook
 from starter.connect import connect
 
@@ -105,11 +103,6 @@ class UpdateRejected(Exception):
 
 def workflow_id(deal_id: str) -> str:
     return f"{WORKFLOW_ID_PREFIX}{deal_id}"
-
-
-def valid_deal_id(deal_id: str) -> bool:
-    """The same rule as `sopflow deal start`: CRM ids only, never a name or an email in a workflow id."""
-    return bool(re.match(DEAL_ID_PATTERN, deal_id)) and "@" not in deal_id and "\n" not in deal_id
 
 
 # --- bodies --------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel
 
-from sopflow.models import ExternalEvent
+from sopflow.models import ExternalEvent, valid_deal_id
 from sopflow.signatures import verify_docusign
 from starter.intake import records
 from starter.intake.context import (
@@ -30,7 +30,6 @@ from starter.intake.context import (
     read_body,
     settings,
     temporal,
-    valid_deal_id,
     workflow_id,
 )
 from workflows.lifecycle import ClientLifecycle

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel
 
-from sopflow.models import LifecycleStatus, SubmitForm
+from sopflow.models import LifecycleStatus, SubmitForm, valid_deal_id
 from sopflow.signatures import verify_form_token
 from starter.intake.context import (
     Intake,
@@ -32,7 +32,6 @@ from starter.intake.context import (
     read_body,
     settings,
     temporal,
-    valid_deal_id,
     workflow_id,
 )
 from workflows.lifecycle import ClientLifecycle

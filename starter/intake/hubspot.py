@@ -6,7 +6,7 @@ on its own and gets its own outcome in the answer: one event we cannot use must 
 already handled are then recorded, so the retried batch finds them as duplicates.
 
 A HubSpot creation event carries ids only. A deal whose playbook requires fields (safe_balance requires rep_email)
-therefore starts at once only if `playbooks/intake.yaml` gives defaults for them; otherwise its creation is
+therefore starts at once only if `playbooks/intake/mapping.yaml` gives defaults for them; otherwise its creation is
 recorded as `needs_fields`, listed in the answer and logged, and each later property change for a mapped property
 is kept (outcome `pending`) until the fields are complete, when the lifecycle starts with all of them. Nothing is
 dropped silently: `inbound_events` shows every waiting deal and what it lacks.
@@ -35,7 +35,7 @@ from temporalio.common import (
 from sopflow.constants import SA_PLAYBOOK, SA_STAGE, TASK_QUEUE
 from sopflow.engine import Rejected, check_deal_fields
 from sopflow.intake_config import IntakeConfig
-from sopflow.models import ExternalEvent, LifecycleInput, LifecycleStatus, SetFields
+from sopflow.models import ExternalEvent, LifecycleInput, LifecycleStatus, SetFields, valid_deal_id
 from sopflow.playbook import Playbook
 from sopflow.signatures import hubspot_timestamp_fresh, verify_hubspot_legacy, verify_hubspot_v3
 from starter.intake import records
@@ -52,7 +52,6 @@ from starter.intake.context import (
     read_body,
     settings,
     temporal,
-    valid_deal_id,
     workflow_id,
 )
 from workflows.lifecycle import ClientLifecycle

@@ -52,7 +52,7 @@ DEAL_DEFAULTS = {"rep_email": "rep@example.com", "account_manager_email": "am@ex
 
 def intake_yaml(tmp_path: Path, defaults: dict[str, Any] | None = None) -> Path:
     """The shipped mapping, with deal defaults so that ids-only creation events can start a Safe Balance deal."""
-    data = yaml.safe_load((PROJECT_ROOT / "playbooks" / "intake.yaml").read_text())
+    data = yaml.safe_load((PROJECT_ROOT / "playbooks" / "intake" / "mapping.yaml").read_text())
     data["hubspot"]["defaults"] = DEAL_DEFAULTS if defaults is None else defaults
     path = tmp_path / f"intake-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -222,7 +222,7 @@ async def live(offline: Intake) -> AsyncIterator[Intake]:
 
 
 def test_the_shipped_mapping_loads_and_names_existing_playbooks():
-    config = load_intake_config(PROJECT_ROOT / "playbooks" / "intake.yaml")
+    config = load_intake_config(PROJECT_ROOT / "playbooks" / "intake" / "mapping.yaml")
     for name in config.playbooks():
         load_playbook(PROJECT_ROOT / "playbooks" / f"{name}.yaml", TEMPLATES)
     assert config.playbook_for(None) == config.playbook_for("no-such-pipeline") == "safe_balance"
