@@ -875,6 +875,15 @@ ReportOutputOpt = Annotated[
     typer.Option("--output", "-o", help="text (a table), json (a list of objects) or csv (with a header row)"),
 ]
 ReportPlaybookOpt = Annotated[str | None, typer.Option("--playbook", "-p", help="only deals on this playbook id")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="same as -o json")]
+CsvFlag = Annotated[bool, typer.Option("--csv", help="same as -o csv")]
+
+
+def _report_format(output: ReportOutput, as_json: bool, as_csv: bool) -> ReportOutput:
+    """`--json` / `--csv` are the spreadsheet user's spelling of `-o json` / `-o csv`."""
+    if as_json and as_csv:
+        fail("choose one of --json and --csv")
+    return ReportOutput.json if as_json else ReportOutput.csv if as_csv else output
 
 
 def _report_db() -> Database:
@@ -968,8 +977,14 @@ def _emit(
 
 
 @report_app.command("pipeline")
-def report_pipeline(playbook: ReportPlaybookOpt = None, output: ReportOutputOpt = ReportOutput.text) -> None:
+def report_pipeline(
+    playbook: ReportPlaybookOpt = None,
+    output: ReportOutputOpt = ReportOutput.text,
+    as_json: JsonFlag = False,
+    as_csv: CsvFlag = False,
+) -> None:
     """Open deals per playbook and stage (in the playbook's stage order), with median and longest time in stage."""
+    output = _report_format(output, as_json, as_csv)
     now = datetime.now(UTC)
     order = reports.stage_orders(_report_playbooks())
     rows = _read_records(lambda session: reports.pipeline(session, now, playbook, order))
@@ -985,8 +1000,11 @@ def report_stalled(
         ),
     ] = None,
     output: ReportOutputOpt = ReportOutput.text,
+    as_json: JsonFlag = False,
+    as_csv: CsvFlag = False,
 ) -> None:
     """Open deals that have been in their stage too long, longest first."""
+    output = _report_format(output, as_json, as_csv)
     now = datetime.now(UTC)
     thresholds = None if days is not None else reports.stall_thresholds(_report_playbooks())
     rows = _read_records(lambda session: reports.stalled(session, now, days, thresholds))
@@ -1001,8 +1019,11 @@ def report_visits(
         VisitsBy.owner
     ),
     output: ReportOutputOpt = ReportOutput.text,
+    as_json: JsonFlag = False,
+    as_csv: CsvFlag = False,
 ) -> None:
     """Site visits (cadence touchpoints) overdue and coming up within a window, per owner; overdue first."""
+    output = _report_format(output, as_json, as_csv)
     try:
         span = duration(within)
     except ValidationError as exc:
@@ -1018,16 +1039,25 @@ def report_visits(
 
 
 @report_app.command("time-in-stage")
-def report_time_in_stage(playbook: ReportPlaybookOpt = None, output: ReportOutputOpt = ReportOutput.text) -> None:
+def report_time_in_stage(
+    playbook: ReportPlaybookOpt = None,
+    output: ReportOutputOpt = ReportOutput.text,
+    as_json: JsonFlag = False,
+    as_csv: CsvFlag = False,
+) -> None:
     """How long completed stays in each stage took: count, median and p90 days (nearest-rank)."""
+    output = _report_format(output, as_json, as_csv)
     order = reports.stage_orders(_report_playbooks())
     rows = _read_records(lambda session: reports.time_in_stage(session, playbook, order))
     _emit(rows, reports.StageTimeRow, output, title="Time in stage (completed stays, days)", noun="stage")
 
 
 @deal_app.command("history")
-def deal_history(deal_id: str, output: ReportOutputOpt = ReportOutput.text) -> None:
+def deal_history(
+    deal_id: str, output: ReportOutputOpt = ReportOutput.text, as_json: JsonFlag = False, as_csv: CsvFlag = False
+) -> None:
     """A deal's audit trail from the records: stage moves, forms, tasks, emails, reminders, escalations, events."""
+    output = _report_format(output, as_json, as_csv)
     rows = _read_records(lambda session: reports.deal_history(session, deal_id))
     if not rows and output == ReportOutput.text:
         err.print(f"no records for deal {deal_id} (check the deal id with `sopflow list --all`)", highlight=False)

@@ -83,6 +83,7 @@ async def test_pipeline_as_json_and_csv(reports_cli: Cli):
     parsed = list(csv.DictReader(io.StringIO(text)))
     assert [(r["stage"], r["count"]) for r in parsed] == [("contract_expired", "1"), ("ongoing", "1")]
     assert json.loads(await reports_cli.ok("report", "pipeline", "--playbook", "other", "-o", "json")) == []
+    assert await reports_cli.ok("report", "pipeline", "--csv") == text  # the spreadsheet spelling of -o csv
 
 
 async def test_deal_history_prints_the_audit_trail(reports_cli: Cli):
