@@ -32,6 +32,11 @@ def smtp_config(settings: Settings) -> SmtpConfig:
     )
 
 
+def form_secret_of(settings: Settings) -> str | None:
+    """The per-form token key, so the links in emails carry tokens the intake (same settings) accepts."""
+    return settings.form_secret.get_secret_value() if settings.form_secret else None
+
+
 def build_worker(
     client: Client,
     db: Database,
@@ -41,8 +46,9 @@ def build_worker(
     task_queue: str = TASK_QUEUE,
     email_activities: type[EmailActivities] = EmailActivities,
     record_activities: type[RecordActivities] = RecordActivities,
+    form_secret: str | None = None,
 ) -> Worker:
-    emails = email_activities(db, TemplateRenderer(templates_dir), smtp, public_url)
+    emails = email_activities(db, TemplateRenderer(templates_dir), smtp, public_url, form_secret=form_secret)
     records = record_activities(db)
     return Worker(
         client,
@@ -59,7 +65,14 @@ async def run_worker(settings: Settings | None = None) -> None:
     db = Database(settings.database_url)
     db.upgrade()
     client = await connect()
-    worker = build_worker(client, db, smtp_config(settings), settings.templates_dir, settings.public_url)
+    worker = build_worker(
+        client,
+        db,
+        smtp_config(settings),
+        settings.templates_dir,
+        settings.public_url,
+        form_secret=form_secret_of(settings),
+    )
     await worker.run()
 
 

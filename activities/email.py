@@ -56,11 +56,22 @@ def _address(recipient: Recipient) -> str:
 
 
 class EmailActivities:
-    def __init__(self, db: Database, renderer: TemplateRenderer, smtp: SmtpConfig, public_url: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        renderer: TemplateRenderer,
+        smtp: SmtpConfig,
+        public_url: str,
+        form_secret: str | None = None,
+    ) -> None:
+        """`form_secret` is the intake's SOPFLOW_FORM_SECRET: with it, `links.forms.<form>` in an email carries the
+        per-form token, so the recipient can open and submit the form; without it the links have no token (and the
+        intake, which has no secret either, refuses every form)."""
         self.db = db
         self.renderer = renderer
         self.smtp = smtp
         self.public_url = public_url.rstrip("/")
+        self.form_secret = form_secret or None
 
     @activity.defn
     async def send_email(self, req: EmailRequest) -> EmailResult:
@@ -69,7 +80,8 @@ class EmailActivities:
         if row.status in ("sent", "partial"):
             earlier = row.error.split(", ") if row.status == "partial" and row.error else []
             return EmailResult(status="already_sent", subject=row.subject, message_id=message_id, refused=earlier)
-        context = {**req.context, "links": links_for(self.public_url, req.deal_id)}
+        # Any form id links (the request names the playbook, not its forms); `playbook validate` checks the ids.
+        context = {**req.context, "links": links_for(self.public_url, req.deal_id, self.form_secret)}
         try:
             rendered = self.renderer.render(req.playbook, req.template, context)
         except RenderError as exc:

@@ -196,7 +196,9 @@ def _build_context(
         "deadline": deadline,
     }
     context.update(_extras(use, stage, forms, deadline))
-    context["links"] = links_for(public_url, deal_id)
+    # Only the playbook's own forms: a template linking to a misspelt form fails the check instead of a live email.
+    # No form secret here, so sample URLs carry no token (previews and checks never hand out working links).
+    context["links"] = links_for(public_url, deal_id, forms=playbook.forms)
     return context, sent
 
 

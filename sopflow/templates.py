@@ -6,15 +6,20 @@ The environment is sandboxed (playbook authors cannot reach Python internals), u
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import jinja2
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
+
+from sopflow.signatures import form_token
 
 
 @dataclass(frozen=True)
@@ -46,10 +51,85 @@ class RenderError(Exception):
         super().__init__(f"template '{template}' ({part}): {message}")
 
 
-def links_for(public_url: str, deal_id: str) -> dict[str, str]:
-    """Links templates may use: `{{ links.forms }}/site_visit` is the deal's site-visit form."""
-    base = public_url.rstrip("/")
-    return {"forms": f"{base}/forms/{deal_id}", "status": f"{base}/deals/{deal_id}"}
+# A form id as playbooks spell them (`sopflow.playbook.Ident`): the only names `links.forms` answers for.
+_FORM_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class FormLinks:
+    """`links.forms`: the deal's web-form URLs by form id, so a template writes `{{ links.forms.site_visit }}`.
+
+    Each URL opens the intake's form page (`GET /forms/<deal>/<form>?token=…`) and carries the per-form token, so
+    the person clicking it can submit that form for that deal and nothing else. Built lazily, because the email
+    activity knows only the playbook's id, not its forms: any form id answers, unless `forms` restricts the ids
+    (the render check passes the playbook's own, so a misspelt form id fails `sopflow playbook validate` instead of
+    mailing a dead link).
+
+    Deliberately not a Mapping: a mapping's `items`, `keys` or `get` would shadow forms of those names in templates.
+    It has no public attributes at all; its state sits in underscore slots, which the sandbox refuses to templates.
+    """
+
+    __slots__ = ("_base", "_deal_id", "_forms", "_secret")
+    # Not iterable: without a form list there is nothing to iterate, and Python would otherwise try __getitem__(0).
+    __iter__ = None
+
+    def __init__(self, base: str, deal_id: str, secret: str | None, forms: Iterable[str] | None) -> None:
+        self._base = base.rstrip("/")
+        self._deal_id = deal_id
+        self._secret = secret or None
+        self._forms = frozenset(forms) if forms is not None else None
+
+    def __getitem__(self, form: str) -> str:
+        known = isinstance(form, str) and bool(_FORM_ID.match(form))
+        if not known or (self._forms is not None and form not in self._forms):
+            raise KeyError(form)
+        url = f"{self._base}/forms/{quote(self._deal_id, safe='')}/{form}"
+        if self._secret is None:
+            return url  # no form secret configured: the intake refuses every post anyway, so no token to give
+        return f"{url}?{urlencode({'token': form_token(self._secret, self._deal_id, form)})}"
+
+    def __getattr__(self, name: str) -> str:
+        # Only reached for names that are not real attributes. Dunder probes (`__html__`, `__deepcopy__`) must get
+        # AttributeError, not a URL: markupsafe and copy look for them with hasattr().
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __contains__(self, form: object) -> bool:
+        try:
+            self[form]  # type: ignore[index]
+        except KeyError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        # The old `{{ links.forms }}/site_visit` produced a URL nobody could open; fail the render loudly instead.
+        raise TypeError("links.forms is not a URL: write {{ links.forms.<form id> }}, e.g. {{ links.forms.closeout }}")
+
+    def __repr__(self) -> str:
+        return f"FormLinks({self._base!r}, {self._deal_id!r}, secret={'set' if self._secret else None})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FormLinks):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[str, str, str | None, frozenset[str] | None]:
+        return (self._base, self._deal_id, self._secret, self._forms)
+
+
+def links_for(
+    public_url: str, deal_id: str, form_secret: str | None = None, forms: Iterable[str] | None = None
+) -> dict[str, FormLinks]:
+    """The `links` every email gets: `{{ links.forms.site_visit }}` is the deal's site-visit form, token included.
+
+    `form_secret` is the intake's (`SOPFLOW_FORM_SECRET`); without it the URLs carry no token. `forms` restricts
+    the form ids templates may link to (see FormLinks). There is no deal status page, hence no `links.status`.
+    """
+    return {"forms": FormLinks(public_url, deal_id, form_secret, forms)}
 
 
 class TemplateRenderer:

@@ -1,4 +1,5 @@
-"""`POST /forms/{deal_id}/{form}`: a web form (JSON or form-encoded) becomes the lifecycle's `submit_form` update.
+"""`POST /forms/{deal_id}/{form}`: a web form (JSON or form-encoded) becomes the lifecycle's `submit_form` update;
+`GET` of the same URL is the HTML form a mailed link opens (`starter.intake.form_pages`).
 
 Authenticated by a token scoped to the deal and the form (`sopflow.signatures.form_token`), passed as `?token=`
 (so a plain HTML form's action URL carries it) or as the `X-Sopflow-Form-Token` header. The token is checked before
@@ -7,6 +8,12 @@ anything else, so an unauthenticated caller learns nothing, not even whether the
 The playbook validates the fields inside the workflow's update validator; its refusal comes back as 422 with one
 message per field when it is about fields, or 409 when the lifecycle refuses the form as such (not open in this
 stage, account already claimed, lifecycle closed).
+
+A browser (an Accept header preferring text/html) gets pages instead of JSON: the form, a thank-you page naming the
+stage the deal is now in, the form again with the per-field messages after a 422, or an error page with the same
+status code. The form is drawn from the deal's playbook as found in `settings.playbooks_dir`, by the id the
+lifecycle reports (`status` query); the lifecycle's own pinned copy of the playbook still validates every post, so
+a form edited since the deal started shows its new fields and the lifecycle names what it does not accept.
 """
 
 from __future__ import annotations
@@ -17,18 +24,24 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
+from temporalio.client import Client, WorkflowExecutionStatus
 
+from sopflow.config import Settings
 from sopflow.models import LifecycleStatus, SubmitForm, valid_deal_id
 from sopflow.signatures import verify_form_token
+from starter.intake import form_pages
 from starter.intake.context import (
     Intake,
     IntakeError,
     LifecycleClosed,
     LifecycleMissing,
     UpdateRejected,
+    client_or_unavailable,
     huge_number,
     parse_json,
+    playbook,
     read_body,
     settings,
     temporal,
@@ -55,18 +68,53 @@ class FormAnswer(BaseModel):
     waiting_on: list[str] = []
 
 
+_TOKEN_QUERY = Query(description="hex HMAC-SHA256(form secret, '<deal_id>:<form>')")
+
+
+@router.get(
+    "/forms/{deal_id}/{form}",
+    response_class=HTMLResponse,
+    summary="The web form a mailed link opens",
+    responses={
+        401: {"description": "missing or wrong form token", "content": {"text/html": {}}},
+        404: {"description": "no lifecycle for that deal, or no such form", "content": {"text/html": {}}},
+        409: {"description": "the lifecycle has ended, or the form is not open now", "content": {"text/html": {}}},
+        503: {"description": "Temporal (or the playbook file) is unavailable: retry", "content": {"text/html": {}}},
+    },
+)
+async def form_page(
+    request: Request,
+    deal_id: str,
+    form: str,
+    token: Annotated[str | None, _TOKEN_QUERY] = None,
+) -> HTMLResponse:
+    """An HTML form for one deal's form, generated from its playbook; it posts back to this URL with the token.
+
+    Checked like a post (token first, then the deal) and refused up front when the post would be refused anyway
+    (lifecycle ended, form not open in the deal's stage), so nobody fills in a form that cannot be accepted.
+    """
+    try:
+        config = settings(request)
+        _authorize(config, deal_id, form, token)
+        view = await _open_form(await client_or_unavailable(request), config, deal_id, form)
+    except IntakeError as exc:
+        return form_pages.error_page(exc)
+    return form_pages.form_page(view, token)
+
+
 @router.post(
     "/forms/{deal_id}/{form}",
     response_model=FormAnswer,
     summary="Submit a web form for a deal",
     responses={
+        200: {"content": {"text/html": {}}, "description": "accepted (a thank-you page when text/html is preferred)"},
         400: {"description": "unparseable body"},
         401: {"description": "missing or wrong form token"},
         404: {"description": "no lifecycle for that deal"},
         409: {"description": "the lifecycle refuses the form (not open in this stage, closed, claimed)"},
         413: {"description": "body too large"},
         415: {"description": "neither JSON nor form-encoded"},
-        422: {"description": "invalid fields: `fields` maps each field to its message"},
+        422: {"description": "invalid fields: `fields` maps each field to its message (HTML: the form again)"},
         503: {"description": "Temporal is unavailable: retry"},
     },
     openapi_extra={
@@ -83,23 +131,56 @@ async def submit_form(
     request: Request,
     deal_id: str,
     form: str,
-    token: Annotated[str | None, Query(description="hex HMAC-SHA256(form secret, '<deal_id>:<form>')")] = None,
+    token: Annotated[str | None, _TOKEN_QUERY] = None,
     x_sopflow_form_token: Annotated[str | None, Header(alias="X-Sopflow-Form-Token")] = None,
-) -> FormAnswer:
-    """Check the token, parse the fields, and let the lifecycle validate and apply them."""
-    config = settings(request)
-    body = await read_body(request, min(config.max_body_bytes, FORM_MAX_BYTES))
+) -> FormAnswer | HTMLResponse:
+    """Check the token, parse the fields, and let the lifecycle validate and apply them.
+
+    Answers JSON, as webhook-style senders expect, unless the request prefers text/html (a browser posting the
+    form page): then every outcome is a page, with the same status code.
+    """
+    given = x_sopflow_form_token or token
+    html = form_pages.prefers_html(request.headers.get("accept"))
+    fields: dict[str, Any] | None = None
+    try:
+        config = settings(request)
+        body = await read_body(request, min(config.max_body_bytes, FORM_MAX_BYTES))
+        _authorize(config, deal_id, form, given)
+        fields = _fields(request.headers.get("content-type"), body)
+        status = await _submit(request, deal_id, form, fields)
+    except IntakeError as exc:
+        if not html:
+            raise
+        if exc.status == 422 and fields is not None:
+            return await _form_again(request, deal_id, form, given, fields, exc)
+        return form_pages.error_page(exc)
+    log.info("form %s for deal %s accepted: stage %s", form, deal_id, status.stage)
+    if html:
+        return form_pages.thanks_page(status.stage_title)
+    return FormAnswer(
+        deal_id=deal_id,
+        form=form,
+        stage=status.stage,
+        stage_title=status.stage_title,
+        open_forms=status.open_forms,
+        waiting_on=status.unmet_gate,
+    )
+
+
+def _authorize(config: Settings, deal_id: str, form: str, token: str | None) -> None:
+    """The token before anything else, so an unauthenticated caller learns nothing, not even whether the deal exists."""
     secret = config.form_secret.get_secret_value() if config.form_secret else ""
     if not secret:
         raise IntakeError(401, "web forms are not enabled here (no form secret configured)")
-    if not verify_form_token(secret, deal_id, form, x_sopflow_form_token or token):
+    if not verify_form_token(secret, deal_id, form, token):
         raise IntakeError(401, "missing or wrong form token")
     if not valid_deal_id(deal_id) or not _FORM.match(form):
         raise IntakeError(404, "no such deal or form")
-    fields = _fields(request.headers.get("content-type"), body)
+
+
+async def _submit(request: Request, deal_id: str, form: str, fields: dict[str, Any]) -> LifecycleStatus:
     if huge_number(fields):
         raise IntakeError(422, f"form '{form}' is invalid", fields={"*": "a number out of range"})
-
     intake = await Intake.of(request)
     client = await intake.client()
     handle = client.get_workflow_handle(workflow_id(deal_id))
@@ -116,15 +197,59 @@ async def submit_form(
         if exc.field_errors:
             raise IntakeError(422, exc.message, fields=exc.field_errors) from None
         raise IntakeError(409, exc.message) from None
-    log.info("form %s for deal %s accepted: stage %s", form, deal_id, status.stage)
-    return FormAnswer(
-        deal_id=deal_id,
-        form=form,
-        stage=status.stage,
-        stage_title=status.stage_title,
-        open_forms=status.open_forms,
-        waiting_on=status.unmet_gate,
-    )
+    return status
+
+
+async def _open_form(client: Client, config: Settings, deal_id: str, form: str) -> form_pages.FormView:
+    """The form as the deal's page shows it, or the IntakeError a post of it would get (404, 409, 503).
+
+    `describe` first: it tells a missing or ended lifecycle apart without a worker, where a query of an ended one
+    would need a worker to replay it.
+    """
+    handle = client.get_workflow_handle(workflow_id(deal_id))
+    try:
+        description = await temporal(handle.describe(), "describe")
+        if description.status not in (None, WorkflowExecutionStatus.RUNNING):
+            raise LifecycleClosed("ended")
+        status: LifecycleStatus = await temporal(handle.query(ClientLifecycle.status), "status query")
+    except LifecycleMissing:
+        raise IntakeError(404, f"deal {deal_id} has no lifecycle") from None
+    except LifecycleClosed:
+        raise IntakeError(409, f"deal {deal_id} is closed: its forms can no longer be submitted") from None
+    if status.outcome is not None:
+        raise IntakeError(409, f"deal {deal_id} is closed: its forms can no longer be submitted")
+    pb = playbook(config, status.playbook)
+    spec = pb.forms.get(form)
+    if spec is None:
+        raise IntakeError(404, f"playbook {pb.id} has no form '{form}'")
+    if pb.version != status.playbook_version:
+        log.info(
+            "form page %s for deal %s: playbook %s is at version %s, the deal runs version %s",
+            form,
+            deal_id,
+            pb.id,
+            pb.version,
+            status.playbook_version,
+        )
+    if form not in status.open_forms:
+        open_now = ", ".join(pb.forms[f].title or f for f in status.open_forms if f in pb.forms) or "none"
+        raise IntakeError(
+            409, f"the {spec.title or form} is not open while the deal is in {status.stage_title} (open: {open_now})"
+        )
+    return form_pages.FormView(deal_id, form, spec, pb.title or pb.id, status.stage_title)
+
+
+async def _form_again(
+    request: Request, deal_id: str, form: str, token: str | None, fields: dict[str, Any], refusal: IntakeError
+) -> HTMLResponse:
+    """After a 422 from a browser: the form again, as typed, with each message next to its field."""
+    errors = refusal.extra.get("fields")
+    try:
+        view = await _open_form(await client_or_unavailable(request), settings(request), deal_id, form)
+    except IntakeError:
+        return form_pages.error_page(refusal)  # the form cannot be drawn: at least list the messages
+    messages = {str(k): str(v) for k, v in errors.items()} if isinstance(errors, dict) else {"*": refusal.message}
+    return form_pages.form_page(view, token, fields, messages, status=422)
 
 
 def _fields(content_type: str | None, body: bytes) -> dict[str, Any]:
@@ -149,6 +274,7 @@ def _fields(content_type: str | None, body: bytes) -> dict[str, Any]:
                 fields[name] = [*previous, text] if isinstance(previous, list) else [previous, text]
             else:
                 fields[name] = text
+        fields = form_pages.browser_fields(fields)
     else:
         raise IntakeError(415, "send application/json or application/x-www-form-urlencoded")
     if len(fields) > MAX_FIELDS:

@@ -6,11 +6,14 @@ sink that drops connections, defers messages or refuses recipients the way real 
 
 from __future__ import annotations
 
+import html
+import re
 import shutil
 from collections import Counter
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import select
@@ -20,6 +23,9 @@ from activities.email import EmailActivities, SmtpConfig, message_id_for
 from sopflow.db import Database, OutboxEmail
 from sopflow.mailsink import MailSink
 from sopflow.models import EmailRequest, Recipient
+from sopflow.playbook import Playbook
+from sopflow.samples import email_uses, sample_context
+from sopflow.signatures import verify_form_token
 from sopflow.templates import TemplateRenderer
 from tests.conftest import TARGETING, TEMPLATES, launched_steps, run, sales_steps
 
@@ -211,3 +217,39 @@ async def test_send_email_builds_a_multipart_message_with_attachments_and_a_key_
     (attachment,) = list(message.iter_attachments())
     assert attachment.get_filename() == "Payor Roster.xlsx" and attachment.get_content() == b"PK\x03\x04 demo roster"
     assert str(message["To"]) == "Clinic Admin <admin@example.com>"
+
+
+async def test_a_sent_emails_form_link_carries_a_token_the_intake_accepts(
+    safe_balance: Playbook, db: Database, smtp_sink: MailSink
+):
+    """The link a rep clicks in "site visit due" opens that deal's site-visit form with a valid per-form token."""
+    secret = "form-secret-for-email-tests"
+    smtp = SmtpConfig(host=smtp_sink.host, port=smtp_sink.port, mail_from="sopflow <sopflow@example.com>")
+    activities = EmailActivities(
+        db, TemplateRenderer(TEMPLATES), smtp, "https://sop.example.com/intake/", form_secret=secret
+    )
+    use = next(use for use in email_uses(safe_balance) if use.template == "visit_due")
+    context = sample_context(safe_balance, use, minimal=False, deal_id="D-77")
+    del context["links"]  # the activity adds them
+    request = EmailRequest(
+        key="deal-D-77/12/visit-due-2",
+        workflow_id="deal-D-77",
+        deal_id="D-77",
+        playbook="safe_balance",
+        template="visit_due",
+        at="2026-01-05T10:00:00Z",  # type: ignore[arg-type]
+        to=[Recipient(role="rep", email="rep@example.com")],
+        context=context,
+    )
+
+    assert (await ActivityEnvironment().run(activities.send_email, request)).status == "sent"
+
+    (message,) = smtp_sink.messages
+    links = re.findall(r'href="([^"]*/forms/[^"]*)"', body(message, "html"))
+    assert len(links) == 1
+    url = urlsplit(html.unescape(links[0]))
+    assert (url.scheme, url.netloc, url.path) == ("https", "sop.example.com", "/intake/forms/D-77/site_visit")
+    token = parse_qs(url.query)["token"][0]
+    assert verify_form_token(secret, "D-77", "site_visit", token)
+    assert not verify_form_token(secret, "D-77", "closeout", token)
+    assert html.unescape(links[0]) in body(message, "plain")

@@ -117,7 +117,9 @@ def test_full_context_has_every_field_and_minimal_only_required_ones(safe_balanc
     # Roles resolve like the engine's: a role without a name is called by its id.
     assert full["roles"]["rep"]["name"] == "Example Rep name" and minimal["roles"]["rep"]["name"] == "rep"
     assert full["stage"] == {"id": "prelaunch", "title": "Pre-launch"} and full["deadline"] is None
-    assert full["links"] == links_for("https://sopflow.example.com", SAMPLE_DEAL_ID)
+    assert full["links"] == links_for("https://sopflow.example.com", SAMPLE_DEAL_ID, forms=safe_balance.forms)
+    # No form secret in samples: previews and checks never hand out a link that works.
+    assert full["links"]["forms"]["site_visit"] == f"https://sopflow.example.com/forms/{SAMPLE_DEAL_ID}/site_visit"
 
 
 def test_extras_match_the_site(safe_balance: Playbook) -> None:
@@ -151,7 +153,8 @@ def test_sample_context_is_built_like_the_engines(safe_balance: Playbook) -> Non
         engine.submit_form(SubmitForm(form=form_id, fields=fields), now)
     queued = [step.email for step in engine.take_steps() if step.email and step.email.template == use.template]
     assert len(queued) == 1
-    actual: dict[str, Any] = {**queued[0].context, "links": links_for("https://sopflow.example.com", SAMPLE_DEAL_ID)}
+    links = links_for("https://sopflow.example.com", SAMPLE_DEAL_ID, forms=safe_balance.forms)
+    actual: dict[str, Any] = {**queued[0].context, "links": links}
     expected["forms"] = {form_id: expected["forms"][form_id] for form_id in actual["forms"]}
     assert actual == expected
 
@@ -182,6 +185,20 @@ def test_the_minimal_variant_catches_an_unguarded_optional_field(safe_balance: P
     assert len(errors) == 1
     assert errors[0].startswith("stages[4].on_enter[0].email: template 'welcome' (subject.txt): ")
     assert "'city'" in errors[0] and "only required fields" in errors[0]
+
+
+def test_a_link_to_a_form_the_playbook_lacks_or_in_the_old_shape_fails_the_check(
+    safe_balance: Playbook, templates_copy: Path
+) -> None:
+    """Emails link to any form id at send time; the check is where a misspelt one (a dead link) is caught."""
+    append(templates_copy, "launch_day", "body.html", '<a href="{{ links.forms.close_out }}">closeout</a>')
+    append(templates_copy, "visit_due", "body.txt", "{{ links.forms }}/site_visit")
+    errors = render_check(safe_balance, TemplateRenderer(templates_copy))
+    assert len(errors) == 2
+    assert errors[0].startswith("stages[5].on_enter[0].email: template 'launch_day' (body.html): ")
+    assert "has no attribute 'close_out'" in errors[0]
+    assert errors[1].startswith("stages[6].cadence.remind.email: template 'visit_due' (body.txt): ")
+    assert "links.forms is not a URL" in errors[1]
 
 
 def test_syntax_errors_and_sandbox_violations_are_reported_not_raised(

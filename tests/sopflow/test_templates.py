@@ -15,13 +15,15 @@ from sopflow.config import PROJECT_ROOT
 from sopflow.engine import Engine
 from sopflow.models import Advance, CompleteTask, ExternalEvent, SetFields, SubmitForm
 from sopflow.playbook import load_playbook, template_names
-from sopflow.templates import Rendered, RenderError, TemplateRenderer
+from sopflow.signatures import form_token
+from sopflow.templates import FormLinks, Rendered, RenderError, TemplateRenderer, links_for
 
 TEMPLATES = PROJECT_ROOT / "templates"
 PLAYBOOK = load_playbook(PROJECT_ROOT / "playbooks" / "safe_balance.yaml")
 ALL_TEMPLATES = sorted(template_names(PLAYBOOK))
 PUBLIC_URL = "https://sop.example.com"
 DEAL_ID = "D-1001"
+FORM_SECRET = "form-secret-for-template-tests"
 
 # Where each template is sent (the deal's stage when the email is queued) and which extras the engine adds.
 SENT_FROM: dict[str, tuple[str, str | None]] = {
@@ -113,9 +115,10 @@ MINIMAL_FORMS: dict[str, dict[str, Any]] = {
 }
 
 
-def links(deal_id: str = DEAL_ID) -> dict[str, str]:
-    """What the email activity adds to the engine's context."""
-    return {"forms": f"{PUBLIC_URL}/forms/{deal_id}", "status": f"{PUBLIC_URL}/deals/{deal_id}"}
+def links(deal_id: str = DEAL_ID) -> dict[str, FormLinks]:
+    """What the email activity adds to the engine's context, restricted to the playbook's forms so a template that
+    links to a form the playbook does not have fails here."""
+    return links_for(PUBLIC_URL, deal_id, FORM_SECRET, PLAYBOOK.forms)
 
 
 def sample_context(template: str, *, minimal: bool = False) -> dict[str, Any]:
@@ -186,8 +189,9 @@ def test_template_renders(renderer: TemplateRenderer, template: str, minimal: bo
     for part in (out.subject, out.text, out.html):
         assert "None" not in part and "{{" not in part and "{%" not in part
     if template in FORM_LINKS:
-        link = f"{PUBLIC_URL}/forms/{DEAL_ID}/{FORM_LINKS[template]}"
-        assert link in out.text and link in out.html
+        form = FORM_LINKS[template]
+        link = f"{PUBLIC_URL}/forms/{DEAL_ID}/{form}?token={form_token(FORM_SECRET, DEAL_ID, form)}"
+        assert link in out.text and f'href="{link}"' in out.html
 
 
 def test_contract_sent_states_the_14_day_deadline(renderer: TemplateRenderer) -> None:
@@ -320,3 +324,41 @@ def test_emails_the_engine_queues_all_render(renderer: TemplateRenderer) -> None
         for out in outs:
             assert out.subject and "\n" not in out.subject and "None" not in out.text + out.html
     assert "within 14 days" in rendered["contract_sent"][0].text
+
+
+def test_form_links_carry_the_token_of_their_deal_and_form_and_work_in_the_sandbox(tmp_path: Path) -> None:
+    folder = tmp_path / "pb" / "links"
+    folder.mkdir(parents=True)
+    (folder / "subject.txt").write_text("{{ links.forms.site_visit }}")
+    (folder / "body.txt").write_text("{{ links.forms['closeout'] }} {{ 'targeting' in links.forms }}")
+    (folder / "body.html").write_text('<a href="{{ links.forms.site_visit }}">visit</a>')
+    out = TemplateRenderer(tmp_path).render("pb", "links", {"links": links_for(PUBLIC_URL + "/", "D:7", "s3cret")})
+
+    visit = f"{PUBLIC_URL}/forms/D%3A7/site_visit?token={form_token('s3cret', 'D:7', 'site_visit')}"
+    assert out.subject == visit
+    assert out.text == f"{PUBLIC_URL}/forms/D%3A7/closeout?token={form_token('s3cret', 'D:7', 'closeout')} True"
+    assert out.html == f'<a href="{visit}">visit</a>'
+    # Without a form secret the intake refuses every post: the links carry no token.
+    assert links_for(PUBLIC_URL, "D-1")["forms"]["site_visit"] == f"{PUBLIC_URL}/forms/D-1/site_visit"
+
+
+@pytest.mark.parametrize(
+    ("expression", "failure"),
+    [
+        ("{{ links.forms }}/site_visit", "links.forms is not a URL"),  # the old shape must not mail a dead link
+        ("{{ links.forms.site_vist }}", "has no attribute 'site_vist'"),  # not a form of the playbook
+        ("{{ links.forms.Site_Visit }}", "has no attribute 'Site_Visit'"),
+        ("{{ links.forms._secret }}", "unsafe"),
+        ("{{ links.forms.__class__.__mro__ }}", "unsafe"),
+        ("{% for form in links.forms %}{% endfor %}", "not iterable"),
+    ],
+)
+@pytest.mark.parametrize("part", ["body.txt", "body.html"])
+def test_form_links_refuse_what_is_not_a_form_link(tmp_path: Path, part: str, expression: str, failure: str) -> None:
+    folder = tmp_path / "pb" / "links"
+    folder.mkdir(parents=True)
+    for name in ("subject.txt", "body.txt", "body.html"):
+        (folder / name).write_text(expression if name == part else "harmless")
+    with pytest.raises(RenderError, match=failure) as refused:
+        TemplateRenderer(tmp_path).render("pb", "links", {"links": links()})
+    assert refused.value.part == part

@@ -1,0 +1,400 @@
+"""The HTML side of web forms: the page a mailed form link opens, and what a browser sees after posting it.
+
+A link in an email (`links.forms.<form>`, see `sopflow.templates.FormLinks`) is opened by a person, not a program,
+so `GET /forms/{deal_id}/{form}?token=…` answers with a plain HTML form generated from the playbook's form spec,
+and a browser's post of that form gets HTML back (a thank-you page, the form again with the field messages, or an
+error page). Server-rendered, no JavaScript, autoescaped; labels, fieldsets and `aria-describedby` messages make it
+usable with a screen reader and a keyboard.
+
+Two hidden-field conventions make a browser's post mean what the person saw (`browser_fields` applies them):
+
+- `_checkbox=<field>`: a bool field shown as a checkbox. Browsers send nothing for an unchecked box, which would read
+  as "not answered" (and fail a required field); with the marker, an absent box is posted as "no".
+- `_multiple=<field>`: a multi_choice field shown as checkboxes. One ticked option arrives as a single text, which
+  the field would split at commas; with the marker it is always a list.
+
+Field names are playbook idents (`[a-z][a-z0-9_]*`), so the leading underscore cannot collide with a real field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+from fastapi.responses import HTMLResponse
+
+from sopflow.playbook import FieldSpec, FormSpec
+from starter.intake.context import RETRY_AFTER_SECONDS, IntakeError
+
+CHECKBOX_MARKER = "_checkbox"
+MULTIPLE_MARKER = "_multiple"
+_FIELD = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# What `sopflow.fields.coerce` reads as yes: a re-rendered checkbox is ticked for these.
+_YES = {"true", "yes", "y", "1", "on"}
+
+# The token is in the page's URL: no caching, no Referer carrying it to another site, no framing (clickjacking),
+# and a policy that allows nothing but the inline style and posting back to this server.
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+
+# --- content negotiation --------------------------------------------------------------------------------------------
+
+
+def prefers_html(accept: str | None) -> bool:
+    """Whether the Accept header ranks text/html above application/json.
+
+    Browsers send `text/html,…,*/*;q=0.8`, so they get pages; API clients send `application/json` or `*/*` (or
+    nothing), which ranks both the same, so they keep getting the JSON answers they always had.
+    """
+    if not accept:
+        return False
+    ranges = [_media_range(part) for part in accept.split(",") if part.strip()]
+    return _quality(ranges, "text", "html") > _quality(ranges, "application", "json")
+
+
+def _media_range(part: str) -> tuple[str, str, float]:
+    media, *params = (piece.strip() for piece in part.split(";"))
+    kind, _, subtype = media.lower().partition("/")
+    quality = 1.0
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "q":
+            try:
+                quality = min(max(float(value), 0.0), 1.0)
+            except ValueError:
+                quality = 0.0
+    return kind, subtype or "*", quality
+
+
+def _quality(ranges: list[tuple[str, str, float]], kind: str, subtype: str) -> float:
+    """The q of the most specific range matching kind/subtype (exact, then kind/*, then */*), 0 if none does."""
+    best: tuple[int, float] = (-1, 0.0)
+    for range_kind, range_subtype, quality in ranges:
+        if (range_kind, range_subtype) == (kind, subtype):
+            specificity = 2
+        elif (range_kind, range_subtype) == (kind, "*"):
+            specificity = 1
+        elif (range_kind, range_subtype) == ("*", "*"):
+            specificity = 0
+        else:
+            continue
+        if specificity > best[0]:
+            best = (specificity, quality)
+    return best[1]
+
+
+# --- what a browser posts -------------------------------------------------------------------------------------------
+
+
+def browser_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Apply the hidden-field conventions (module docstring) to form-encoded fields and drop the markers."""
+    checkboxes = _marked(fields.pop(CHECKBOX_MARKER, None))
+    multiples = _marked(fields.pop(MULTIPLE_MARKER, None))
+    for name in checkboxes:
+        fields.setdefault(name, "no")
+    for name in multiples:
+        if isinstance(fields.get(name), str):
+            fields[name] = [fields[name]]
+    return fields
+
+
+def _marked(value: Any) -> list[str]:
+    names = value if isinstance(value, list) else [] if value is None else [value]
+    return [name for name in names if isinstance(name, str) and _FIELD.match(name)]
+
+
+# --- the form ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FormView:
+    """One deal's form as its page shows it: the spec from the deal's playbook and where the deal stands."""
+
+    deal_id: str
+    form: str
+    spec: FormSpec
+    playbook_title: str
+    stage_title: str
+
+    @property
+    def title(self) -> str:
+        return self.spec.title or _humane(self.form)
+
+
+@dataclass(frozen=True)
+class Option:
+    value: str
+    selected: bool
+
+
+@dataclass(frozen=True)
+class Control:
+    """One field as HTML: `kind` picks the markup (input, checkbox, checkboxes, select)."""
+
+    name: str
+    id: str
+    label: str
+    kind: str
+    required: bool = False
+    input_type: str = "text"
+    inputmode: str | None = None
+    step: str | None = None
+    value: str = ""
+    checked: bool = False
+    options: list[Option] = field(default_factory=list)
+    error: str | None = None
+
+
+# Field type -> (input type, inputmode, step) for the fields shown as a single <input>.
+_INPUTS: dict[str, tuple[str, str | None, str | None]] = {
+    "text": ("text", None, None),
+    "email": ("email", None, None),
+    "date": ("date", None, None),
+    # The browser sends local wall-clock time without an offset; the field reads that as UTC.
+    "datetime": ("datetime-local", None, None),
+    "number": ("number", None, "any"),
+    # Text, not type=number: "1,250.00" and "$1250" are amounts the field accepts, and number inputs refuse them.
+    "money": ("text", "decimal", None),
+}
+
+
+def controls(spec: FormSpec, values: Mapping[str, Any], errors: Mapping[str, str]) -> list[Control]:
+    """The form's fields in playbook order, each with what the person typed (`values`) and its message."""
+    return [_control(name, field_spec, values.get(name), errors.get(name)) for name, field_spec in spec.fields.items()]
+
+
+def _control(name: str, spec: FieldSpec, typed: Any, error: str | None) -> Control:
+    control = Control(name=name, id=f"field-{name}", label=spec.label or _humane(name), kind="input", error=error)
+    if spec.type == "bool":
+        # Always answered (unticked posts "no", see browser_fields), so never marked required.
+        return replace(control, kind="checkbox", checked=str(typed).strip().lower() in _YES)
+    if spec.type in ("choice", "multi_choice"):
+        chosen = {str(item).strip().casefold() for item in (typed if isinstance(typed, list) else [typed])}
+        options = [Option(option, option.casefold() in chosen) for option in spec.options or []]
+        kind = "select" if spec.type == "choice" else "checkboxes"
+        return replace(control, kind=kind, required=spec.required, options=options)
+    input_type, inputmode, step = _INPUTS[spec.type]
+    value = "" if typed is None else ", ".join(map(str, typed)) if isinstance(typed, list) else str(typed)
+    return replace(control, required=spec.required, input_type=input_type, inputmode=inputmode, step=step, value=value)
+
+
+def _humane(ident: str) -> str:
+    return ident.replace("_", " ").capitalize()
+
+
+# --- pages ------------------------------------------------------------------------------------------------------------
+
+_LAYOUT = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<title>{% block title %}{% endblock %}</title>
+<style>
+body { margin: 0; background: #f4f5f7; color: #1d1d1f; font: 16px/1.5 Arial, Helvetica, sans-serif; }
+main { max-width: 40rem; margin: 0 auto; padding: 1.5rem 1rem 3rem; background: #fff; }
+h1 { font-size: 1.6rem; margin: 0 0 .25rem; }
+.context { color: #4b5563; margin: 0 0 1.5rem; }
+.field { margin: 0 0 1.25rem; }
+label, legend { display: block; font-weight: bold; margin: 0 0 .25rem; }
+.required { font-weight: normal; color: #4b5563; }
+input[type=text], input[type=email], input[type=date], input[type=datetime-local], input[type=number], select {
+  box-sizing: border-box; width: 100%; padding: .5rem; font: inherit; border: 2px solid #6b7280; border-radius: 4px; }
+fieldset { border: 0; margin: 0; padding: 0; }
+.choice { display: flex; gap: .5rem; align-items: center; margin: .25rem 0; }
+.choice label { display: inline; font-weight: normal; margin: 0; }
+.choice input { width: 1.25rem; height: 1.25rem; margin: 0; }
+.invalid input, .invalid select { border-color: #b00020; }
+.error { color: #b00020; font-weight: bold; margin: 0 0 .25rem; }
+.summary { border: 3px solid #b00020; padding: .75rem 1rem; margin: 0 0 1.5rem; }
+.summary h2 { font-size: 1.1rem; margin: 0 0 .5rem; }
+.summary a { color: #b00020; }
+button { font: inherit; font-weight: bold; color: #fff; background: #1f4e79; border: 0; border-radius: 4px;
+  padding: .65rem 1.25rem; cursor: pointer; }
+:focus-visible { outline: 3px solid #f0a020; outline-offset: 2px; }
+</style>
+</head>
+<body>
+<main>
+{% block content %}{% endblock %}
+</main>
+</body>
+</html>
+"""
+
+_FORM = """{% extends "layout.html" %}
+{% block title %}{% if errors %}Error: {% endif %}{{ view.title }} | {{ view.playbook_title }}{% endblock %}
+{% block content %}
+<h1>{{ view.title }}</h1>
+<p class="context">{{ view.playbook_title }} · deal {{ view.deal_id }} · {{ view.stage_title }}</p>
+{% if errors %}
+<div class="summary" role="alert" aria-labelledby="summary-title">
+<h2 id="summary-title">Please correct {{ "this answer" if errors | length == 1 else "these answers" }}</h2>
+<ul>
+{% for name, message in errors.items() %}
+{% if name in fields %}
+<li><a href="#field-{{ name }}">{{ fields[name].label }}: {{ message }}</a></li>
+{% else %}
+<li>{{ name }}: {{ message }}</li>
+{% endif %}
+{% endfor %}
+</ul>
+</div>
+{% endif %}
+{% macro described(c) %}{% if c.error %} aria-describedby="{{ c.id }}-error"{% endif %}{% endmacro %}
+{% macro invalid(c) %}{% if c.error %} aria-describedby="{{ c.id }}-error" aria-invalid="true"{% endif %}{% endmacro %}
+<form method="post" action="{{ action }}" accept-charset="utf-8">
+{% for c in controls %}
+<div class="field{% if c.error %} invalid{% endif %}">
+{% if c.kind == "checkbox" %}
+<input type="hidden" name="_checkbox" value="{{ c.name }}">
+{% if c.error %}<p class="error" id="{{ c.id }}-error">{{ c.error }}</p>{% endif %}
+<div class="choice">
+<input type="checkbox" id="{{ c.id }}" name="{{ c.name }}" value="yes"
+{%- if c.checked %} checked{% endif %}{{ invalid(c) }}>
+<label for="{{ c.id }}">{{ c.label }}</label>
+</div>
+{% elif c.kind == "checkboxes" %}
+<input type="hidden" name="_multiple" value="{{ c.name }}">
+<fieldset id="{{ c.id }}" tabindex="-1"{{ described(c) }}>
+<legend>{{ c.label }}{% if c.required %} <span class="required">(required)</span>{% endif %}</legend>
+{% if c.error %}<p class="error" id="{{ c.id }}-error">{{ c.error }}</p>{% endif %}
+{% for option in c.options %}
+<div class="choice">
+<input type="checkbox" id="{{ c.id }}-{{ loop.index }}" name="{{ c.name }}" value="{{ option.value }}"
+{%- if option.selected %} checked{% endif %}>
+<label for="{{ c.id }}-{{ loop.index }}">{{ option.value }}</label>
+</div>
+{% endfor %}
+</fieldset>
+{% elif c.kind == "select" %}
+<label for="{{ c.id }}">{{ c.label }}{% if c.required %} <span class="required">(required)</span>{% endif %}</label>
+{% if c.error %}<p class="error" id="{{ c.id }}-error">{{ c.error }}</p>{% endif %}
+<select id="{{ c.id }}" name="{{ c.name }}"{% if c.required %} required{% endif %}{{ invalid(c) }}>
+<option value="">Choose…</option>
+{% for option in c.options %}
+<option value="{{ option.value }}"{% if option.selected %} selected{% endif %}>{{ option.value }}</option>
+{% endfor %}
+</select>
+{% else %}
+<label for="{{ c.id }}">{{ c.label }}{% if c.required %} <span class="required">(required)</span>{% endif %}</label>
+{% if c.error %}<p class="error" id="{{ c.id }}-error">{{ c.error }}</p>{% endif %}
+<input type="{{ c.input_type }}" id="{{ c.id }}" name="{{ c.name }}" value="{{ c.value }}"
+{%- if c.inputmode %} inputmode="{{ c.inputmode }}"{% endif %}
+{%- if c.step %} step="{{ c.step }}"{% endif %}
+{%- if c.required %} required{% endif %}{{ invalid(c) }}>
+{% endif %}
+</div>
+{% endfor %}
+<button type="submit">Submit</button>
+</form>
+{% endblock %}
+"""
+
+_MESSAGE = """{% extends "layout.html" %}
+{% block title %}{{ title }}{% endblock %}
+{% block content %}
+<h1>{{ title }}</h1>
+{% for paragraph in paragraphs %}
+<p>{{ paragraph }}</p>
+{% endfor %}
+{% if items %}
+<ul>
+{% for item in items %}
+<li>{{ item }}</li>
+{% endfor %}
+</ul>
+{% endif %}
+{% endblock %}
+"""
+
+# Our own templates (not playbook authors'): a plain autoescaping environment, undefined names fail.
+_env = jinja2.Environment(
+    loader=jinja2.DictLoader({"layout.html": _LAYOUT, "form.html": _FORM, "message.html": _MESSAGE}),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _page(template: str, status: int, headers: Mapping[str, str] | None = None, **context: Any) -> HTMLResponse:
+    html = _env.get_template(template).render(**context)
+    return HTMLResponse(html, status_code=status, headers={**_PAGE_HEADERS, **(headers or {})})
+
+
+def form_page(
+    view: FormView,
+    token: str | None,
+    values: Mapping[str, Any] | None = None,
+    errors: Mapping[str, str] | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    """The form, empty or as typed with one message per invalid field (422). It posts to its own URL, token
+    included; the action is relative, so it works behind a proxy that serves the intake under a path prefix."""
+    action = f"{view.form}?{urlencode({'token': token})}" if token else view.form
+    fields = controls(view.spec, values or {}, errors or {})
+    return _page(
+        "form.html",
+        status,
+        view=view,
+        action=action,
+        controls=fields,
+        fields={c.name: c for c in fields},
+        errors=dict(errors or {}),
+    )
+
+
+def thanks_page(stage_title: str) -> HTMLResponse:
+    return _page(
+        "message.html",
+        200,
+        title="Thank you",
+        paragraphs=[f"Thank you, form received; the deal is now in {stage_title}."],
+        items=[],
+    )
+
+
+# What a person needs to read for each refusal. The intake's own messages are written for webhook senders' logs;
+# they are shown where they help (why a form is not open), never for 401 (the caller proved nothing) or 503 (they
+# name Temporal internals).
+_TITLES = {
+    400: "The form could not be read",
+    401: "This link does not work",
+    404: "Form not found",
+    409: "This form cannot be submitted now",
+    413: "The form is too large",
+    415: "The form could not be read",
+    422: "Some answers need correcting",
+    503: "Please try again in a minute",
+}
+
+
+def error_page(exc: IntakeError) -> HTMLResponse:
+    """An IntakeError as a page, with the same status code (and Retry-After for 503) as the JSON answer."""
+    title = _TITLES.get(exc.status, "Something went wrong")
+    if exc.status == 401:
+        paragraphs = [
+            "The link is incomplete, or it belongs to another deal or form. "
+            "Open the form from the link in your most recent email."
+        ]
+    elif exc.status == 503:
+        paragraphs = ["The service is busy or briefly unavailable. Nothing was saved; please try again shortly."]
+    else:
+        paragraphs = [exc.message]
+    fields = exc.extra.get("fields")
+    items = [f"{name}: {message}" for name, message in fields.items()] if isinstance(fields, dict) else []
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status == 503 else None
+    return _page("message.html", exc.status, headers, title=title, paragraphs=paragraphs, items=items)
