@@ -67,6 +67,7 @@ from sopflow.playbook import Playbook, PlaybookError, load_playbook, template_na
 from sopflow.samples import email_uses, render_check, sample_context
 from sopflow.templates import RenderError, TemplateRenderer, links_for
 from starter.connect import ConnectionFailed, connect
+from worker import form_secret_of
 from workflows.lifecycle import ClientLifecycle
 
 app = typer.Typer(
@@ -755,7 +756,7 @@ def template_preview(
         live_playbook = (live.get("playbook") or {}).get("id")
         if live_playbook != pb.id:
             fail(f"deal {deal} runs playbook {live_playbook}, not {pb.id}")
-        context = {**live, "links": links_for(config.public_url, deal)}
+        context = {**live, "links": links_for(config.public_url, deal, form_secret_of(config), list(pb.forms))}
         # Extras exist only where the engine sends the email (a task's reminder, a visit): samples stand in.
         for key in use.extra_keys:
             if context.get(key) is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -22,6 +23,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import uvicorn
+from pydantic import SecretStr
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -59,6 +61,18 @@ _CLI_TYPES = {
 }
 
 
+def with_dev_form_secret(settings: Settings, home: Path) -> Settings:
+    """Without SOPFLOW_FORM_SECRET, the dev stack keeps one of its own in `<home>/form-secret`, so the form links in
+    its emails open working pages, and stay valid across restarts."""
+    if settings.form_secret is not None:
+        return settings
+    path = home / "form-secret"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return settings.model_copy(update={"form_secret": SecretStr(path.read_text().strip())})
+
+
 class DevStackError(RuntimeError):
     """A failure of the local stack, worded for the terminal: the CLI prints it without a traceback."""
 
@@ -92,6 +106,7 @@ async def run_dev(
     console = console or Console()
     home = settings.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
+    settings = with_dev_form_secret(settings, home)
     port = settings.dev_temporal_port
     address = f"{HOST}:{port}"
 
@@ -144,6 +159,8 @@ async def run_dev(
 
         webhooks.use_client(client)
         stack.callback(webhooks.use_client, None)
+        webhooks.use_settings(settings)  # the intake checks the same form tokens the worker puts in email links
+        stack.callback(webhooks.use_settings, None)
         web, web_task = _start_intake(settings, intake_socket)
         stack.push_async_callback(_stop_intake, web, web_task)
         await _wait_until_started(web, web_task)

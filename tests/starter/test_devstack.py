@@ -127,6 +127,9 @@ async def test_dev_stack_serves_everything_and_stops_cleanly(tmp_path: Path) -> 
         message.set_content("hello")
         await aiosmtplib.send(message, hostname=settings.smtp_host, port=settings.smtp_port)
         assert await poll(lambda: any((tmp_path / "mail").glob("*.eml")), 10)
+        # Without SOPFLOW_FORM_SECRET the stack keeps its own, so form links in its emails carry valid tokens.
+        secret = tmp_path / "form-secret"
+        assert len(secret.read_text()) == 64 and secret.stat().st_mode & 0o077 == 0
         assert await poll(lambda: "Welcome aboard" in output.getvalue(), 5)
     finally:
         seconds = await stop(task)
