@@ -1,0 +1,217 @@
+"""Radio station onboarding (seed 001) through the real workflow, activities, SMTP sink and SQLite, time-skipping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sopflow.config import PROJECT_ROOT
+from sopflow.playbook import Playbook, load_playbook
+from sopflow.samples import render_check
+from sopflow.templates import TemplateRenderer
+from starter.rehearse import Rehearsal, load_scenario
+from tests.conftest import run
+
+PLAYBOOK_FILE = PROJECT_ROOT / "playbooks" / "radio_onboarding.yaml"
+TEMPLATES = PROJECT_ROOT / "templates"
+SCENARIOS = PROJECT_ROOT / "playbooks" / "scenarios"
+
+CUSTOMER_BRIEF_TASKS = ["review_brief", "assign_csm"]
+
+
+@pytest.fixture(scope="module")
+def radio() -> Playbook:
+    return load_playbook(PLAYBOOK_FILE, TEMPLATES)
+
+
+def scenario(name: str) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """The deal fields, steps and horizon of a checked-in scenario, so the tests rehearse exactly what authors see."""
+    path: Path = SCENARIOS / f"radio_onboarding_{name}.yaml"
+    load_scenario(path)  # validates the file
+    data = yaml.safe_load(path.read_text())
+    return data["deal"]["fields"], data["steps"], data["until"]
+
+
+def stage_path(result: Rehearsal) -> list[str]:
+    return [e["to"] for e in result.of_kind("stage")]
+
+
+def sent(result: Rehearsal) -> dict[str, list[dict[str, Any]]]:
+    by_template: dict[str, list[dict[str, Any]]] = {}
+    for entry in result.of_kind("email"):
+        by_template.setdefault(entry["template"], []).append(entry)
+    return by_template
+
+
+def mail(result: Rehearsal, template: str) -> list[Any]:
+    return [m for m in result.emails if m["X-Sopflow-Template"] == f"radio_onboarding/{template}"]
+
+
+def test_playbook_validates_and_every_template_renders(radio):
+    assert render_check(radio, TemplateRenderer(TEMPLATES)) == []
+    assert [s.id for s in radio.stages if not s.terminal] == [
+        "customer_brief",
+        "introduction_call",
+        "set_up",
+        "training",
+        "post_training_cs",
+        "post_training_sales",
+    ]
+    assert {s.id: s.terminal for s in radio.stages if s.terminal} == {
+        "deal_won": "won",
+        "closed_lost": "lost",
+        "cancelled": "cancelled",
+    }
+    # Roles, never people: every address in the playbook is a role resolved from deal data or a team setting.
+    assert set(radio.roles) == {"onboarding_lead", "csm", "setup_engineer", "sales_rep", "client_contact"}
+    assert all(value.endswith("example.com") for key, value in radio.settings.items() if key.endswith("_email"))
+
+
+async def test_happy_path_reaches_deal_won_with_every_email_sent_and_every_task_done(ts_env, radio):
+    deal, steps, until = scenario("happy_path")
+    result = await run(ts_env, radio, steps, until=until, deal_id="RADIO-1", deal=deal)
+
+    assert stage_path(result) == [
+        "customer_brief",
+        "introduction_call",
+        "set_up",
+        "training",
+        "post_training_cs",
+        "post_training_sales",
+        "deal_won",
+    ]
+    assert result.status.stage == "deal_won" and result.status.outcome == "won"
+
+    emails = sent(result)
+    expected = {
+        "brief_review_request": ("New onboarding deal: review the customer brief for Example Radio Group", 0.0),
+        "csm_assigned": ("You are the CSM for Example Radio Group", 1.0),
+        "intro_call_invitation": (
+            "Welcome aboard, Example Radio Group: let's schedule your onboarding introduction call",
+            1.0,
+        ),
+        "intro_call_recap": ("Recap of our introduction call (Example Radio Group) and next steps", 6.0),
+        "setup_info_request": ("Set-up: the station and user information we need (Example Radio Group)", 7.0),
+        "setup_details": ("Station set-up: 3 station(s) for Example Radio Group", 10.0),
+        "onboarding_complete": (
+            "Onboarding complete for Example Radio Group: congratulations and what comes next",
+            30.0,
+        ),
+        "sales_handoff": ("Onboarding finished: Example Radio Group is back with Sales", 36.0),
+    }
+    for template, (subject, day) in expected.items():
+        assert [(e["subject"], e["status"]) for e in emails[template]] == [(subject, "sent")], template
+        assert float(emails[template][0]["day"]) == pytest.approx(day, abs=0.01), template
+    schedule = emails["training_schedule"]
+    assert len(schedule) == 1 and schedule[0]["status"] == "sent"
+    assert schedule[0]["subject"].startswith("Your training schedule: first session ")
+    assert set(emails) == {*expected, "training_schedule"}  # no reminder, escalation or closing email
+    assert all(e["status"] == "sent" for entries in emails.values() for e in entries)
+
+    # The messages themselves: right people, the CSM as Reply-To, the forms and resources linked.
+    (invitation,) = mail(result, "intro_call_invitation")
+    assert "gm@example.com" in invitation["To"] and "csm@example.com" in invitation["Reply-To"]
+    (details,) = mail(result, "setup_details")
+    assert "station-setup@example.com" in details["To"] and "csm@example.com" in details["Cc"]
+    (complete,) = mail(result, "onboarding_complete")
+    text = complete.get_body(("plain",)).get_content()
+    assert "/forms/RADIO-1/completion_survey" in text and "https://help.example.com/training" in text
+    assert "sales@example.com" in complete["Cc"]
+    (recap,) = mail(result, "intro_call_recap")
+    assert "https://help.example.com/getting-started" in recap.get_body(("plain",)).get_content()
+
+    done = {e["task"] for e in result.of_kind("task") if e["status"] == "done"}
+    opened = {e["task"] for e in result.of_kind("task") if e["status"] == "opened"}
+    assert opened == done and len(done) == 14
+    assert not result.of_kind("reminder") and not result.of_kind("escalation")
+    # The one early attempt to leave Customer Brief was refused.
+    (rejected,) = result.of_kind("rejected")
+    assert rejected["advance"] == "introduction_call"
+
+
+async def test_leaving_a_stage_with_open_tasks_is_rejected_naming_them(ts_env, radio):
+    deal, _, _ = scenario("happy_path")
+    steps = [
+        {"at": "0d", "advance": "introduction_call"},
+        {"at": "0d", "form": "customer_brief_review", "fields": {"information_complete": "yes"}},
+        {"at": "0d", "form": "csm_assignment", "fields": {"csm_email": "csm@example.com"}},
+        {"at": "0d", "task": "review_brief"},
+        {"at": "1d", "advance": "introduction_call"},  # assign_csm still open
+        {"at": "1d", "task": "assign_csm"},
+        {"at": "1d", "advance": "introduction_call"},
+        {"at": "2d", "advance": "set_up"},  # nothing of stage 2 done yet
+    ]
+    result = await run(ts_env, radio, steps, until="3d", deal_id="RADIO-3", deal=deal)
+
+    first, second, third = (e["reason"] for e in result.of_kind("rejected"))
+    for task in CUSTOMER_BRIEF_TASKS:
+        assert f"task '{task}' not done" in first
+    assert "form 'customer_brief_review' not submitted" in first and "form 'csm_assignment' not submitted" in first
+    assert "task 'assign_csm' not done" in second and "review_brief" not in second
+    assert third.startswith("cannot leave 'introduction_call' for 'set_up'")
+    for task in ("schedule_intro_call", "hold_intro_call"):
+        assert f"task '{task}' not done" in third
+    assert "form 'intro_call_outcome' not submitted" in third
+    assert stage_path(result) == ["customer_brief", "introduction_call"]
+    assert result.status.stage == "introduction_call"
+
+
+async def test_brief_with_missing_contract_information_cannot_leave_customer_brief(ts_env, radio):
+    deal, _, _ = scenario("happy_path")
+    incomplete = {k: v for k, v in deal.items() if k not in ("contract_signed", "payment_type")}
+    steps = [
+        {"at": "0d", "form": "customer_brief_review", "fields": {"information_complete": "no"}},
+        {"at": "0d", "form": "csm_assignment", "fields": {"csm_email": "csm@example.com"}},
+        {"at": "0d", "task": "review_brief"},
+        {"at": "0d", "task": "assign_csm"},
+        {"at": "1d", "advance": "introduction_call"},
+        {"at": "2d", "close": "lost", "fields": {"lost_reason": "Contract never signed"}, "reason": "No contract"},
+    ]
+    result = await run(ts_env, radio, steps, until="3d", deal_id="RADIO-4", deal=incomplete)
+
+    (rejected,) = result.of_kind("rejected")
+    assert "payment_type" in rejected["reason"] and "the signed contract is not on the deal" in rejected["reason"]
+    assert "the brief review found information missing" in rejected["reason"]
+    assert stage_path(result) == ["customer_brief", "closed_lost"]
+    (closed,) = sent(result)["onboarding_closed"]
+    assert closed["subject"] == "Deal lost: Example Radio Group" and closed["status"] == "sent"
+    assert "Contract never signed" in mail(result, "onboarding_closed")[0].get_body(("plain",)).get_content()
+
+
+async def test_stalled_training_reminds_the_csm_escalates_to_the_lead_and_the_client_cancels(ts_env, radio):
+    deal, steps, until = scenario("training_stalls")
+    result = await run(ts_env, radio, steps, until=until, deal_id="RADIO-2", deal=deal)
+
+    training = next(e for e in result.of_kind("stage") if e["to"] == "training")
+    entered = float(training["day"])
+    assert entered == pytest.approx(14.0, abs=0.01)
+
+    reminders = [(e["task"], float(e["day"])) for e in result.of_kind("reminder")]
+    assert reminders == [
+        ("conduct_training", pytest.approx(entered + 21, abs=0.01)),
+        ("training_follow_ups", pytest.approx(entered + 28, abs=0.01)),
+    ]
+    (escalation,) = result.of_kind("escalation")
+    assert escalation["task"] == "conduct_training"
+    assert float(escalation["day"]) == pytest.approx(entered + 21 + 7, abs=0.01)
+    escalated = mail(result, "task_escalation")
+    assert len(escalated) == 1
+    assert "onboarding@example.com" in escalated[0]["To"] and "sales@example.com" in escalated[0]["Cc"]
+    overdue = [e for e in sent(result)["task_overdue"] if e["status"] == "sent"]
+    assert [e["to"] for e in overdue] == [["csm"], ["csm"]]
+
+    (rejected,) = result.of_kind("rejected")
+    assert "task 'conduct_training' not done" in rejected["reason"]
+    assert "form 'training_session' not submitted" in rejected["reason"]
+
+    assert stage_path(result)[-2:] == ["training", "cancelled"]
+    assert result.status.stage == "cancelled" and result.status.outcome == "cancelled"
+    (closed,) = sent(result)["onboarding_closed"]
+    assert closed["subject"] == "Onboarding cancelled: Example Community Radio" and closed["status"] == "sent"
+    body = mail(result, "onboarding_closed")[0].get_body(("plain",)).get_content()
+    assert "Station sold; the new owner keeps the legacy system" in body
+    # Closed: no reminder after the cancellation.
+    assert all(float(e["day"]) <= 50 for e in result.of_kind("reminder") + result.of_kind("escalation"))
