@@ -1,0 +1,215 @@
+"""MedTrainer CSM onboarding (seed 003) through the real workflow, activities and SMTP sink on the time-skipping server.
+
+The welcome email's rosters depend on the tier and on Credentialing Software; the same-day call escalates to the
+Team Lead; the recap carries the CPR course files; an admin who never schedules is reminded, then escalated.
+"""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sopflow.mailsink import MailSink
+from sopflow.playbook import Playbook, load_playbook
+from sopflow.samples import render_check
+from sopflow.templates import TemplateRenderer
+from starter.rehearse import Rehearsal
+from tests.conftest import PLAYBOOKS, TEMPLATES, run
+
+PLAYBOOK_FILE = PLAYBOOKS / "medtrainer_onboarding.yaml"
+SCENARIOS = PLAYBOOKS / "scenarios"
+TEMPLATE = "medtrainer_onboarding/{}"
+
+STANDARD_SETUP = ["Initial Account Configuration Roster.xlsx", "Initial Organization Management Setup.pdf"]
+BASIC_CREDENTIALING = ["Payor Roster.xlsx", "Verification & Documents Roster.xlsx"]
+CPR_FILES = ["CPR Brochure.pdf", "CPR Document.pdf"]
+
+
+def deal(tier: str, credentialing_software: bool, **extra: Any) -> dict[str, Any]:
+    return {
+        "account_name": "Harbor Family Clinic",
+        "admin_email": "admin@example.com",
+        "csm_email": "csm@example.com",
+        "team_lead_email": "lead@example.com",
+        "rsm_email": "rsm@example.com",
+        "tier": tier,
+        "credentialing_software": credentialing_software,
+        **extra,
+    }
+
+
+def happy_steps() -> list[dict[str, Any]]:
+    """Intro call within hours, call booked for day 5, preparation done by day 3, call held and logged on day 5."""
+    return [
+        {"at": "2h", "task": "intro_call"},
+        {"at": "3h", "set": {"onboarding_call_scheduled_for": "$today+5d"}},
+        {"at": "1d", "form": "kyc_survey", "fields": {"organization_type": "Family medicine", "employees": 45}},
+        {"at": "1d", "task": "account_review"},
+        {"at": "2d", "task": "discovery_sync"},
+        {"at": "3d", "task": "presentation"},
+        {
+            "at": "5d",
+            "form": "onboarding_call",
+            "fields": {"held_on": "$today", "training_dates": "Admin training Dec 2, staff training Dec 9"},
+        },
+        {"at": "5d", "task": "activity_logged"},
+    ]
+
+
+def sent(messages: list[EmailMessage], template: str) -> list[EmailMessage]:
+    return [m for m in messages if m["X-Sopflow-Template"] == TEMPLATE.format(template)]
+
+
+def attachment_names(message: EmailMessage) -> list[str]:
+    return sorted(part.get_filename() or "" for part in message.iter_attachments())
+
+
+def stage_moves(result: Rehearsal) -> list[tuple[str, float]]:
+    return [(e["to"], float(e["day"])) for e in result.of_kind("stage")]
+
+
+@pytest.fixture(scope="module")
+def medtrainer() -> Playbook:
+    return load_playbook(PLAYBOOK_FILE, TEMPLATES)
+
+
+def test_the_playbook_loads_with_its_templates_and_every_template_renders(medtrainer: Playbook) -> None:
+    assert render_check(medtrainer, TemplateRenderer(TEMPLATES)) == []
+    assert set(medtrainer.roles) == {"csm", "team_lead", "rsm", "cs_operations", "client_admin"}
+    assert medtrainer.deal["tier"].options == ["Basic", "Standard", "Premium"]
+    assert medtrainer.deal["onboarding_call_scheduled_for"].type == "date"
+
+
+@pytest.mark.parametrize(
+    ("tier", "credentialing", "expected"),
+    [
+        ("Basic", True, BASIC_CREDENTIALING),
+        ("Basic", False, []),
+        ("Standard", False, STANDARD_SETUP),
+        ("Premium", True, [*STANDARD_SETUP, "Credentialing Information Roster.xlsx"]),
+    ],
+)
+async def test_the_welcome_email_carries_the_rosters_of_the_tier_and_credentialing_software(
+    ts_env, medtrainer, tier, credentialing, expected
+):
+    with MailSink() as sink:
+        result = await run(
+            ts_env, medtrainer, [], until="1h", deal=deal(tier, credentialing), deal_id=f"MT-{tier}", sink=sink
+        )
+        received = list(sink.messages)
+
+    (welcome,) = sent(received, "welcome")
+    assert attachment_names(welcome) == sorted(expected)
+    assert "admin@example.com" in welcome["To"] and "csm@example.com" in welcome["Reply-To"]
+    assert result.status.stage == "assigned"
+
+
+async def test_the_same_day_call_reminds_the_csm_and_escalates_to_the_team_lead_when_overdue(ts_env, medtrainer):
+    result = await run(ts_env, medtrainer, [], until="12h", deal=deal("Standard", False))
+
+    reminder = next(e for e in result.of_kind("reminder") if e.get("task") == "intro_call")
+    escalation = next(e for e in result.of_kind("escalation") if e.get("task") == "intro_call")
+    assert float(reminder["day"]) * 24 == pytest.approx(8.0, abs=0.05)
+    assert float(escalation["day"]) * 24 == pytest.approx(9.0, abs=0.05)
+    (escalated,) = sent(result.emails, "task_escalation")
+    assert "lead@example.com" in escalated["To"] and "csm@example.com" in escalated["Cc"]
+    assert len(sent(result.emails, "task_overdue")) == 1
+
+
+async def test_a_call_made_in_time_is_never_escalated(ts_env, medtrainer):
+    result = await run(ts_env, medtrainer, [{"at": "2h", "task": "intro_call"}], until="1d", deal=deal("Basic", True))
+
+    assert not [e for e in result.of_kind("escalation") if e.get("task") == "intro_call"]
+    assert not sent(result.emails, "task_escalation")
+
+
+async def test_the_happy_path_reaches_onboarded_and_the_recap_carries_the_cpr_files(ts_env, medtrainer):
+    with MailSink() as sink:
+        result = await run(ts_env, medtrainer, happy_steps(), until="8d", deal=deal("Premium", True), sink=sink)
+        received = list(sink.messages)
+
+    moves = stage_moves(result)
+    assert [to for to, _ in moves] == ["assigned", "preparation", "recap", "onboarded"]
+    assert moves[1][1] == pytest.approx(3 / 24, abs=0.01)
+    assert moves[2][1] == pytest.approx(5.0, abs=0.01) and moves[3][1] == pytest.approx(5.0, abs=0.01)
+    assert result.status.stage == "onboarded" and result.status.outcome == "won"
+
+    (recap,) = sent(received, "recap")
+    assert attachment_names(recap) == CPR_FILES
+    body = recap.get_body(("plain",))
+    assert body is not None and "Admin training Dec 2, staff training Dec 9" in body.get_content()
+    recap_day = next(float(e["day"]) for e in result.of_kind("email") if e["template"] == "recap")
+    assert recap_day == pytest.approx(5.0, abs=0.01)  # the same day as the call
+    # Scheduled in time: no reminder to the admin; the CSM and RSM are reminded the day before the call.
+    assert not sent(received, "scheduling_reminder")
+    (prep,) = sent(received, "prep_reminder")
+    assert "rsm@example.com" in prep["Cc"]
+    prep_day = next(float(e["day"]) for e in result.of_kind("email") if e["template"] == "prep_reminder")
+    assert prep_day == pytest.approx(4 + 3 / 24, abs=0.01)
+
+
+async def test_the_call_form_waits_until_the_discovery_sync_and_presentation_are_done(ts_env, medtrainer):
+    steps = [
+        {"at": "1h", "set": {"onboarding_call_scheduled_for": "$today+2d"}},
+        {"at": "2d", "form": "onboarding_call", "fields": {"held_on": "$today", "training_dates": "Dec 2"}},
+        {"at": "2d1h", "task": "account_review"},
+        {"at": "2d1h", "task": "discovery_sync"},
+        {"at": "2d2h", "task": "presentation"},
+    ]
+    result = await run(ts_env, medtrainer, steps, until="2d3h", deal=deal("Standard", False))
+
+    recap_move = next(day for to, day in stage_moves(result) if to == "recap")
+    assert recap_move == pytest.approx(2 + 2 / 24, abs=0.01)
+
+
+async def test_an_admin_who_never_schedules_is_reminded_then_escalated_and_the_account_is_cancelled(ts_env, medtrainer):
+    scenario = yaml.safe_load(Path(SCENARIOS / "medtrainer_onboarding_basic_no_call.yaml").read_text())
+    result = await run(
+        ts_env,
+        medtrainer,
+        scenario["steps"],
+        until=scenario["until"],
+        deal=scenario["deal"]["fields"],
+        deal_id=scenario["deal"]["id"],
+    )
+
+    reminders = [m for m in result.emails if m["X-Sopflow-Template"] == TEMPLATE.format("scheduling_reminder")]
+    assert len(reminders) == 2
+    assert all(attachment_names(m) == sorted(BASIC_CREDENTIALING) for m in reminders)
+    reminder_days = [float(e["day"]) for e in result.of_kind("email") if e["template"] == "scheduling_reminder"]
+    assert reminder_days == pytest.approx([2.0, 5.0], abs=0.01)
+    escalated = next(e for e in result.of_kind("stage") if e["to"] == "escalated")
+    assert escalated["trigger"] == "deadline" and float(escalated["day"]) == pytest.approx(7.0, abs=0.01)
+    (unresponsive,) = sent(result.emails, "not_scheduled")
+    assert "lead@example.com" in unresponsive["To"]
+    assert len(sent(result.emails, "escalation_case")) == 1
+    assert result.status.stage == "cancelled" and result.status.outcome == "cancelled"
+
+
+async def test_a_missed_onboarding_call_opens_an_escalation_case_and_a_rescheduled_call_goes_back_to_preparation(
+    ts_env, medtrainer
+):
+    steps = [
+        {"at": "1h", "set": {"onboarding_call_scheduled_for": "$today+3d"}},
+        {"at": "1d", "task": "account_review"},
+        {"at": "1d", "task": "discovery_sync"},
+        {"at": "1d", "task": "presentation"},
+        {"at": "4d6h", "advance": "preparation"},  # rejected: the escalation case is not created yet
+        {"at": "4d6h", "task": "escalation_case"},
+        {"at": "4d7h", "set": {"onboarding_call_scheduled_for": "$today+4d"}},
+        {"at": "4d7h", "advance": "preparation"},
+    ]
+    result = await run(ts_env, medtrainer, steps, until="5d", deal=deal("Premium", False))
+
+    escalated = next(e for e in result.of_kind("stage") if e["to"] == "escalated")
+    assert escalated["trigger"] == "deadline" and "not held" in escalated["reason"]
+    assert float(escalated["day"]) == pytest.approx(4 + 1 / 24, abs=0.01)  # the day after the scheduled call
+    assert len(sent(result.emails, "call_missed")) == 1
+    assert any("escalation_case" in e["reason"] for e in result.of_kind("rejected"))
+    assert [to for to, _ in stage_moves(result)][-2:] == ["escalated", "preparation"]
+    assert result.status.stage == "preparation"
+    assert {task.id for task in result.status.open_tasks} == {"account_review", "discovery_sync", "presentation"}
