@@ -1,0 +1,266 @@
+"""Health Prime sales pipeline (seed 002) through the real workflow, activities, SMTP sink and SQLite, time-skipping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sopflow.config import PROJECT_ROOT
+from sopflow.playbook import Playbook, load_playbook
+from sopflow.samples import render_check
+from sopflow.templates import TemplateRenderer
+from starter.rehearse import Rehearsal, load_scenario
+from tests.conftest import run
+
+PLAYBOOK_FILE = PROJECT_ROOT / "playbooks" / "health_prime_sales.yaml"
+TEMPLATES = PROJECT_ROOT / "templates"
+SCENARIOS = PROJECT_ROOT / "playbooks" / "scenarios"
+
+DEAL = {
+    "pipeline": "New Business",
+    "sales_rep_email": "rep@example.com",
+    "sales_rep_name": "Sales Rep",
+    "sales_rep_id": "owner-201",
+    "contact_lifecycle": "Target",
+    "company_name": "Example Clinic",
+}
+SQL_DONE = {"enterprise_deal_status": "yes", "hp_products": ["RCM"]}
+ENGAGED_DONE = {
+    "scope_of_services": "RCM",
+    "number_of_providers": 5,
+    "annual_practice_collections": "1000000",
+    "next_steps": "Proposal call",
+}
+
+
+def missing(name: str, label: str) -> str:
+    return f"deal field '{name}' ({label}) is not set"
+
+
+SQL_MISSING = [
+    missing("enterprise_deal_status", "Enterprise Deal Status"),
+    missing("hp_products", "HP Product"),
+]
+ENGAGED_MISSING = [
+    missing("scope_of_services", "Likely scope of services"),
+    missing("number_of_providers", "Number of Providers"),
+    missing("annual_practice_collections", "Annual Practice Collections"),
+    missing("next_steps", "Next steps"),
+]
+# With SQL and Engaged done (and Deal Owner, HP Product, collections, providers, company name already known), these
+# are exactly the Proposal properties still missing: the SOP's list and the S&OP deal and company properties.
+PROPOSAL_MISSING = [
+    missing("deal_meeting_required", "Deal Meeting Required"),
+    "Deal Approval Status is not Approved (deal_approval_status)",
+    missing("rate_range", "Rate Range"),
+    missing("pricing_model", "Pricing Model"),
+    "Verbal Commit Status is not Yes (verbal_commit_status)",
+    "Contract Status is not 'Proposal sent' (contract_status)",
+    missing("data_confidence", "Level of Confidence in Client Data"),
+    "S&OP Required Information is not populated (sop_snippet_added: type #S&OP in the deal notes)",
+    missing("term_months", "Term (Months)"),
+    missing("deal_amount", "Deal Amount"),
+    missing("arr_at_signing", "Annual Recurring Revenue (ARR) at Signing"),
+    missing("non_recurring_revenue", "Non-Recurring Revenue"),
+    missing("target_go_live_date", "Projected/Target Go Live Date"),
+    missing("legacy_pm", "Legacy PM"),
+    missing("legacy_ehr", "Legacy EHR"),
+    missing("tax_id_count", "How many Tax ID's will be used by this practice?"),
+    missing("annual_practice_charges", "Annual Practice Charges"),
+    missing("annual_visits", "Annual Visits"),
+    missing("backlog_details", "Backlog Details"),
+    missing("user_license_restrictions", "Are there any user license restrictions?"),
+    missing("contract_provisions", "Any specific contract provisions or handling?"),
+    missing("business_unit", "Business Unit"),
+    missing("provider_specialty", "Provider Specialty"),
+    missing("number_of_locations", "Number of locations"),
+    missing("current_pm", "Current PM"),
+    missing("current_ehr", "Current EHR"),
+    missing("current_rcm_processing", "Current RCM Processing"),
+    missing("rcm_rate", "RCM Rate"),
+    missing("minimum", "Minimum"),
+    missing("support_global_note", "Support Global Note"),
+    missing("division", "Division"),
+]
+WON_MISSING = [
+    missing("quoted_rcm_rate", "Quoted RCM Rate"),
+    "Contract Status is not 'Proposal signed' (contract_status)",
+    "Onboarding Questionnaire is not Uploaded (onboarding_questionnaire)",
+    missing("nda_status", "NDA Status"),
+    missing("baa_status", "BAA Status"),
+]
+
+
+@pytest.fixture(scope="module")
+def hps() -> Playbook:
+    return load_playbook(PLAYBOOK_FILE, TEMPLATES)
+
+
+def scenario(name: str) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    path: Path = SCENARIOS / f"health_prime_sales_{name}.yaml"
+    load_scenario(path)  # validates the file
+    data = yaml.safe_load(path.read_text())
+    return data["deal"]["fields"], data["steps"], data["until"]
+
+
+def stage_path(result: Rehearsal) -> list[str]:
+    return [e["to"] for e in result.of_kind("stage")]
+
+
+def sent(result: Rehearsal) -> dict[str, list[dict[str, Any]]]:
+    by_template: dict[str, list[dict[str, Any]]] = {}
+    for entry in result.of_kind("email"):
+        by_template.setdefault(entry["template"], []).append(entry)
+    return by_template
+
+
+def mail(result: Rehearsal, template: str) -> list[Any]:
+    return [m for m in result.emails if m["X-Sopflow-Template"] == f"health_prime_sales/{template}"]
+
+
+def listed(rejection: dict[str, Any], to: str) -> list[str]:
+    """The items a rejected advance names, in order."""
+    reason = rejection["reason"]
+    prefix = f"for '{to}': "
+    assert prefix in reason, reason
+    return reason.split(prefix, 1)[1].split("; ")
+
+
+def test_playbook_validates_and_every_template_renders(hps):
+    assert render_check(hps, TemplateRenderer(TEMPLATES)) == []
+    assert [s.id for s in hps.stages if not s.terminal] == ["sql", "engaged", "proposal", "partner_of_choice"]
+    assert {s.id: s.terminal for s in hps.stages if s.terminal} == {
+        "closed_won": "won",
+        "closed_lost": "lost",
+        "backed_out": "cancelled",
+    }
+    assert hps.deal["pipeline"].options == ["New Business", "Expansion", "Upsell"]
+    assert hps.deal["contact_lifecycle"].options == [
+        "Target",
+        "Marketing Qualified Lead",
+        "Sales Qualified Lead",
+        "Customer",
+        "Exclude from Marketing",
+        "Additional Sales Contact",
+        "Recycled",
+    ]
+    assert set(hps.roles) == {"sales_rep", "sdr", "sales_vp", "onboarding_team", "marketing"}
+    assert all(value.endswith("@example.com") for key, value in hps.settings.items() if key.endswith("_email"))
+
+
+async def test_advancing_out_of_each_stage_names_exactly_the_missing_properties(ts_env, hps):
+    steps = [
+        {"at": "1d", "advance": "engaged"},
+        {"at": "2d", "set": SQL_DONE},
+        {"at": "2d", "advance": "engaged"},
+        {"at": "3d", "advance": "proposal"},
+        {"at": "4d", "set": ENGAGED_DONE},
+        {"at": "4d", "advance": "proposal"},
+        {"at": "5d", "advance": "partner_of_choice"},
+    ]
+    result = await run(ts_env, hps, steps, until="6d", deal_id="HP-T1", deal=DEAL)
+
+    sql, engaged, proposal = result.of_kind("rejected")
+    assert listed(sql, "engaged") == SQL_MISSING
+    assert listed(engaged, "proposal") == ENGAGED_MISSING
+    assert listed(proposal, "partner_of_choice") == PROPOSAL_MISSING
+    assert stage_path(result) == ["sql", "engaged", "proposal"]
+    assert result.status.stage == "proposal"
+    # A new-business deal in SQL makes its contact a Sales Qualified Lead.
+    assert result.status.fields["contact_lifecycle"] == "Sales Qualified Lead"
+
+
+async def test_won_path_rejects_an_incomplete_close_then_wins_by_itself_and_hands_off(ts_env, hps):
+    deal, steps, until = scenario("won")
+    result = await run(ts_env, hps, steps, until=until, deal_id="HP-1", deal=deal)
+
+    assert stage_path(result) == ["sql", "engaged", "proposal", "partner_of_choice", "closed_won"]
+    sql, won = result.of_kind("rejected")
+    assert listed(sql, "engaged") == SQL_MISSING
+    assert listed(won, "closed_won") == [
+        "Contract Status is not 'Proposal signed' (contract_status)",
+        "Onboarding Questionnaire is not Uploaded (onboarding_questionnaire)",
+    ]
+    won_entry = result.of_kind("stage")[-1]
+    assert won_entry["trigger"] == "condition" and float(won_entry["day"]) == pytest.approx(49.0, abs=0.01)
+    assert result.status.outcome == "won"
+    assert result.status.fields["contact_lifecycle"] == "Customer"
+    assert result.status.fields["client_status"] == "Signed"
+
+    (ticket,) = sent(result)["implementation_ticket"]
+    assert ticket["status"] == "sent" and ticket["to"] == ["onboarding_team"]
+    (message,) = mail(result, "implementation_ticket")
+    assert "onboarding@example.com" in message["To"] and "rep@example.com" in message["Cc"]
+    body = message.get_body(("plain",)).get_content()
+    for expected in (
+        "Example Family Practice",
+        "RCM, Credentialing",
+        "Sep 01, 2026",
+        "5%",
+        "Percentage of collections",
+    ):
+        assert expected in body
+    (closeout,) = mail(result, "won_closeout")
+    assert "Example Family Practice_Calculator" in closeout.get_body(("plain",)).get_content()
+
+
+async def test_lost_moves_by_itself_once_both_reasons_are_filled_and_recycles_the_contact(ts_env, hps):
+    deal, steps, until = scenario("lost")
+    result = await run(ts_env, hps, steps, until=until, deal_id="HP-2", deal=deal)
+
+    assert stage_path(result) == ["sql", "engaged", "proposal", "closed_lost"]
+    lost = result.of_kind("stage")[-1]
+    # Not on day 30 (category only): on day 31, when the details complete the pair, although Proposal is unfinished.
+    assert lost["trigger"] == "condition" and float(lost["day"]) == pytest.approx(31.0, abs=0.01)
+    assert result.status.outcome == "lost"
+    assert result.status.fields["contact_lifecycle"] == "Recycled"
+    assert [e["to"] for e in sent(result)["deal_lost"]] == [["sales_rep"], ["marketing"]]
+    body = mail(result, "deal_lost")[0].get_body(("plain",)).get_content()
+    assert "Timing" in body and "renewing with the current vendor" in body
+
+
+async def test_lost_from_sql_for_an_existing_client_keeps_the_contact_a_customer(ts_env, hps):
+    deal = {**DEAL, "pipeline": "Expansion"}
+    steps = [
+        {"at": "1d", "set": {"lost_reason_details": "New location postponed"}},
+        {"at": "2d", "set": {"lost_reason_category": "Not a fit"}},
+    ]
+    result = await run(ts_env, hps, steps, until="3d", deal_id="HP-T2", deal=deal)
+
+    assert stage_path(result) == ["sql", "closed_lost"]
+    assert float(result.of_kind("stage")[-1]["day"]) == pytest.approx(2.0, abs=0.01)
+    assert result.status.fields["contact_lifecycle"] == "Customer"
+    # Not recycled: only the rep and the Sales VP hear of it.
+    assert [e["to"] for e in sent(result)["deal_lost"]] == [["sales_rep"]]
+
+
+async def test_partner_of_choice_with_nothing_filled_names_every_won_property(ts_env, hps):
+    steps = [
+        {"at": "1d", "set": SQL_DONE},
+        {"at": "1d", "advance": "engaged"},
+        {"at": "2d", "set": ENGAGED_DONE},
+        {"at": "2d", "advance": "proposal"},
+        {"at": "3d", "set": _proposal_done()},
+        {"at": "3d", "advance": "partner_of_choice"},
+        {"at": "4d", "advance": "closed_won"},
+        {"at": "5d", "close": "cancelled", "fields": {"back_out_reason": "Bad fit after signing"}, "reason": "VP"},
+    ]
+    result = await run(ts_env, hps, steps, until="6d", deal_id="HP-T3", deal=DEAL)
+
+    (rejected,) = result.of_kind("rejected")
+    assert listed(rejected, "closed_won") == WON_MISSING
+    assert stage_path(result) == ["sql", "engaged", "proposal", "partner_of_choice", "backed_out"]
+    assert result.status.outcome == "cancelled"
+    assert result.status.fields["client_status"] == "Backed out"
+    assert result.status.fields["contact_lifecycle"] == "Marketing Qualified Lead"
+    (backed,) = mail(result, "deal_backed_out")
+    assert "sales-vp@example.com" in backed["To"] and "onboarding@example.com" in backed["To"]
+    assert "Bad fit after signing" in backed.get_body(("plain",)).get_content()
+
+
+def _proposal_done() -> dict[str, Any]:
+    _, steps, _ = scenario("won")
+    return next(s["set"] for s in steps if "set" in s and "deal_approval_status" in s["set"])
