@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ def launched_steps() -> list[dict[str, Any]]:
 async def run(
     env: WorkflowEnvironment,
     playbook: Playbook,
-    steps: list[dict[str, Any]],
+    steps: Sequence[Any],
     until: str,
     deal_id: str = "D-1",
     deal: dict[str, Any] | None = None,
