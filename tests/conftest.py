@@ -6,10 +6,12 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -23,11 +25,12 @@ from sopflow.mailsink import MailSink
 from sopflow.models import LifecycleInput
 from sopflow.playbook import Playbook, load_playbook
 from starter.binaries import temporal_cli
-from starter.rehearse import Rehearsal, Scenario, rehearse, start_test_env
+from starter.rehearse import Rehearsal, Scenario, load_scenario, rehearse, start_test_env
 from worker import build_worker
 
 TEMPLATES = PROJECT_ROOT / "templates"
 PLAYBOOKS = PROJECT_ROOT / "playbooks"
+SCENARIOS = PLAYBOOKS / "scenarios"
 
 # --- a Safe Balance deal, as the lifecycle tests drive it ---------------------------------------------------------
 
@@ -172,3 +175,38 @@ def safe_balance() -> Playbook:
 def make_worker(client: Client, db: Database, sink: MailSink) -> Worker:
     smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
     return build_worker(client, db, smtp, TEMPLATES, task_queue=f"tq-{uuid.uuid4()}")
+
+
+# --- reading rehearsals -------------------------------------------------------------------------------------------
+
+
+def checked_in_scenario(name: str) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """A shipped scenario's deal fields, steps and horizon, so tests rehearse exactly what SOP authors see."""
+    path = SCENARIOS / f"{name}.yaml"
+    load_scenario(path)  # validates the file
+    data = yaml.safe_load(path.read_text())
+    return data["deal"]["fields"], data["steps"], data["until"]
+
+
+def stage_path(result: Rehearsal) -> list[str]:
+    return [e["to"] for e in result.of_kind("stage")]
+
+
+def sent(result: Rehearsal) -> dict[str, list[dict[str, Any]]]:
+    """Email timeline entries by template."""
+    by_template: dict[str, list[dict[str, Any]]] = {}
+    for entry in result.of_kind("email"):
+        by_template.setdefault(entry["template"], []).append(entry)
+    return by_template
+
+
+def mail(result: Rehearsal, template: str) -> list[EmailMessage]:
+    """The messages the sink received for a template."""
+    return [m for m in result.emails if str(m["X-Sopflow-Template"]).endswith(f"/{template}")]
+
+
+def body(message: EmailMessage, kind: str) -> str:
+    """The plain or html part of a received message."""
+    part = message.get_body((kind,))
+    assert part is not None, f"no {kind} part"
+    return str(part.get_content())

@@ -10,7 +10,6 @@ import html
 import re
 import shutil
 from collections import Counter
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -27,18 +26,12 @@ from sopflow.playbook import Playbook
 from sopflow.samples import email_uses, sample_context
 from sopflow.signatures import verify_form_token
 from sopflow.templates import TemplateRenderer
-from tests.conftest import TARGETING, TEMPLATES, launched_steps, run, sales_steps
+from tests.conftest import TARGETING, TEMPLATES, body, launched_steps, run, sales_steps
 
 
 def outbox(db: Database) -> list[OutboxEmail]:
     with db.session() as session:
         return list(session.scalars(select(OutboxEmail).order_by(OutboxEmail.id)))
-
-
-def body(message: EmailMessage, kind: str) -> str:
-    part = message.get_body((kind,))
-    assert part is not None, f"no {kind} part"
-    return str(part.get_content())
 
 
 def templates_sent(sink: MailSink) -> Counter[str]:

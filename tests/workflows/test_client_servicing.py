@@ -6,15 +6,14 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-import yaml
 
 from sopflow.config import PROJECT_ROOT
 from sopflow.durations import duration
 from sopflow.playbook import Playbook, load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
-from starter.rehearse import Rehearsal, load_scenario
-from tests.conftest import run
+from starter.rehearse import Rehearsal
+from tests.conftest import checked_in_scenario, run
 
 PLAYBOOK_FILE = PROJECT_ROOT / "playbooks" / "client_servicing.yaml"
 TEMPLATES = PROJECT_ROOT / "templates"
@@ -34,13 +33,6 @@ C_PROFILE = {"net_worth": 300000, "investable_assets": 200000}
 @pytest.fixture(scope="module")
 def servicing() -> Playbook:
     return load_playbook(PLAYBOOK_FILE, TEMPLATES)
-
-
-def scenario(name: str) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
-    path = SCENARIOS / f"client_servicing_{name}.yaml"
-    load_scenario(path)
-    data = yaml.safe_load(path.read_text())
-    return data["deal"]["fields"], data["steps"], data["until"]
 
 
 def confirm(category: str, at: str = "0d") -> list[dict[str, Any]]:
@@ -117,7 +109,7 @@ async def test_meetings_fall_due_on_the_category_cadence_over_two_years(
 
 
 async def test_a_client_happy_path_logged_meetings_reset_the_schedule_and_never_escalate(ts_env, servicing):
-    deal, steps, until = scenario("a_client")
+    deal, steps, until = checked_in_scenario("client_servicing_a_client")
     result = await run(ts_env, servicing, steps, until=until, deal_id="CS-A-1", deal=deal)
 
     start = entered(result, "servicing_a")
@@ -158,7 +150,7 @@ async def test_a_missed_meeting_escalates_to_the_practice_lead(ts_env, servicing
 
 
 async def test_recategorisation_is_checked_against_the_profile_and_re_plans_the_cadence(ts_env, servicing):
-    deal, steps, until = scenario("recategorised")
+    deal, steps, until = checked_in_scenario("client_servicing_recategorised")
     result = await run(ts_env, servicing, steps, until=until, deal_id="CS-C-1", deal=deal)
 
     assert [e["to"] for e in result.of_kind("stage")] == ["categorisation", "servicing_c", "servicing_a"]

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from sopflow.config import PROJECT_ROOT
 from sopflow.playbook import Playbook, load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
-from starter.rehearse import Rehearsal, load_scenario
-from tests.conftest import run
+from tests.conftest import body, checked_in_scenario, mail, run, sent, stage_path
 
 PLAYBOOK_FILE = PROJECT_ROOT / "playbooks" / "health_prime_sales.yaml"
 TEMPLATES = PROJECT_ROOT / "templates"
@@ -99,28 +96,6 @@ def hps() -> Playbook:
     return load_playbook(PLAYBOOK_FILE, TEMPLATES)
 
 
-def scenario(name: str) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
-    path: Path = SCENARIOS / f"health_prime_sales_{name}.yaml"
-    load_scenario(path)  # validates the file
-    data = yaml.safe_load(path.read_text())
-    return data["deal"]["fields"], data["steps"], data["until"]
-
-
-def stage_path(result: Rehearsal) -> list[str]:
-    return [e["to"] for e in result.of_kind("stage")]
-
-
-def sent(result: Rehearsal) -> dict[str, list[dict[str, Any]]]:
-    by_template: dict[str, list[dict[str, Any]]] = {}
-    for entry in result.of_kind("email"):
-        by_template.setdefault(entry["template"], []).append(entry)
-    return by_template
-
-
-def mail(result: Rehearsal, template: str) -> list[Any]:
-    return [m for m in result.emails if m["X-Sopflow-Template"] == f"health_prime_sales/{template}"]
-
-
 def listed(rejection: dict[str, Any], to: str) -> list[str]:
     """The items a rejected advance names, in order."""
     reason = rejection["reason"]
@@ -174,7 +149,7 @@ async def test_advancing_out_of_each_stage_names_exactly_the_missing_properties(
 
 
 async def test_won_path_rejects_an_incomplete_close_then_wins_by_itself_and_hands_off(ts_env, hps):
-    deal, steps, until = scenario("won")
+    deal, steps, until = checked_in_scenario("health_prime_sales_won")
     result = await run(ts_env, hps, steps, until=until, deal_id="HP-1", deal=deal)
 
     assert stage_path(result) == ["sql", "engaged", "proposal", "partner_of_choice", "closed_won"]
@@ -194,7 +169,7 @@ async def test_won_path_rejects_an_incomplete_close_then_wins_by_itself_and_hand
     assert ticket["status"] == "sent" and ticket["to"] == ["onboarding_team"]
     (message,) = mail(result, "implementation_ticket")
     assert "onboarding@example.com" in message["To"] and "rep@example.com" in message["Cc"]
-    body = message.get_body(("plain",)).get_content()
+    text = body(message, "plain")
     for expected in (
         "Example Family Practice",
         "RCM, Credentialing",
@@ -202,13 +177,13 @@ async def test_won_path_rejects_an_incomplete_close_then_wins_by_itself_and_hand
         "5%",
         "Percentage of collections",
     ):
-        assert expected in body
+        assert expected in text
     (closeout,) = mail(result, "won_closeout")
-    assert "Example Family Practice_Calculator" in closeout.get_body(("plain",)).get_content()
+    assert "Example Family Practice_Calculator" in body(closeout, "plain")
 
 
 async def test_lost_moves_by_itself_once_both_reasons_are_filled_and_recycles_the_contact(ts_env, hps):
-    deal, steps, until = scenario("lost")
+    deal, steps, until = checked_in_scenario("health_prime_sales_lost")
     result = await run(ts_env, hps, steps, until=until, deal_id="HP-2", deal=deal)
 
     assert stage_path(result) == ["sql", "engaged", "proposal", "closed_lost"]
@@ -218,8 +193,8 @@ async def test_lost_moves_by_itself_once_both_reasons_are_filled_and_recycles_th
     assert result.status.outcome == "lost"
     assert result.status.fields["contact_lifecycle"] == "Recycled"
     assert [e["to"] for e in sent(result)["deal_lost"]] == [["sales_rep"], ["marketing"]]
-    body = mail(result, "deal_lost")[0].get_body(("plain",)).get_content()
-    assert "Timing" in body and "renewing with the current vendor" in body
+    text = body(mail(result, "deal_lost")[0], "plain")
+    assert "Timing" in text and "renewing with the current vendor" in text
 
 
 async def test_lost_from_sql_for_an_existing_client_keeps_the_contact_a_customer(ts_env, hps):
@@ -258,9 +233,9 @@ async def test_partner_of_choice_with_nothing_filled_names_every_won_property(ts
     assert result.status.fields["contact_lifecycle"] == "Marketing Qualified Lead"
     (backed,) = mail(result, "deal_backed_out")
     assert "sales-vp@example.com" in backed["To"] and "onboarding@example.com" in backed["To"]
-    assert "Bad fit after signing" in backed.get_body(("plain",)).get_content()
+    assert "Bad fit after signing" in body(backed, "plain")
 
 
 def _proposal_done() -> dict[str, Any]:
-    _, steps, _ = scenario("won")
+    _, steps, _ = checked_in_scenario("health_prime_sales_won")
     return next(s["set"] for s in steps if "set" in s and "deal_approval_status" in s["set"])

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
-import yaml
 
 from sopflow.config import PROJECT_ROOT
 from sopflow.playbook import Playbook, load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
-from starter.rehearse import Rehearsal, load_scenario
-from tests.conftest import run
+from tests.conftest import body, checked_in_scenario, mail, run, sent, stage_path
 
 PLAYBOOK_FILE = PROJECT_ROOT / "playbooks" / "radio_onboarding.yaml"
 TEMPLATES = PROJECT_ROOT / "templates"
@@ -25,29 +20,6 @@ CUSTOMER_BRIEF_TASKS = ["review_brief", "assign_csm"]
 @pytest.fixture(scope="module")
 def radio() -> Playbook:
     return load_playbook(PLAYBOOK_FILE, TEMPLATES)
-
-
-def scenario(name: str) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
-    """The deal fields, steps and horizon of a checked-in scenario, so the tests rehearse exactly what authors see."""
-    path: Path = SCENARIOS / f"radio_onboarding_{name}.yaml"
-    load_scenario(path)  # validates the file
-    data = yaml.safe_load(path.read_text())
-    return data["deal"]["fields"], data["steps"], data["until"]
-
-
-def stage_path(result: Rehearsal) -> list[str]:
-    return [e["to"] for e in result.of_kind("stage")]
-
-
-def sent(result: Rehearsal) -> dict[str, list[dict[str, Any]]]:
-    by_template: dict[str, list[dict[str, Any]]] = {}
-    for entry in result.of_kind("email"):
-        by_template.setdefault(entry["template"], []).append(entry)
-    return by_template
-
-
-def mail(result: Rehearsal, template: str) -> list[Any]:
-    return [m for m in result.emails if m["X-Sopflow-Template"] == f"radio_onboarding/{template}"]
 
 
 def test_playbook_validates_and_every_template_renders(radio):
@@ -71,7 +43,7 @@ def test_playbook_validates_and_every_template_renders(radio):
 
 
 async def test_happy_path_reaches_deal_won_with_every_email_sent_and_every_task_done(ts_env, radio):
-    deal, steps, until = scenario("happy_path")
+    deal, steps, until = checked_in_scenario("radio_onboarding_happy_path")
     result = await run(ts_env, radio, steps, until=until, deal_id="RADIO-1", deal=deal)
 
     assert stage_path(result) == [
@@ -117,11 +89,11 @@ async def test_happy_path_reaches_deal_won_with_every_email_sent_and_every_task_
     (details,) = mail(result, "setup_details")
     assert "station-setup@example.com" in details["To"] and "csm@example.com" in details["Cc"]
     (complete,) = mail(result, "onboarding_complete")
-    text = complete.get_body(("plain",)).get_content()
+    text = body(complete, "plain")
     assert "/forms/RADIO-1/completion_survey" in text and "https://help.example.com/training" in text
     assert "sales@example.com" in complete["Cc"]
     (recap,) = mail(result, "intro_call_recap")
-    assert "https://help.example.com/getting-started" in recap.get_body(("plain",)).get_content()
+    assert "https://help.example.com/getting-started" in body(recap, "plain")
 
     done = {e["task"] for e in result.of_kind("task") if e["status"] == "done"}
     opened = {e["task"] for e in result.of_kind("task") if e["status"] == "opened"}
@@ -133,7 +105,7 @@ async def test_happy_path_reaches_deal_won_with_every_email_sent_and_every_task_
 
 
 async def test_leaving_a_stage_with_open_tasks_is_rejected_naming_them(ts_env, radio):
-    deal, _, _ = scenario("happy_path")
+    deal, _, _ = checked_in_scenario("radio_onboarding_happy_path")
     steps = [
         {"at": "0d", "advance": "introduction_call"},
         {"at": "0d", "form": "customer_brief_review", "fields": {"information_complete": "yes"}},
@@ -160,7 +132,7 @@ async def test_leaving_a_stage_with_open_tasks_is_rejected_naming_them(ts_env, r
 
 
 async def test_brief_with_missing_contract_information_cannot_leave_customer_brief(ts_env, radio):
-    deal, _, _ = scenario("happy_path")
+    deal, _, _ = checked_in_scenario("radio_onboarding_happy_path")
     incomplete = {k: v for k, v in deal.items() if k not in ("contract_signed", "payment_type")}
     steps = [
         {"at": "0d", "form": "customer_brief_review", "fields": {"information_complete": "no"}},
@@ -178,11 +150,11 @@ async def test_brief_with_missing_contract_information_cannot_leave_customer_bri
     assert stage_path(result) == ["customer_brief", "closed_lost"]
     (closed,) = sent(result)["onboarding_closed"]
     assert closed["subject"] == "Deal lost: Example Radio Group" and closed["status"] == "sent"
-    assert "Contract never signed" in mail(result, "onboarding_closed")[0].get_body(("plain",)).get_content()
+    assert "Contract never signed" in body(mail(result, "onboarding_closed")[0], "plain")
 
 
 async def test_stalled_training_reminds_the_csm_escalates_to_the_lead_and_the_client_cancels(ts_env, radio):
-    deal, steps, until = scenario("training_stalls")
+    deal, steps, until = checked_in_scenario("radio_onboarding_training_stalls")
     result = await run(ts_env, radio, steps, until=until, deal_id="RADIO-2", deal=deal)
 
     training = next(e for e in result.of_kind("stage") if e["to"] == "training")
@@ -211,7 +183,7 @@ async def test_stalled_training_reminds_the_csm_escalates_to_the_lead_and_the_cl
     assert result.status.stage == "cancelled" and result.status.outcome == "cancelled"
     (closed,) = sent(result)["onboarding_closed"]
     assert closed["subject"] == "Onboarding cancelled: Example Community Radio" and closed["status"] == "sent"
-    body = mail(result, "onboarding_closed")[0].get_body(("plain",)).get_content()
-    assert "Station sold; the new owner keeps the legacy system" in body
+    text = body(mail(result, "onboarding_closed")[0], "plain")
+    assert "Station sold; the new owner keeps the legacy system" in text
     # Closed: no reminder after the cancellation.
     assert all(float(e["day"]) <= 50 for e in result.of_kind("reminder") + result.of_kind("escalation"))
