@@ -58,14 +58,9 @@ def build_worker(
     )
 
 
-async def run_worker(settings: Settings | None = None) -> None:
-    from starter.connect import connect
-
-    settings = settings or Settings()
-    db = Database(settings.database_url)
-    db.upgrade()
-    client = await connect()
-    worker = build_worker(
+def worker_for(client: Client, db: Database, settings: Settings) -> Worker:
+    """The production worker: mail, templates, links and form tokens as the SOPFLOW_* settings say."""
+    return build_worker(
         client,
         db,
         smtp_config(settings),
@@ -73,7 +68,15 @@ async def run_worker(settings: Settings | None = None) -> None:
         settings.public_url,
         form_secret=form_secret_of(settings),
     )
-    await worker.run()
+
+
+async def run_worker(settings: Settings | None = None) -> None:
+    from starter.connect import connect
+
+    settings = settings or Settings()
+    db = Database(settings.database_url)
+    db.upgrade()
+    await worker_for(await connect(), db, settings).run()
 
 
 if __name__ == "__main__":

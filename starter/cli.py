@@ -31,10 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError
 from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -46,7 +43,6 @@ from sopflow.constants import (
     SA_OWNER,
     SA_PLAYBOOK,
     SA_STAGE,
-    TASK_QUEUE,
     WORKFLOW_ID_PREFIX,
 )
 from sopflow.db import Database, OutboxEmail
@@ -67,6 +63,7 @@ from sopflow.playbook import Playbook, PlaybookError, load_playbook, template_na
 from sopflow.samples import email_uses, render_check, sample_context
 from sopflow.templates import RenderError, TemplateRenderer, links_for
 from starter.connect import ConnectionFailed, connect
+from starter.lifecycles import start_lifecycle, workflow_id
 from worker import form_secret_of
 from workflows.lifecycle import ClientLifecycle
 
@@ -154,10 +151,6 @@ def parse_fields(pairs: list[str] | None, file: Path | None = None) -> dict[str,
             fail(f"--field expects key=value, got {pair!r}")
         values[key.strip()] = value
     return values
-
-
-def workflow_id(deal_id: str) -> str:
-    return f"{WORKFLOW_ID_PREFIX}{deal_id}"
 
 
 def settings() -> Settings:
@@ -317,19 +310,7 @@ def deal_start(
     async def go() -> LifecycleStatus:
         client = await connect()
         try:
-            handle = await client.start_workflow(
-                ClientLifecycle.run,
-                LifecycleInput(deal_id=deal_id, playbook=pb, fields=values, actor=actor),
-                id=workflow_id(deal_id),
-                task_queue=TASK_QUEUE,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                # A deal id names one lifecycle for good: its timeline, records and email keys are per deal id.
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                static_summary=f"{pb.title or pb.id} (v{pb.version}) · deal {deal_id}",
-                search_attributes=TypedSearchAttributes(
-                    [SearchAttributePair(SA_PLAYBOOK, pb.id), SearchAttributePair(SA_STAGE, pb.stages[0].id)]
-                ),
-            )
+            handle = await start_lifecycle(client, pb, deal_id, values, actor, WorkflowIDConflictPolicy.FAIL)
         except WorkflowAlreadyStartedError:
             fail(f"deal {deal_id} already has a lifecycle (see `sopflow status {deal_id}`); deal ids are never reused")
         status: LifecycleStatus = await handle.query(ClientLifecycle.status)

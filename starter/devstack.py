@@ -41,7 +41,7 @@ from sopflow.db import Database
 from sopflow.mailsink import MailSink
 from starter import webhooks
 from starter.binaries import temporal_cli
-from worker import build_worker, form_secret_of, smtp_config
+from worker import worker_for
 
 HOST = "127.0.0.1"
 NAMESPACE = "default"
@@ -146,14 +146,7 @@ async def run_dev(
         except Exception as exc:  # any driver's connection error: the message is what matters here
             raise DevStackError(f"records database {_safe_url(settings.database_url)}: {exc}") from exc
 
-        worker = build_worker(
-            client,
-            db,
-            smtp_config(settings),
-            settings.templates_dir,
-            settings.public_url,
-            form_secret=form_secret_of(settings),
-        )
+        worker = worker_for(client, db, settings)
         worker_task = asyncio.create_task(worker.run(), name="sopflow-worker")
         stack.push_async_callback(_stop_worker, worker, worker_task)
 

@@ -30,7 +30,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.email import EmailActivities, SmtpConfig
 from activities.records import RecordActivities
-from sopflow.constants import SEARCH_ATTRIBUTES, WORKFLOW_ID_PREFIX
+from sopflow.constants import SEARCH_ATTRIBUTES
 from sopflow.db import Database, JournalRow
 from sopflow.durations import Duration
 from sopflow.mailsink import MailSink
@@ -47,6 +47,7 @@ from sopflow.models import (
 )
 from sopflow.playbook import PlaybookError, format_loc
 from starter.binaries import test_server
+from starter.lifecycles import workflow_id
 from worker import build_worker
 from workflows.lifecycle import ClientLifecycle
 
@@ -273,7 +274,7 @@ async def _drive(
     handle = await env.client.start_workflow(
         ClientLifecycle.run,
         inp,
-        id=f"{WORKFLOW_ID_PREFIX}{inp.deal_id}",
+        id=workflow_id(inp.deal_id),
         task_queue=task_queue,
         static_summary=f"rehearsal of {inp.playbook.id}",
     )

@@ -33,7 +33,6 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from sopflow.config import Settings
-from sopflow.constants import WORKFLOW_ID_PREFIX
 from sopflow.db import Database
 from sopflow.intake_config import IntakeConfig, IntakeConfigError, load_intake_config
 from sopflow.playbook import Playbook, PlaybookError, load_playbook
@@ -99,10 +98,6 @@ class UpdateRejected(Exception):
         super().__init__(message)
         self.message = message
         self.field_errors = field_errors
-
-
-def workflow_id(deal_id: str) -> str:
-    return f"{WORKFLOW_ID_PREFIX}{deal_id}"
 
 
 # --- bodies --------------------------------------------------------------------------------------------------------

@@ -45,8 +45,8 @@ from starter.intake.context import (
     read_body,
     settings,
     temporal,
-    workflow_id,
 )
+from starter.lifecycles import workflow_id
 from workflows.lifecycle import ClientLifecycle
 
 log = logging.getLogger("sopflow.intake")

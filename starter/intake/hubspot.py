@@ -26,16 +26,12 @@ from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from temporalio.client import WorkflowHandle
 from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
 )
 
-from sopflow.constants import SA_PLAYBOOK, SA_STAGE, TASK_QUEUE
 from sopflow.engine import Rejected, check_deal_fields
 from sopflow.intake_config import IntakeConfig
-from sopflow.models import ExternalEvent, LifecycleInput, LifecycleStatus, SetFields, valid_deal_id
+from sopflow.models import ExternalEvent, LifecycleStatus, SetFields, valid_deal_id
 from sopflow.playbook import Playbook
 from sopflow.signatures import hubspot_timestamp_fresh, verify_hubspot_legacy, verify_hubspot_v3
 from starter.intake import records
@@ -52,8 +48,8 @@ from starter.intake.context import (
     read_body,
     settings,
     temporal,
-    workflow_id,
 )
+from starter.lifecycles import start_lifecycle, workflow_id
 from workflows.lifecycle import ClientLifecycle
 
 log = logging.getLogger("sopflow.intake")
@@ -373,18 +369,7 @@ async def _start(intake: Intake, deal_id: str, pb: Playbook, values: dict[str, A
     """Start like `sopflow deal start`, but idempotently: an existing run is reused, a closed one never restarted."""
     client = await intake.client()
     return await temporal(
-        client.start_workflow(
-            ClientLifecycle.run,
-            LifecycleInput(deal_id=deal_id, playbook=pb, fields=values, actor=ACTOR),
-            id=workflow_id(deal_id),
-            task_queue=TASK_QUEUE,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            static_summary=f"{pb.title or pb.id} (v{pb.version}) · deal {deal_id}",
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(SA_PLAYBOOK, pb.id), SearchAttributePair(SA_STAGE, pb.stages[0].id)]
-            ),
-        ),
+        start_lifecycle(client, pb, deal_id, values, ACTOR, WorkflowIDConflictPolicy.USE_EXISTING),
         "start",
     )
 
