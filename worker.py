@@ -13,8 +13,9 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.email import EmailActivities, SmtpConfig
+from activities.playbooks import PlaybookActivities
 from activities.records import RecordActivities
-from sopflow.config import Settings
+from sopflow.config import PROJECT_ROOT, Settings
 from sopflow.constants import TASK_QUEUE
 from sopflow.db import Database
 from sopflow.templates import TemplateRenderer
@@ -47,14 +48,22 @@ def build_worker(
     email_activities: type[EmailActivities] = EmailActivities,
     record_activities: type[RecordActivities] = RecordActivities,
     form_secret: str | None = None,
+    playbooks_dir: Path = PROJECT_ROOT / "playbooks",
 ) -> Worker:
     emails = email_activities(db, TemplateRenderer(templates_dir), smtp, public_url, form_secret=form_secret)
     records = record_activities(db)
+    playbooks = PlaybookActivities(playbooks_dir, templates_dir)
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[ClientLifecycle],
-        activities=[emails.send_email, records.record_journal, records.claim_account, records.release_claims],
+        activities=[
+            emails.send_email,
+            records.record_journal,
+            records.claim_account,
+            records.release_claims,
+            playbooks.load_playbook,
+        ],
     )
 
 
@@ -67,6 +76,7 @@ def worker_for(client: Client, db: Database, settings: Settings) -> Worker:
         settings.templates_dir,
         settings.public_url,
         form_secret=form_secret_of(settings),
+        playbooks_dir=settings.playbooks_dir,
     )
 
 

@@ -122,7 +122,7 @@ class RecordActivities:
                     due_at=_moment(detail.get("due_at")),
                 )
             )
-        elif entry.kind == "task" and detail.get("status") == "done":
+        elif entry.kind == "task" and detail.get("status") in ("done", "rescheduled"):
             session.flush()  # a task opened earlier in this same batch must be findable
             task = session.scalars(
                 select(TaskRow)
@@ -131,8 +131,10 @@ class RecordActivities:
                 )
                 .order_by(TaskRow.opened_seq.desc())
             ).first()
-            if task is not None:
+            if task is not None and detail["status"] == "done":
                 task.done_at, task.done_by = entry.at, detail.get("by")
+            elif task is not None:
+                task.due_at = _moment(detail.get("due_at"))
         elif entry.kind == "visit_due" or (entry.kind == "escalation" and "cadence" in detail):
             session.add(
                 VisitRow(

@@ -16,11 +16,13 @@ from datetime import datetime
 from typing import Any
 
 from sopflow import cadence as cadence_rules
+from sopflow.classify import classify
 from sopflow.conditions import Context, evaluate, make_context, resolve, role_address, role_owner_id
 from sopflow.constants import MAX_CHAINED_TRANSITIONS
 from sopflow.fields import FieldErrors, is_blank, validate_values
 from sopflow.models import (
     Advance,
+    AppointmentState,
     CadenceState,
     Close,
     CompleteTask,
@@ -35,6 +37,7 @@ from sopflow.models import (
     JournalKind,
     LifecycleState,
     LifecycleStatus,
+    LinkedStart,
     Recipient,
     Resend,
     SetFields,
@@ -43,7 +46,7 @@ from sopflow.models import (
     TaskView,
     TransitionRecord,
 )
-from sopflow.playbook import Action, EmailAction, Playbook, Stage, Transition
+from sopflow.playbook import Action, EmailAction, Moment, Playbook, Stage, Transition
 
 SEEN_EVENT_IDS_KEPT = 200
 # Templates the engine itself sends (not a playbook's): templates/_system/<name>/.
@@ -62,6 +65,7 @@ class Rejected(ValueError):
 class Step:
     entry: JournalEntry
     email: EmailRequest | None = None
+    start: LinkedStart | None = None
 
 
 @dataclass
@@ -174,6 +178,8 @@ class Engine:
                 items.append(DueView(kind="task", label=task.title, due_at=task.due_at))
         if self.state.cadence is not None:
             items.append(DueView(kind="cadence", label=self.state.cadence.label, due_at=self.state.cadence.next_due))
+        for appointment in self.state.appointments.values():
+            items.append(DueView(kind="appointment", label=appointment.label, due_at=appointment.at))
         return sorted(items, key=lambda item: item.due_at)
 
     def next_due(self) -> datetime | None:
@@ -223,6 +229,7 @@ class Engine:
             due=self.due_items(),
             fields=state.fields,
             history=state.history,
+            linked=state.linked,
             run=state.run,
         )
 
@@ -372,11 +379,12 @@ class Engine:
         stage = self.stage
         if not self.playbook.has_stage(req.to):
             raise Rejected(f"unknown stage '{req.to}' (stages: {', '.join(s.id for s in self.playbook.stages)})")
-        allowed = [t.to for t in stage.transitions if t.advance and evaluate(t.when, self.context())]
-        if req.to not in allowed:
-            options = ", ".join(allowed) if allowed else "none: it moves on by itself, or close it"
+        allowed = [t for t in stage.transitions if t.advance and evaluate(t.when, self.context())]
+        chosen = next((t for t in allowed if t.to == req.to), None)
+        if chosen is None:
+            options = ", ".join(t.to for t in allowed) if allowed else "none: it moves on by itself, or close it"
             raise Rejected(f"cannot advance from '{stage.id}' to '{req.to}' (allowed: {options})")
-        missing = self.unmet()
+        missing = [] if chosen.skip_gate else self.unmet()
         if missing:
             raise Rejected(f"cannot leave '{stage.id}' for '{req.to}': " + "; ".join(missing))
 
@@ -474,6 +482,12 @@ class Engine:
                 candidates.append(Wakeup(cad.next_due, f"{cad.label} due"))
             if cad_spec.overdue is not None:
                 candidates.append(Wakeup(cad_spec.overdue.grace.after(cad.next_due), f"{cad.label} overdue"))
+        for appointment in stage.appointments:
+            planned = self.state.appointments.get(appointment.at)
+            for i, reminder in enumerate(appointment.remind if planned else []):
+                if planned is not None and i not in planned.sent:
+                    at = reminder.before.before(planned.at)
+                    candidates.append(Wakeup(at, f"{planned.label}: reminder {reminder.before} before"))
         return min(candidates, key=lambda w: w.at) if candidates else None
 
     def tick(self, now: datetime) -> None:
@@ -523,6 +537,8 @@ class Engine:
         cad, cad_spec = state.cadence, stage.cadence
         if cad is not None and cad_spec is not None:
             extra = {"visit": {"label": cad.label, "due_at": cad.next_due.isoformat(), "number": cad.logged + 1}}
+            if cad_spec.names:
+                extra["visit"]["name"] = cad_spec.names[(cad.logged + cad.missed) % len(cad_spec.names)]
             if cad_spec.remind is not None and not cad.reminded and at >= cad_spec.remind.before.before(cad.next_due):
                 cad.reminded = True
                 self._log("reminder", at, cadence=cad.label, due_at=cad.next_due.isoformat())
@@ -539,6 +555,17 @@ class Engine:
                 self._email(cad_spec.overdue.email, at, "cadence-overdue", extra)
                 self._advance_cadence(missed=True)
                 return
+        for appointment in stage.appointments:
+            planned = state.appointments.get(appointment.at)
+            if planned is None:
+                continue
+            for i, reminder in enumerate(appointment.remind):
+                if i not in planned.sent and at >= reminder.before.before(planned.at):
+                    planned.sent.append(i)
+                    self._log("reminder", at, appointment=planned.label, due_at=planned.at.isoformat())
+                    when = {"label": planned.label, "at": planned.at.isoformat(), "before": str(reminder.before)}
+                    self._email(reminder.email, at, f"appointment-reminder-{i}", {"appointment": when})
+                    return
         raise AssertionError(f"no timer due at {at.isoformat()}")  # next_wakeup and _fire disagree: a bug
 
     def _advance_cadence(self, missed: bool) -> None:
@@ -560,14 +587,17 @@ class Engine:
                 continue
             if transition.event is not None and transition.event not in self.state.stage_events:
                 continue
-            if evaluate(transition.when, ctx) and not self.unmet(stage):
+            if evaluate(transition.when, ctx) and (transition.skip_gate or not self.unmet(stage)):
                 return transition
         return None
 
     def _settle(self, now: datetime) -> None:
+        """After any change: recompute derived fields and moments, then take every automatic transition now due."""
         for _ in range(MAX_CHAINED_TRANSITIONS):
             if self.closed:
                 return
+            self._classify(now)
+            self._replan(now)
             transition = self._auto_transition()
             if transition is None:
                 return
@@ -601,7 +631,7 @@ class Engine:
         stage = self.playbook.stage(stage_id)
         state.stage, state.stage_entered_at = stage.id, now
         state.stage_visit += 1
-        state.stage_events, state.tasks = {}, {}
+        state.stage_events, state.tasks, state.appointments = {}, {}, {}
         state.deadline = state.cadence = None
         state.history.append(
             TransitionRecord(
@@ -613,20 +643,8 @@ class Engine:
             state.outcome, state.close_reason = stage.terminal, reason
         ctx = self.context()
         for spec in stage.tasks:
-            if evaluate(spec.when, ctx):
-                due_at = spec.due.after(now) if spec.due else None
-                state.tasks[spec.id] = TaskState(
-                    id=spec.id, title=spec.title, owner=spec.owner, opened_at=now, due_at=due_at
-                )
-                self._log(
-                    "task",
-                    now,
-                    task=spec.id,
-                    title=spec.title,
-                    status="opened",
-                    owner=spec.owner,
-                    due_at=due_at.isoformat() if due_at else None,
-                )
+            if spec.due_at is None and evaluate(spec.when, ctx):
+                self._open_task(spec.id, now, spec.due.after(now) if spec.due else None)
         if stage.deadline is not None:
             start = self._date_ref(stage.deadline.from_, now) if stage.deadline.from_ else now
             state.deadline = DeadlineState(label=stage.deadline.label, due_at=stage.deadline.within.after(start))
@@ -638,8 +656,104 @@ class Engine:
                 base=anchor,
                 next_due=cadence_rules.next_due(stage.cadence, anchor, anchor),
             )
+        self._replan(now)
         # Entry emails go out last, so they can quote the stage's deadline and due dates.
         self._run_actions(stage.on_enter, now, f"enter-{stage.id}", {})
+
+    def _open_task(self, task_id: str, now: datetime, due_at: datetime | None, anchor: str | None = None) -> None:
+        spec = self.stage.task(task_id)
+        assert spec is not None
+        previous = self.state.tasks.get(task_id)
+        occurrence = previous.occurrence + 1 if previous else 1
+        self.state.tasks[task_id] = TaskState(
+            id=spec.id,
+            title=spec.title,
+            owner=spec.owner,
+            opened_at=now,
+            due_at=due_at,
+            anchor=anchor,
+            occurrence=occurrence,
+        )
+        self._log(
+            "task",
+            now,
+            task=spec.id,
+            title=spec.title,
+            status="opened",
+            owner=spec.owner,
+            due_at=due_at.isoformat() if due_at else None,
+            occurrence=occurrence if occurrence > 1 else None,
+        )
+
+    def _moment(self, ref: str, now: datetime) -> tuple[str, datetime] | None:
+        """A date/time field's value and the moment it names (a date alone means that day at the time of `now`)."""
+        value = resolve(self.context(), ref)
+        return None if is_blank(value) else (str(value), self._date_ref(ref, now))
+
+    def _at(self, moment: Moment, now: datetime) -> tuple[str, datetime] | None:
+        found = self._moment(moment.of, now)
+        if found is None:
+            return None
+        value, at = found
+        if moment.before is not None:
+            at = moment.before.before(at)
+        elif moment.after is not None:
+            at = moment.after.after(at)
+        return value, at
+
+    def _replan(self, now: datetime) -> None:
+        """Follow the moments the stage depends on: tasks due at a field's moment, appointments and their reminders.
+
+        A new value of the field (a meeting booked or moved) moves an open task, or opens a done task again for
+        the new occurrence; a new appointment re-arms its reminders.
+        """
+        stage, state = self.stage, self.state
+        for spec in stage.tasks:
+            if spec.due_at is None:
+                continue
+            found = self._at(spec.due_at, now)
+            task = state.tasks.get(spec.id)
+            if found is None or (task is not None and task.anchor == found[0]):
+                continue
+            value, due_at = found
+            if task is not None and task.done_at is None:
+                task.anchor, task.due_at = value, due_at
+                task.reminded = task.escalated = False
+                self._log("task", now, task=spec.id, status="rescheduled", owner=spec.owner, due_at=due_at.isoformat())
+            elif evaluate(spec.when, self.context()):
+                self._open_task(spec.id, now, due_at, anchor=value)
+        for appointment in stage.appointments:
+            found = self._moment(appointment.at, now)
+            current = state.appointments.get(appointment.at)
+            if found is None:
+                state.appointments.pop(appointment.at, None)
+                continue
+            if current is not None and current.at == found[1]:
+                continue
+            at = found[1]
+            passed = [i for i, r in enumerate(appointment.remind) if r.before.before(at) <= now]
+            state.appointments[appointment.at] = AppointmentState(
+                label=appointment.label, at=at, planned_at=now, sent=passed
+            )
+            self._log(
+                "appointment", now, label=appointment.label, starts_at=at.isoformat(), skipped_reminders=passed or None
+            )
+
+    def _classify(self, now: datetime) -> None:
+        """Keep classified fields (the A/B/C tier) in step with the profile they are computed from."""
+        changed: dict[str, Any] = {}
+        for target, classifier in self.playbook.classify.items():
+            tiers = self.playbook.deal[target].options or []
+            result = classify(classifier, tiers, self.context())
+            values = {target: result.tier}
+            if classifier.explain is not None:
+                values[classifier.explain] = result.explain(tiers)
+            for key, value in values.items():
+                if self.state.fields.get(key) != value:
+                    changed[key] = value
+        if changed:
+            self.state.fields.update(changed)
+            self._log("fields", now, changed=sorted(changed), by="playbook", values=changed)
 
     def _date_ref(self, ref: str, now: datetime) -> datetime:
         """A date field as a moment: that day at the current time of day; `now` when the field is not set."""
@@ -658,6 +772,24 @@ class Engine:
             if action.set is not None:
                 self.state.fields.update(action.set)
                 self._log("fields", now, changed=sorted(action.set), by="playbook")
+            if action.copy_ is not None:
+                ctx = self.context()
+                copied = {key: resolve(ctx, ref) for key, ref in action.copy_.items()}
+                self.state.fields.update(copied)
+                self._log("fields", now, changed=sorted(copied), by="playbook")
+            if action.start_lifecycle is not None:
+                self._start_linked(action.start_lifecycle.playbook, action.start_lifecycle.fields, now)
+
+    def _start_linked(self, playbook_id: str, mapping: dict[str, str], now: datetime) -> None:
+        """Queue a hand-off once per playbook; the workflow starts it under a deal id derived from this one."""
+        if playbook_id in self.state.linked:
+            return
+        ctx = self.context()
+        fields = {key: value for key, ref in mapping.items() if not is_blank(value := resolve(ctx, ref))}
+        deal_id = f"{self.state.deal_id}.{playbook_id}"
+        self.state.linked[playbook_id] = deal_id
+        self._log("linked", now, playbook=playbook_id, deal_id=deal_id, status="requested")
+        self.steps[-1].start = LinkedStart(playbook=playbook_id, deal_id=deal_id, fields=fields)
 
     # --- journal and email ---------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sopflow.constants import WORKFLOW_ID_PREFIX
 from sopflow.playbook import Playbook
 
 Actor = str
@@ -21,6 +22,11 @@ DEAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"
 def valid_deal_id(deal_id: str) -> bool:
     """A CRM id, never personal data: no '@', and the whole string must match (re.match's `$` allows a newline)."""
     return re.fullmatch(DEAL_ID_PATTERN.strip("^$"), deal_id) is not None
+
+
+def workflow_id(deal_id: str) -> str:
+    """One lifecycle per deal id, for good: its records, email keys and timeline are keyed by this id."""
+    return f"{WORKFLOW_ID_PREFIX}{deal_id}"
 
 
 class Payload(BaseModel):
@@ -53,6 +59,9 @@ class TaskState(Payload):
     reminded: bool = False
     escalated: bool = False
     resend: Resend | None = None
+    # For a task due at a moment: the field value it belongs to, and how many times it has opened.
+    anchor: str | None = None
+    occurrence: int = 1
 
 
 class DeadlineState(Payload):
@@ -72,6 +81,15 @@ class CadenceState(Payload):
     logged: int = 0
     missed: int = 0
     last_logged_at: datetime | None = None
+
+
+class AppointmentState(Payload):
+    label: str
+    at: datetime
+    # When this value was set: reminders whose time had already passed then are skipped, not sent late.
+    planned_at: datetime
+    # Indexes of the appointment's reminders already sent (or skipped) for this value.
+    sent: list[int] = []
 
 
 class FormRecord(Payload):
@@ -105,6 +123,10 @@ class LifecycleState(Payload):
     tasks: dict[str, TaskState] = {}
     deadline: DeadlineState | None = None
     cadence: CadenceState | None = None
+    # The current stage's appointments, keyed by the field holding each (e.g. 'deal.next_meeting_at').
+    appointments: dict[str, AppointmentState] = {}
+    # Lifecycles this one started (playbook -> deal id): a hand-off happens once per playbook.
+    linked: dict[str, str] = {}
     outcome: str | None = None
     close_reason: str | None = None
     history: list[TransitionRecord] = []
@@ -203,10 +225,20 @@ class LifecycleStatus(Payload):
     due: list[DueView] = []
     fields: dict[str, Any] = {}
     history: list[TransitionRecord] = []
+    linked: dict[str, str] = {}
     run: int = 1
 
 
 # --- activities ------------------------------------------------------------------------------------------------
+
+
+class LinkedStart(Payload):
+    """A hand-off to another playbook: the workflow loads that playbook and starts its lifecycle as a child."""
+
+    playbook: str
+    deal_id: str = Field(pattern=DEAL_ID_PATTERN)
+    fields: dict[str, Any] = {}
+    actor: Actor | None = None
 
 
 class Recipient(Payload):
@@ -250,6 +282,8 @@ JournalKind = Literal[
     "fields",
     "event",
     "continued_as_new",
+    "linked",
+    "appointment",
 ]
 
 

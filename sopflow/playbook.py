@@ -140,17 +140,33 @@ class EmailAction(Model):
     attach: list[Attachment] = []
 
 
+class StartLifecycle(Model):
+    """A hand-off: start another playbook's lifecycle for the same client (Closed Won -> onboarding).
+
+    The linked lifecycle's deal id is `<this deal id>.<playbook>`, so a hand-off retried or replayed finds the
+    lifecycle it already started instead of starting a second one.
+    """
+
+    playbook: Ident
+    # The new lifecycle's deal fields, each copied from this deal's context.
+    fields: dict[Ident, Ref] = {}
+
+
 class Action(Model):
-    """An entry action: send an email, or set deal fields (e.g. a contact's lifecycle stage)."""
+    """What a stage entry or a form submission does: send an email, set deal fields to fixed values, copy values
+    into deal fields (a form's meeting date becomes the deal's next meeting), or start a linked lifecycle."""
 
     email: EmailAction | None = None
     set: dict[Ident, Any] | None = None
+    copy_: dict[Ident, Ref] | None = Field(default=None, alias="copy")
+    start_lifecycle: StartLifecycle | None = None
     when: Condition | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Action:
-        if (self.email is None) == (self.set is None):
-            raise ValueError("an action is exactly one of 'email' or 'set'")
+        kinds = [self.email, self.set, self.copy_, self.start_lifecycle]
+        if sum(kind is not None for kind in kinds) != 1:
+            raise ValueError("an action is exactly one of 'email', 'set', 'copy' or 'start_lifecycle'")
         return self
 
 
@@ -159,16 +175,43 @@ class Escalation(Model):
     email: EmailAction
 
 
+class Moment(Model):
+    """A moment relative to a date/time field: `{of: deal.call_at, before: 1h}`; neither offset means the moment."""
+
+    of: Ref
+    before: Duration | None = None
+    after: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_offset(self) -> Moment:
+        if self.before is not None and self.after is not None:
+            raise ValueError("a moment is 'before' or 'after' its field, not both")
+        return self
+
+
 class TaskSpec(Model):
+    """A task opens when its stage is entered, due `due` after entry; an overdue task reminds, then escalates.
+
+    A task with `due_at` instead belongs to each value of a date field (a meeting, a call): it opens once that field
+    is set, moves with it, and opens again for the next value after it was done, so "prepare for the meeting" recurs
+    for every meeting.
+    """
+
     id: Ident
     title: str
     owner: Ident
-    # Due this long after the stage is entered; an overdue task reminds its owner, then escalates.
     due: Duration | None = None
+    due_at: Moment | None = None
     when: Condition | None = None
     requires: list[Ident] = []
     remind: EmailAction | None = None
     escalate: Escalation | None = None
+
+    @model_validator(mode="after")
+    def _one_due(self) -> TaskSpec:
+        if self.due is not None and self.due_at is not None:
+            raise ValueError("a task is 'due' after stage entry or 'due_at' a moment, not both")
+        return self
 
 
 class GateCheck(Model):
@@ -193,6 +236,8 @@ class Transition(Model):
     form: Ident | None = None
     event: Ident | None = None
     when: Condition | None = None
+    # Leave without meeting the gate: the way out of a deal that is lost, whatever the stage still needed.
+    skip_gate: bool = False
 
     @model_validator(mode="after")
     def _one_trigger(self) -> Transition:
@@ -246,6 +291,8 @@ class Cadence(Model):
     """Recurring touchpoints (site visits, reviews) logged by submitting a form."""
 
     label: str = "touchpoint"
+    # What each touchpoint is, in turn (topic meeting, book meeting, ..., annual review); the list repeats.
+    names: list[str] = []
     touchpoint: Ident
     # The form field holding the actual date of the touchpoint; by default the submission time counts.
     date_field: Ident | None = None
@@ -263,6 +310,32 @@ class Cadence(Model):
         return phases
 
 
+class Appointment(Model):
+    """A scheduled moment held in a date/time field (the next client meeting), with reminders before it.
+
+    Rescheduling (a new value) re-arms every reminder; a reminder whose time had already passed when the
+    appointment was set is skipped, so booking a meeting for tomorrow does not send the week-before reminder.
+    """
+
+    label: str = "appointment"
+    at: Ref
+    remind: list[Reminder] = Field(min_length=1)
+
+
+class Classifier(Model):
+    """Places a client in a tier (A/B/C) from its profile; see `sopflow.classify` for the rule.
+
+    `criteria` are the rows of a service model (net worth, income, ...): for each row, one condition per tier, best
+    tier first, in the order of the target field's options.
+    """
+
+    criteria: dict[Ident, dict[str, Condition]] = Field(min_length=1)
+    # Fewer known rows than this leave the tier unset: a guess from one number is worse than none.
+    min_known: int = Field(default=1, ge=1)
+    # A text deal field that receives the reasoning ("A on 3 of 8 rows, B on 4 ..."), shown to the person confirming.
+    explain: Ident | None = None
+
+
 class Stage(Model):
     id: Ident
     title: str | None = None
@@ -277,6 +350,7 @@ class Stage(Model):
     transitions: list[Transition] = []
     deadline: Deadline | None = None
     cadence: Cadence | None = None
+    appointments: list[Appointment] = []
     # Reports call a client stalled after this long in the stage.
     stall_after: Duration | None = None
 
@@ -298,6 +372,8 @@ class Playbook(Model):
     deal: dict[Ident, FieldSpec] = {}
     forms: dict[Ident, FormSpec] = {}
     events: dict[Ident, str] = {}
+    # Deal fields computed from other deal fields whenever they change: target field -> classifier.
+    classify: dict[Ident, Classifier] = {}
     stages: list[Stage] = Field(min_length=1)
 
     def stage(self, stage_id: str) -> Stage:
@@ -328,7 +404,7 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            part = {"in_": "in", "not_": "not", "from_": "from"}.get(part, part)
+            part = {"in_": "in", "not_": "not", "from_": "from", "copy_": "copy"}.get(part, part)
             text += f".{part}" if text else part
     return text or "(top)"
 
@@ -357,7 +433,11 @@ def load_playbook(path: Path, templates_dir: Path | None = None) -> Playbook:
         raise PlaybookError(str(path), [f"cannot read: {exc.strerror}"]) from None
     except yaml.YAMLError as exc:
         raise PlaybookError(str(path), [f"not valid YAML: {exc}"]) from None
-    return parse_playbook(data, str(path), templates_dir)
+    playbook = parse_playbook(data, str(path), templates_dir)
+    problems = check_links(playbook, path.parent)
+    if problems:
+        raise PlaybookError(str(path), problems)
+    return playbook
 
 
 def check_references(playbook: Playbook, templates_dir: Path | None = None) -> list[str]:
@@ -378,6 +458,13 @@ def check_references(playbook: Playbook, templates_dir: Path | None = None) -> l
                 errors.append(f"{path}: unknown form '{form_id}'")
             elif field not in forms[form_id].fields:
                 errors.append(f"{path}: form '{form_id}' has no field '{field}'")
+
+    def dated(path: str, value: str) -> None:
+        """A moment must come from a date or date-time field, or it could never be scheduled."""
+        ref(path, value)
+        spec = field_spec(playbook, value)
+        if spec is not None and spec.type not in ("date", "datetime"):
+            errors.append(f"{path}: '{value}' is a {spec.type} field; a moment needs a date or datetime field")
 
     def condition(path: str, cond: Condition | None) -> None:
         if cond is not None:
@@ -414,6 +501,13 @@ def check_references(playbook: Playbook, templates_dir: Path | None = None) -> l
             for key in action.set or {}:
                 if key not in playbook.deal:
                     errors.append(f"{path}[{ai}].set.{key}: unknown deal field '{key}'")
+            for key, source in (action.copy_ or {}).items():
+                if key not in playbook.deal:
+                    errors.append(f"{path}[{ai}].copy.{key}: unknown deal field '{key}'")
+                ref(f"{path}[{ai}].copy.{key}", source)
+            if action.start_lifecycle is not None:
+                for key, source in action.start_lifecycle.fields.items():
+                    ref(f"{path}[{ai}].start_lifecycle.fields.{key}", source)
 
     def stage_ref(path: str, stage_id: str) -> None:
         if stage_id not in stage_ids:
@@ -462,8 +556,10 @@ def check_references(playbook: Playbook, templates_dir: Path | None = None) -> l
                 email(f"{tat}.remind", task.remind)
             if task.escalate is not None:
                 email(f"{tat}.escalate.email", task.escalate.email)
-            if (task.remind or task.escalate) and task.due is None:
-                errors.append(f"{tat}: a task with remind or escalate needs 'due'")
+            if task.due_at is not None:
+                dated(f"{tat}.due_at.of", task.due_at.of)
+            if (task.remind or task.escalate) and task.due is None and task.due_at is None:
+                errors.append(f"{tat}: a task with remind or escalate needs 'due' or 'due_at'")
         gate = stage.gate
         for gi, field_ref in enumerate(gate.fields):
             ref(f"{at}.gate.fields[{gi}]", field_ref)
@@ -510,9 +606,71 @@ def check_references(playbook: Playbook, templates_dir: Path | None = None) -> l
                 email(f"{at}.cadence.remind.email", cad.remind.email)
             if cad.overdue is not None:
                 email(f"{at}.cadence.overdue.email", cad.overdue.email)
+        for ai, appointment in enumerate(stage.appointments):
+            dated(f"{at}.appointments[{ai}].at", appointment.at)
+            for ri, reminder in enumerate(appointment.remind):
+                email(f"{at}.appointments[{ai}].remind[{ri}].email", reminder.email)
+    for target, classifier in playbook.classify.items():
+        cat = f"classify.{target}"
+        target_spec = playbook.deal.get(target)
+        if target_spec is None or target_spec.type != "choice":
+            errors.append(f"{cat}: the target must be a choice deal field (its options are the tiers, best first)")
+            continue
+        for name, tiers in classifier.criteria.items():
+            for tier, cond in tiers.items():
+                if tier not in (target_spec.options or []):
+                    errors.append(f"{cat}.criteria.{name}.{tier}: '{tier}' is not an option of deal field '{target}'")
+                condition(f"{cat}.criteria.{name}.{tier}", cond)
+        if classifier.explain is not None and classifier.explain not in playbook.deal:
+            errors.append(f"{cat}.explain: unknown deal field '{classifier.explain}'")
     if playbook.stages[0].terminal:
         errors.append("stages[0]: the first stage is where clients start; it cannot be terminal")
     return errors
+
+
+def field_spec(playbook: Playbook, ref: str) -> FieldSpec | None:
+    """The spec of a deal or form field reference (None for settings and unknown names)."""
+    kind, _, rest = ref.partition(".")
+    if kind == "deal":
+        return playbook.deal.get(rest)
+    if kind == "forms":
+        form_id, _, field = rest.partition(".")
+        form = playbook.forms.get(form_id)
+        return form.fields.get(field) if form else None
+    return None
+
+
+def check_links(playbook: Playbook, playbooks_dir: Path) -> list[str]:
+    """A hand-off must name a playbook that exists and give it every required deal field, or it would fail on
+    the day a deal is won instead of when the playbook is validated."""
+    errors: list[str] = []
+    starts = [
+        (f"{where}[{ai}].start_lifecycle", action.start_lifecycle)
+        for where, items in _action_lists(playbook)
+        for ai, action in enumerate(items)
+        if action.start_lifecycle is not None
+    ]
+    for path, start in starts:
+        assert start is not None
+        try:
+            linked = load_playbook(playbooks_dir / f"{start.playbook}.yaml")
+        except PlaybookError as exc:
+            errors.append(f"{path}.playbook: playbook '{start.playbook}' cannot be loaded ({exc.errors[0]})")
+            continue
+        for key in start.fields:
+            if key not in linked.deal:
+                errors.append(f"{path}.fields.{key}: playbook '{start.playbook}' has no deal field '{key}'")
+        for key, spec in linked.deal.items():
+            if spec.required and key not in start.fields:
+                errors.append(f"{path}.fields: playbook '{start.playbook}' requires deal field '{key}'")
+    return errors
+
+
+def _action_lists(playbook: Playbook) -> Iterator[tuple[str, list[Action]]]:
+    for form_id, form in playbook.forms.items():
+        yield f"forms.{form_id}.on_submit", form.on_submit
+    for si, stage in enumerate(playbook.stages):
+        yield f"stages[{si}].on_enter", stage.on_enter
 
 
 def template_names(playbook: Playbook) -> set[str]:

@@ -22,9 +22,9 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sopflow.constants import WORKFLOW_ID_PREFIX
 from sopflow.db import DealRow, JournalRow, StageTransition
 from sopflow.durations import Duration
+from sopflow.models import workflow_id as lifecycle_workflow_id
 from sopflow.playbook import Playbook
 
 DAY = timedelta(days=1)
@@ -326,7 +326,7 @@ def deal_history(session: Session, deal_id: str) -> list[HistoryEntry]:
     """
     query = (
         select(JournalRow)
-        .where(JournalRow.workflow_id == f"{WORKFLOW_ID_PREFIX}{deal_id}")
+        .where(JournalRow.workflow_id == lifecycle_workflow_id(deal_id))
         .order_by(JournalRow.at, JournalRow.seq, JournalRow.id)
     )
     return [

@@ -26,7 +26,7 @@ from sopflow.fields import is_blank
 from sopflow.playbook import Action, Condition, EmailAction, FieldSpec, Playbook, Stage
 from sopflow.templates import RenderError, TemplateRenderer, links_for
 
-ExtraKey = Literal["task", "deadline", "visit", "form"]
+ExtraKey = Literal["task", "deadline", "visit", "form", "appointment"]
 
 SAMPLE_DEAL_ID = "D-1001"
 SAMPLE_PUBLIC_URL = "https://sopflow.example.com"
@@ -128,6 +128,10 @@ def email_uses(playbook: Playbook) -> list[EmailUse]:
                 uses.append(_use(stage.cadence.remind.email, f"{at}.cadence.remind.email", None, **site))
             if stage.cadence.overdue is not None:
                 uses.append(_use(stage.cadence.overdue.email, f"{at}.cadence.overdue.email", None, **site))
+        for ai, appointment in enumerate(stage.appointments):
+            site = {"extra_keys": ("appointment",), "stage": stage.id}
+            for ri, reminder in enumerate(appointment.remind):
+                uses.append(_use(reminder.email, f"{at}.appointments[{ai}].remind[{ri}].email", None, **site))
     return uses
 
 
@@ -217,6 +221,11 @@ def _extras(
         elif key == "visit":
             label = stage.cadence.label if stage.cadence is not None else "touchpoint"
             extras["visit"] = {"label": label, "due_at": SAMPLE_MOMENT, "number": SAMPLE_VISIT_NUMBER}
+            if stage.cadence is not None and stage.cadence.names:
+                extras["visit"]["name"] = stage.cadence.names[0]
+        elif key == "appointment":
+            label = stage.appointments[0].label if stage.appointments else "appointment"
+            extras["appointment"] = {"label": label, "at": SAMPLE_MOMENT, "before": "1d"}
         elif key == "form":
             # The engine passes the very values it stores for the form.
             extras["form"] = forms[use.form or ""]

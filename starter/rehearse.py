@@ -117,6 +117,8 @@ class Rehearsal:
     status: LifecycleStatus
     emails: list[EmailMessage] = field(default_factory=list)
     duplicates: int = 0
+    # Lifecycles this one handed off to (deal id -> status at the horizon).
+    linked: dict[str, LifecycleStatus] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [entry for entry in self.timeline if entry["kind"] == kind]
@@ -289,15 +291,18 @@ async def _drive(
             message = str(exc.cause.message if hasattr(exc.cause, "message") else exc.cause)
             rejected.append({"at": now, "kind": "rejected", "stage": None, **step.describe(), "reason": message})
     await _sleep_until(env, scenario.until.after(start))
-    status = await handle.query(ClientLifecycle.status)
-    if status.outcome is None:
-        # The rehearsal ends at its horizon; a lifecycle left running would hold the test server's clock back.
-        await handle.terminate("rehearsal horizon reached")
+    status = await _stop_at_horizon(handle)
     with db.session() as session:
         rows = session.scalars(
             select(JournalRow).where(JournalRow.workflow_id == handle.id).order_by(JournalRow.seq)
         ).all()
         entries = [{"at": _aware(r.at), "kind": r.kind, "stage": r.stage, **r.detail} for r in rows]
+    # Only what this rehearsal started is stopped: a lifecycle that already existed is not the rehearsal's.
+    linked = {
+        e["deal_id"]: await _stop_at_horizon(env.client.get_workflow_handle(e["workflow_id"]))
+        for e in entries
+        if e["kind"] == "linked" and e.get("status") == "started"
+    }
     merged = sorted(entries + rejected, key=lambda e: e["at"])
     timeline = [
         {
@@ -308,8 +313,21 @@ async def _drive(
         for e in merged
     ]
     return Rehearsal(
-        started_at=start, timeline=timeline, status=status, emails=list(sink.messages), duplicates=sink.duplicates
+        started_at=start,
+        timeline=timeline,
+        status=status,
+        emails=list(sink.messages),
+        duplicates=sink.duplicates,
+        linked=linked,
     )
+
+
+async def _stop_at_horizon(handle: WorkflowHandle[Any, Any]) -> LifecycleStatus:
+    """The rehearsal ends at its horizon; a lifecycle left running would hold the test server's clock back."""
+    status = await handle.query(ClientLifecycle.status)
+    if status.outcome is None:
+        await handle.terminate("rehearsal horizon reached")
+    return status
 
 
 async def _sleep_until(env: WorkflowEnvironment, target: datetime) -> None:

@@ -16,11 +16,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributePair,
+    SearchAttributeUpdate,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.email import EmailActivities
+    from activities.playbooks import PlaybookActivities
     from activities.records import RecordActivities
     from sopflow.constants import (
         ACTIVITY_TIMEOUT,
@@ -30,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
         SA_PLAYBOOK,
         SA_STAGE,
     )
-    from sopflow.engine import Engine, Rejected, Wakeup
+    from sopflow.engine import Engine, Rejected, Step, Wakeup, check_deal_fields
     from sopflow.models import (
         Advance,
         ClaimRequest,
@@ -42,7 +50,9 @@ with workflow.unsafe.imports_passed_through():
         LifecycleStatus,
         SetFields,
         SubmitForm,
+        workflow_id,
     )
+    from sopflow.playbook import Playbook
 
 EMAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=10))
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
@@ -52,6 +62,22 @@ EMAIL_GIVE_UP = timedelta(days=1)
 UNDELIVERABLE = ("RecipientRefused", "SmtpRejected")
 # Lifecycles that hit a bounce before this behaviour existed replay without the task it opens (workflow.patched).
 PATCH_UNDELIVERABLE = "undeliverable-email-opens-task"
+
+
+def start_options(playbook: Playbook, deal_id: str) -> dict[str, Any]:
+    """How every lifecycle starts, from a starter or as a hand-off child, so all look alike in the Temporal UI.
+
+    A deal id names one lifecycle for good (its timeline, records and email keys are per deal id), so a closed
+    lifecycle is never started again.
+    """
+    return {
+        "id": workflow_id(deal_id),
+        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        "static_summary": f"{playbook.title or playbook.id} (v{playbook.version}) · deal {deal_id}",
+        "search_attributes": TypedSearchAttributes(
+            [SearchAttributePair(SA_PLAYBOOK, playbook.id), SearchAttributePair(SA_STAGE, playbook.stages[0].id)]
+        ),
+    }
 
 
 def _reject(exc: Rejected) -> ApplicationError:
@@ -221,6 +247,8 @@ class ClientLifecycle:
         while self._engine.steps:
             steps = self._engine.take_steps()
             for step in steps:
+                if step.start is not None:
+                    await self._start_linked(step)
                 if step.email is None:
                     continue
                 try:
@@ -256,6 +284,34 @@ class ClientLifecycle:
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=RECORD_RETRY,
                 summary="record timeline",
+            )
+
+    async def _start_linked(self, step: Step) -> None:
+        """Start the hand-off lifecycle as a child that outlives this one; its deal id makes a second start a no-op."""
+        start = step.start
+        assert start is not None
+        try:
+            playbook = await workflow.execute_activity_method(
+                PlaybookActivities.load_playbook,
+                start.playbook,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+                summary=f"load playbook {start.playbook}",
+            )
+            fields = check_deal_fields(playbook, start.fields)
+            await workflow.start_child_workflow(
+                ClientLifecycle.run,
+                LifecycleInput(deal_id=start.deal_id, playbook=playbook, fields=fields, actor=start.actor),
+                parent_close_policy=ParentClosePolicy.ABANDON,
+                **start_options(playbook, start.deal_id),
+            )
+            step.entry.detail.update(status="started", workflow_id=workflow_id(start.deal_id))
+        except WorkflowAlreadyStartedError:
+            step.entry.detail.update(status="already started", workflow_id=workflow_id(start.deal_id))
+        except (ActivityError, Rejected) as exc:
+            # Journaled, not raised: the won deal stays won; the failure is in its timeline for staff to act on.
+            step.entry.detail.update(
+                status="failed", error=str(exc.cause or exc) if isinstance(exc, ActivityError) else str(exc)
             )
 
     def _arm_timer(self, wake: Wakeup | None) -> None:

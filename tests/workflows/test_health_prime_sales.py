@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from temporalio.client import WorkflowExecutionStatus
 
 from sopflow.config import PROJECT_ROOT
 from sopflow.playbook import Playbook, load_playbook
@@ -180,6 +181,47 @@ async def test_won_path_rejects_an_incomplete_close_then_wins_by_itself_and_hand
         assert expected in text
     (closeout,) = mail(result, "won_closeout")
     assert "Example Family Practice_Calculator" in body(closeout, "plain")
+
+    # The hand-off: one implementation lifecycle, started with the won deal's data, owned by the onboarding team.
+    (handoff,) = result.of_kind("linked")
+    assert handoff["status"] == "started" and handoff["deal_id"] == "HP-1.health_prime_implementation"
+    assert result.status.linked == {"health_prime_implementation": "HP-1.health_prime_implementation"}
+    implementation = result.linked["HP-1.health_prime_implementation"]
+    assert implementation.playbook == "health_prime_implementation"
+    assert implementation.history[0].to_stage == "kickoff"
+    assert implementation.fields["company_name"] == "Example Family Practice"
+    assert implementation.fields["hp_products"] == ["RCM", "Credentialing"]
+    assert implementation.fields["target_go_live_date"] == "2026-09-01"
+    (kickoff,) = mail(result, "kickoff_assigned")
+    assert "onboarding@example.com" in kickoff["To"] and "Sep 01, 2026" in body(kickoff, "plain")
+
+
+async def test_closed_won_finds_the_implementation_already_started_and_starts_no_second_one(ts_env, hps):
+    """A retried hand-off (or one done by hand first) must not start a second onboarding for the same client."""
+    impl = load_playbook(PROJECT_ROOT / "playbooks" / "health_prime_implementation.yaml", TEMPLATES)
+    fields = {
+        "company_name": "Example Clinic",
+        "sales_rep_email": "rep@example.com",
+        "target_go_live_date": "2027-03-01",
+    }
+    await run(ts_env, impl, [], until="1h", deal_id="HP-9.health_prime_implementation", deal=fields)
+    existing = await ts_env.client.get_workflow_handle("deal-HP-9.health_prime_implementation").describe()
+
+    deal = {**DEAL, **SQL_DONE, **ENGAGED_DONE, **_proposal_done()}
+    won = {"quoted_rcm_rate": 5, "nda_status": "Signed", "baa_status": "Signed", "onboarding_questionnaire": "Uploaded"}
+    steps = [{"at": "0d", "advance": "engaged"}, {"at": "0d", "advance": "proposal"}]
+    steps += [{"at": "0d", "advance": "partner_of_choice"}, {"at": "1d", "set": won}]
+    steps += [{"at": "1d", "set": {"contract_status": "Proposal signed"}}]  # Closed Won by itself
+    steps += [{"at": "1d", "advance": "closed_won"}]  # the move retried: rejected, the deal is closed
+    result = await run(ts_env, hps, steps, until="2d", deal_id="HP-9", deal=deal)
+
+    assert result.status.outcome == "won"
+    assert result.of_kind("rejected")[-1]["reason"].startswith("deal HP-9 is closed (won)")
+    (handoff,) = result.of_kind("linked")
+    assert handoff["status"] == "already started" and handoff["workflow_id"] == existing.id
+    assert result.linked == {}
+    after = await ts_env.client.get_workflow_handle(existing.id).describe()
+    assert after.run_id == existing.run_id and after.status == WorkflowExecutionStatus.TERMINATED
 
 
 async def test_lost_moves_by_itself_once_both_reasons_are_filled_and_recycles_the_contact(ts_env, hps):
