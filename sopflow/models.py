@@ -200,7 +200,7 @@ class TaskView(Payload):
 
 
 class DueView(Payload):
-    kind: Literal["deadline", "task", "cadence"]
+    kind: Literal["deadline", "task", "cadence", "appointment"]
     label: str
     due_at: datetime
 

@@ -242,6 +242,46 @@ def test_playbook_error_message_names_the_source_and_lists_every_error() -> None
             "stages[1]: terminal stage 'done' ends the lifecycle: it cannot have transitions, tasks, forms, "
             "a deadline or a cadence",
         ),
+        (
+            {
+                "deal": {"owner_email": {"type": "email"}, "company": {"type": "text"}},
+                "roles": {"owner": {"email": "deal.owner_email"}},
+                "stages": [
+                    {
+                        "id": "open",
+                        "appointments": [
+                            {
+                                "at": "deal.company",
+                                "remind": [{"before": "1d", "email": {"template": "t", "to": ["owner"]}}],
+                            }
+                        ],
+                    }
+                ],
+            },
+            "stages[0].appointments[0].at: 'deal.company' is a text field; a moment needs a date or datetime field",
+        ),
+        (
+            {
+                "deal": {"tier": {"type": "text"}},
+                "classify": {"tier": {"criteria": {"assets": {"A": {"field": "deal.tier", "is_set": True}}}}},
+            },
+            "classify.tier: the target must be a choice deal field (its options are the tiers, best first)",
+        ),
+        (
+            {
+                "deal": {"tier": {"type": "choice", "options": ["A", "B"]}, "assets": {"type": "money"}},
+                "classify": {"tier": {"criteria": {"assets": {"Z": {"field": "deal.assets", "gte": 1}}}}},
+            },
+            "classify.tier.criteria.assets.Z: 'Z' is not an option of deal field 'tier'",
+        ),
+        (
+            {"stages": [{"id": "open", "on_enter": [{"copy": {"nowhere": "deal.missing"}}]}]},
+            "stages[0].on_enter[0].copy.nowhere: unknown deal field 'nowhere'",
+        ),
+        (
+            {"stages": [{"id": "open", "on_enter": [{"set": {"a": 1}, "copy": {"b": "deal.c"}}]}]},
+            "stages[0].on_enter[0]: an action is exactly one of 'email', 'set', 'copy' or 'start_lifecycle'",
+        ),
         ({"stages": []}, "stages: List should have at least 1 item after validation, not 0"),
         ({"id": "Safe-Balance"}, "id: String should match pattern '^[a-z][a-z0-9_]*$'"),
     ],
@@ -257,3 +297,30 @@ def test_error_path_keeps_a_field_whose_name_starts_with_function() -> None:
     with pytest.raises(PlaybookError) as caught:
         parse_playbook(minimal(forms=forms))
     assert caught.value.errors == ["forms.intake.fields.functional_area: a choice field needs 'options'"]
+
+
+def test_a_hand_off_to_a_missing_playbook_or_without_its_required_fields_is_reported(tmp_path: Path) -> None:
+    handoff = {
+        "start_lifecycle": {"playbook": "onboarding", "fields": {"company": "deal.company", "nope": "deal.company"}}
+    }
+    data = minimal(
+        deal={"company": {"type": "text"}},
+        stages=[
+            {"id": "open", "transitions": [{"to": "won", "advance": True}]},
+            {"id": "won", "terminal": "won", "on_enter": [handoff]},
+        ],
+    )
+    path = tmp_path / "sales.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_errors(path) == [
+        "stages[1].on_enter[0].start_lifecycle.playbook: playbook 'onboarding' cannot be loaded "
+        "(cannot read: No such file or directory)"
+    ]
+    onboarding = minimal(
+        id="onboarding", deal={"company": {"type": "text"}, "go_live": {"type": "date", "required": True}}
+    )
+    (tmp_path / "onboarding.yaml").write_text(yaml.safe_dump(onboarding))
+    assert load_errors(path) == [
+        "stages[1].on_enter[0].start_lifecycle.fields.nope: playbook 'onboarding' has no deal field 'nope'",
+        "stages[1].on_enter[0].start_lifecycle.fields: playbook 'onboarding' requires deal field 'go_live'",
+    ]
