@@ -171,18 +171,22 @@ async def start_test_env(server_log: Path | None = None) -> WorkflowEnvironment:
     return env
 
 
-_RELATIVE_DAY = re.compile(r"^\$today(?:([+-])(\d+)d)?$")
+_RELATIVE_DAY = re.compile(r"^\$today(?:([+-])(\d+)d)?(?:@(\d\d):(\d\d))?$")
 
 
 def resolve_dates(values: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """Scenario values `$today`, `$today-3d`, `$today+2d` become ISO dates on the rehearsal's virtual clock, so a
-    scenario written once stays valid whatever day it is rehearsed on."""
+    """Scenario values `$today`, `$today-3d`, `$today+2d` become ISO dates on the rehearsal's virtual clock, and
+    `$today+30d@14:00` a UTC date-time, so a scenario written once stays valid whatever day it is rehearsed on."""
     resolved = {}
     for key, value in values.items():
         match = _RELATIVE_DAY.match(value) if isinstance(value, str) else None
         if match:
-            sign, days = match.group(1), int(match.group(2) or 0)
-            value = (now + timedelta(days=-days if sign == "-" else days)).date().isoformat()
+            sign, days, hour, minute = match.groups()
+            day = now + timedelta(days=-int(days) if sign == "-" else int(days or 0))
+            if hour is None:
+                value = day.date().isoformat()
+            else:
+                value = day.replace(hour=int(hour), minute=int(minute), second=0, microsecond=0).isoformat()
         resolved[key] = value
     return resolved
 

@@ -62,6 +62,9 @@ EMAIL_GIVE_UP = timedelta(days=1)
 UNDELIVERABLE = ("RecipientRefused", "SmtpRejected")
 # Lifecycles that hit a bounce before this behaviour existed replay without the task it opens (workflow.patched).
 PATCH_UNDELIVERABLE = "undeliverable-email-opens-task"
+# A quiet lifecycle wakes at its run's first anniversary to continue as new (one run per year), instead of at the
+# next business timer; lifecycles recorded before this replay without that timer.
+PATCH_YEARLY_WAKEUP = "yearly-continue-as-new-wakeup"
 
 
 def start_options(playbook: Playbook, deal_id: str) -> dict[str, Any]:
@@ -128,7 +131,7 @@ class ClientLifecycle:
                     self._continue_as_new()
             self._publish()
             self._changed = False
-            self._arm_timer(engine.next_wakeup())
+            self._arm_timer(self._next_wakeup())
             await workflow.wait_condition(lambda: self._changed or any(t.done() for t in self._timers.values()))
             self._timers = {at: t for at, t in self._timers.items() if not t.done()}
             engine.tick(workflow.now())
@@ -313,6 +316,13 @@ class ClientLifecycle:
             step.entry.detail.update(
                 status="failed", error=str(exc.cause or exc) if isinstance(exc, ActivityError) else str(exc)
             )
+
+    def _next_wakeup(self) -> Wakeup | None:
+        wake = self._engine.next_wakeup()
+        if wake is None or not workflow.patched(PATCH_YEARLY_WAKEUP):
+            return wake
+        year_end = self._engine.state.run_started_at + MAX_RUN_AGE
+        return Wakeup(year_end, "yearly continue-as-new") if year_end < wake.at else wake
 
     def _arm_timer(self, wake: Wakeup | None) -> None:
         """Make sure some timer fires no later than `wake`; an earlier pending timer already re-evaluates then."""

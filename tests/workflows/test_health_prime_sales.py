@@ -209,7 +209,7 @@ async def test_closed_won_finds_the_implementation_already_started_and_starts_no
 
     deal = {**DEAL, **SQL_DONE, **ENGAGED_DONE, **_proposal_done()}
     won = {"quoted_rcm_rate": 5, "nda_status": "Signed", "baa_status": "Signed", "onboarding_questionnaire": "Uploaded"}
-    steps = [{"at": "0d", "advance": "engaged"}, {"at": "0d", "advance": "proposal"}]
+    steps: list[dict[str, Any]] = [{"at": "0d", "advance": "engaged"}, {"at": "0d", "advance": "proposal"}]
     steps += [{"at": "0d", "advance": "partner_of_choice"}, {"at": "1d", "set": won}]
     steps += [{"at": "1d", "set": {"contract_status": "Proposal signed"}}]  # Closed Won by itself
     steps += [{"at": "1d", "advance": "closed_won"}]  # the move retried: rejected, the deal is closed

@@ -1,8 +1,9 @@
-"""Client ongoing planning & servicing (seed 004): A/B/C categories and their meeting cadences, time-skipping."""
+"""Client ongoing planning & servicing (seed 004): A/B/C categories, booked meetings with reminders, per-meeting
+tasks and the category cadences, through the real workflow on the time-skipping server."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,11 +14,10 @@ from sopflow.playbook import Playbook, load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
 from starter.rehearse import Rehearsal
-from tests.conftest import checked_in_scenario, run
+from tests.conftest import checked_in_scenario, mail, run
 
-PLAYBOOK_FILE = PROJECT_ROOT / "playbooks" / "client_servicing.yaml"
+PLAYBOOK_FILE = PROJECT_ROOT / "playbooks" / "financial_servicing.yaml"
 TEMPLATES = PROJECT_ROOT / "templates"
-SCENARIOS = PROJECT_ROOT / "playbooks" / "scenarios"
 
 DEAL = {
     "advisor_email": "advisor@example.com",
@@ -26,8 +26,9 @@ DEAL = {
     "client_email": "client@example.com",
     "client_name": "Example Household",
 }
-A_PROFILE = {"net_worth": 2500000, "investable_assets": 1200000}
-C_PROFILE = {"net_worth": 300000, "investable_assets": 200000}
+A_PROFILE = {"net_worth": 2500000, "investable_assets": 1200000, "household_income": 450000, "client_age": 50}
+B_PROFILE = {"net_worth": 800000, "investable_assets": 600000, "household_income": 300000, "client_age": 40}
+C_PROFILE = {"net_worth": 300000, "investable_assets": 200000, "household_income": 160000, "client_age": 30}
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,7 @@ def meeting(at: str, kind: str = "Topic meeting") -> dict[str, Any]:
         "met_on": "$today",
         "meeting_type": kind,
         "next_steps": "Review the proposal",
-        "next_appointment_on": "$today+90d",
-        "a360_household_updated": "yes",
+        "next_appointment_at": "$today+90d@14:00",
     }
     return {"at": at, "form": "meeting_log", "fields": fields}
 
@@ -109,7 +109,7 @@ async def test_meetings_fall_due_on_the_category_cadence_over_two_years(
 
 
 async def test_a_client_happy_path_logged_meetings_reset_the_schedule_and_never_escalate(ts_env, servicing):
-    deal, steps, until = checked_in_scenario("client_servicing_a_client")
+    deal, steps, until = checked_in_scenario("financial_servicing_a_client")
     result = await run(ts_env, servicing, steps, until=until, deal_id="CS-A-1", deal=deal)
 
     start = entered(result, "servicing_a")
@@ -120,11 +120,33 @@ async def test_a_client_happy_path_logged_meetings_reset_the_schedule_and_never_
     assert not result.of_kind("escalation") and not result.of_kind("visit_due")
     templates = [e["template"] for e in result.of_kind("email")]
     assert templates.count("meeting_recap") == 4 and templates.count("design_center_request") == 2
-    assert templates.count("opportunity_pipeline") == 1 and templates.count("meeting_reminder") == 4
-    # The first reminder is for the first due date: 3 months after the category was confirmed.
+    assert templates.count("meeting_due") == 4
+    # The first "book it" reminder is for the first due date: 3 months after the category was confirmed.
     first = next(e for e in result.of_kind("reminder") if "cadence" in e)
     assert moment(first["due_at"]) == duration("3mo").after(start)
     assert result.status.stage == "servicing_a"
+    assert result.status.fields["suggested_category"] == "A"
+
+    # Every booked meeting: the client one week, one day and one hour before; the advisor's checklist a week before.
+    meetings = [moment(e["starts_at"]) for e in result.of_kind("appointment")]
+    assert len(meetings) == 5 and all(m.hour == 15 and m.minute == 0 for m in meetings)
+    held = [m for m in meetings if m <= duration("400d").after(result.started_at)]
+    client_reminders = [moment(e["at"]) for e in result.of_kind("email") if e["template"] == "client_meeting_reminder"]
+    assert client_reminders == [
+        m - before for m in held[:4] for before in (timedelta(days=7), timedelta(days=1), timedelta(hours=1))
+    ]
+    assert len(mail(result, "client_meeting_reminder")) == 12 and len(mail(result, "meeting_prep")) == 4
+    (reminder,) = [m for m in mail(result, "client_meeting_reminder") if "in one hour" in str(m["Subject"])][:1]
+    assert reminder["To"] == "Example Household <client@example.com>"
+
+    # Preparation tasks open once per booked meeting, follow-ups once per logged meeting; all done, none overdue.
+    opened = [e["task"] for e in result.of_kind("task") if e["status"] == "opened"]
+    assert opened.count("verify_accounts") == 5 and opened.count("trusted_advisor_outreach") == 5
+    assert opened.count("update_a360_household") == 4 and opened.count("design_center_collab") == 2
+    assert opened.count("open_opportunity_pipelines") == 1
+    assert not [e for e in result.of_kind("reminder") if "task" in e]
+    # One servicing year per run.
+    assert result.status.run == 2
 
 
 async def test_a_logged_meeting_moves_the_next_due_date(ts_env, servicing):
@@ -138,31 +160,61 @@ async def test_a_logged_meeting_moves_the_next_due_date(ts_env, servicing):
 
 
 async def test_a_missed_meeting_escalates_to_the_practice_lead(ts_env, servicing):
-    result = await run(ts_env, servicing, confirm("B"), until="140d", deal_id="CS-B-1", deal={**DEAL, **A_PROFILE})
+    result = await run(ts_env, servicing, confirm("B"), until="140d", deal_id="CS-B-1", deal={**DEAL, **B_PROFILE})
 
     due = duration("4mo").after(entered(result, "servicing_b"))
     (escalation,) = [e for e in result.of_kind("escalation") if e.get("reason") == "missed"]
     assert moment(escalation["due_at"]) == due
     assert moment(escalation["at"]) == duration("14d").after(due)
-    overdue = [m for m in result.emails if m["X-Sopflow-Template"] == "client_servicing/meeting_overdue"]
+    overdue = [m for m in result.emails if m["X-Sopflow-Template"] == "financial_servicing/meeting_overdue"]
     assert len(overdue) == 1
     assert "advisor@example.com" in overdue[0]["To"] and "practice-lead@example.com" in overdue[0]["Cc"]
 
 
 async def test_recategorisation_is_checked_against_the_profile_and_re_plans_the_cadence(ts_env, servicing):
-    deal, steps, until = checked_in_scenario("client_servicing_recategorised")
+    deal, steps, until = checked_in_scenario("financial_servicing_recategorised")
     result = await run(ts_env, servicing, steps, until=until, deal_id="CS-C-1", deal=deal)
 
     assert [e["to"] for e in result.of_kind("stage")] == ["categorisation", "servicing_c", "servicing_a"]
     (rejected,) = result.of_kind("rejected")
-    assert "category A needs net worth of $2,000,000+" in rejected["reason"]
+    assert "the profile does not suggest category A" in rejected["reason"]
+    suggested = [e["values"]["suggested_category"] for e in result.of_kind("fields") if "values" in e]
+    assert suggested == ["C", "A"]  # at the start, then once the profile grew
     c_start, a_start = entered(result, "servicing_c"), entered(result, "servicing_a")
     assert dues(result) == [duration("6mo").after(c_start), duration("3mo").after(a_start)]
     missed = [moment(e["due_at"]) for e in result.of_kind("escalation") if e.get("reason") == "missed"]
     assert missed == dues(result)
 
 
-async def test_a_category_above_the_asset_tier_needs_an_override_reason(ts_env, servicing):
+async def test_a_neglected_meeting_reminds_and_escalates_its_tasks_then_the_client_leaves(ts_env, servicing):
+    deal, steps, until = checked_in_scenario("financial_servicing_neglected")
+    result = await run(ts_env, servicing, steps, until=until, deal_id="FS-B-1", deal=deal)
+
+    # A straddling profile gets one answer, with the rows that pulled each way.
+    assert result.status.fields["suggested_category"] == "B"
+    assert result.status.fields["category_basis"] == (
+        "B (median of 8 rows: A on net_worth, investable_assets; B on household_income, ages, initial_revenue, "
+        "recurring_revenue, products; C on referrals)"
+    )
+    (meeting,) = [moment(e["starts_at"]) for e in result.of_kind("appointment")][:1]
+    task_reminders = {e["task"]: moment(e["at"]) for e in result.of_kind("reminder") if "task" in e}
+    # Preparation not done: both preparers are reminded when it falls due, two days before the meeting.
+    assert (
+        task_reminders["verify_accounts"] == task_reminders["trusted_advisor_outreach"] == meeting - timedelta(days=2)
+    )
+    # The A360 update after the logged meeting: reminded 3 days later, escalated a week after that.
+    logged = moment(next(e["at"] for e in result.of_kind("form") if e["form"] == "meeting_log"))
+    assert task_reminders["update_a360_household"] == logged + timedelta(days=3)
+    (escalation,) = [e for e in result.of_kind("escalation") if e.get("task") == "update_a360_household"]
+    assert moment(escalation["at"]) == logged + timedelta(days=10)
+    (escalated,) = mail(result, "task_escalation")
+    assert "practice-lead@example.com" in escalated["To"]
+    assert [e["to"] for e in result.of_kind("stage")][-1] == "client_departed"
+    assert result.status.outcome == "cancelled"
+    assert result.status.fields["departure_reason"] == "Moved to a family office"
+
+
+async def test_a_category_other_than_the_suggestion_needs_an_override_reason(ts_env, servicing):
     steps = [
         *confirm("B"),
         {
