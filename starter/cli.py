@@ -12,6 +12,8 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
@@ -36,7 +38,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from sopflow import reports
+from sopflow import graph, reports
 from sopflow.config import Settings
 from sopflow.constants import (
     SA_NEXT_DUE,
@@ -558,6 +560,67 @@ def playbook_show(playbook: str, output: OutputOpt = Output.text) -> None:
             stage.id, stage.owner or "", "\n".join(t.id for t in stage.tasks), "\n".join(gate), "\n".join(leads)
         )
     out.print(table)
+
+
+class GraphFormat(StrEnum):
+    mermaid = "mermaid"
+    svg = "svg"
+    png = "png"
+
+
+@playbook_app.command("graph")
+def playbook_graph(
+    playbook: str,
+    to: Annotated[
+        str | None, typer.Option("--out", "-o", help="the Mermaid file, a folder for it, or - for stdout")
+    ] = None,
+    fmt: Annotated[
+        GraphFormat | None,
+        typer.Option(
+            "--format", help="mermaid only, or an svg/png image too (needs graphviz); default svg if installed"
+        ),
+    ] = None,
+) -> None:
+    """Draw a playbook's stages and moves: Mermaid text (renders on GitHub), and an image when graphviz is installed."""
+    pb = load(playbook)
+    if to == "-":
+        if fmt in (GraphFormat.svg, GraphFormat.png):
+            fail(f"-o - prints Mermaid only: give -o a file to write {fmt} next to it")
+        typer.echo(graph.mermaid(pb), nl=False)
+        return
+    target = Path(to or ".")
+    mmd = target / f"{pb.id}.mmd" if target.is_dir() else target
+    dot_bin = shutil.which("dot")
+    # Unasked, the image is a bonus drawn only when graphviz is there; asked for, it is required.
+    wanted = fmt or (GraphFormat.svg if dot_bin else GraphFormat.mermaid)
+    if mmd.suffix in (".svg", ".png"):
+        fail(f"-o names the Mermaid file (e.g. {mmd.with_suffix('.mmd')}); an image is written next to it")
+    image = None if wanted == GraphFormat.mermaid else mmd.with_suffix(f".{wanted}")
+    _write(mmd, graph.mermaid(pb))
+    out.print(str(mmd), markup=False, highlight=False, soft_wrap=True)
+    if image is None:
+        return
+    if dot_bin is None:
+        fail(f"graphviz is not installed (no `dot` on PATH), so no {wanted} was written; install graphviz")
+    try:
+        done = subprocess.run(
+            [dot_bin, f"-T{wanted}", "-o", str(image)],
+            input=graph.dot(pb),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        fail(f"cannot run graphviz `dot`: {exc}")
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        # dot prints warnings before the error; the error is the line worth one line of output.
+        reason = next(
+            (line for line in lines if line.startswith("Error")), lines[0] if lines else f"exit {done.returncode}"
+        )
+        fail(f"graphviz `dot` failed to write {image}: {reason}")
+    out.print(str(image), markup=False, highlight=False, soft_wrap=True)
 
 
 # --- mail: the outbox in the records database -----------------------------------------------------------------------
