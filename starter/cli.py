@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -537,29 +538,43 @@ def playbook_validate(files: list[Path]) -> None:
 
 @playbook_app.command("show")
 def playbook_show(playbook: str, output: OutputOpt = Output.text) -> None:
-    """Summarise a playbook: stages, what opens them, what gates them, where they lead."""
+    """Outline a playbook: each stage's owner, tasks and gate, where it leads and on what, and how it ends."""
     pb = load(playbook)
     if output == Output.json:
         out.print_json(pb.model_dump_json())
         return
-    table = Table("stage", "owner", "tasks", "gate", "leads to", title=f"{pb.title or pb.id} v{pb.version}")
+    leads: dict[str | None, list[graph.Move]] = {}
+    for move in graph.moves(pb):
+        leads.setdefault(move.source, []).append(move)
+    # A tree, not a table: ids and conditions wrap under their stage instead of being cut off in a narrow terminal.
+    tree = Tree(Text.assemble((pb.title or pb.id, "bold"), f"  {pb.id} v{pb.version}"))
     for stage in pb.stages:
-        gate = [
-            *(f"form {f}" for f in stage.gate.forms),
-            *(f"{r}" for r in stage.gate.fields),
-            *([f"tasks {stage.gate.tasks}"] if stage.gate.tasks else []),
-        ]
-        leads = [f"{t.to} ({'advance' if t.advance else t.form or t.event or 'when'})" for t in stage.transitions]
-        if stage.deadline:
-            leads.append(f"{stage.deadline.on_expiry.to} (after {stage.deadline.within})")
+        head = Text.assemble((stage.id, "bold cyan"), f"  {stage.title}" if stage.title else "")
+        if stage.owner:
+            head.append(f"  owner: {stage.owner}", style="dim")
+        node = tree.add(head)
         if stage.terminal:
-            leads.append(f"[bold]ends: {stage.terminal}[/bold]")
+            needs = f"; closing here needs {', '.join(stage.reason_fields)}" if stage.reason_fields else ""
+            node.add(Text(f"ends: {stage.terminal}{needs}", style="bold"))
+        if stage.tasks:
+            node.add(Text("tasks: " + ", ".join(task.id for task in stage.tasks)))
+        gate = stage.gate
+        requires = [
+            *(f"form {form}" for form in gate.forms),
+            *gate.fields,
+            *(["all tasks"] if gate.tasks == "all" else [f"task {task}" for task in gate.tasks]),
+            *([f"{len(gate.checks)} check(s)"] if gate.checks else []),
+        ]
+        if requires:
+            node.add(Text("gate: " + ", ".join(requires)))
         if stage.cadence:
-            leads.append(f"{stage.cadence.label} every " + ", then ".join(str(p.every) for p in stage.cadence.phases))
-        table.add_row(
-            stage.id, stage.owner or "", "\n".join(t.id for t in stage.tasks), "\n".join(gate), "\n".join(leads)
-        )
-    out.print(table)
+            every = ", then ".join(str(phase.every) for phase in stage.cadence.phases)
+            node.add(Text(f"{stage.cadence.label} every {every}"))
+        for move in leads.get(stage.id, []):
+            node.add(Text.assemble("→ ", (move.target, "cyan"), f"  {move.label}"))
+    if closes := leads.get(None):
+        tree.add(Text("close, from any open stage → " + ", ".join(move.target for move in closes)))
+    out.print(tree)
 
 
 class GraphFormat(StrEnum):
