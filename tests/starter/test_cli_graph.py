@@ -107,3 +107,21 @@ async def test_with_graphviz_the_graph_is_also_an_svg_or_the_png_asked_for(tmp_p
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     assert await cli.ok("playbook", "graph", "client_servicing", "--format", "mermaid") == "client_servicing.mmd\n"
     assert not (tmp_path / "client_servicing.svg").exists()
+
+
+@pytest.mark.parametrize("playbook", sorted(p.stem for p in PLAYBOOKS.glob("*.yaml")))
+async def test_show_outlines_every_stage_and_move_uncut_in_an_80_column_terminal(playbook: str, tmp_path: Path):
+    cli = offline_cli(tmp_path)
+    cli.env["COLUMNS"] = "80"
+    text = await cli.ok("playbook", "show", playbook)
+    assert "…" not in text
+    # Rich wraps at spaces under each tree branch: undo the wrapping and the tree guides, then read it as prose.
+    unwrapped = " ".join(" ".join(line.strip(" │├└─") for line in text.splitlines()).split())
+    pb = load_playbook(PLAYBOOKS / f"{playbook}.yaml")
+    for stage in pb.stages:
+        assert f"{stage.id} {stage.title}" in unwrapped
+    for move in graph.moves(pb):
+        if move.source is not None:
+            assert f"→ {move.target} {move.label}" in unwrapped
+    closes = ", ".join(stage.id for stage in pb.terminal_stages())
+    assert f"close, from any open stage → {closes}" in unwrapped
