@@ -12,6 +12,8 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
@@ -26,6 +28,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -36,7 +39,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from sopflow import reports
+from sopflow import graph, reports
 from sopflow.config import Settings
 from sopflow.constants import (
     SA_NEXT_DUE,
@@ -535,29 +538,104 @@ def playbook_validate(files: list[Path]) -> None:
 
 @playbook_app.command("show")
 def playbook_show(playbook: str, output: OutputOpt = Output.text) -> None:
-    """Summarise a playbook: stages, what opens them, what gates them, where they lead."""
+    """Outline a playbook: each stage's owner, tasks and gate, where it leads and on what, and how it ends."""
     pb = load(playbook)
     if output == Output.json:
         out.print_json(pb.model_dump_json())
         return
-    table = Table("stage", "owner", "tasks", "gate", "leads to", title=f"{pb.title or pb.id} v{pb.version}")
+    leads: dict[str | None, list[graph.Move]] = {}
+    for move in graph.moves(pb):
+        leads.setdefault(move.source, []).append(move)
+    # A tree, not a table: ids and conditions wrap under their stage instead of being cut off in a narrow terminal.
+    tree = Tree(Text.assemble((pb.title or pb.id, "bold"), f"  {pb.id} v{pb.version}"))
     for stage in pb.stages:
-        gate = [
-            *(f"form {f}" for f in stage.gate.forms),
-            *(f"{r}" for r in stage.gate.fields),
-            *([f"tasks {stage.gate.tasks}"] if stage.gate.tasks else []),
-        ]
-        leads = [f"{t.to} ({'advance' if t.advance else t.form or t.event or 'when'})" for t in stage.transitions]
-        if stage.deadline:
-            leads.append(f"{stage.deadline.on_expiry.to} (after {stage.deadline.within})")
+        head = Text.assemble((stage.id, "bold cyan"), f"  {stage.title}" if stage.title else "")
+        if stage.owner:
+            head.append(f"  owner: {stage.owner}", style="dim")
+        node = tree.add(head)
         if stage.terminal:
-            leads.append(f"[bold]ends: {stage.terminal}[/bold]")
+            needs = f"; closing here needs {', '.join(stage.reason_fields)}" if stage.reason_fields else ""
+            node.add(Text(f"ends: {stage.terminal}{needs}", style="bold"))
+        if stage.tasks:
+            node.add(Text("tasks: " + ", ".join(task.id for task in stage.tasks)))
+        gate = stage.gate
+        requires = [
+            *(f"form {form}" for form in gate.forms),
+            *gate.fields,
+            *(["all tasks"] if gate.tasks == "all" else [f"task {task}" for task in gate.tasks]),
+            *([f"{len(gate.checks)} check(s)"] if gate.checks else []),
+        ]
+        if requires:
+            node.add(Text("gate: " + ", ".join(requires)))
         if stage.cadence:
-            leads.append(f"{stage.cadence.label} every " + ", then ".join(str(p.every) for p in stage.cadence.phases))
-        table.add_row(
-            stage.id, stage.owner or "", "\n".join(t.id for t in stage.tasks), "\n".join(gate), "\n".join(leads)
+            every = ", then ".join(str(phase.every) for phase in stage.cadence.phases)
+            node.add(Text(f"{stage.cadence.label} every {every}"))
+        for move in leads.get(stage.id, []):
+            node.add(Text.assemble("→ ", (move.target, "cyan"), f"  {move.label}"))
+    if closes := leads.get(None):
+        tree.add(Text("close, from any open stage → " + ", ".join(move.target for move in closes)))
+    out.print(tree)
+
+
+class GraphFormat(StrEnum):
+    mermaid = "mermaid"
+    svg = "svg"
+    png = "png"
+
+
+@playbook_app.command("graph")
+def playbook_graph(
+    playbook: str,
+    to: Annotated[
+        str | None, typer.Option("--out", "-o", help="the Mermaid file, a folder for it, or - for stdout")
+    ] = None,
+    fmt: Annotated[
+        GraphFormat | None,
+        typer.Option(
+            "--format", help="mermaid only, or an svg/png image too (needs graphviz); default svg if installed"
+        ),
+    ] = None,
+) -> None:
+    """Draw a playbook's stages and moves: Mermaid text (renders on GitHub), and an image when graphviz is installed."""
+    pb = load(playbook)
+    if to == "-":
+        if fmt in (GraphFormat.svg, GraphFormat.png):
+            fail(f"-o - prints Mermaid only: give -o a file to write {fmt} next to it")
+        typer.echo(graph.mermaid(pb), nl=False)
+        return
+    target = Path(to or ".")
+    mmd = target / f"{pb.id}.mmd" if target.is_dir() else target
+    dot_bin = shutil.which("dot")
+    # Unasked, the image is a bonus drawn only when graphviz is there; asked for, it is required.
+    wanted = fmt or (GraphFormat.svg if dot_bin else GraphFormat.mermaid)
+    if mmd.suffix in (".svg", ".png"):
+        fail(f"-o names the Mermaid file (e.g. {mmd.with_suffix('.mmd')}); an image is written next to it")
+    image = None if wanted == GraphFormat.mermaid else mmd.with_suffix(f".{wanted}")
+    _write(mmd, graph.mermaid(pb))
+    out.print(str(mmd), markup=False, highlight=False, soft_wrap=True)
+    if image is None:
+        return
+    if dot_bin is None:
+        fail(f"graphviz is not installed (no `dot` on PATH), so no {wanted} was written; install graphviz")
+    try:
+        done = subprocess.run(
+            [dot_bin, f"-T{wanted}", "-o", str(image)],
+            input=graph.dot(pb),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
-    out.print(table)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        fail(f"cannot run graphviz `dot`: {exc}")
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        # dot prints warnings before the error; the error is the line worth one line of output.
+        reason = next(
+            (line for line in lines if line.startswith("Error")), lines[0] if lines else f"exit {done.returncode}"
+        )
+        fail(f"graphviz `dot` failed to write {image}: {reason}")
+    out.print(str(image), markup=False, highlight=False, soft_wrap=True)
 
 
 # --- mail: the outbox in the records database -----------------------------------------------------------------------

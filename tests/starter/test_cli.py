@@ -31,10 +31,11 @@ TARGETING = [
 class Cli:
     def __init__(self, address: str) -> None:
         self.env = {**os.environ, "TEMPORAL_ADDRESS": address, "TEMPORAL_NAMESPACE": "default", "COLUMNS": "200"}
+        self.cwd: Path | None = None
 
     async def __call__(self, *args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            SOPFLOW, *args, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            SOPFLOW, *args, env=self.env, cwd=self.cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
         return proc.returncode or 0, stdout.decode(), stderr.decode()
