@@ -89,7 +89,7 @@ def test_a_profile_in_temporal_toml_is_chosen_by_temporal_profile(tmp_path: Path
 
 
 def test_a_missing_certificate_file_is_one_line_naming_it(tmp_path: Path):
-    with pytest.raises(ConnectionFailed, match="missing-client.pem") as failed:
+    with pytest.raises(ConnectionFailed, match=r"missing-client\.pem") as failed:
         connect_config(
             env={
                 "TEMPORAL_TLS_CLIENT_CERT_PATH": str(tmp_path / "missing-client.pem"),
