@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     # The codec server (`sopflow codec-server`) decrypts for whoever reaches it: it answers only requests whose
     # Authorization header carries this token (`Bearer <token>`). Browsers may call it from `ui_url` only (CORS).
     codec_token: SecretStr | None = None
+    # Accept browser requests from `ui_url`'s origin without the token. The Temporal UI cannot send a static token
+    # (only its signed-in user's access token), so without this its pages stay encrypted. An Origin header can be
+    # forged by anything that is not a browser: turn it on only where the codec port is reachable from trusted hosts
+    # alone (the compose stack publishes it on 127.0.0.1).
+    codec_trust_ui_origin: bool = False
 
     # Webhook intake (`sopflow intake`). Secrets come from the environment only and are SecretStr, so a repr, a log
     # line or a validation error never shows them.

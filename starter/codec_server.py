@@ -10,8 +10,10 @@ what comes back. Anyone who can call `/decode` reads every client's personal dat
 - a request naming another namespace (`X-Namespace`, sent by the UI and the CLI) is refused: the keys here are
   this namespace's.
 
-`sopflow dev` runs it on 127.0.0.1 with `trust_ui_origin`: the dev UI cannot send a token, and anything that
-could fake its origin there already runs on the machine that holds the keys.
+The Temporal UI cannot send a static token (only its signed-in user's access token). `sopflow dev` therefore runs
+the codec server on 127.0.0.1 with `trust_ui_origin` (anything that could fake the UI's origin there already runs
+on the machine that holds the keys); elsewhere `SOPFLOW_CODEC_TRUST_UI_ORIGIN=true` does the same, for a codec
+port that only trusted hosts reach.
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ def app_from_settings(settings: Settings, namespace: str) -> FastAPI:
         token=settings.codec_token.get_secret_value().strip(),
         ui_origins=[origin_of(settings.ui_url)],
         namespace=namespace,
+        trust_ui_origin=settings.codec_trust_ui_origin,
     )
 
 

@@ -86,6 +86,8 @@ async def test_an_empty_batch_answers_an_empty_list(http: httpx.AsyncClient):
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic " + TOKEN[:4]}])
 async def test_without_the_right_token_both_endpoints_answer_401(http: httpx.AsyncClient, headers: dict[str, str]):
     for path in ("/encode", "/decode"):
+        answer = await http.post(path, json={"payloads": [wire(PLAIN)]}, headers={**headers, "Origin": UI})
+        assert answer.status_code == 401  # the UI's origin alone is not enough unless trusted explicitly
         answer = await http.post(path, json={"payloads": [wire(PLAIN)]}, headers=headers)
         assert answer.status_code == 401
         assert "client-7f3a" not in answer.text
@@ -144,6 +146,20 @@ async def test_the_dev_server_trusts_its_own_ui_origin_but_nothing_else_without_
         assert other.status_code == 401
         bare = await client.post("/decode", json={"payloads": []})
         assert bare.status_code == 401
+
+
+async def test_trusting_the_ui_origin_is_an_explicit_setting_and_still_needs_the_token_elsewhere():
+    settings = Settings(
+        encryption_keys=KEYS,  # type: ignore[arg-type]
+        codec_token=TOKEN,  # type: ignore[arg-type]
+        ui_url=UI,
+        codec_trust_ui_origin=True,
+    )
+    web = app_from_settings(settings, "default")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://codec") as client:
+        assert (await client.post("/decode", json={"payloads": []}, headers={"Origin": UI})).status_code == 200
+        assert (await client.post("/decode", json={"payloads": []})).status_code == 401
+        assert (await client.post("/decode", json={"payloads": []}, headers=AUTH)).status_code == 200
 
 
 def test_the_production_server_needs_keys_and_a_token():
