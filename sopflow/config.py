@@ -12,11 +12,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sopflow.codec import KeyRing, parse_key_ring
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SOPFLOW_", extra="ignore")
+    # hide_input_in_errors: a validation error printed anywhere must not quote the secrets it was given.
+    model_config = SettingsConfigDict(env_prefix="SOPFLOW_", extra="ignore", hide_input_in_errors=True)
 
     home: Path = Path(".sopflow")
     database_url: str = ""
@@ -36,6 +39,19 @@ class Settings(BaseSettings):
     dev_temporal_port: int = 7233
     dev_ui_port: int = 8233
     dev_intake_port: int = 8000
+    dev_codec_port: int = 8081
+
+    # Payload encryption (`sopflow.codec`): `k2:<base64 32 bytes>,k1:<base64>`, the current key first. Unset: payloads
+    # are stored as plain JSON, as in a throwaway dev server.
+    encryption_keys: SecretStr | None = None
+    # The codec server (`sopflow codec-server`) decrypts for whoever reaches it: it answers only requests whose
+    # Authorization header carries this token (`Bearer <token>`). Browsers may call it from `ui_url` only (CORS).
+    codec_token: SecretStr | None = None
+    # Accept browser requests from `ui_url`'s origin without the token. The Temporal UI cannot send a static token
+    # (only its signed-in user's access token), so without this its pages stay encrypted. An Origin header can be
+    # forged by anything that is not a browser: turn it on only where the codec port is reachable from trusted hosts
+    # alone (the compose stack publishes it on 127.0.0.1).
+    codec_trust_ui_origin: bool = False
 
     # Webhook intake (`sopflow intake`). Secrets come from the environment only and are SecretStr, so a repr, a log
     # line or a validation error never shows them.
@@ -72,6 +88,17 @@ class Settings(BaseSettings):
                 "set SOPFLOW_SMTP_TLS=starttls (usually port 587) or implicit (port 465)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _valid_encryption_keys(self) -> Settings:
+        """A bad key fails at start, in one line naming the entry: not later as an undecryptable history."""
+        self.encryption_key_ring()
+        return self
+
+    def encryption_key_ring(self) -> KeyRing | None:
+        """The payload key ring, or None when encryption is off (no keys set)."""
+        raw = self.encryption_keys.get_secret_value().strip() if self.encryption_keys else ""
+        return parse_key_ring(raw) if raw else None
 
     def docusign_keys(self) -> list[str]:
         """The configured Connect HMAC keys (blank entries dropped), for `sopflow.signatures.verify_docusign`."""

@@ -291,6 +291,30 @@ def intake(
     uvicorn.run("starter.webhooks:app", host=host, port=port, log_level="info")
 
 
+# --- codec server: decrypts payloads for the Temporal UI and CLI ------------------------------------------------------
+
+
+@app.command("codec-server")
+def codec_server(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8081,
+) -> None:
+    """Serve /encode and /decode for the Temporal UI and `temporal --codec-endpoint` (needs SOPFLOW_ENCRYPTION_KEYS
+    and SOPFLOW_CODEC_TOKEN)."""
+    import uvicorn
+
+    from starter.codec_server import CodecServerError, app_from_settings
+    from starter.connect import connect_config
+
+    try:
+        namespace = str(connect_config().get("namespace") or "default")
+        web = app_from_settings(settings(), namespace)
+    except (CodecServerError, ConnectionFailed) as exc:
+        fail(str(exc))
+    # Access lines carry paths and statuses only: payloads and the Authorization header are never logged.
+    uvicorn.run(web, host=host, port=port, log_level="info")
+
+
 @deal_app.command("start")
 def deal_start(
     deal_id: Annotated[str, typer.Option("--deal-id", "-d", help="the CRM's deal id (no names or emails)")],

@@ -32,14 +32,14 @@ from sqlalchemy.engine import make_url
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
+from sopflow.codec import EncryptionCodec, data_converter
 from sopflow.config import Settings
 from sopflow.constants import SEARCH_ATTRIBUTES
 from sopflow.db import Database
 from sopflow.mailsink import MailSink
-from starter import webhooks
+from starter import codec_server, webhooks
 from starter.binaries import temporal_cli
 from worker import worker_for
 
@@ -117,6 +117,8 @@ async def run_dev(
         # Our own listeners are taken before the dev server starts, which binds random free ports of its own
         # (HTTP API, metrics, internal services) and could otherwise land on one of ours.
         intake_socket = stack.enter_context(_bind_intake(settings))
+        encrypting = settings.encryption_key_ring() is not None
+        codec_socket = stack.enter_context(_bind_codec(settings)) if encrypting else None
         mail_dir = home / "mail"
         sink = MailSink(
             host=settings.smtp_host, port=settings.smtp_port, store_dir=mail_dir, on_message=_mail_printer(console)
@@ -135,7 +137,7 @@ async def run_dev(
         if on_server_pid is not None:
             on_server_pid(proc.pid)
         started = time.monotonic()
-        client = await _wait_until_serving(proc, address, home / "temporal.log")
+        client = await _wait_until_serving(proc, address, home / "temporal.log", settings)
         await _register_search_attributes(address)
         server_seconds = time.monotonic() - started
 
@@ -157,12 +159,18 @@ async def run_dev(
         web, web_task = _start_intake(settings, intake_socket)
         stack.push_async_callback(_stop_intake, web, web_task)
         await _wait_until_started(web, web_task)
+        web_tasks = {"webhook intake": web_task}
+        if codec_socket is not None:
+            codec_web, codec_task = _start_codec_server(settings, codec_socket)
+            stack.push_async_callback(_stop_intake, codec_web, codec_task)
+            await _wait_until_started(codec_web, codec_task)
+            web_tasks["codec server"] = codec_task
 
         console.print(_panel(settings, address, home, server_seconds))
         if ready is not None:
             ready.set()
         try:
-            await _supervise(proc, worker_task, web_task, stop, home / "temporal.log")
+            await _supervise(proc, worker_task, web_tasks, stop, home / "temporal.log")
         finally:
             console.print(Text("stopping the local stack...", style="dim"))
 
@@ -175,6 +183,8 @@ def _check_ports_free(settings: Settings) -> None:
         ("webhook intake", HOST, settings.dev_intake_port),
         ("SMTP sink", settings.smtp_host, settings.smtp_port),
     ]
+    if settings.encryption_key_ring() is not None:
+        wanted.append(("codec server", HOST, settings.dev_codec_port))
     for name, host, port in wanted:
         if _port_free(host, port):
             continue
@@ -186,7 +196,7 @@ def _check_ports_free(settings: Settings) -> None:
         raise DevStackError(
             f"{host}:{port} ({name}) is already in use: {hint}, or choose other ports with "
             "SOPFLOW_DEV_TEMPORAL_PORT / SOPFLOW_DEV_UI_PORT / SOPFLOW_DEV_INTAKE_PORT / "
-            "SOPFLOW_SMTP_PORT"
+            "SOPFLOW_SMTP_PORT / SOPFLOW_DEV_CODEC_PORT"
         )
 
 
@@ -225,6 +235,9 @@ async def _spawn_server(settings: Settings) -> asyncio.subprocess.Process:
         "--sqlite-pragma",
         "synchronous=normal",
     ]
+    if settings.encryption_key_ring() is not None:
+        # The UI sends the ciphertext it shows to our codec server (the browser calls it, hence 127.0.0.1).
+        args += ["--ui-codec-endpoint", f"http://{HOST}:{settings.dev_codec_port}"]
     with log_path.open("a", encoding="utf-8") as log:
         stamp = datetime.now().isoformat(timespec="seconds")
         log.write(f"\n--- sopflow dev: starting Temporal at {stamp} ---\n")
@@ -240,8 +253,15 @@ async def _spawn_server(settings: Settings) -> asyncio.subprocess.Process:
         )
 
 
-async def _wait_until_serving(proc: asyncio.subprocess.Process, address: str, log_path: Path) -> Client:
-    """Poll until the namespace answers: a listening port alone does not mean `default` exists yet."""
+async def _wait_until_serving(
+    proc: asyncio.subprocess.Process, address: str, log_path: Path, settings: Settings
+) -> Client:
+    """Poll until the namespace answers: a listening port alone does not mean `default` exists yet.
+
+    The client gets the same data converter as every other sopflow client, so the dev stack's worker encrypts
+    exactly as a production worker with the same SOPFLOW_ENCRYPTION_KEYS would.
+    """
+    converter = data_converter(settings)
     deadline = time.monotonic() + READY_TIMEOUT
     last_error = "no attempt"
     while time.monotonic() < deadline:
@@ -251,9 +271,7 @@ async def _wait_until_serving(proc: asyncio.subprocess.Process, address: str, lo
                 f"end of {log_path}:\n{_tail(log_path)}"
             )
         try:
-            client = await asyncio.wait_for(
-                Client.connect(address, namespace=NAMESPACE, data_converter=pydantic_data_converter), 5
-            )
+            client = await asyncio.wait_for(Client.connect(address, namespace=NAMESPACE, data_converter=converter), 5)
             await client.workflow_service.describe_namespace(
                 DescribeNamespaceRequest(namespace=NAMESPACE), timeout=timedelta(seconds=5)
             )
@@ -344,6 +362,43 @@ def _bind_intake(settings: Settings) -> Iterator[socket.socket]:
         yield sock
 
 
+@contextlib.contextmanager
+def _bind_codec(settings: Settings) -> Iterator[socket.socket]:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((HOST, settings.dev_codec_port))
+    except OSError as exc:
+        sock.close()
+        raise DevStackError(
+            f"cannot bind the codec server to {HOST}:{settings.dev_codec_port}: {exc}; "
+            "choose another port with SOPFLOW_DEV_CODEC_PORT"
+        ) from exc
+    with sock:
+        yield sock
+
+
+def _start_codec_server(settings: Settings, sock: socket.socket) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """The codec server for the dev UI: it trusts the UI's own origin, since the dev UI cannot send a token."""
+    ring = settings.encryption_key_ring()
+    assert ring is not None
+    token = settings.codec_token.get_secret_value() if settings.codec_token else None
+    origins = [f"http://localhost:{settings.dev_ui_port}", f"http://{HOST}:{settings.dev_ui_port}"]
+    web = codec_server.create_app(
+        EncryptionCodec(ring), token=token, ui_origins=origins, namespace=NAMESPACE, trust_ui_origin=True
+    )
+    config = uvicorn.Config(web, host=HOST, port=settings.dev_codec_port, log_level="warning")
+    server = _QuietServer(config)
+
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        except SystemExit as exc:
+            raise DevStackError(f"the codec server failed to start (exit {exc.code})") from None
+
+    return server, asyncio.create_task(serve(), name="sopflow-codec-server")
+
+
 def _start_intake(settings: Settings, sock: socket.socket) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     config = uvicorn.Config(
         webhooks.app, host=HOST, port=settings.dev_intake_port, log_level="warning", timeout_graceful_shutdown=5
@@ -370,7 +425,7 @@ async def _wait_until_started(server: uvicorn.Server, task: asyncio.Task[None]) 
 async def _supervise(
     proc: asyncio.subprocess.Process,
     worker_task: asyncio.Task[None],
-    web_task: asyncio.Task[None],
+    web_tasks: dict[str, asyncio.Task[None]],
     stop: asyncio.Event,
     log_path: Path,
 ) -> None:
@@ -379,7 +434,7 @@ async def _supervise(
     stop_task = asyncio.create_task(stop.wait(), name="stop-signal")
     try:
         done, _ = await asyncio.wait(
-            {server_task, stop_task, worker_task, web_task}, return_when=asyncio.FIRST_COMPLETED
+            {server_task, stop_task, worker_task, *web_tasks.values()}, return_when=asyncio.FIRST_COMPLETED
         )
     finally:
         server_task.cancel()
@@ -390,8 +445,8 @@ async def _supervise(
         raise DevStackError(
             f"the Temporal dev server exited with code {proc.returncode}; end of {log_path}:\n{_tail(log_path)}"
         )
-    part = "worker" if worker_task in done else "webhook intake"
-    finished = worker_task if worker_task in done else web_task
+    parts = {"worker": worker_task, **web_tasks}
+    part, finished = next((name, task) for name, task in parts.items() if task in done)
     if finished.exception() is not None:
         raise DevStackError(f"the {part} failed: {finished.exception()}") from finished.exception()
     raise DevStackError(f"the {part} stopped unexpectedly")
@@ -462,6 +517,11 @@ def _panel(settings: Settings, address: str, home: Path, server_seconds: float) 
     grid.add_row("Temporal", f"{address}  (namespace {NAMESPACE}, ready in {server_seconds:.1f} s)")
     grid.add_row("Temporal UI", f"http://localhost:{settings.dev_ui_port}")
     grid.add_row("Webhook intake", f"http://{HOST}:{settings.dev_intake_port}")
+    ring = settings.encryption_key_ring()
+    if ring is not None:
+        grid.add_row(
+            "Codec server", f"http://{HOST}:{settings.dev_codec_port}  (payloads encrypted, key {ring.current_id})"
+        )
     grid.add_row("SMTP sink", f"{settings.smtp_host}:{settings.smtp_port}  ->  {home / 'mail'}")
     grid.add_row("Records DB", _safe_url(settings.database_url))
     grid.add_row("Server log", str(home / "temporal.log"))

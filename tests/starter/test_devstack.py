@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import os
 import signal
@@ -242,3 +243,54 @@ async def test_intake_reports_unready_while_temporal_is_down(monkeypatch: pytest
     assert readiness.status_code == 503
     assert readiness.json()["status"] == "unavailable"
     assert "cannot reach Temporal" in readiness.json()["reason"]
+
+
+async def test_with_encryption_keys_the_dev_stack_runs_a_codec_server_for_its_ui(tmp_path: Path) -> None:
+    from temporalio.common import WorkflowIDConflictPolicy
+
+    from sopflow.codec import ENCODING, data_converter, new_key
+    from sopflow.playbook import load_playbook
+    from starter.lifecycles import start_lifecycle
+    from tests.conftest import PLAYBOOKS, TEMPLATES
+
+    keys = f"k1:{new_key()}"
+    settings = dev_settings(tmp_path, encryption_keys=keys, dev_codec_port=free_port())
+    output = io.StringIO()
+    pids: list[int] = []
+    task = await start(settings, Console(file=output, width=200), pids)
+    try:
+        # The dev server's UI was told where the codec server is.
+        cmdline = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")
+        endpoint = f"http://127.0.0.1:{settings.dev_codec_port}"
+        assert cmdline[cmdline.index(b"--ui-codec-endpoint") + 1] == endpoint.encode()
+        assert "Codec server" in output.getvalue()
+
+        # The stack's worker reads what an encrypting client wrote, and the history holds ciphertext.
+        address = f"127.0.0.1:{settings.dev_temporal_port}"
+        client = await Client.connect(address, data_converter=data_converter(settings))
+        playbook = load_playbook(PLAYBOOKS / "safe_balance.yaml", TEMPLATES)
+        handle = await start_lifecycle(
+            client,
+            playbook,
+            "DEV-ENC-1",
+            {"rep_email": "client-7f3a@example.com"},
+            "test",
+            WorkflowIDConflictPolicy.FAIL,
+        )
+        status = await handle.query("status")
+        assert status["fields"]["rep_email"] == "client-7f3a@example.com"
+        history = await handle.fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes.input.payloads[0]
+        assert started.metadata["encoding"] == ENCODING
+
+        # The UI's browser (its origin) gets that payload decoded; another origin without the token does not.
+        wire = {k: base64.b64encode(v).decode() for k, v in started.metadata.items()}
+        body = {"payloads": [{"metadata": wire, "data": base64.b64encode(started.data).decode()}]}
+        async with httpx.AsyncClient(base_url=endpoint) as http:
+            ui = await http.post("/decode", json=body, headers={"Origin": f"http://localhost:{settings.dev_ui_port}"})
+            other = await http.post("/decode", json=body, headers={"Origin": "https://evil.example.com"})
+        assert ui.status_code == 200 and other.status_code == 401
+        assert b"client-7f3a@example.com" in base64.b64decode(ui.json()["payloads"][0]["data"])
+    finally:
+        await stop(task)
+    assert not accepts(settings.dev_codec_port)

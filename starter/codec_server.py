@@ -1,0 +1,144 @@
+"""The codec server: lets the Temporal Web UI and `temporal workflow show` display encrypted payloads.
+
+Temporal stores only ciphertext (`sopflow.codec`); the UI and the CLI send it here, in Temporal's codec-server
+format (`{"payloads": [{"metadata": {k: base64}, "data": base64}]}`, i.e. proto3 JSON of `Payloads`), and show
+what comes back. Anyone who can call `/decode` reads every client's personal data, so:
+
+- every request needs `Authorization: Bearer <SOPFLOW_CODEC_TOKEN>` (the CLI: `--codec-auth`);
+- browsers may call it from the UI's origin only (`SOPFLOW_UI_URL`, CORS), so another site open in the same
+  browser cannot read the answers;
+- a request naming another namespace (`X-Namespace`, sent by the UI and the CLI) is refused: the keys here are
+  this namespace's.
+
+The Temporal UI cannot send a static token (only its signed-in user's access token). `sopflow dev` therefore runs
+the codec server on 127.0.0.1 with `trust_ui_origin` (anything that could fake the UI's origin there already runs
+on the machine that holds the keys); elsewhere `SOPFLOW_CODEC_TRUST_UI_ORIGIN=true` does the same, for a codec
+port that only trusted hosts reach.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload, Payloads
+from temporalio.converter import PayloadCodec
+
+from sopflow.codec import EncryptionCodec, PayloadDecryptionError
+
+if TYPE_CHECKING:
+    from sopflow.config import Settings
+
+# Temporal refuses payloads above 2 MB by default, and the UI sends one event's payloads at a time.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-Namespace"]
+
+
+def create_app(
+    codec: PayloadCodec,
+    *,
+    token: str | None,
+    ui_origins: Sequence[str],
+    namespace: str | None = None,
+    trust_ui_origin: bool = False,
+) -> FastAPI:
+    """A codec server for one namespace. With `token=None` and no `trust_ui_origin`, every request is refused."""
+    origins = [origin.rstrip("/") for origin in ui_origins]
+    app = FastAPI(title="sopflow codec server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        allow_methods=["POST"],
+        allow_headers=ALLOWED_HEADERS,
+        allow_credentials=True,  # the UI may send its user's access token (TEMPORAL_CODEC_PASS_ACCESS_TOKEN)
+        max_age=600,
+    )
+
+    def authorize(request: Request) -> None:
+        origin = request.headers.get("origin")
+        if trust_ui_origin and origin is not None and origin.rstrip("/") in origins:
+            pass
+        elif token is None or not _token_matches(request.headers.get("authorization"), token):
+            raise HTTPException(401, "missing or wrong Authorization token", {"WWW-Authenticate": "Bearer"})
+        asked = request.headers.get("x-namespace")
+        if namespace is not None and asked and asked != namespace:
+            raise HTTPException(403, f"this codec server serves namespace {namespace!r}, not {asked!r}")
+
+    async def payloads_of(request: Request) -> list[Payload]:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise HTTPException(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        try:
+            message = json_format.Parse(body or b"{}", Payloads(), ignore_unknown_fields=True)
+        except (json_format.ParseError, UnicodeDecodeError) as exc:
+            raise HTTPException(400, f'expected {{"payloads": [...]}} in proto3 JSON: {exc}') from None
+        return list(message.payloads)
+
+    @app.post("/encode")
+    async def encode(request: Request) -> JSONResponse:
+        authorize(request)
+        return _answer(await codec.encode(await payloads_of(request)))
+
+    @app.post("/decode")
+    async def decode(request: Request) -> JSONResponse:
+        authorize(request)
+        try:
+            return _answer(await codec.decode(await payloads_of(request)))
+        except PayloadDecryptionError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _token_matches(header: str | None, token: str) -> bool:
+    """`Bearer <token>` (what `temporal --codec-auth` and the UI send) or the bare token; constant-time compare."""
+    if not header:
+        return False
+    scheme, _, value = header.strip().partition(" ")
+    given = value.strip() if scheme.lower() == "bearer" and value else header.strip()
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def _answer(payloads: Sequence[Payload]) -> JSONResponse:
+    # Built by hand around MessageToDict: an empty list must still come back as {"payloads": []}.
+    body: dict[str, Any] = {"payloads": [json_format.MessageToDict(payload) for payload in payloads]}
+    return JSONResponse(body)
+
+
+class CodecServerError(RuntimeError):
+    """A configuration that cannot serve, worded for the terminal."""
+
+
+def app_from_settings(settings: Settings, namespace: str) -> FastAPI:
+    """The production codec server: SOPFLOW_ENCRYPTION_KEYS and SOPFLOW_CODEC_TOKEN are both required."""
+    ring = settings.encryption_key_ring()
+    if ring is None:
+        raise CodecServerError("SOPFLOW_ENCRYPTION_KEYS is not set: without keys there is nothing to decode")
+    if settings.codec_token is None or not settings.codec_token.get_secret_value().strip():
+        raise CodecServerError(
+            "SOPFLOW_CODEC_TOKEN is not set: the codec server decrypts for anyone who reaches it, so it needs a "
+            "token (make one with `openssl rand -hex 32`)"
+        )
+    return create_app(
+        EncryptionCodec(ring),
+        token=settings.codec_token.get_secret_value().strip(),
+        ui_origins=[origin_of(settings.ui_url)],
+        namespace=namespace,
+        trust_ui_origin=settings.codec_trust_ui_origin,
+    )
+
+
+def origin_of(url: str) -> str:
+    """`https://ui.example.com/namespaces/x` -> `https://ui.example.com`: CORS compares origins, not URLs."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url.rstrip("/")
