@@ -25,7 +25,7 @@ MoveKind = Literal["auto", "advance", "deadline", "close"]
 START = "START"
 ANY_OPEN = "ANY_OPEN"
 
-_KNOWN_TRANSITION_FIELDS = {"to", "advance", "form", "event", "when"}
+_KNOWN_TRANSITION_FIELDS = {"to", "advance", "form", "event", "when", "skip_gate"}
 _OPERATORS = {"equals": "=", "in_": "in", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _OUTCOME_COLOURS = {
     "won": ("#dcfce7", "#15803d"),
@@ -80,7 +80,7 @@ def condition_text(cond: Condition) -> str:
 
 
 def _extras(transition: Transition) -> list[str]:
-    """Transition fields this module does not know (e.g. a future `skip_gate: true`), so the drawing shows them."""
+    """Transition fields this module does not know (a flag added later), so the drawing still shows them."""
     extras = []
     for name in sorted(transition.model_fields_set - _KNOWN_TRANSITION_FIELDS):
         value = getattr(transition, name, None)
@@ -102,7 +102,7 @@ def transition_label(transition: Transition) -> str:
         trigger = ""
     when = f"when {condition_text(transition.when)}" if transition.when is not None else ""
     label = f"{trigger} {when}".strip()
-    extras = _extras(transition)
+    extras = _extras(transition) + (["skips the gate"] if transition.skip_gate else [])
     return f"{label} ({', '.join(extras)})" if extras else label
 
 
@@ -148,6 +148,12 @@ def _notes(stage: Stage) -> list[str]:
         notes.append(f"gate: {summary}")
     if stage.cadence is not None:
         notes.append(f"cadence: {stage.cadence.label}")
+    if stage.appointments:
+        notes.append("appointments: " + ", ".join(a.label for a in stage.appointments))
+    # A hand-off leaves this playbook: named, since the linked lifecycle is drawn by its own playbook's graph.
+    handoffs = [a.start_lifecycle.playbook for a in stage.on_enter if a.start_lifecycle is not None]
+    if handoffs:
+        notes.append("starts: " + ", ".join(handoffs))
     return notes
 
 

@@ -91,7 +91,7 @@ def test_every_stage_and_every_move_of_a_shipped_playbook_is_drawn(path: Path):
 def test_each_kind_of_move_is_labelled_by_what_triggers_it():
     labels = {
         (source, target): label
-        for playbook in ("safe_balance", "medtrainer_onboarding", "client_servicing", "health_prime_sales")
+        for playbook in ("safe_balance", "medtrainer_onboarding", "financial_servicing", "health_prime_sales")
         for source, _, label, target in mermaid_edges(graph.mermaid(load_playbook(PLAYBOOKS / f"{playbook}.yaml")))
     }
     assert labels["targeting", "contract_request"] == "form targeting"
@@ -101,7 +101,9 @@ def test_each_kind_of_move_is_labelled_by_what_triggers_it():
     assert labels["preparation", "escalated"] == "expires 1d after deal.onboarding_call_scheduled_for (onboarding call)"
     assert labels["categorisation", "servicing_a"] == "when deal.category = 'A'"
     assert labels["servicing_a", "servicing_b"] == "advance when deal.category = 'B'"
-    assert labels["sql", "closed_lost"] == "when deal.lost_reason_category is set and deal.lost_reason_details is set"
+    assert labels["sql", "closed_lost"] == (
+        "when deal.lost_reason_category is set and deal.lost_reason_details is set (skips the gate)"
+    )
     assert labels["ANY_OPEN", "backed_out"] == "close"
 
 
@@ -186,7 +188,6 @@ def test_terminal_stages_are_drawn_apart_and_coloured_by_outcome(safe_balance: P
 
 def test_a_transition_field_the_graph_does_not_know_still_shows_on_its_edge():
     class FutureTransition(Transition):
-        skip_gate: bool = False
         note: str | None = None
 
     first = Stage(
@@ -197,4 +198,11 @@ def test_a_transition_field_the_graph_does_not_know_still_shows_on_its_edge():
         ],
     )
     pb = Playbook(id="p", version=1, stages=[first, Stage(id="b", terminal="won")])
-    assert [move.label for move in graph.moves(pb)] == ["advance (note='x', skip_gate)", "advance", "close"]
+    assert [move.label for move in graph.moves(pb)] == ["advance (note='x', skips the gate)", "advance", "close"]
+
+
+def test_a_hand_off_and_appointments_are_noted_on_their_stage():
+    sales = load_playbook(PLAYBOOKS / "health_prime_sales.yaml")
+    implementation = load_playbook(PLAYBOOKS / "health_prime_implementation.yaml")
+    assert "starts: health_prime_implementation" in graph.mermaid(sales)
+    assert "appointments: Target go-live" in graph.dot(implementation)
