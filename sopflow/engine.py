@@ -728,12 +728,12 @@ class Engine:
             if found is None:
                 state.appointments.pop(appointment.at, None)
                 continue
-            if current is not None and current.at == found[1]:
+            if current is not None and current.value == found[0]:
                 continue
-            at = found[1]
+            value, at = found
             passed = [i for i, r in enumerate(appointment.remind) if r.before.before(at) <= now]
             state.appointments[appointment.at] = AppointmentState(
-                label=appointment.label, at=at, planned_at=now, sent=passed
+                label=appointment.label, value=value, at=at, planned_at=now, sent=passed
             )
             self._log(
                 "appointment", now, label=appointment.label, starts_at=at.isoformat(), skipped_reminders=passed or None

@@ -85,6 +85,9 @@ class CadenceState(Payload):
 
 class AppointmentState(Payload):
     label: str
+    # The field's value it was planned from: a date-only value names a moment at the time of day it was set, so
+    # only a new value (not a later time of day) re-plans it.
+    value: str
     at: datetime
     # When this value was set: reminders whose time had already passed then are skipped, not sent late.
     planned_at: datetime

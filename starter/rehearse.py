@@ -277,6 +277,8 @@ async def _drive(
     sink: MailSink,
 ) -> Rehearsal:
     start = _aware(await env.get_current_time())
+    # Deal fields may be relative too (a go-live date 45 days out), resolved against the rehearsal's start.
+    inp = inp.model_copy(update={"fields": resolve_dates(inp.fields, start)})
     handle = await env.client.start_workflow(
         ClientLifecycle.run,
         inp,

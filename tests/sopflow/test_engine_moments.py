@@ -260,3 +260,13 @@ def test_classified_fields_follow_the_profile_with_their_explanation(playbook: P
     assert engine.state.fields["tier_basis"] == "B (median of 2 rows: A on assets; B on income)"
     set_fields(engine, at(2), income="450")
     assert engine.state.fields["tier"] == "A"
+
+
+def test_a_date_only_appointment_is_not_re_planned_by_later_changes_at_another_time_of_day() -> None:
+    data = {**PLAYBOOK, "deal": {**PLAYBOOK["deal"], "meeting_at": {"type": "date"}}}
+    engine = started(parse_playbook(data))
+    set_fields(engine, T0, meeting_at="2026-03-20")
+    planned = engine.state.appointments["deal.meeting_at"]
+    set_fields(engine, T0 + timedelta(days=1, hours=5), company="Example Co")
+    assert engine.state.appointments["deal.meeting_at"] == planned
+    assert planned.at == datetime(2026, 3, 20, 9, tzinfo=UTC)

@@ -278,6 +278,24 @@ async def test_partner_of_choice_with_nothing_filled_names_every_won_property(ts
     assert "Bad fit after signing" in body(backed, "plain")
 
 
+async def test_a_deal_backed_out_at_partner_of_choice_closes_with_its_reason_and_tells_implementation(ts_env, hps):
+    deal, steps, until = checked_in_scenario("health_prime_sales_backed_out")
+    result = await run(ts_env, hps, steps, until=until, deal_id="HP-3", deal=deal)
+
+    assert stage_path(result) == ["sql", "engaged", "proposal", "partner_of_choice", "backed_out"]
+    assert listed(result.of_kind("rejected")[-1], "closed_won") == [
+        "Contract Status is not 'Proposal signed' (contract_status)",
+        "Onboarding Questionnaire is not Uploaded (onboarding_questionnaire)",
+    ]
+    assert float(result.of_kind("stage")[-1]["day"]) == pytest.approx(40.0, abs=0.01)
+    assert result.status.outcome == "cancelled" and result.status.close_reason == "Sales VP"
+    assert result.status.fields["client_status"] == "Backed out"
+    assert result.status.fields["contact_lifecycle"] == "Marketing Qualified Lead"
+    assert not result.of_kind("linked")  # no implementation for a deal that was never won
+    (backed,) = mail(result, "deal_backed_out")
+    assert "Board chose to keep billing in-house" in body(backed, "plain")
+
+
 def _proposal_done() -> dict[str, Any]:
     _, steps, _ = checked_in_scenario("health_prime_sales_won")
     return next(s["set"] for s in steps if "set" in s and "deal_approval_status" in s["set"])

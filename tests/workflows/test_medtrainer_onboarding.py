@@ -6,6 +6,7 @@ Team Lead; the recap carries the CPR course files; an admin who never schedules 
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from sopflow.playbook import Playbook, load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
 from starter.rehearse import Rehearsal
-from tests.conftest import PLAYBOOKS, TEMPLATES, run
+from tests.conftest import PLAYBOOKS, TEMPLATES, checked_in_scenario, run
 
 PLAYBOOK_FILE = PLAYBOOKS / "medtrainer_onboarding.yaml"
 SCENARIOS = PLAYBOOKS / "scenarios"
@@ -193,17 +194,8 @@ async def test_an_admin_who_never_schedules_is_reminded_then_escalated_and_the_a
 async def test_a_missed_onboarding_call_opens_an_escalation_case_and_a_rescheduled_call_goes_back_to_preparation(
     ts_env, medtrainer
 ):
-    steps = [
-        {"at": "1h", "set": {"onboarding_call_scheduled_for": "$today+3d"}},
-        {"at": "1d", "task": "account_review"},
-        {"at": "1d", "task": "discovery_sync"},
-        {"at": "1d", "task": "presentation"},
-        {"at": "4d6h", "advance": "preparation"},  # rejected: the escalation case is not created yet
-        {"at": "4d6h", "task": "escalation_case"},
-        {"at": "4d7h", "set": {"onboarding_call_scheduled_for": "$today+4d"}},
-        {"at": "4d7h", "advance": "preparation"},
-    ]
-    result = await run(ts_env, medtrainer, steps, until="5d", deal=deal("Premium", False))
+    fields, steps, until = checked_in_scenario("medtrainer_onboarding_missed_call")
+    result = await run(ts_env, medtrainer, steps, until=until, deal=fields, deal_id="MT-3")
 
     escalated = next(e for e in result.of_kind("stage") if e["to"] == "escalated")
     assert escalated["trigger"] == "deadline" and "not held" in escalated["reason"]
@@ -213,3 +205,7 @@ async def test_a_missed_onboarding_call_opens_an_escalation_case_and_a_reschedul
     assert [to for to, _ in stage_moves(result)][-2:] == ["escalated", "preparation"]
     assert result.status.stage == "preparation"
     assert {task.id for task in result.status.open_tasks} == {"account_review", "discovery_sync", "presentation"}
+    # "Before the call": the sync is due the day before the rescheduled call, at the time the call was scheduled.
+    sync = next(task for task in result.status.open_tasks if task.id == "discovery_sync")
+    rescheduled = datetime.fromisoformat(result.status.fields["onboarding_call_scheduled_for"])
+    assert sync.due_at is not None and sync.due_at.date() == (rescheduled - timedelta(days=1)).date()

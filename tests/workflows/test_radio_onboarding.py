@@ -132,17 +132,8 @@ async def test_leaving_a_stage_with_open_tasks_is_rejected_naming_them(ts_env, r
 
 
 async def test_brief_with_missing_contract_information_cannot_leave_customer_brief(ts_env, radio):
-    deal, _, _ = checked_in_scenario("radio_onboarding_happy_path")
-    incomplete = {k: v for k, v in deal.items() if k not in ("contract_signed", "payment_type")}
-    steps = [
-        {"at": "0d", "form": "customer_brief_review", "fields": {"information_complete": "no"}},
-        {"at": "0d", "form": "csm_assignment", "fields": {"csm_email": "csm@example.com"}},
-        {"at": "0d", "task": "review_brief"},
-        {"at": "0d", "task": "assign_csm"},
-        {"at": "1d", "advance": "introduction_call"},
-        {"at": "2d", "close": "lost", "fields": {"lost_reason": "Contract never signed"}, "reason": "No contract"},
-    ]
-    result = await run(ts_env, radio, steps, until="3d", deal_id="RADIO-4", deal=incomplete)
+    deal, steps, until = checked_in_scenario("radio_onboarding_incomplete_brief")
+    result = await run(ts_env, radio, steps, until=until, deal_id="RADIO-4", deal=deal)
 
     (rejected,) = result.of_kind("rejected")
     assert "payment_type" in rejected["reason"] and "the signed contract is not on the deal" in rejected["reason"]
