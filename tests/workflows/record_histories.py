@@ -1,7 +1,9 @@
-"""Record the workflow histories that `test_replay.py` replays: `python -m tests.workflows.record_histories`.
+"""Record the workflow histories that `test_replay.py` replays:
+`python -m tests.workflows.record_histories [SCENARIO ...]` (all of `SCENARIOS` by default).
 
-Re-record only for a deliberate, compatible change of recorded behaviour; a history recorded by an older version
-that stops replaying means running clients would break (guard the change with `workflow.patched`).
+Record a new scenario when a change adds behaviour worth guarding. Re-record an existing one only for a deliberate,
+compatible change of recorded behaviour; a history recorded by an older version that stops replaying means running
+clients would break (guard the change with `workflow.patched`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,23 @@ from sopflow.playbook import load_playbook
 from starter.rehearse import load_scenario, rehearse, start_test_env
 
 HISTORIES = PROJECT_ROOT / "tests" / "histories"
-SCENARIOS = sorted((PROJECT_ROOT / "playbooks" / "scenarios").glob("safe_balance_*.yaml"))
+SCENARIO_DIR = PROJECT_ROOT / "playbooks" / "scenarios"
+# Every Safe Balance path, plus the hand-off (a child lifecycle) and the booked-meeting timeline of seed 004.
+SCENARIOS = [
+    *sorted(SCENARIO_DIR.glob("safe_balance_*.yaml")),
+    SCENARIO_DIR / "health_prime_sales_won.yaml",
+    SCENARIO_DIR / "financial_servicing_a_client.yaml",
+]
+
+
+def playbook_of(scenario_path: Path) -> Path:
+    """Scenarios are named `<playbook>_<what happens>.yaml`: the longest playbook id that prefixes the name."""
+    ids = [p.stem for p in (PROJECT_ROOT / "playbooks").glob("*.yaml") if scenario_path.stem.startswith(f"{p.stem}_")]
+    return PROJECT_ROOT / "playbooks" / f"{max(ids, key=len)}.yaml"
 
 
 async def record(scenario_path: Path) -> list[Path]:
-    playbook = load_playbook(PROJECT_ROOT / "playbooks" / "safe_balance.yaml")
+    playbook = load_playbook(playbook_of(scenario_path))
     scenario = load_scenario(scenario_path)
     env = await start_test_env()
     try:
@@ -55,7 +69,8 @@ async def record(scenario_path: Path) -> list[Path]:
 
 async def main() -> None:
     HISTORIES.mkdir(parents=True, exist_ok=True)
-    for scenario in SCENARIOS:
+    chosen = [SCENARIO_DIR / f"{name}.yaml" for name in sys.argv[1:]] or SCENARIOS
+    for scenario in chosen:
         for path in await record(scenario):
             print(f"recorded {path.relative_to(PROJECT_ROOT)}")
 
