@@ -197,6 +197,8 @@ def print_status(status: LifecycleStatus, output: Output) -> None:
         head.append(
             f"[bold]closed: {status.outcome}[/bold]" + (f" — {status.close_reason}" if status.close_reason else "")
         )
+    for playbook_id, linked_deal in status.linked.items():
+        head.append(f"handed off to [cyan]{linked_deal}[/cyan] ({playbook_id}): `sopflow status {linked_deal}`")
     out.print(Panel("\n".join(head), title=f"deal {status.deal_id}", expand=False))
     if status.open_tasks:
         tasks = Table("task", "title", "owner", "due", title="Open tasks", title_justify="left")

@@ -116,9 +116,15 @@ async def run_dev(
         stack.enter_context(_stop_on_signals(stop))
         # Our own listeners are taken before the dev server starts, which binds random free ports of its own
         # (HTTP API, metrics, internal services) and could otherwise land on one of ours.
-        intake_socket = stack.enter_context(_bind_intake(settings))
+        intake_socket = stack.enter_context(
+            _bind(settings.dev_intake_port, "webhook intake", "SOPFLOW_DEV_INTAKE_PORT")
+        )
         encrypting = settings.encryption_key_ring() is not None
-        codec_socket = stack.enter_context(_bind_codec(settings)) if encrypting else None
+        codec_socket = (
+            stack.enter_context(_bind(settings.dev_codec_port, "codec server", "SOPFLOW_DEV_CODEC_PORT"))
+            if encrypting
+            else None
+        )
         mail_dir = home / "mail"
         sink = MailSink(
             host=settings.smtp_host, port=settings.smtp_port, store_dir=mail_dir, on_message=_mail_printer(console)
@@ -346,33 +352,16 @@ def _mail_printer(console: Console) -> Callable[[EmailMessage, list[str]], None]
 
 
 @contextlib.contextmanager
-def _bind_intake(settings: Settings) -> Iterator[socket.socket]:
-    """Bind the intake ourselves: uvicorn's own bind failure is a sys.exit() that would end the whole process."""
+def _bind(port: int, what: str, setting: str) -> Iterator[socket.socket]:
+    """Bind a server's socket ourselves: uvicorn's own bind failure is a sys.exit() that would end the whole stack."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((HOST, settings.dev_intake_port))
+        sock.bind((HOST, port))
     except OSError as exc:
         sock.close()
         raise DevStackError(
-            f"cannot bind the webhook intake to {HOST}:{settings.dev_intake_port}: {exc}; "
-            "choose another port with SOPFLOW_DEV_INTAKE_PORT"
-        ) from exc
-    with sock:
-        yield sock
-
-
-@contextlib.contextmanager
-def _bind_codec(settings: Settings) -> Iterator[socket.socket]:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((HOST, settings.dev_codec_port))
-    except OSError as exc:
-        sock.close()
-        raise DevStackError(
-            f"cannot bind the codec server to {HOST}:{settings.dev_codec_port}: {exc}; "
-            "choose another port with SOPFLOW_DEV_CODEC_PORT"
+            f"cannot bind the {what} to {HOST}:{port}: {exc}; choose another port with {setting}"
         ) from exc
     with sock:
         yield sock

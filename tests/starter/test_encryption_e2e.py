@@ -78,14 +78,6 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[WorkflowEnvironment, Pat
         await env.shutdown()
 
 
-@pytest.fixture
-def records(tmp_path: Path) -> Iterator[Database]:
-    db = Database(f"sqlite:///{tmp_path / 'records.db'}")
-    db.create_schema()
-    yield db
-    db.dispose()
-
-
 @asynccontextmanager
 async def running_worker(client: Client, db: Database, sink: MailSink) -> AsyncIterator[None]:
     smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
@@ -196,7 +188,7 @@ async def history_payloads(handle: WorkflowHandle[Any, Any]) -> list[Payload]:
 
 
 async def test_personal_data_is_stored_encrypted_and_read_back_through_the_codec_and_a_rotated_ring(
-    server: tuple[WorkflowEnvironment, Path], records: Database, safe_balance: Playbook
+    server: tuple[WorkflowEnvironment, Path], db: Database, safe_balance: Playbook
 ):
     env, db_file = server
     address = env.client.service_client.config.target_host
@@ -218,7 +210,7 @@ async def test_personal_data_is_stored_encrypted_and_read_back_through_the_codec
     }
 
     with MailSink() as sink:
-        async with running_worker(env.client, records, sink):
+        async with running_worker(env.client, db, sink):
             handle = await start_lifecycle(
                 env.client, safe_balance, deal_id, fields, "e2e", WorkflowIDConflictPolicy.FAIL
             )
@@ -226,7 +218,7 @@ async def test_personal_data_is_stored_encrypted_and_read_back_through_the_codec
                 ClientLifecycle.submit_form, SubmitForm(form="targeting", fields=targeting)
             )
             assert status.stage == "contract_request"
-            await until_emailed(records, deal_id, "account_claimed")
+            await until_emailed(db, deal_id, "account_claimed")
 
             # The control: a deal started by a client without the codec is stored readable.
             plain = await Client.connect(address, data_converter=pydantic_data_converter)
@@ -263,12 +255,12 @@ async def test_personal_data_is_stored_encrypted_and_read_back_through_the_codec
         # (the new worker replays the old history) and read all of it.
         rotated = await Client.connect(address, data_converter=data_converter(encrypting(ROTATED_RING)))
         rotated_handle = rotated.get_workflow_handle(workflow_id(deal_id))
-        async with running_worker(rotated, records, sink):
+        async with running_worker(rotated, db, sink):
             status = await rotated_handle.execute_update(
                 ClientLifecycle.submit_form, SubmitForm(form="contract_request", fields=CONTRACT_REQUEST)
             )
             assert status.stage == "contract"
-            await until_emailed(records, deal_id, "contract_sent")
+            await until_emailed(db, deal_id, "contract_sent")
             status = await rotated_handle.query(ClientLifecycle.status)
             assert isinstance(status, LifecycleStatus)
             assert status.fields["rep_email"] == CONTACT_EMAIL
