@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     smtp_tls: Literal["none", "starttls", "implicit"] = "none"
     mail_from: str = "sopflow <sopflow@example.com>"
 
+    # New lifecycles run this many times faster than real time (86400: a playbook day per second), for demos and
+    # fault-injection runs. Pinned per lifecycle at its start; production leaves it at 1.
+    time_scale: float = Field(default=1, ge=1)
+
     public_url: str = "http://127.0.0.1:8000"
     ui_url: str = "http://localhost:8233"
 

@@ -146,6 +146,8 @@ class LifecycleInput(Payload):
     fields: dict[str, Any] = {}
     actor: Actor | None = None
     state: LifecycleState | None = None
+    # Playbook time per real time: 1 in production; 86400 runs a playbook day in a second (demos, chaos runs).
+    time_scale: float = Field(default=1, ge=1)
 
 
 # --- updates, signals ------------------------------------------------------------------------------------------

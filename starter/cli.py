@@ -339,7 +339,9 @@ def deal_start(
     async def go() -> LifecycleStatus:
         client = await connect()
         try:
-            handle = await start_lifecycle(client, pb, deal_id, values, actor, WorkflowIDConflictPolicy.FAIL)
+            handle = await start_lifecycle(
+                client, pb, deal_id, values, actor, WorkflowIDConflictPolicy.FAIL, settings().time_scale
+            )
         except WorkflowAlreadyStartedError:
             fail(f"deal {deal_id} already has a lifecycle (see `sopflow status {deal_id}`); deal ids are never reused")
         status: LifecycleStatus = await handle.query(ClientLifecycle.status)

@@ -23,12 +23,13 @@ async def start_lifecycle(
     fields: dict[str, Any],
     actor: str | None,
     conflict_policy: WorkflowIDConflictPolicy,
+    time_scale: float = 1,
 ) -> WorkflowHandle[Any, Any]:
     """Start `ClientLifecycle` for a deal whose fields were already validated against the playbook;
     `conflict_policy` says what an already running lifecycle of this deal means to the caller."""
     return await client.start_workflow(
         ClientLifecycle.run,
-        LifecycleInput(deal_id=deal_id, playbook=playbook, fields=fields, actor=actor),
+        LifecycleInput(deal_id=deal_id, playbook=playbook, fields=fields, actor=actor, time_scale=time_scale),
         task_queue=TASK_QUEUE,
         id_conflict_policy=conflict_policy,
         **start_options(playbook, deal_id),

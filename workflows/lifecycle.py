@@ -93,21 +93,22 @@ class ClientLifecycle:
     def __init__(self, inp: LifecycleInput) -> None:
         # Handlers can run before `run` starts: the engine must be complete here.
         workflow_id = workflow.info().workflow_id
+        self._scale = inp.time_scale
+        # Playbook time runs `time_scale` times faster than real time from the deal's start (see `_now`).
+        self._origin = inp.state.started_at if inp.state is not None else workflow.now()
         self._start_error: Rejected | None = None
         if inp.state is None:
             try:
-                self._engine = Engine.start(
-                    inp.playbook, inp.deal_id, inp.fields, workflow.now(), workflow_id, inp.actor
-                )
+                self._engine = Engine.start(inp.playbook, inp.deal_id, inp.fields, self._now(), workflow_id, inp.actor)
             except Rejected as exc:
                 # Starters validate first; a client that did not gets a failed workflow, not a stuck workflow task.
                 self._start_error = exc
                 self._engine = Engine.start(
-                    inp.playbook, inp.deal_id, inp.fields, workflow.now(), workflow_id, inp.actor, validate=False
+                    inp.playbook, inp.deal_id, inp.fields, self._now(), workflow_id, inp.actor, validate=False
                 )
         else:
             self._engine = Engine(inp.playbook, inp.state, workflow_id)
-            self._engine.continued(workflow.now())
+            self._engine.continued(self._now())
         self._input = inp
         self._changed = True
         self._published: dict[str, object] = {}
@@ -134,7 +135,7 @@ class ClientLifecycle:
             self._arm_timer(self._next_wakeup())
             await workflow.wait_condition(lambda: self._changed or any(t.done() for t in self._timers.values()))
             self._timers = {at: t for at, t in self._timers.items() if not t.done()}
-            engine.tick(workflow.now())
+            engine.tick(self._now())
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._flush()
         self._publish()
@@ -145,13 +146,13 @@ class ClientLifecycle:
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=RECORD_RETRY,
             )
-        return engine.status(workflow.now())
+        return engine.status(self._now())
 
     # --- updates ---------------------------------------------------------------------------------------------------
 
     @workflow.update
     async def submit_form(self, req: SubmitForm) -> LifecycleStatus:
-        values = self._engine.check_submit(req, workflow.now())
+        values = self._engine.check_submit(req, self._now())
         key = self._engine.claim_key(req, values)
         if key is not None:
             claim = await workflow.execute_activity_method(
@@ -160,7 +161,7 @@ class ClientLifecycle:
                     playbook=self._input.playbook.id,
                     account_key=key,
                     deal_id=self._engine.state.deal_id,
-                    at=workflow.now(),
+                    at=self._now(),
                 ),
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=RECORD_RETRY,
@@ -176,7 +177,7 @@ class ClientLifecycle:
 
     @submit_form.validator
     def _check_submit_form(self, req: SubmitForm) -> None:
-        self._check(lambda: self._engine.check_submit(req, workflow.now()))
+        self._check(lambda: self._engine.check_submit(req, self._now()))
 
     @workflow.update
     def complete_task(self, req: CompleteTask) -> LifecycleStatus:
@@ -214,12 +215,12 @@ class ClientLifecycle:
 
     @workflow.signal
     def event(self, event: ExternalEvent) -> None:
-        self._engine.event(event, workflow.now())
+        self._engine.event(event, self._now())
         self._changed = True
 
     @workflow.query
     def status(self) -> LifecycleStatus:
-        return self._engine.status(workflow.now())
+        return self._engine.status(self._now())
 
     @workflow.query
     def email_context(self) -> dict[str, Any]:
@@ -237,7 +238,7 @@ class ClientLifecycle:
             raise _reject(exc) from None
 
     def _apply(self, change: object) -> LifecycleStatus:
-        now = workflow.now()
+        now = self._now()
         try:
             change(now)  # type: ignore[operator]
         except Rejected as exc:  # the state moved on between validation and handling
@@ -304,7 +305,13 @@ class ClientLifecycle:
             fields = check_deal_fields(playbook, start.fields)
             await workflow.start_child_workflow(
                 ClientLifecycle.run,
-                LifecycleInput(deal_id=start.deal_id, playbook=playbook, fields=fields, actor=start.actor),
+                LifecycleInput(
+                    deal_id=start.deal_id,
+                    playbook=playbook,
+                    fields=fields,
+                    actor=start.actor,
+                    time_scale=self._scale,
+                ),
                 parent_close_policy=ParentClosePolicy.ABANDON,
                 **start_options(playbook, start.deal_id),
             )
@@ -317,6 +324,13 @@ class ClientLifecycle:
                 status="failed", error=str(exc.cause or exc) if isinstance(exc, ActivityError) else str(exc)
             )
 
+    def _now(self) -> datetime:
+        """Playbook time. Real workflow time, unless the lifecycle was started compressed (`time_scale`, for demos
+        and fault-injection runs: 86400 makes a playbook day pass in a real second). Deterministic: it only
+        depends on workflow time and the pinned input."""
+        real = workflow.now()
+        return real if self._scale == 1 else self._origin + (real - self._origin) * self._scale
+
     def _next_wakeup(self) -> Wakeup | None:
         wake = self._engine.next_wakeup()
         if wake is None or not workflow.patched(PATCH_YEARLY_WAKEUP):
@@ -328,23 +342,28 @@ class ClientLifecycle:
         """Make sure some timer fires no later than `wake`; an earlier pending timer already re-evaluates then."""
         if wake is None or any(at <= wake.at for at in self._timers):
             return
-        delay = max(wake.at - workflow.now(), timedelta(seconds=1))
-        fires_at = workflow.now() + delay
-        self._timers[fires_at] = asyncio.create_task(workflow.sleep(delay, summary=wake.summary))
+        now = self._now()
+        # At least a second of real time between wake-ups (unchanged for real-time lifecycles); a compressed one
+        # may wake within milliseconds, or an hour-before reminder would come a simulated day late.
+        floor = timedelta(seconds=1) if self._scale == 1 else timedelta(milliseconds=10) * self._scale
+        delay = max(wake.at - now, floor)
+        self._timers[now + delay] = asyncio.create_task(workflow.sleep(delay / self._scale, summary=wake.summary))
 
     def _should_continue_as_new(self) -> bool:
         state = self._engine.state
-        return workflow.info().is_continue_as_new_suggested() or workflow.now() >= state.run_started_at + MAX_RUN_AGE
+        return workflow.info().is_continue_as_new_suggested() or self._now() >= state.run_started_at + MAX_RUN_AGE
 
     def _continue_as_new(self) -> None:
         # No await since the last flush emptied the queue, so no handler can have queued a step we would drop.
         state = self._engine.state
-        workflow.continue_as_new(LifecycleInput(deal_id=state.deal_id, playbook=self._input.playbook, state=state))
+        workflow.continue_as_new(
+            LifecycleInput(deal_id=state.deal_id, playbook=self._input.playbook, state=state, time_scale=self._scale)
+        )
 
     def _publish(self) -> None:
         """Search attributes and UI details; only changed attributes are upserted, to keep history small."""
         engine = self._engine
-        now = workflow.now()
+        now = self._now()
         values: dict[str, object] = {
             SA_STAGE.name: engine.state.stage,
             SA_PLAYBOOK.name: self._input.playbook.id,

@@ -369,7 +369,9 @@ async def _start(intake: Intake, deal_id: str, pb: Playbook, values: dict[str, A
     """Start like `sopflow deal start`, but idempotently: an existing run is reused, a closed one never restarted."""
     client = await intake.client()
     return await temporal(
-        start_lifecycle(client, pb, deal_id, values, ACTOR, WorkflowIDConflictPolicy.USE_EXISTING),
+        start_lifecycle(
+            client, pb, deal_id, values, ACTOR, WorkflowIDConflictPolicy.USE_EXISTING, intake.settings.time_scale
+        ),
         "start",
     )
 
