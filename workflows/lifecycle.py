@@ -177,7 +177,7 @@ class ClientLifecycle:
 
     @submit_form.validator
     def _check_submit_form(self, req: SubmitForm) -> None:
-        self._check(lambda: self._engine.check_submit(req, self._now()))
+        self._check(lambda: self._engine.check_submit(req, self._now()), req, SubmitForm)
 
     @workflow.update
     def complete_task(self, req: CompleteTask) -> LifecycleStatus:
@@ -185,7 +185,7 @@ class ClientLifecycle:
 
     @complete_task.validator
     def _check_complete_task(self, req: CompleteTask) -> None:
-        self._check(lambda: self._engine.check_task(req))
+        self._check(lambda: self._engine.check_task(req), req, CompleteTask)
 
     @workflow.update
     def advance(self, req: Advance) -> LifecycleStatus:
@@ -193,7 +193,7 @@ class ClientLifecycle:
 
     @advance.validator
     def _check_advance(self, req: Advance) -> None:
-        self._check(lambda: self._engine.check_advance(req))
+        self._check(lambda: self._engine.check_advance(req), req, Advance)
 
     @workflow.update
     def set_fields(self, req: SetFields) -> LifecycleStatus:
@@ -201,7 +201,7 @@ class ClientLifecycle:
 
     @set_fields.validator
     def _check_set_fields(self, req: SetFields) -> None:
-        self._check(lambda: self._engine.check_set_fields(req))
+        self._check(lambda: self._engine.check_set_fields(req), req, SetFields)
 
     @workflow.update
     def close(self, req: Close) -> LifecycleStatus:
@@ -209,12 +209,17 @@ class ClientLifecycle:
 
     @close.validator
     def _check_close(self, req: Close) -> None:
-        self._check(lambda: self._engine.check_close(req))
+        self._check(lambda: self._engine.check_close(req), req, Close)
 
     # --- signal, query ---------------------------------------------------------------------------------------------
 
     @workflow.signal
     def event(self, event: ExternalEvent) -> None:
+        # A signal cannot be refused, and raising here would fail the workflow task again on every retry: a payload
+        # that decoded to something else (JSON null) is dropped with a warning, as the SDK drops undecodable ones.
+        if not isinstance(event, ExternalEvent):
+            workflow.logger.warning("dropped an event signal that is not an event: %r", type(event).__name__)
+            return
         self._engine.event(event, self._now())
         self._changed = True
 
@@ -229,9 +234,11 @@ class ClientLifecycle:
 
     # --- helpers ---------------------------------------------------------------------------------------------------
 
-    def _check(self, check: object) -> None:
+    def _check(self, check: object, request: object, expected: type) -> None:
         if self._start_error is not None:
             raise _reject(self._start_error)
+        if not isinstance(request, expected):  # JSON null decodes to None, not to a request
+            raise ApplicationError(f"expected a {expected.__name__} request", type="Rejected", non_retryable=True)
         try:
             check()  # type: ignore[operator]
         except Rejected as exc:
