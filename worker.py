@@ -7,6 +7,11 @@ runs the same workflow and activity set, differing only in where mail and record
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
@@ -16,7 +21,7 @@ from activities.email import EmailActivities, SmtpConfig
 from activities.playbooks import PlaybookActivities
 from activities.records import RecordActivities
 from sopflow.config import PROJECT_ROOT, Settings
-from sopflow.constants import TASK_QUEUE
+from sopflow.constants import TASK_QUEUE, WORKER_GRACEFUL_SHUTDOWN
 from sopflow.db import Database
 from sopflow.templates import TemplateRenderer
 from workflows.lifecycle import ClientLifecycle
@@ -49,6 +54,7 @@ def build_worker(
     record_activities: type[RecordActivities] = RecordActivities,
     form_secret: str | None = None,
     playbooks_dir: Path = PROJECT_ROOT / "playbooks",
+    graceful_shutdown: timedelta = WORKER_GRACEFUL_SHUTDOWN,
 ) -> Worker:
     emails = email_activities(db, TemplateRenderer(templates_dir), smtp, public_url, form_secret=form_secret)
     records = record_activities(db)
@@ -56,6 +62,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
+        graceful_shutdown_timeout=graceful_shutdown,
         workflows=[ClientLifecycle],
         activities=[
             emails.send_email,
@@ -81,12 +88,40 @@ def worker_for(client: Client, db: Database, settings: Settings) -> Worker:
 
 
 async def run_worker(settings: Settings | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then stop polling and let in-flight activities finish (up to the graceful
+    shutdown timeout; what does not finish is retried by another worker), so a deploy loses nothing."""
     from starter.connect import connect
 
     settings = settings or Settings()
     db = Database(settings.database_url)
     db.upgrade()
-    await worker_for(await connect(), db, settings).run()
+    stop = asyncio.Event()
+    with stop_on_signals(stop, signal.SIGTERM, signal.SIGINT):
+        async with worker_for(await connect(), db, settings):
+            await stop.wait()
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event, *signals: signal.Signals) -> Iterator[None]:
+    """Turn signals into an orderly stop instead of an abrupt exit.
+
+    Only the main thread may own signals; elsewhere (an embedding app, a test thread) this does nothing. The
+    previous handlers come back afterwards, so a test session that runs the stack keeps its own.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous: dict[signal.Signals, object] = {}
+    try:
+        for sig in signals:
+            previous[sig] = signal.getsignal(sig)
+            loop.add_signal_handler(sig, stop.set)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -27,3 +27,7 @@ MAX_RUN_AGE = timedelta(days=365)
 MAX_CHAINED_TRANSITIONS = 25
 
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
+
+# How long a stopping worker lets in-flight activities (an SMTP send, a records write) finish before they are
+# cancelled and retried by another worker: longer than a normal send, shorter than a deploy's kill timeout.
+WORKER_GRACEFUL_SHUTDOWN = timedelta(seconds=20)

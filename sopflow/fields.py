@@ -57,6 +57,8 @@ def coerce(spec: FieldSpec, value: Any) -> Any:
             raise ValueError("expected a number")
         try:
             number = float(value)
+        except OverflowError:
+            raise ValueError("is too large a number") from None
         except (TypeError, ValueError):
             raise ValueError(f"{value!r} is not a number") from None
         if number != number or number in (float("inf"), float("-inf")):

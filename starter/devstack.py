@@ -14,7 +14,6 @@ import os
 import secrets
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
@@ -41,7 +40,7 @@ from sopflow.db import Database
 from sopflow.mailsink import MailSink
 from starter import codec_server, webhooks
 from starter.binaries import temporal_cli
-from worker import worker_for
+from worker import stop_on_signals, worker_for
 
 HOST = "127.0.0.1"
 NAMESPACE = "default"
@@ -113,7 +112,7 @@ async def run_dev(
     _check_ports_free(settings)
     stop = asyncio.Event()
     async with AsyncExitStack() as stack:
-        stack.enter_context(_stop_on_signals(stop))
+        stack.enter_context(stop_on_signals(stop, signal.SIGTERM, signal.SIGHUP))
         # Our own listeners are taken before the dev server starts, which binds random free ports of its own
         # (HTTP API, metrics, internal services) and could otherwise land on one of ours.
         intake_socket = stack.enter_context(
@@ -439,29 +438,6 @@ async def _supervise(
     if finished.exception() is not None:
         raise DevStackError(f"the {part} failed: {finished.exception()}") from finished.exception()
     raise DevStackError(f"the {part} stopped unexpectedly")
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into an orderly stop; SIGINT stays with `asyncio.run`, which cancels us.
-
-    Only the main thread may own signals; elsewhere (an embedding app, a test thread) this does nothing. The
-    previous handlers come back afterwards, so a test session that runs the stack keeps its own.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    loop = asyncio.get_running_loop()
-    previous: dict[signal.Signals, object] = {}
-    try:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.getsignal(sig)
-            loop.add_signal_handler(sig, stop.set)
-        yield
-    finally:
-        for sig, handler in previous.items():
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 async def _stop_worker(worker: Worker, task: asyncio.Task[None]) -> None:
