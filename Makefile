@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv dev test lint clean
+.PHONY: venv dev test lint chaos clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,11 @@ dev: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# Fault injection at full size: 200 compressed lifecycles, 5 worker SIGKILLs, 1 dev server restart, a flaky SMTP
+# relay; prints its counts and fails on any lost, duplicated or stuck email, record or workflow.
+chaos: venv
+	$(BIN)/python -m tests.chaos.harness --clients 200 --kills 5 --restarts 1
 
 lint: venv
 	$(BIN)/ruff check .

@@ -39,7 +39,7 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.sink.inject("deferred", self.sink.defer_messages):
+        if self.sink.inject("deferred", self.sink.defer_messages) or self.sink.every("deferred", "messages"):
             return "451 4.3.0 Temporary failure, try again later"
         message = message_from_bytes(envelope.content, policy=policy.default)
         assert isinstance(message, EmailMessage)
@@ -56,7 +56,9 @@ class _FlakySMTP(SMTP):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        if self.sink.armed and self.sink.inject("dropped", self.sink.drop_connections):
+        if self.sink.armed and (
+            self.sink.inject("dropped", self.sink.drop_connections) or self.sink.every("dropped", "connections")
+        ):
             transport.abort()
 
 
@@ -76,6 +78,7 @@ class MailSink:
         drop_connections: int = 0,
         defer_messages: int = 0,
         reject_recipients: set[str] | None = None,
+        fail_every: int = 0,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -84,6 +87,10 @@ class MailSink:
         self.drop_connections = drop_connections
         self.defer_messages = defer_messages
         self.reject_recipients = {address.lower() for address in reject_recipients or set()}
+        # Besides the first N drops/deferrals: every `fail_every`-th connection dropped and message deferred, for as
+        # long as the sink runs (a flaky relay during a whole chaos run, not just at the start).
+        self.fail_every = fail_every
+        self.seen = {"connections": 0, "messages": 0}
         self.injected = {"dropped": 0, "deferred": 0}
         self.armed = False  # the controller's own start-up probe connection must not be dropped
         self.messages: list[EmailMessage] = []
@@ -96,6 +103,17 @@ class MailSink:
         """Count one more injected failure of this kind if fewer than `limit` were injected so far."""
         with self._lock:
             if self.injected[kind] >= limit:
+                return False
+            self.injected[kind] += 1
+            return True
+
+    def every(self, kind: str, counter: str) -> bool:
+        """Count one more connection/message; inject a failure of `kind` on every `fail_every`-th."""
+        if not self.fail_every:
+            return False
+        with self._lock:
+            self.seen[counter] += 1
+            if self.seen[counter] % self.fail_every:
                 return False
             self.injected[kind] += 1
             return True

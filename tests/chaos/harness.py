@@ -1,0 +1,455 @@
+"""Fault injection: many compressed lifecycles on a real dev server while the worker is SIGKILLed, the server is
+restarted on the same SQLite file and the SMTP relay drops connections and defers messages. Afterwards nothing may
+be lost, duplicated or stuck.
+
+`make chaos` (or `python -m tests.chaos.harness --clients 200 --kills 5 --restarts 1`) runs the full version and
+exits non-zero on any loss or duplicate; `tests/chaos/test_chaos.py` runs a small one in `make test`.
+
+Every client is a Safe Balance deal, compressed so a playbook day passes in a real second (`time_scale`):
+- three in four are signed and driven to ongoing management (forms, signature, tasks, launch, closeout), where the
+  site-visit cadence keeps firing timers;
+- one in four never signs: its contract reminds on days 7 and 12 and expires on day 14, all timer-driven.
+At the end every lifecycle is closed, so the final check reads a quiet system:
+- no workflow failed: each one completed;
+- each client reached its expected stage before the close;
+- every email step in a client's journal has one outbox row, sent, and exactly one distinct Message-ID at the sink
+  (the sink also counts SMTP-level redeliveries of an already received Message-ID, which receivers discard);
+- every sink message belongs to a step; the templates each kind of client must receive all arrived;
+- each journal is gap-free (seq 1..n, once each), each deal has one record and one row per stage move.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError
+
+from sopflow.config import PROJECT_ROOT, Settings
+from sopflow.db import Database, DealRow, JournalRow, OutboxEmail, StageTransition
+from sopflow.mailsink import MailSink, free_port
+from sopflow.models import Advance, Close, CompleteTask, ExternalEvent, SetFields, SubmitForm, workflow_id
+from sopflow.playbook import load_playbook
+from starter.devstack import HOST, _register_search_attributes, _spawn_server, _wait_until_serving
+from starter.lifecycles import start_lifecycle
+from starter.rehearse import resolve_dates
+from workflows.lifecycle import ClientLifecycle
+
+SOPFLOW = str(Path(sys.executable).parent / "sopflow")
+DEAL = {"rep_email": "rep@example.com", "rep_id": "owner-7", "account_manager_email": "am@example.com"}
+TARGETING = {
+    "company": "Example Clinic {n}",
+    "signer_name": "Client Signer",
+    "signer_email": "signer-{n}@example.com",
+    "service_tier": "Basic",
+}
+CONTRACT_REQUEST = {"agreement": "Safe Balance", "term_months": 12, "client_agreed_on": "$today"}
+# The Safe Balance happy path (playbooks/scenarios/safe_balance_happy_path.yaml) as requests, for a Basic client.
+SIGNED_PATH: list[tuple[str, Any]] = [
+    ("form", ("targeting", TARGETING)),
+    ("form", ("contract_request", CONTRACT_REQUEST)),
+    ("event", "contract_signed"),
+    ("task", "onsite_appointment"),
+    ("task", "services_onboarded"),
+    ("task", "prelaunch_call"),
+    ("task", "cleared_for_launch"),
+    ("set", {"launch_date": "$today"}),
+    ("advance", "launch"),
+    ("task", "launch_checklist"),
+    ("form", ("closeout", {"launched_on": "$today", "staff_trained": "yes", "all_running": "yes"})),
+]
+UNSIGNED_PATH = SIGNED_PATH[:2]
+# An unsigned contract expires on day 14; 30 days later an expired contract not re-sent closes by itself.
+EXPECTED_STAGES = {"signed": {"ongoing"}, "unsigned": {"contract_expired", "closed_expired"}}
+# Templates each kind of client must have received by the end, whatever the timing.
+MUST_RECEIVE = {
+    "signed": {"account_claimed", "contract_sent", "welcome"},
+    "unsigned": {"account_claimed", "contract_sent", "contract_reminder", "contract_expired"},
+}
+
+
+@dataclass
+class ChaosConfig:
+    clients: int = 200
+    kills: int = 5
+    restarts: int = 1
+    # Every n-th SMTP connection is dropped and every n-th message deferred with a 451.
+    smtp_fail_every: int = 7
+    # Playbook seconds per real second: a day per second.
+    time_scale: float = 86400
+    # Once every client is where it must be, how long the cadence keeps firing before everything is closed.
+    settle_seconds: float = 5
+    # How long clients may take to get there after the driving (the check reports those that did not).
+    settle_timeout: float = 240
+    concurrency: int = 20
+    # Seconds between two faults (worker kill, server restart).
+    interval: float = 3.0
+
+
+@dataclass
+class ChaosReport:
+    clients: int = 0
+    kills: int = 0
+    server_restarts: int = 0
+    smtp_dropped: int = 0
+    smtp_deferred: int = 0
+    request_retries: int = 0
+    emails_expected: int = 0
+    emails_arrived: int = 0
+    emails_redelivered: int = 0
+    wall_seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# The server down, or a worker killed while an update waited for it: the request is sent again as it is.
+RETRYABLE = (RPCError, RPCTimeoutOrCancelledError, asyncio.TimeoutError)
+
+
+class Stack:
+    """The dev server and a `sopflow worker` process, each killable and restartable."""
+
+    def __init__(self, workdir: Path, sink: MailSink) -> None:
+        self.settings = Settings(
+            home=workdir,
+            dev_temporal_port=free_port(),
+            dev_ui_port=free_port(),
+            database_url=f"sqlite:///{workdir / 'records.db'}",
+            smtp_host=sink.host,
+            smtp_port=sink.port,
+        )
+        self.address = f"{HOST}:{self.settings.dev_temporal_port}"
+        self.server: asyncio.subprocess.Process | None = None
+        self.worker: asyncio.subprocess.Process | None = None
+        self.worker_log = (workdir / "worker.log").open("ab")
+
+    async def start_server(self) -> Client:
+        self.server = await _spawn_server(self.settings)
+        log = self.settings.home.resolve() / "temporal.log"
+        client = await _wait_until_serving(self.server, self.address, log, self.settings)
+        await _register_search_attributes(self.address)
+        return client
+
+    async def kill_server(self) -> None:
+        assert self.server is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.server.pid, signal.SIGKILL)
+        await self.server.wait()
+
+    async def start_worker(self) -> None:
+        env = {
+            **os.environ,
+            "TEMPORAL_ADDRESS": self.address,
+            "TEMPORAL_NAMESPACE": "default",
+            "SOPFLOW_HOME": str(self.settings.home),
+            "SOPFLOW_DATABASE_URL": self.settings.database_url,
+            "SOPFLOW_SMTP_HOST": self.settings.smtp_host,
+            "SOPFLOW_SMTP_PORT": str(self.settings.smtp_port),
+        }
+        self.worker = await asyncio.create_subprocess_exec(
+            SOPFLOW, "worker", env=env, stdout=self.worker_log, stderr=self.worker_log, start_new_session=True
+        )
+
+    async def kill_worker(self) -> None:
+        assert self.worker is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.worker.kill()
+        await self.worker.wait()
+
+    async def stop(self) -> None:
+        if self.worker is not None and self.worker.returncode is None:
+            self.worker.send_signal(signal.SIGTERM)
+            await self.worker.wait()
+        if self.server is not None and self.server.returncode is None:
+            await self.kill_server()
+        self.worker_log.close()
+
+
+def kind_of(n: int) -> str:
+    return "unsigned" if n % 4 == 3 else "signed"
+
+
+def fill(value: Any, n: int) -> Any:
+    """Number a template step for client n (its company, its signer)."""
+    if isinstance(value, dict):
+        return {k: fill(v, n) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(fill(v, n) for v in value)
+    return value.format(n=n) if isinstance(value, str) else value
+
+
+async def request(handle: WorkflowHandle[Any, Any], step: tuple[str, Any], update_id: str, report: ChaosReport) -> None:
+    """One request, retried through worker kills and the server restart. The update id makes a retry of an update
+    that was applied before its answer was lost return that answer instead of applying it twice."""
+    kind, arg = step
+    now = datetime.now(UTC)
+    for attempt in range(600):
+        try:
+            if kind == "event":
+                await handle.signal(ClientLifecycle.event, ExternalEvent(name=arg, event_id=update_id, source="chaos"))
+            elif kind == "form":
+                form, fields = arg
+                payload = SubmitForm(form=form, fields=resolve_dates(fields, now), actor="chaos")
+                await handle.execute_update(ClientLifecycle.submit_form, payload, id=update_id)
+            elif kind == "task":
+                await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task=arg), id=update_id)
+            elif kind == "set":
+                payload_set = SetFields(fields=resolve_dates(arg, now), actor="chaos")
+                await handle.execute_update(ClientLifecycle.set_fields, payload_set, id=update_id)
+            elif kind == "advance":
+                await handle.execute_update(ClientLifecycle.advance, Advance(to=arg), id=update_id)
+            return
+        except WorkflowUpdateFailedError as exc:
+            report.problems.append(f"{update_id}: refused: {exc.cause}")
+            return
+        except RETRYABLE:
+            report.request_retries += 1
+            await asyncio.sleep(min(0.2 * (attempt + 1), 2))
+    report.problems.append(f"{update_id}: gave up after 600 attempts")
+
+
+async def drive(client: Client, n: int, config: ChaosConfig, report: ChaosReport, gate: asyncio.Semaphore) -> None:
+    deal_id = f"CHAOS-{n:04d}"
+    playbook = load_playbook(PROJECT_ROOT / "playbooks" / "safe_balance.yaml")
+    async with gate:
+        for attempt in range(600):
+            try:
+                handle = await start_lifecycle(
+                    client, playbook, deal_id, DEAL, "chaos", WorkflowIDConflictPolicy.USE_EXISTING, config.time_scale
+                )
+                break
+            except RETRYABLE:
+                report.request_retries += 1
+                await asyncio.sleep(min(0.2 * (attempt + 1), 2))
+        else:
+            report.problems.append(f"{deal_id}: never started")
+            return
+        path = SIGNED_PATH if kind_of(n) == "signed" else UNSIGNED_PATH
+        for i, step in enumerate(path):
+            await request(handle, fill(step, n), f"{deal_id}-{i}", report)
+
+
+async def chaos(stack: Stack, config: ChaosConfig, report: ChaosReport, driving: asyncio.Future[Any]) -> None:
+    """Kill the worker `kills` times and restart the server `restarts` times, in the middle of the kills, one
+    event every `interval` seconds while clients are being driven."""
+    half = config.kills // 2
+    events = ["kill"] * half + ["restart"] * config.restarts + ["kill"] * (config.kills - half)
+    for event in events:
+        await asyncio.sleep(config.interval)
+        if event == "kill":
+            await stack.kill_worker()
+            report.kills += 1
+            await stack.start_worker()
+        else:
+            await stack.kill_server()
+            await stack.start_server()
+            report.server_restarts += 1
+    await driving
+
+
+async def until_expected(client: Client, config: ChaosConfig, report: ChaosReport) -> None:
+    deadline = time.monotonic() + config.settle_timeout
+    for n in range(config.clients):
+        handle = client.get_workflow_handle(workflow_id(f"CHAOS-{n:04d}"))
+        while time.monotonic() < deadline:
+            with contextlib.suppress(*RETRYABLE):
+                if (await handle.query(ClientLifecycle.status)).stage in EXPECTED_STAGES[kind_of(n)]:
+                    break
+            await asyncio.sleep(0.5)
+
+
+async def close_all(client: Client, clients: int, report: ChaosReport) -> dict[str, str]:
+    """The stage each client reached, then close it so the system goes quiet for the final check."""
+    reached: dict[str, str] = {}
+    for n in range(clients):
+        handle = client.get_workflow_handle(workflow_id(f"CHAOS-{n:04d}"))
+        for attempt in range(600):
+            try:
+                status = await handle.query(ClientLifecycle.status)
+                reached[handle.id] = status.stage
+                if status.outcome is None:
+                    close = Close(outcome="cancelled", reason="chaos run over", actor="chaos")
+                    await handle.execute_update(ClientLifecycle.close, close, id=f"{handle.id}-close")
+                break
+            except WorkflowUpdateFailedError as exc:
+                report.problems.append(f"{handle.id}: close refused: {exc.cause}")
+                break
+            except RETRYABLE:
+                report.request_retries += 1
+                await asyncio.sleep(min(0.2 * (attempt + 1), 2))
+    return reached
+
+
+async def wait_completed(client: Client, clients: int, seconds: float = 120) -> dict[str, WorkflowExecutionStatus]:
+    deadline = time.monotonic() + seconds
+    statuses: dict[str, WorkflowExecutionStatus] = {}
+    for n in range(clients):
+        handle = client.get_workflow_handle(workflow_id(f"CHAOS-{n:04d}"))
+        while True:
+            description = await handle.describe()
+            statuses[handle.id] = description.status  # type: ignore[assignment]
+            if description.status != WorkflowExecutionStatus.RUNNING or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    return statuses
+
+
+def verify(
+    db: Database, sink: MailSink, config: ChaosConfig, reached: dict[str, str], statuses: dict[str, Any]
+) -> ChaosReport:
+    report = ChaosReport(clients=config.clients)
+    problems = report.problems
+    for wf, status in statuses.items():
+        if status != WorkflowExecutionStatus.COMPLETED:
+            problems.append(f"{wf}: ended {getattr(status, 'name', status)}, not completed")
+    for n in range(config.clients):
+        wf = workflow_id(f"CHAOS-{n:04d}")
+        expected = EXPECTED_STAGES[kind_of(n)]
+        if reached.get(wf) not in expected:
+            problems.append(f"{wf}: reached '{reached.get(wf)}', expected {' or '.join(sorted(expected))}")
+
+    by_id: dict[str, list[Any]] = {}
+    for message in sink.messages:
+        by_id.setdefault(str(message["Message-ID"]), []).append(message)
+    with db.session() as session:
+        outbox = {row.key: row for row in session.scalars(select(OutboxEmail))}
+        journal = list(session.scalars(select(JournalRow).order_by(JournalRow.workflow_id, JournalRow.seq)))
+        deals = Counter(session.scalars(select(DealRow.workflow_id)))
+        counted = select(StageTransition.workflow_id, func.count()).group_by(StageTransition.workflow_id)
+        moves: dict[str, int] = {wf: count for wf, count in session.execute(counted).all()}
+    seqs: dict[str, list[int]] = {}
+    stage_entries: Counter[str] = Counter()
+    received: dict[str, set[str]] = {}
+    for entry in journal:
+        seqs.setdefault(entry.workflow_id, []).append(entry.seq)
+        stage_entries[entry.workflow_id] += entry.kind == "stage"
+        if entry.kind != "email" or entry.detail.get("status") == "skipped":
+            continue
+        report.emails_expected += 1
+        message_id = entry.detail.get("message_id")
+        # already_sent: a retry found the outbox row of an attempt killed after the server accepted the message.
+        if entry.detail.get("status") not in ("sent", "already_sent") or message_id is None:
+            problems.append(f"{entry.workflow_id} #{entry.seq}: email {entry.detail.get('template')} not sent")
+            continue
+        if len(by_id.get(message_id, [])) != 1:
+            problems.append(f"{entry.workflow_id} #{entry.seq}: {len(by_id.get(message_id, []))} messages {message_id}")
+            continue
+        report.emails_arrived += 1
+        received.setdefault(entry.workflow_id, set()).add(entry.detail["template"])
+    journaled = {e.detail.get("message_id") for e in journal if e.kind == "email"}
+    for message_id in by_id.keys() - journaled:
+        problems.append(f"the sink got {message_id}, which no journaled email step sent")
+    for key, row in outbox.items():
+        if row.status != "sent":
+            problems.append(f"outbox {key}: {row.status}")
+    for n in range(config.clients):
+        wf = workflow_id(f"CHAOS-{n:04d}")
+        missing = MUST_RECEIVE[kind_of(n)] - received.get(wf, set())
+        if missing:
+            problems.append(f"{wf}: never received {', '.join(sorted(missing))}")
+        numbers = seqs.get(wf, [])
+        if numbers != list(range(1, len(numbers) + 1)):
+            problems.append(f"{wf}: journal seq not 1..{len(numbers)} exactly once")
+        if deals.get(wf) != 1:
+            problems.append(f"{wf}: {deals.get(wf, 0)} deal records")
+        if moves.get(wf, 0) != stage_entries[wf]:
+            problems.append(f"{wf}: {moves.get(wf, 0)} stage rows for {stage_entries[wf]} stage moves")
+    report.emails_redelivered = sink.duplicates
+    report.smtp_dropped, report.smtp_deferred = sink.injected["dropped"], sink.injected["deferred"]
+    return report
+
+
+async def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosReport:
+    started = time.monotonic()
+    with MailSink(fail_every=config.smtp_fail_every) as sink:
+        stack = Stack(workdir, sink)
+        db = Database(stack.settings.database_url)
+        db.upgrade()
+        counters = ChaosReport()
+        try:
+            client = await stack.start_server()
+            await stack.start_worker()
+            gate = asyncio.Semaphore(config.concurrency)
+            driving = asyncio.gather(*(drive(client, n, config, counters, gate) for n in range(config.clients)))
+            await chaos(stack, config, counters, asyncio.ensure_future(driving))
+            # A killed worker's activity is retried only after its timeout, which a compressed clock turns into weeks:
+            # wait for every client to get where it must (unsigned contracts expire on playbook day 14), then let
+            # the signed clients' site visits fall due a while longer.
+            await until_expected(client, config, counters)
+            await asyncio.sleep(config.settle_seconds)
+            reached = await close_all(client, config.clients, counters)
+            statuses = await wait_completed(client, config.clients)
+        finally:
+            await stack.stop()
+        report = verify(db, sink, config, reached, statuses)
+    report.kills, report.server_restarts = counters.kills, counters.server_restarts
+    report.request_retries = counters.request_retries
+    report.problems = counters.problems + report.problems
+    report.wall_seconds = round(time.monotonic() - started, 1)
+    return report
+
+
+def print_report(report: ChaosReport) -> None:
+    rows = [(k, v) for k, v in asdict(report).items() if k != "problems"]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    for problem in report.problems[:50]:
+        print(f"PROBLEM: {problem}")
+    print(json.dumps({**asdict(report), "problems": len(report.problems), "ok": report.ok}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = ChaosConfig()
+    parser.add_argument("--clients", type=int, default=defaults.clients)
+    parser.add_argument("--kills", type=int, default=defaults.kills)
+    parser.add_argument("--restarts", type=int, default=defaults.restarts)
+    parser.add_argument("--smtp-fail-every", type=int, default=defaults.smtp_fail_every)
+    parser.add_argument("--time-scale", type=float, default=defaults.time_scale)
+    parser.add_argument("--keep", type=Path, help="keep the run's files (dev server db, records, logs) here")
+    args = parser.parse_args()
+    config = ChaosConfig(
+        clients=args.clients,
+        kills=args.kills,
+        restarts=args.restarts,
+        smtp_fail_every=args.smtp_fail_every,
+        time_scale=args.time_scale,
+    )
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        report = asyncio.run(run_chaos(config, args.keep))
+    else:
+        with tempfile.TemporaryDirectory(prefix="sopflow-chaos-") as workdir:
+            report = asyncio.run(run_chaos(config, Path(workdir)))
+    print_report(report)
+    sys.stdout.flush()
+    os._exit(0 if report.ok else 1)  # sdk-python #300: no crash at interpreter exit after servers and workers ran
+
+
+if __name__ == "__main__":
+    main()
