@@ -38,6 +38,7 @@ from sopflow.models import (
     LifecycleState,
     LifecycleStatus,
     LinkedStart,
+    MigratePlaybook,
     Recipient,
     Resend,
     SetFields,
@@ -431,6 +432,71 @@ class Engine:
         target, values = self.check_close(req)
         self.state.fields.update(values)
         self._enter(target.id, now, actor=req.actor, trigger="close", reason=req.reason)
+
+    def check_migrate(self, req: MigratePlaybook) -> str:
+        """The stage the client will be in on the new version; refuses what would strand or break it."""
+        self._require_open()
+        new, current = req.playbook, self.playbook
+        if new.id != current.id:
+            raise Rejected(f"deal {self.state.deal_id} runs playbook '{current.id}', not '{new.id}'")
+        if new.version <= current.version:
+            raise Rejected(f"v{new.version} is not newer than the v{current.version} this deal runs")
+        target = req.stage_map.get(self.state.stage, self.state.stage)
+        if not new.has_stage(target):
+            raise Rejected(
+                f"stage '{self.state.stage}' is not in v{new.version}: map it to one of its stages "
+                f"(--map {self.state.stage}=<stage>; stages: {', '.join(s.id for s in new.stages)})"
+            )
+        if new.stage(target).terminal:
+            raise Rejected(f"stage '{target}' ends the lifecycle: close the deal instead of migrating it there")
+        kept = {key: value for key, value in self.state.fields.items() if key in new.deal}
+        try:
+            validate_values(new.deal, kept)
+        except FieldErrors as exc:
+            raise Rejected(f"the deal's fields do not fit v{new.version}: {exc}", exc.errors) from None
+        return target
+
+    def migrate(self, req: MigratePlaybook, now: datetime) -> None:
+        """Run the rest of the lifecycle on the new version, keeping what the client already did.
+
+        Tasks, deadline and cadence of the current stage are reconciled with the new stage definition: what it
+        dropped is dropped, what it added starts now, what both have keeps its progress (due dates, reminders).
+        """
+        target = self.check_migrate(req)
+        state, previous = self.state, self.playbook.version
+        self.playbook = req.playbook
+        if target != state.stage:
+            state.history.append(
+                TransitionRecord(
+                    from_stage=state.stage, to_stage=target, at=now, actor=req.actor, trigger="migration", reason=None
+                )
+            )
+            self._log("stage", now, **{"from": state.stage, "to": target, "trigger": "migration", "by": req.actor})
+            state.stage, state.stage_entered_at = target, now
+        stage = self.stage
+        for task_id in [t for t in state.tasks if stage.task(t) is None and state.tasks[t].resend is None]:
+            del state.tasks[task_id]
+        ctx = self.context()
+        for spec in stage.tasks:
+            if spec.id not in state.tasks and spec.due_at is None and evaluate(spec.when, ctx):
+                self._open_task(spec.id, now, spec.due.after(now) if spec.due else None)
+        if stage.deadline is None:
+            state.deadline = None
+        elif state.deadline is None:
+            start = self._date_ref(stage.deadline.from_, now) if stage.deadline.from_ else now
+            state.deadline = DeadlineState(label=stage.deadline.label, due_at=stage.deadline.within.after(start))
+        if stage.cadence is None:
+            state.cadence = None
+        elif state.cadence is None:
+            anchor = self._date_ref(stage.cadence.anchor, now) if stage.cadence.anchor else now
+            state.cadence = CadenceState(
+                label=stage.cadence.label,
+                anchor=anchor,
+                base=anchor,
+                next_due=cadence_rules.next_due(stage.cadence, anchor, anchor),
+            )
+        self._log("migrated", now, from_version=previous, to_version=self.playbook.version, by=req.actor)
+        self._settle(now)
 
     def event(self, event: ExternalEvent, now: datetime) -> None:
         """Signals cannot be refused, so an event that does not apply is journaled and ignored, never an error."""

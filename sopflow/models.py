@@ -184,6 +184,15 @@ class Close(Payload):
     actor: Actor | None = None
 
 
+class MigratePlaybook(Payload):
+    """Move a running client onto a newer version of its playbook (`sopflow migrate --to-version`)."""
+
+    playbook: Playbook
+    # Where a client in a stage the new version no longer has goes: old stage id -> new stage id.
+    stage_map: dict[str, str] = {}
+    actor: Actor | None = None
+
+
 class ExternalEvent(Payload):
     name: str
     # The sender's id for this delivery (an envelope id + status, a webhook event id): repeats are ignored.
@@ -289,6 +298,7 @@ JournalKind = Literal[
     "continued_as_new",
     "linked",
     "appointment",
+    "migrated",
 ]
 
 

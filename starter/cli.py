@@ -58,6 +58,7 @@ from sopflow.models import (
     ExternalEvent,
     LifecycleInput,
     LifecycleStatus,
+    MigratePlaybook,
     SetFields,
     SubmitForm,
     valid_deal_id,
@@ -533,6 +534,58 @@ def list_deals(
         )
     out.print(table)
     out.print(f"{len(rows)} lifecycle(s)", style="dim")
+
+
+@app.command()
+def migrate(
+    playbook: Annotated[str, typer.Argument(help="playbook id or file: its current version on disk")],
+    to_version: Annotated[int, typer.Option("--to-version", help="the version the file must be (a safety check)")],
+    deal: Annotated[
+        list[str] | None, typer.Option(help="only these deals (repeatable); default: every running one")
+    ] = None,
+    map_: Annotated[
+        list[str] | None, typer.Option("--map", help="old_stage=new_stage for stages the new version dropped")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="list the deals that would move, change nothing")] = False,
+    actor: ActorOpt = "cli",
+) -> None:
+    """Move running clients onto a newer version of their playbook (see README: versioning policy)."""
+    pb = load(playbook)
+    if pb.version != to_version:
+        fail(f"{playbook} is v{pb.version} on disk, not v{to_version}: edit the file's version or the option")
+    stage_map: dict[str, str] = {}
+    for pair in map_ or []:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            fail(f"--map takes old_stage=new_stage, not {pair!r}")
+        stage_map[old] = new
+
+    async def go() -> list[tuple[str, str]]:
+        client = await connect()
+        deals = deal or [
+            row["deal_id"] for row in await list_lifecycles(client, list_query(None, pb.id, None, False), 10_000)
+        ]
+        results = []
+        for deal_id in deals:
+            if dry_run:
+                results.append((deal_id, "would migrate"))
+                continue
+            request = MigratePlaybook(playbook=pb, stage_map=stage_map, actor=actor)
+            handle = client.get_workflow_handle(workflow_id(deal_id))
+            try:
+                status = await handle.execute_update(ClientLifecycle.migrate_playbook, request)
+                results.append((deal_id, f"v{status.playbook_version}, stage {status.stage}"))
+            except WorkflowUpdateFailedError as exc:
+                results.append((deal_id, f"refused: {getattr(exc.cause, 'message', exc.cause)}"))
+        return results
+
+    results = run(go())
+    for deal_id, outcome in results:
+        marker = "[red]✗[/red]" if outcome.startswith("refused") else "[green]✓[/green]"
+        out.print(f"{marker} {deal_id}: {outcome}", highlight=False)
+    out.print(f"{len(results)} deal(s) on {pb.id}", style="dim")
+    if any(outcome.startswith("refused") for _, outcome in results):
+        raise typer.Exit(1)
 
 
 @playbook_app.command("validate")

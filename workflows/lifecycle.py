@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         JournalBatch,
         LifecycleInput,
         LifecycleStatus,
+        MigratePlaybook,
         SetFields,
         SubmitForm,
         workflow_id,
@@ -139,7 +140,7 @@ class ClientLifecycle:
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._flush()
         self._publish()
-        if engine.state.outcome != "won" and any(f.claims for f in inp.playbook.forms.values()):
+        if engine.state.outcome != "won" and any(f.claims for f in engine.playbook.forms.values()):
             await workflow.execute_activity_method(
                 RecordActivities.release_claims,
                 engine.state.deal_id,
@@ -210,6 +211,17 @@ class ClientLifecycle:
     @close.validator
     def _check_close(self, req: Close) -> None:
         self._check(lambda: self._engine.check_close(req), req, Close)
+
+    @workflow.update
+    def migrate_playbook(self, req: MigratePlaybook) -> LifecycleStatus:
+        status = self._apply(lambda now: self._engine.migrate(req, now))
+        # Pinned from now on, continue-as-new included: the next run starts on the new version.
+        self._input = self._input.model_copy(update={"playbook": req.playbook})
+        return status
+
+    @migrate_playbook.validator
+    def _check_migrate_playbook(self, req: MigratePlaybook) -> None:
+        self._check(lambda: self._engine.check_migrate(req), req, MigratePlaybook)
 
     # --- signal, query ---------------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from sopflow.constants import TASK_QUEUE
 from sopflow.db import Database
 from sopflow.mailsink import MailSink, free_port
 from tests.conftest import TEMPLATES
-from tests.starter.test_cli import Cli, eventually
+from tests.starter.conftest import Cli, eventually
 from worker import build_worker
 
 PUBLIC_URL = "https://sop.example.com"

@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from sopflow.db import Database, DealRow, FormSubmission, JournalRow, StageTransition, TaskRow, VisitRow
 from sopflow.playbook import Playbook
 from tests.conftest import launched_steps, run, sales_steps
-from tests.starter.test_cli import Cli
+from tests.starter.conftest import Cli
 
 DAY = timedelta(days=1)
 # How long ago (on the wall clock) the rehearsals' last moment is made to be.

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,8 +16,8 @@ from sopflow.codec import ENCODING, KEY_ID_METADATA, EncryptionCodec, new_key, p
 from sopflow.config import Settings
 from sopflow.mailsink import free_port
 from starter.codec_server import CodecServerError, app_from_settings, create_app, origin_of
+from tests.starter.conftest import SOPFLOW
 
-SOPFLOW = str(Path(sys.executable).parent / "sopflow")
 TOKEN = "codec-token-for-tests"
 UI = "http://localhost:8080"
 KEYS = f"k2:{new_key()},k1:{new_key()}"

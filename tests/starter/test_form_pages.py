@@ -30,7 +30,7 @@ from starter import webhooks
 from starter.intake.context import IntakeError
 from starter.intake.form_pages import FormView, browser_fields, error_page, form_page, prefers_html
 from tests.conftest import CONTRACT_REQUEST, PRELAUNCH_TASKS, TEMPLATES
-from tests.starter.test_cli import eventually
+from tests.starter.conftest import eventually
 from tests.starter.test_webhooks import FORM_SECRET, Intake, creation, intake_yaml, make_settings
 from worker import build_worker
 from workflows.lifecycle import ClientLifecycle

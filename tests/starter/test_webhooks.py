@@ -40,7 +40,7 @@ from sopflow.signatures import docusign_signature, form_token, hubspot_v1_signat
 from starter import webhooks
 from starter.intake import context
 from tests.conftest import CONTRACT_REQUEST, TARGETING, TEMPLATES
-from tests.starter.test_cli import eventually
+from tests.starter.conftest import eventually
 from worker import build_worker
 from workflows.lifecycle import ClientLifecycle
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -23,9 +22,8 @@ from sopflow.models import SubmitForm
 from sopflow.playbook import Playbook
 from starter.lifecycles import start_lifecycle
 from tests.conftest import DEAL, TARGETING
+from tests.starter.conftest import SOPFLOW
 from workflows.lifecycle import ClientLifecycle
-
-SOPFLOW = str(Path(sys.executable).parent / "sopflow")
 
 
 async def start_worker(

@@ -67,11 +67,41 @@ async def record(scenario_path: Path) -> list[Path]:
     return written
 
 
+async def record_migration() -> Path:
+    """A client moved to a newer playbook version mid-stage (`test_migration.migrate_a_prelaunch_client`)."""
+    import tempfile
+
+    from sopflow.db import Database
+    from sopflow.mailsink import MailSink
+    from tests.conftest import make_worker
+    from tests.workflows.test_migration import migrate_a_prelaunch_client
+
+    playbook = load_playbook(PROJECT_ROOT / "playbooks" / "safe_balance.yaml")
+    env = await start_test_env()
+    try:
+        with tempfile.TemporaryDirectory() as tmp, MailSink() as sink:
+            db = Database(f"sqlite:///{tmp}/records.db")
+            db.create_schema()
+            async with make_worker(env.client, db, sink) as worker:
+                handle = await migrate_a_prelaunch_client(env, worker, playbook)
+                history = await handle.fetch_history()
+            db.dispose()
+    finally:
+        await env.shutdown()
+    path = HISTORIES / f"{MIGRATION}.run1.json"
+    path.write_text(history.to_json())
+    return path
+
+
+MIGRATION = "safe_balance_migrated"
+
+
 async def main() -> None:
     HISTORIES.mkdir(parents=True, exist_ok=True)
-    chosen = [SCENARIO_DIR / f"{name}.yaml" for name in sys.argv[1:]] or SCENARIOS
-    for scenario in chosen:
-        for path in await record(scenario):
+    names = sys.argv[1:] or [p.stem for p in SCENARIOS] + [MIGRATION]
+    for name in names:
+        paths = [await record_migration()] if name == MIGRATION else await record(SCENARIO_DIR / f"{name}.yaml")
+        for path in paths:
             print(f"recorded {path.relative_to(PROJECT_ROOT)}")
 
 
