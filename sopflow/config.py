@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sopflow.codec import KeyRing, parse_key_ring
@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     worker_max_concurrent_workflow_tasks: int = Field(default=100, ge=2)
     # Emails and record writes; keep it within what the SMTP relay accepts in parallel connections.
     worker_max_concurrent_activities: int = Field(default=100, ge=1)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value: object) -> object:
+        """`info` works as well as `INFO`, as in most tools' LOG_LEVEL."""
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
