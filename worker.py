@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -23,8 +24,11 @@ from activities.records import RecordActivities
 from sopflow.config import PROJECT_ROOT, Settings
 from sopflow.constants import TASK_QUEUE, WORKER_GRACEFUL_SHUTDOWN
 from sopflow.db import Database
+from sopflow.telemetry import LifecycleObserver
 from sopflow.templates import TemplateRenderer
 from workflows.lifecycle import ClientLifecycle
+
+log = logging.getLogger("sopflow.worker")
 
 
 def smtp_config(settings: Settings) -> SmtpConfig:
@@ -55,7 +59,12 @@ def build_worker(
     form_secret: str | None = None,
     playbooks_dir: Path = PROJECT_ROOT / "playbooks",
     graceful_shutdown: timedelta = WORKER_GRACEFUL_SHUTDOWN,
+    max_cached_workflows: int = 1000,
+    max_concurrent_workflow_tasks: int | None = None,
+    max_concurrent_activities: int | None = None,
 ) -> Worker:
+    """The worker; the `max_*` options default to the SDK's (None: 100 slots each), `worker_for` sets them from
+    SOPFLOW_WORKER_*. `LifecycleObserver` adds the workflows' log lines and counters (`sopflow.telemetry`)."""
     emails = email_activities(db, TemplateRenderer(templates_dir), smtp, public_url, form_secret=form_secret)
     records = record_activities(db)
     playbooks = PlaybookActivities(playbooks_dir, templates_dir)
@@ -71,11 +80,15 @@ def build_worker(
             records.release_claims,
             playbooks.load_playbook,
         ],
+        interceptors=[LifecycleObserver()],
+        max_cached_workflows=max_cached_workflows,
+        max_concurrent_workflow_tasks=max_concurrent_workflow_tasks,
+        max_concurrent_activities=max_concurrent_activities,
     )
 
 
 def worker_for(client: Client, db: Database, settings: Settings) -> Worker:
-    """The production worker: mail, templates, links and form tokens as the SOPFLOW_* settings say."""
+    """The production worker: mail, templates, links, form tokens and tuning as the SOPFLOW_* settings say."""
     return build_worker(
         client,
         db,
@@ -84,21 +97,38 @@ def worker_for(client: Client, db: Database, settings: Settings) -> Worker:
         settings.public_url,
         form_secret=form_secret_of(settings),
         playbooks_dir=settings.playbooks_dir,
+        max_cached_workflows=settings.worker_cache_size,
+        max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
     )
 
 
 async def run_worker(settings: Settings | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then stop polling and let in-flight activities finish (up to the graceful
-    shutdown timeout; what does not finish is retried by another worker), so a deploy loses nothing."""
+    """Migrate the records, connect (with the process runtime: metrics, if `install_metrics` ran) and run until
+    SIGTERM or SIGINT; then stop polling and let in-flight activities finish (up to the graceful shutdown timeout;
+    what does not finish is retried by another worker), so a deploy loses nothing."""
     from starter.connect import connect
 
     settings = settings or Settings()
     db = Database(settings.database_url)
     db.upgrade()
     stop = asyncio.Event()
+    worker = worker_for(await connect(settings=settings), db, settings)
+    log.info(
+        "worker polling task queue %s",
+        worker.task_queue,
+        extra={"task_queue": worker.task_queue, "metrics": _metrics_address(settings)},
+    )
     with stop_on_signals(stop, signal.SIGTERM, signal.SIGINT):
-        async with worker_for(await connect(), db, settings):
+        async with worker:
             await stop.wait()
+    log.info("worker stopped", extra={"task_queue": worker.task_queue})
+
+
+def _metrics_address(settings: Settings) -> str | None:
+    if settings.metrics_port is None:
+        return None
+    return f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from temporalio.exceptions import ApplicationError
 
 from sopflow.db import Database, OutboxEmail
 from sopflow.models import EmailRequest, EmailResult, Recipient
+from sopflow.telemetry import EMAIL_ATTEMPTS, count
 from sopflow.templates import Rendered, RenderError, TemplateRenderer, links_for
 
 
@@ -49,6 +50,27 @@ class SmtpConfig:
 def message_id_for(key: str, mail_from: str) -> str:
     domain = mail_from.rsplit("@", 1)[-1].strip(" >") or "sopflow.invalid"
     return f"<{hashlib.sha256(key.encode()).hexdigest()[:40]}@{domain}>"
+
+
+# Non-retryable failures by ApplicationError type, as the outcome label of the attempts counter.
+_PERMANENT = {"TemplateError": "template_error", "RecipientRefused": "refused", "SmtpRejected": "smtp_rejected"}
+
+
+def _attempted(req: EmailRequest, outcome: str, error_type: str | None = None) -> None:
+    """One log line and one count per attempt: deal, playbook, template, outcome (the activity logger adds the
+    workflow id and attempt). Recipients are left out on purpose: addresses are personal data."""
+    fields = {"deal_id": req.deal_id, "playbook": req.playbook, "template": req.template, "outcome": outcome}
+    if outcome in ("sent", "partial", "already_sent"):
+        activity.logger.info("email %s %s", req.template, outcome, extra=fields)
+    else:
+        activity.logger.warning("email %s %s", req.template, outcome, extra={**fields, "error_type": error_type})
+    count(
+        activity.metric_meter(),
+        EMAIL_ATTEMPTS,
+        "send_email attempts by outcome (sent, partial, already_sent, temporary_error, refused, smtp_rejected, "
+        "template_error)",
+        {"playbook": req.playbook, "template": req.template, "outcome": outcome},
+    )
 
 
 def _address(recipient: Recipient) -> str:
@@ -75,6 +97,19 @@ class EmailActivities:
 
     @activity.defn
     async def send_email(self, req: EmailRequest) -> EmailResult:
+        """Deliver the step's email once; every attempt is logged and counted by its outcome (never an address)."""
+        try:
+            result = await self._send(req)
+        except ApplicationError as exc:
+            _attempted(req, _PERMANENT.get(exc.type or "", "error"), exc.type)
+            raise
+        except Exception as exc:  # connection errors, timeouts, 4xx: Temporal retries them
+            _attempted(req, "temporary_error", type(exc).__name__)
+            raise
+        _attempted(req, result.status)
+        return result
+
+    async def _send(self, req: EmailRequest) -> EmailResult:
         message_id = message_id_for(req.key, self.smtp.mail_from)
         row = await asyncio.to_thread(self._begin, req, message_id)
         if row.status in ("sent", "partial"):

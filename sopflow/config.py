@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sopflow.codec import KeyRing, parse_key_ring
@@ -75,6 +75,30 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, gt=0)
     # Pipeline -> playbook, HubSpot property -> deal field, property values -> lifecycle events.
     intake_config: Path = PROJECT_ROOT / "playbooks" / "intake" / "mapping.yaml"
+
+    # Observability (`sopflow.logs`, `sopflow.telemetry`). Log format: unset means the command's own default (json for
+    # worker, intake and codec-server, whose output goes to a log shipper; text for `sopflow dev`, read by a person).
+    log_format: Literal["json", "text"] | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Prometheus endpoint of the worker / intake process (`/metrics`); unset: no endpoint. The host defaults to this
+    # machine only: set 0.0.0.0 in a container so Prometheus can reach it over the container network.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+    # Worker tuning (README, "Worker tuning"). Defaults are the SDK's: measured here, 10,000 sleeping lifecycles cost
+    # the worker 164 MB with a 1,000-workflow cache and 550 MB with 10,000; a lifecycle not in the cache replays its
+    # history (one run is at most a year) when it next wakes, which is cheap for our short histories.
+    worker_cache_size: int = Field(default=1000, ge=0)
+    # At least 2 while the cache is on (the SDK's rule: one poller for the sticky queue, one for the normal one).
+    worker_max_concurrent_workflow_tasks: int = Field(default=100, ge=2)
+    # Emails and record writes; keep it within what the SMTP relay accepts in parallel connections.
+    worker_max_concurrent_activities: int = Field(default=100, ge=1)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value: object) -> object:
+        """`info` works as well as `INFO`, as in most tools' LOG_LEVEL."""
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

@@ -51,6 +51,7 @@ from sopflow.constants import (
 from sopflow.db import Database, OutboxEmail
 from sopflow.durations import duration
 from sopflow.engine import Rejected, check_deal_fields
+from sopflow.logs import LogFormat, configure_logging
 from sopflow.models import (
     Advance,
     Close,
@@ -65,6 +66,7 @@ from sopflow.models import (
 )
 from sopflow.playbook import Playbook, PlaybookError, load_playbook, template_names
 from sopflow.samples import email_uses, render_check, sample_context
+from sopflow.telemetry import MetricsError, install_metrics
 from sopflow.templates import RenderError, TemplateRenderer, links_for
 from starter.connect import ConnectionFailed, connect
 from starter.lifecycles import start_lifecycle, workflow_id
@@ -255,13 +257,50 @@ def _update_command(deal_id: str, update: Any, payload: Any, output: Output, mes
 # --- commands -----------------------------------------------------------------------------------------------------
 
 
+class LogFormatChoice(StrEnum):
+    json = "json"
+    text = "text"
+
+
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=1,
+        max=65535,
+        help="serve Prometheus metrics at /metrics on this port (SOPFLOW_METRICS_PORT)",
+    ),
+]
+
+
+def observability(log_format: LogFormatChoice | None, default: LogFormat, metrics_port: int | None = None) -> Settings:
+    """Configure logging (`sopflow.logs`) and, with a port, the metrics endpoint (`sopflow.telemetry`) before a
+    long-running command connects; returns the settings, with the port the endpoint really uses."""
+    config = settings()
+    chosen: LogFormat = config.log_format or default
+    if log_format is not None:
+        chosen = "json" if log_format == LogFormatChoice.json else "text"
+    configure_logging(chosen, config.log_level)
+    port = metrics_port if metrics_port is not None else config.metrics_port
+    if port is not None:
+        try:
+            install_metrics(config.metrics_host, port)
+        except MetricsError as exc:
+            fail(f"{exc}; choose another port with --metrics-port or SOPFLOW_METRICS_PORT")
+    return config.model_copy(update={"metrics_port": port})
+
+
 @app.command()
-def dev() -> None:
+def dev(
+    log_format: Annotated[LogFormatChoice | None, typer.Option("--log-format", help="text (default) or json")] = None,
+    metrics_port: MetricsPortOpt = None,
+) -> None:
     """Run the whole local stack: Temporal dev server + UI, worker, SMTP sink, webhook intake."""
     from starter.devstack import run_dev
 
+    config = observability(log_format, "text", metrics_port)
     try:
-        asyncio.run(run_dev(settings()))
+        asyncio.run(run_dev(config))
     except KeyboardInterrupt:
         err.print("stopped")
     except (RuntimeError, OSError) as exc:
@@ -269,12 +308,16 @@ def dev() -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    log_format: Annotated[LogFormatChoice | None, typer.Option("--log-format", help="json (default) or text")] = None,
+    metrics_port: MetricsPortOpt = None,
+) -> None:
     """Run a worker against the configured Temporal server (TEMPORAL_ADDRESS, profiles)."""
     from worker import run_worker
 
+    config = observability(log_format, "json", metrics_port)
     try:
-        run(run_worker(settings()))
+        run(run_worker(config))
     except KeyboardInterrupt:
         err.print("stopped")
 
@@ -283,15 +326,17 @@ def worker() -> None:
 def intake(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    log_format: Annotated[LogFormatChoice | None, typer.Option("--log-format", help="json (default) or text")] = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Run the webhook intake (HubSpot, DocuSign, web forms) against the configured Temporal server."""
     import uvicorn
 
-    settings()  # an invalid SOPFLOW_* configuration fails here, in one line, not on the first webhook
-    # One line per handled event (ids and outcomes only: bodies, headers and secrets are never logged).
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("temporalio").setLevel(logging.WARNING)
-    uvicorn.run("starter.webhooks:app", host=host, port=port, log_level="info")
+    # An invalid SOPFLOW_* configuration fails here, in one line, not on the first webhook. One line per handled
+    # event (ids and outcomes only: bodies, headers and secrets are never logged); log_config=None: uvicorn's lines
+    # go through the same handler (access lines without query strings: form tokens travel in them).
+    observability(log_format, "json", metrics_port)
+    uvicorn.run("starter.webhooks:app", host=host, port=port, log_level="info", log_config=None)
 
 
 # --- codec server: decrypts payloads for the Temporal UI and CLI ------------------------------------------------------
@@ -301,6 +346,7 @@ def intake(
 def codec_server(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8081,
+    log_format: Annotated[LogFormatChoice | None, typer.Option("--log-format", help="json (default) or text")] = None,
 ) -> None:
     """Serve /encode and /decode for the Temporal UI and `temporal --codec-endpoint` (needs SOPFLOW_ENCRYPTION_KEYS
     and SOPFLOW_CODEC_TOKEN)."""
@@ -315,7 +361,8 @@ def codec_server(
     except (CodecServerError, ConnectionFailed) as exc:
         fail(str(exc))
     # Access lines carry paths and statuses only: payloads and the Authorization header are never logged.
-    uvicorn.run(web, host=host, port=port, log_level="info")
+    observability(log_format, "json")
+    uvicorn.run(web, host=host, port=port, log_level="info", log_config=None)
 
 
 @deal_app.command("start")

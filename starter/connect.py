@@ -4,7 +4,8 @@ Address, namespace, TLS (server CA, client certificate and key) and a Temporal C
 places the CLI reads: `TEMPORAL_ADDRESS`, `TEMPORAL_NAMESPACE`, `TEMPORAL_API_KEY`, `TEMPORAL_TLS*`,
 `TEMPORAL_PROFILE` and `temporal.toml` (`TEMPORAL_CONFIG_FILE`). One `connect()` for the CLI, the worker and the
 intake, with one data converter (`sopflow.codec.data_converter`), so everything that talks to the server reads and
-writes payloads the same way.
+writes payloads the same way, and one runtime per process (`sopflow.telemetry.runtime`), so all of a process's
+clients report to its one metrics endpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.envconfig import ClientConfig
 
+from sopflow import telemetry
 from sopflow.codec import data_converter
 from sopflow.config import Settings
 
@@ -53,7 +55,8 @@ async def connect(profile: str | None = None, settings: Settings | None = None) 
             raise ConnectionFailed(f"invalid configuration: {messages}") from None
     converter = data_converter(settings)
     try:
-        return await Client.connect(**config, data_converter=converter)
+        # The process runtime: with `install_metrics` done, this client's request metrics join the worker's.
+        return await Client.connect(**config, data_converter=converter, runtime=telemetry.runtime())
     except RuntimeError as exc:
         # The address and namespace only: the API key and TLS material never reach a terminal.
         raise ConnectionFailed(

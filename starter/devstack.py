@@ -33,6 +33,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType
 from temporalio.worker import Worker
 
+from sopflow import telemetry
 from sopflow.codec import EncryptionCodec, data_converter
 from sopflow.config import Settings
 from sopflow.constants import SEARCH_ATTRIBUTES
@@ -276,7 +277,10 @@ async def _wait_until_serving(
                 f"end of {log_path}:\n{_tail(log_path)}"
             )
         try:
-            client = await asyncio.wait_for(Client.connect(address, namespace=NAMESPACE, data_converter=converter), 5)
+            connecting = Client.connect(
+                address, namespace=NAMESPACE, data_converter=converter, runtime=telemetry.runtime()
+            )
+            client = await asyncio.wait_for(connecting, 5)
             await client.workflow_service.describe_namespace(
                 DescribeNamespaceRequest(namespace=NAMESPACE), timeout=timedelta(seconds=5)
             )
@@ -375,7 +379,7 @@ def _start_codec_server(settings: Settings, sock: socket.socket) -> tuple[uvicor
     web = codec_server.create_app(
         EncryptionCodec(ring), token=token, ui_origins=origins, namespace=NAMESPACE, trust_ui_origin=True
     )
-    config = uvicorn.Config(web, host=HOST, port=settings.dev_codec_port, log_level="warning")
+    config = uvicorn.Config(web, host=HOST, port=settings.dev_codec_port, log_level="warning", log_config=None)
     server = _QuietServer(config)
 
     async def serve() -> None:
@@ -389,7 +393,12 @@ def _start_codec_server(settings: Settings, sock: socket.socket) -> tuple[uvicor
 
 def _start_intake(settings: Settings, sock: socket.socket) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     config = uvicorn.Config(
-        webhooks.app, host=HOST, port=settings.dev_intake_port, log_level="warning", timeout_graceful_shutdown=5
+        webhooks.app,
+        host=HOST,
+        port=settings.dev_intake_port,
+        log_level="warning",
+        log_config=None,  # uvicorn's lines go through `sopflow.logs`, like the stack's other lines
+        timeout_graceful_shutdown=5,
     )
     server = _QuietServer(config)
 
@@ -489,6 +498,8 @@ def _panel(settings: Settings, address: str, home: Path, server_seconds: float) 
         )
     grid.add_row("SMTP sink", f"{settings.smtp_host}:{settings.smtp_port}  ->  {home / 'mail'}")
     grid.add_row("Records DB", _safe_url(settings.database_url))
+    if settings.metrics_port is not None:
+        grid.add_row("Metrics", f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     grid.add_row("Server log", str(home / "temporal.log"))
     grid.add_row("", Text("Ctrl-C to stop", style="dim"))
     return Panel(grid, title="sopflow dev", border_style="green", expand=False)

@@ -11,20 +11,22 @@ a 500. Secrets are never logged, and neither are bodies or signature headers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from temporalio.client import Client
+from temporalio.common import MetricMeter
 from temporalio.service import RPCError
 
+from sopflow import telemetry
 from sopflow.config import Settings
 from sopflow.db import Database
 from starter.intake import docusign, forms, hubspot
 from starter.intake.context import CONNECT_TIMEOUT, HEALTH_TIMEOUT, IntakeError, temporal_client
 
-__all__ = ["app", "temporal_client", "use_client", "use_database", "use_settings"]
+__all__ = ["app", "temporal_client", "use_client", "use_database", "use_metric_meter", "use_settings"]
 
 
 @asynccontextmanager
@@ -46,6 +48,46 @@ app = FastAPI(
     "reach them as lifecycle events, web forms become form submissions.",
     lifespan=_lifespan,
 )
+
+
+@app.middleware("http")
+async def _count_webhooks(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Count every webhook and form request by source and HTTP status (`sopflow_webhook_requests_total`).
+
+    Counted here, around the routes, so every answer is counted once whichever way it was produced (a route's
+    return, an IntakeError, a validation error); probes and docs are not counted.
+    """
+    source = _source(request)
+    if source is None:
+        return await call_next(request)
+    try:
+        response = await call_next(request)
+    except Exception:
+        _count(request, source, 500)
+        raise
+    _count(request, source, response.status_code)
+    return response
+
+
+def _source(request: Request) -> str | None:
+    parts = request.url.path.strip("/").split("/")
+    if parts[0] == "webhooks" and len(parts) > 1 and parts[1] in ("hubspot", "docusign"):
+        return parts[1]
+    if parts[0] == "forms":
+        return "form_page" if request.method == "GET" else "form"
+    return None
+
+
+def _count(request: Request, source: str, status: int) -> None:
+    meter: MetricMeter = getattr(request.app.state, "metric_meter", None) or telemetry.meter()
+    telemetry.count(
+        meter,
+        telemetry.WEBHOOKS,
+        "Webhook and form requests answered by the intake, by source and HTTP status",
+        {"source": source, "status": status},
+    )
+
+
 app.include_router(hubspot.router)
 app.include_router(docusign.router)
 app.include_router(forms.router)
@@ -68,6 +110,11 @@ def use_client(client: Client | None) -> None:
 def use_settings(settings: Settings | None) -> None:
     """Use these settings instead of reading SOPFLOW_* on first use (tests); `None` reads them again."""
     app.state.settings = settings
+
+
+def use_metric_meter(meter: MetricMeter | None) -> None:
+    """Count into this meter (tests); `None`: the process runtime's (`sopflow.telemetry.meter`)."""
+    app.state.metric_meter = meter
 
 
 def use_database(db: Database | None) -> None:

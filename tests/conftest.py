@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -12,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -175,6 +179,30 @@ def safe_balance() -> Playbook:
 def make_worker(client: Client, db: Database, sink: MailSink) -> Worker:
     smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
     return build_worker(client, db, smtp, TEMPLATES, task_queue=f"tq-{uuid.uuid4()}")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """configure_logging changes process-wide state: put back what pytest and the SDK had."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    names = ("temporalio", "temporalio.workflow", "temporalio.activity")
+    levels = {name: logging.getLogger(name).level for name in names}
+    on_message = (workflow.logger.workflow_info_on_message, activity.logger.activity_info_on_message)
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    for name, old in levels.items():
+        logging.getLogger(name).setLevel(old)
+    workflow.logger.workflow_info_on_message, activity.logger.activity_info_on_message = on_message
+
+
+def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    """The JSON log lines `sopflow.logs.configure_logging("json", stream=stream)` wrote."""
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 # --- reading rehearsals -------------------------------------------------------------------------------------------

@@ -198,3 +198,11 @@ def test_the_image_runs_as_a_non_root_user_with_sopflow_as_its_command():
             assert (PROJECT_ROOT / part).exists(), f"the Dockerfile copies {part}, which does not exist"
             assert part not in ignored, f"the Dockerfile copies {part}, which .dockerignore leaves out"
     assert ".env" in ignored and ".venv" in ignored
+
+
+def test_worker_and_intake_serve_metrics_on_the_compose_network_only():
+    for name in ("worker", "intake"):
+        environment = services()[name]["environment"]
+        assert environment["SOPFLOW_METRICS_HOST"] == "0.0.0.0" and environment["SOPFLOW_METRICS_PORT"] == "9464"
+        published = [str(port.get("target")) for port in services()[name].get("ports") or []]
+        assert "9464" not in published, f"{name} publishes its metrics port on the host"

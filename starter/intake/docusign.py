@@ -116,7 +116,8 @@ async def docusign_webhook(
     except LifecycleClosed:
         outcome = "closed"
     inserted = await records.add(intake.db, SOURCE, key, deal_id, payload, outcome)
-    log.info("docusign %s envelope %s deal %s: %s", event, envelope_id, deal_id, outcome)
+    log_fields = {"source": "docusign", "event": event, "deal_id": deal_id, "outcome": outcome}
+    log.info("docusign %s envelope %s deal %s: %s", event, envelope_id, deal_id, outcome, extra=log_fields)
     return DocuSignAnswer(
         outcome=outcome if inserted else "duplicate", deal_id=deal_id, event=event, envelope_id=envelope_id
     )

@@ -154,7 +154,8 @@ async def submit_form(
         if exc.status == 422 and fields is not None:
             return await _form_again(request, deal_id, form, given, fields, exc)
         return form_pages.error_page(exc)
-    log.info("form %s for deal %s accepted: stage %s", form, deal_id, status.stage)
+    log_fields = {"source": "form", "event": form, "deal_id": deal_id, "stage": status.stage, "outcome": "accepted"}
+    log.info("form %s for deal %s accepted: stage %s", form, deal_id, status.stage, extra=log_fields)
     if html:
         return form_pages.thanks_page(status.stage_title)
     return FormAnswer(

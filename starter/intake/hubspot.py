@@ -260,7 +260,8 @@ async def handle_event(intake: Intake, index: int, event: HubSpotEvent) -> Event
         outcome, detail = await _creation(intake, event, key)
     else:
         outcome, detail = await _change(intake, event, key)
-    log.info("hubspot %s deal %s: %s", event.kind, deal_id, outcome)
+    log_fields = {"source": "hubspot", "event": event.kind, "deal_id": deal_id, "outcome": outcome}
+    log.info("hubspot %s deal %s: %s", event.kind, deal_id, outcome, extra=log_fields)
     return EventOutcome(index=index, deal_id=deal_id, outcome=outcome, detail=detail)
 
 

@@ -40,3 +40,17 @@ def test_the_local_sink_may_take_credentials_without_tls(monkeypatch: pytest.Mon
     monkeypatch.setenv("SOPFLOW_SMTP_PASSWORD", "dev")
     monkeypatch.delenv("SOPFLOW_SMTP_TLS", raising=False)
     assert Settings().smtp_password == "dev"
+
+
+def test_observability_settings_default_to_no_metrics_endpoint_and_accept_lowercase_levels(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    for name in ("SOPFLOW_METRICS_PORT", "SOPFLOW_METRICS_HOST", "SOPFLOW_LOG_FORMAT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SOPFLOW_LOG_LEVEL", "warning")
+    settings = Settings()
+    assert (settings.metrics_port, settings.metrics_host, settings.log_format) == (None, "127.0.0.1", None)
+    assert settings.log_level == "WARNING"
+    monkeypatch.setenv("SOPFLOW_LOG_FORMAT", "yaml")
+    with pytest.raises(ValidationError, match="log_format"):
+        Settings()

@@ -37,9 +37,11 @@ from sopflow.mailsink import MailSink, free_port
 from sopflow.models import Close, LifecycleStatus
 from sopflow.playbook import load_playbook
 from sopflow.signatures import docusign_signature, form_token, hubspot_v1_signature, hubspot_v3_signature
+from sopflow.telemetry import WEBHOOKS, prometheus_runtime
 from starter import webhooks
 from starter.intake import context
 from tests.conftest import CONTRACT_REQUEST, TARGETING, TEMPLATES
+from tests.prometheus import Sample, scrape_until, value
 from tests.starter.conftest import eventually
 from worker import build_worker
 from workflows.lifecycle import ClientLifecycle
@@ -184,6 +186,7 @@ def app_state() -> Iterator[None]:
     webhooks.use_client(None)
     webhooks.use_settings(None)
     webhooks.use_database(None)
+    webhooks.use_metric_meter(None)
 
 
 def make_settings(tmp_path: Path, db_url: str, config: Path) -> Settings:
@@ -248,6 +251,29 @@ def test_a_broken_mapping_names_each_problem():
         )
     text = str(refused.value)
     assert "pipelines" in text and "hubspot.events" in text
+
+
+# --- metrics -------------------------------------------------------------------------------------------------------
+
+
+async def test_webhook_and_form_answers_are_counted_by_source_and_status_and_probes_are_not(offline: Intake):
+    port = free_port()
+    runtime = prometheus_runtime(f"127.0.0.1:{port}")  # referenced until the end: it serves the endpoint
+    webhooks.use_metric_meter(runtime.metric_meter)
+    assert (await offline.http.post("/webhooks/hubspot", json=[creation(offline.portal, 1)])).status_code == 401
+    assert (await offline.http.post("/webhooks/hubspot", json=[])).status_code == 401
+    assert (await offline.http.post("/webhooks/docusign", json={})).status_code == 401
+    assert (await offline.http.get("/forms/D-1/site_visit?token=wrong")).status_code == 401
+    assert (await offline.http.get("/healthz")).status_code == 200
+
+    def counted(samples: list[Sample]) -> bool:
+        return value(samples, WEBHOOKS, source="form_page") is not None
+
+    samples = await scrape_until(port, counted)
+    assert value(samples, WEBHOOKS, source="hubspot", status="401") == 2
+    assert value(samples, WEBHOOKS, source="docusign", status="401") == 1
+    assert value(samples, WEBHOOKS, source="form_page", status="401") == 1
+    assert {labels["source"] for name, labels, _ in samples if name == WEBHOOKS} == {"hubspot", "docusign", "form_page"}
 
 
 # --- refusals before anything reaches Temporal ------------------------------------------------------------------------
