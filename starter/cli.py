@@ -698,6 +698,12 @@ def playbook_show(playbook: str, output: OutputOpt = Output.text) -> None:
         if stage.cadence:
             every = ", then ".join(str(phase.every) for phase in stage.cadence.phases)
             node.add(Text(f"{stage.cadence.label} every {every}"))
+        for appointment in stage.appointments:
+            before = ", ".join(str(r.before) for r in appointment.remind)
+            node.add(Text(f"{appointment.label} ({appointment.at}): reminders {before} before"))
+        for action in stage.on_enter:
+            if action.start_lifecycle is not None:
+                node.add(Text(f"hands off to playbook {action.start_lifecycle.playbook}"))
         for move in leads.get(stage.id, []):
             node.add(Text.assemble("→ ", (move.target, "cyan"), f"  {move.label}"))
     if closes := leads.get(None):
