@@ -598,7 +598,11 @@ def check_references(playbook: Playbook, templates_dir: Path | None = None) -> l
             cad = stage.cadence
             if cad.touchpoint not in stage.forms:
                 errors.append(f"{at}.cadence.touchpoint: form '{cad.touchpoint}' is not open in stage '{stage.id}'")
-            elif cad.date_field is not None and cad.date_field not in forms[cad.touchpoint].fields:
+            elif (
+                cad.date_field is not None
+                and cad.touchpoint in forms
+                and cad.date_field not in forms[cad.touchpoint].fields
+            ):
                 errors.append(f"{at}.cadence.date_field: form '{cad.touchpoint}' has no field '{cad.date_field}'")
             if cad.anchor is not None:
                 ref(f"{at}.cadence.anchor", cad.anchor)
