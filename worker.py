@@ -49,7 +49,10 @@ def build_worker(
     record_activities: type[RecordActivities] = RecordActivities,
     form_secret: str | None = None,
     playbooks_dir: Path = PROJECT_ROOT / "playbooks",
+    max_cached_workflows: int = 1000,
 ) -> Worker:
+    """`max_cached_workflows` (default: the SDK's own, 1,000) lets `bench.scale` measure a worker whose cache
+    holds fewer lifecycles than are open, i.e. what a request to an evicted client costs."""
     emails = email_activities(db, TemplateRenderer(templates_dir), smtp, public_url, form_secret=form_secret)
     records = record_activities(db)
     playbooks = PlaybookActivities(playbooks_dir, templates_dir)
@@ -64,6 +67,7 @@ def build_worker(
             records.release_claims,
             playbooks.load_playbook,
         ],
+        max_cached_workflows=max_cached_workflows,
     )
 
 
