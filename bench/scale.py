@@ -98,8 +98,10 @@ async def run(
         "worker_cpu_seconds": round(cpu[1], 1),
         "idle": {k: round(v, 1) for k, v in idle.items()},
         "loaded": {k: round(v, 1) for k, v in loaded.items()},
+        # The server keeps every open client; the worker only the ones in its cache.
         "per_client_kb": {
-            k: round((loaded[k] - idle[k]) * 1024 / clients, 1) for k in ("server_rss_mb", "worker_rss_mb")
+            "server_rss_mb": round((loaded["server_rss_mb"] - idle["server_rss_mb"]) * 1024 / clients, 1),
+            "worker_rss_mb": round((loaded["worker_rss_mb"] - idle["worker_rss_mb"]) * 1024 / min(clients, cache), 1),
         },
         "probes": probes,
         "update_in_cache_ms": warm,
@@ -147,7 +149,10 @@ def render(result: dict[str, Any]) -> str:
     rows: list[list[object]] = [
         ["server RSS, MB (idle -> loaded)", f"{idle['server_rss_mb']} -> {loaded['server_rss_mb']}"],
         ["worker RSS, MB (idle -> loaded)", f"{idle['worker_rss_mb']} -> {loaded['worker_rss_mb']}"],
-        ["per open client, KB (server / worker)", f"{per['server_rss_mb']} / {per['worker_rss_mb']}"],
+        [
+            "KB per open client (server) / per cached client (worker)",
+            f"{per['server_rss_mb']} / {per['worker_rss_mb']}",
+        ],
         ["start calls/s", result["starts_per_s"]],
         ["settled clients/s (first timeline batch written)", result["settled_per_s"]],
         ["CPU s while starting (server / worker)", f"{result['server_cpu_seconds']} / {result['worker_cpu_seconds']}"],

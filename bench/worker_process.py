@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import os
 import signal
 import sys
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from sopflow.codec import data_converter
 from sopflow.config import Settings
@@ -43,11 +45,17 @@ async def _run(args: argparse.Namespace) -> None:
     client = await Client.connect(args.address, namespace=args.namespace, data_converter=data_converter(settings))
     db = None
     worker: Worker
+    # An experiment only (bench/RESULTS.md): the same workers without the workflow sandbox, to measure its cost.
+    unsandboxed = os.environ.get("BENCH_WORKER_RUNNER") == "unsandboxed"
     if args.kind == "engine":
+        import worker as worker_module
         from activities.email import SmtpConfig
         from sopflow.db import Database
         from worker import build_worker
 
+        if unsandboxed:  # build_worker has no runner parameter: the experiment must not add one to production code
+            unsandboxed_worker = functools.partial(Worker, workflow_runner=UnsandboxedWorkflowRunner())
+            worker_module.Worker = unsandboxed_worker  # type: ignore[misc,assignment]
         if args.records_db is None or args.smtp_port is None:
             raise SystemExit("--records-db and --smtp-port are required for the engine worker")
         db = Database(f"sqlite:///{args.records_db}")
@@ -65,6 +73,7 @@ async def _run(args: argparse.Namespace) -> None:
             workflows=[BareLifecycle],
             activities=[bare_step],
             max_cached_workflows=args.cache,
+            workflow_runner=UnsandboxedWorkflowRunner() if unsandboxed else SandboxedWorkflowRunner(),
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
