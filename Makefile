@@ -31,6 +31,7 @@ lint: venv
 bench: venv
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.latency --concurrency 1
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.long_life
 	$(BIN)/python -m bench.sqlite_pragmas

@@ -39,6 +39,7 @@ from sopflow.constants import TASK_QUEUE
 from sopflow.mailsink import MailSink
 
 EMAIL_TIMEOUT = 60.0
+SETUP_CONCURRENCY = 25
 TEMPLATE = "safe_balance/site_visit_needs"
 
 
@@ -95,7 +96,7 @@ async def run(events: int = 1000, clients: int = 100, concurrency: int = 10) -> 
                     await wait_quiet(handle)
                     return handle
 
-                handles = await in_parallel(clients, concurrency, launch)
+                handles = await in_parallel(clients, SETUP_CONCURRENCY, launch)  # not measured
                 setup_emails = len(sink.messages)
                 if setup_emails != clients * EMAILS_TO_ONGOING or arrivals.unexpected != setup_emails:
                     raise BenchError(f"{setup_emails} setup emails for {clients} clients")

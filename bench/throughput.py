@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -103,8 +103,8 @@ async def _measure(
     worker_pid: int,
     clients: int,
     concurrency: int,
-    drive: Any,
-) -> tuple[Phase, list[WorkflowHandle[Any, Any]]]:
+    drive: Callable[[int], Awaitable[WorkflowHandle[Any, Any]]],
+) -> Phase:
     """Run `drive(i)` for every client, wait until all are quiet, and read the histories and /proc."""
     cpu_server, cpu_worker = cpu_seconds(server.pid), cpu_seconds(worker_pid)
     started = time.perf_counter()
@@ -112,18 +112,19 @@ async def _measure(
     for handle in handles:
         await wait_quiet(handle)
     wall = time.perf_counter() - started
-    phase = Phase(
+    server_cpu, worker_cpu = cpu_seconds(server.pid) - cpu_server, cpu_seconds(worker_pid) - cpu_worker
+    server_rss, worker_rss = rss_mb(server.pid), rss_mb(worker_pid)
+    return Phase(
         name=name,
         clients=clients,
         concurrency=concurrency,
-        counts=count_histories(await fetch_histories(handles)),
+        counts=count_histories(await fetch_histories(handles)),  # after the readings: not the measured work
         wall_seconds=wall,
-        server_cpu_seconds=cpu_seconds(server.pid) - cpu_server,
-        worker_cpu_seconds=cpu_seconds(worker_pid) - cpu_worker,
-        server_rss_mb=rss_mb(server.pid),
-        worker_rss_mb=rss_mb(worker_pid),
+        server_cpu_seconds=server_cpu,
+        worker_cpu_seconds=worker_cpu,
+        server_rss_mb=server_rss,
+        worker_rss_mb=worker_rss,
     )
-    return phase, handles
 
 
 async def engine_phase(
@@ -162,7 +163,7 @@ async def engine_phase(
                         await send(handle, request)
                     return handle
 
-                phase, _ = await _measure("engine", server, w.pid, clients, concurrency, drive)
+                phase = await _measure("engine", server, w.pid, clients, concurrency, drive)
                 phase.emails = len(sink.messages) - per_client
                 phase.plan = plan.totals()
                 if phase.emails != clients * per_client or sink.duplicates:
@@ -183,7 +184,7 @@ async def bare_phase(
         async def drive(i: int) -> WorkflowHandle[Any, Any]:
             return await _bare_lifecycle(server.client, plan, f"bare-{i + 1}")
 
-        phase, _ = await _measure("bare", server, w.pid, clients, concurrency, drive)
+        phase = await _measure("bare", server, w.pid, clients, concurrency, drive)
         phase.plan = plan.totals()
     return phase
 
