@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv dev test lint chaos clean
+.PHONY: venv dev test lint bench chaos clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,16 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+
+# Benchmarks (issue 7): full sizes, about an hour on 2 cores; figures and notes in bench/RESULTS.md. Each one also
+# runs alone with smaller sizes, e.g. `.venv/bin/python -m bench.throughput --clients 50`.
+bench: venv
+	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.latency --concurrency 1
+	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.long_life
+	$(BIN)/python -m bench.sqlite_pragmas
 
 # Local dev state only (Temporal db, records db, captured mail); the venv stays.
 clean:

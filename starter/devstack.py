@@ -15,7 +15,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -48,6 +48,9 @@ NAMESPACE = "default"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 CLI_TIMEOUT = 20.0
+# WAL + synchronous=normal about doubled throughput (shared notes; `python -m bench.sqlite_pragmas` measures it on
+# this stack): SQLite syncs are the limit.
+SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
 
 # The CLI spells search attribute types its own way; a type missing here fails at startup, not in a workflow.
 _CLI_TYPES = {
@@ -217,9 +220,10 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-async def _spawn_server(settings: Settings) -> asyncio.subprocess.Process:
+def server_args(settings: Settings, sqlite_pragmas: Sequence[str] = SQLITE_PRAGMAS) -> list[str]:
+    """The dev server's command line; `sqlite_pragmas` is a parameter only so `bench.sqlite_pragmas` can measure
+    what the pragmas are worth against the server's defaults with everything else equal."""
     home = settings.home.resolve()
-    log_path = home / "temporal.log"
     args = [
         "server",
         "start-dev",
@@ -235,15 +239,21 @@ async def _spawn_server(settings: Settings) -> asyncio.subprocess.Process:
         NAMESPACE,
         "--log-level",
         "warn",
-        # WAL + synchronous=normal about doubled throughput (shared notes): SQLite syncs are the limit.
-        "--sqlite-pragma",
-        "journal_mode=wal",
-        "--sqlite-pragma",
-        "synchronous=normal",
     ]
+    for pragma in sqlite_pragmas:
+        args += ["--sqlite-pragma", pragma]
     if settings.encryption_key_ring() is not None:
         # The UI sends the ciphertext it shows to our codec server (the browser calls it, hence 127.0.0.1).
         args += ["--ui-codec-endpoint", f"http://{HOST}:{settings.dev_codec_port}"]
+    return args
+
+
+async def _spawn_server(
+    settings: Settings, sqlite_pragmas: Sequence[str] = SQLITE_PRAGMAS
+) -> asyncio.subprocess.Process:
+    home = settings.home.resolve()
+    log_path = home / "temporal.log"
+    args = server_args(settings, sqlite_pragmas)
     with log_path.open("a", encoding="utf-8") as log:
         stamp = datetime.now().isoformat(timespec="seconds")
         log.write(f"\n--- sopflow dev: starting Temporal at {stamp} ---\n")

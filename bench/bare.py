@@ -1,0 +1,118 @@
+"""A hand-written minimal Temporal workflow doing the same Temporal work as one Safe Balance lifecycle: the baseline
+that `bench.throughput` divides the engine's figure by.
+
+It has no playbook, no engine, no templates, no records and no search attributes. Each request (an update or a
+signal) carries the Temporal work it must cause (a `BareStep`, computed from the real engine by
+`bench.safe_balance.bare_plan`), and the workflow does that work with a trivial activity, following the same
+loop as `ClientLifecycle`: the account claim inside the update handler; then, in the main loop, the queued emails
+one by one and one timeline record per batch of requests; then one timer if nothing pending fires earlier. So when
+requests arrive faster than their work completes, both batch their records and skip timers the same way, and the
+per-client counts (checked from the histories) stay equal. Whatever the engine costs above this is the price of the
+engine; whatever both cost is Temporal's (and SQLite's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from temporalio import activity, workflow
+
+BARE_TIMEOUT = timedelta(seconds=30)
+
+
+@dataclass
+class BareStep:
+    """The Temporal work one request causes in the engine."""
+
+    name: str
+    kind: str  # "start", "update" or "signal"
+    handler_activities: int = 0  # run by the update handler before it returns (the account claim)
+    emails: int = 0  # activities run one by one by the main loop afterwards
+    records: bool = True  # whether it adds timeline entries (one record activity per batch of requests)
+    wake_seconds: float | None = None  # the engine's next wake-up after this request, from now
+
+
+@dataclass
+class BarePlan:
+    steps: list[BareStep] = field(default_factory=list)
+
+    def totals(self) -> dict[str, int]:
+        """What one lifecycle does when each request's work completes before the next request arrives."""
+        pending: list[float] = []
+        timers = 0
+        for step in self.steps:
+            wake = step.wake_seconds
+            if wake is not None and not any(at <= wake for at in pending):
+                pending.append(wake)
+                timers += 1
+        return {
+            "updates": sum(s.kind == "update" for s in self.steps),
+            "signals": sum(s.kind == "signal" for s in self.steps),
+            "activities": sum(s.handler_activities + s.emails + int(s.records) for s in self.steps),
+            "timers": timers,
+        }
+
+
+@activity.defn
+async def bare_step(n: int) -> int:
+    """The trivial activity: a round trip through Temporal and nothing else."""
+    return n + 1
+
+
+@workflow.defn
+class BareLifecycle:
+    @workflow.init
+    def __init__(self, start: BareStep) -> None:
+        self._queued: list[BareStep] = []
+        self._timers: dict[datetime, asyncio.Task[None]] = {}
+        self._wake_at: datetime | None = None
+        self._changed = False
+        self._done = 0
+        self._apply(start)
+
+    @workflow.run
+    async def run(self, start: BareStep) -> int:
+        # Like the engine: never completes on its own (a client in ongoing management lives on).
+        while True:
+            await self._flush()
+            self._changed = False
+            self._arm_timer()
+            await workflow.wait_condition(lambda: self._changed or any(t.done() for t in self._timers.values()))
+            self._timers = {at: t for at, t in self._timers.items() if not t.done()}
+
+    @workflow.update
+    async def request(self, step: BareStep) -> int:
+        for _ in range(step.handler_activities):
+            await self._activity()
+        self._apply(step)
+        return self._done
+
+    @workflow.signal
+    def event(self, step: BareStep) -> None:
+        self._apply(step)
+
+    def _apply(self, step: BareStep) -> None:
+        self._queued.append(step)
+        self._wake_at = None if step.wake_seconds is None else workflow.now() + timedelta(seconds=step.wake_seconds)
+        self._changed = True
+
+    async def _flush(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            for step in batch:
+                for _ in range(step.emails):
+                    await self._activity()
+            if any(step.records for step in batch):
+                await self._activity()
+
+    async def _activity(self) -> None:
+        self._done = await workflow.execute_activity(bare_step, self._done, start_to_close_timeout=BARE_TIMEOUT)
+
+    def _arm_timer(self) -> None:
+        wake = self._wake_at
+        if wake is None or any(at <= wake for at in self._timers):
+            return
+        delay = max(wake - workflow.now(), timedelta(seconds=1))
+        self._timers[workflow.now() + delay] = asyncio.create_task(workflow.sleep(delay))

@@ -1,0 +1,97 @@
+"""The benches run end to end at tiny sizes and report what they claim: every figure's counts add up.
+
+No timing is asserted (the machine is shared; figures belong in bench/RESULTS.md): these tests prove the benches
+measure the right work, e.g. that every site visit's email reached the sink and the bare workflow did the same
+updates and signals as the engine.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from bench import latency, long_life, scale, sqlite_pragmas, throughput
+from bench.common import percentile, table
+from bench.safe_balance import EMAILS_TO_ONGOING, bare_plan, lifecycle, playbook, today
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 1001)]
+    assert (percentile(values, 50), percentile(values, 95), percentile(values, 99)) == (500.0, 950.0, 990.0)
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_table_aligns_numbers_right():
+    text = table("t", ["name", "n"], [["a", 1], ["bb", 1234]])
+    assert text.splitlines()[3:] == ["a         1", "bb    1,234"]
+
+
+def test_bare_plan_has_the_lifecycle_requests_and_its_emails():
+    plan = bare_plan(playbook(), lifecycle(1, 2, today()), datetime.now(UTC))
+    totals = plan.totals()
+    assert totals["updates"] == 12 and totals["signals"] == 1  # 11 requests to ongoing + 2 visits, one a signal
+    assert sum(step.emails for step in plan.steps) == EMAILS_TO_ONGOING + 2
+    assert sum(step.handler_activities for step in plan.steps) == 1  # the targeting form's account claim
+    assert totals["activities"] == len(plan.steps) + EMAILS_TO_ONGOING + 2 + 1  # a record per request
+
+
+async def test_throughput_engine_and_bare_do_the_same_requests():
+    result = await throughput.run(clients=3, concurrency=3, visits=1)
+    json.dumps(result)
+    engine, bare = result["engine"], result["bare"]
+    assert engine["emails"] == 3 * (EMAILS_TO_ONGOING + 1)
+    for key in ("updates", "signals"):
+        assert engine["per_client"][key] == bare["per_client"][key] == result["bare_plan_totals"][key]
+    assert engine["per_client"]["search_attribute_upserts"] > 0 == bare["per_client"]["search_attribute_upserts"]
+    for phase in (engine, bare):
+        assert phase["events"] == round(phase["per_client"]["events"] * 3)
+        assert phase["events_per_s"] > 0 and phase["server_rss_mb"] > 0 and phase["worker_rss_mb"] > 0
+    assert result["ratio_events_per_s"] == pytest.approx(engine["events_per_s"] / bare["events_per_s"], abs=0.005)
+    assert "transitions/s" in throughput.render(result)
+
+
+async def test_latency_counts_one_email_per_event():
+    result = await latency.run(events=10, clients=3, concurrency=2)
+    json.dumps(result)
+    assert result["events"] == result["emails"] == 10
+    email = result["email_ms"]
+    assert 0 < email["p50"] <= email["p95"] <= email["p99"] <= email["max"]
+    assert result["update_ms"]["p50"] <= email["p50"]  # the email follows the update's return
+    assert "p99" in latency.render(result)
+
+
+async def test_scale_opens_clients_and_probes_an_evicted_one():
+    result = await scale.run(clients=4, cache=2, concurrency=4, probes=1, settle_pause=0)
+    json.dumps(result)
+    assert result["clients"] == 4 and result["first_clients_evicted"] is True
+    assert result["loaded"]["worker_rss_mb"] > 0 and result["loaded"]["server_rss_mb"] > 0
+    assert result["update_in_cache_ms"]["p50"] > 0 and result["update_not_in_cache_ms"]["p50"] > 0
+    assert "evicted" in scale.render(result)
+
+
+async def test_long_life_counts_every_run():
+    result = await long_life.run(years=2)
+    json.dumps(result)
+    assert result["runs"] == len(result["per_run"]) >= 2  # continued as new after a year
+    assert result["events"] == sum(r["events"] for r in result["per_run"]) == result["events_per_client_year"] * 2
+    assert result["largest_run_events"] == max(r["events"] for r in result["per_run"])
+    assert result["emails"] >= EMAILS_TO_ONGOING + result["site_visits"]  # plus visit reminders
+    assert "client-year" in long_life.render(result)
+
+
+def test_sqlite_pragmas_renders_both_settings():
+    phase = {"events_per_s": 2.0, "server_cpu_seconds": 1.0, "worker_cpu_seconds": 1.0}
+    result = {
+        "pragmas": ["journal_mode=wal"],
+        "clients": 1,
+        "concurrency": 1,
+        "engine": {"with": phase, "without": phase},
+        "bare": {"with": phase, "without": phase},
+        "ratio_engine": 1.0,
+        "ratio_bare": 1.0,
+        "target_ratio": 1.8,
+        "target_met": False,
+    }
+    assert "MISSED" in sqlite_pragmas.render(result)
