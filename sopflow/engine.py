@@ -480,21 +480,8 @@ class Engine:
         for spec in stage.tasks:
             if spec.id not in state.tasks and spec.due_at is None and evaluate(spec.when, ctx):
                 self._open_task(spec.id, now, spec.due.after(now) if spec.due else None)
-        if stage.deadline is None:
-            state.deadline = None
-        elif state.deadline is None:
-            start = self._date_ref(stage.deadline.from_, now) if stage.deadline.from_ else now
-            state.deadline = DeadlineState(label=stage.deadline.label, due_at=stage.deadline.within.after(start))
-        if stage.cadence is None:
-            state.cadence = None
-        elif state.cadence is None:
-            anchor = self._date_ref(stage.cadence.anchor, now) if stage.cadence.anchor else now
-            state.cadence = CadenceState(
-                label=stage.cadence.label,
-                anchor=anchor,
-                base=anchor,
-                next_due=cadence_rules.next_due(stage.cadence, anchor, anchor),
-            )
+        state.deadline = (state.deadline or self._start_deadline(stage, now)) if stage.deadline else None
+        state.cadence = (state.cadence or self._start_cadence(stage, now)) if stage.cadence else None
         self._log("migrated", now, from_version=previous, to_version=self.playbook.version, by=req.actor)
         self._settle(now)
 
@@ -711,20 +698,28 @@ class Engine:
         for spec in stage.tasks:
             if spec.due_at is None and evaluate(spec.when, ctx):
                 self._open_task(spec.id, now, spec.due.after(now) if spec.due else None)
-        if stage.deadline is not None:
-            start = self._date_ref(stage.deadline.from_, now) if stage.deadline.from_ else now
-            state.deadline = DeadlineState(label=stage.deadline.label, due_at=stage.deadline.within.after(start))
-        if stage.cadence is not None:
-            anchor = self._date_ref(stage.cadence.anchor, now) if stage.cadence.anchor else now
-            state.cadence = CadenceState(
-                label=stage.cadence.label,
-                anchor=anchor,
-                base=anchor,
-                next_due=cadence_rules.next_due(stage.cadence, anchor, anchor),
-            )
+        state.deadline = self._start_deadline(stage, now)
+        state.cadence = self._start_cadence(stage, now)
         self._replan(now)
         # Entry emails go out last, so they can quote the stage's deadline and due dates.
         self._run_actions(stage.on_enter, now, f"enter-{stage.id}", {})
+
+    def _start_deadline(self, stage: Stage, now: datetime) -> DeadlineState | None:
+        if stage.deadline is None:
+            return None
+        start = self._date_ref(stage.deadline.from_, now) if stage.deadline.from_ else now
+        return DeadlineState(label=stage.deadline.label, due_at=stage.deadline.within.after(start))
+
+    def _start_cadence(self, stage: Stage, now: datetime) -> CadenceState | None:
+        if stage.cadence is None:
+            return None
+        anchor = self._date_ref(stage.cadence.anchor, now) if stage.cadence.anchor else now
+        return CadenceState(
+            label=stage.cadence.label,
+            anchor=anchor,
+            base=anchor,
+            next_due=cadence_rules.next_due(stage.cadence, anchor, anchor),
+        )
 
     def _open_task(self, task_id: str, now: datetime, due_at: datetime | None, anchor: str | None = None) -> None:
         spec = self.stage.task(task_id)
