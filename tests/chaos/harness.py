@@ -30,10 +30,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from temporalio.client import (
@@ -126,6 +128,7 @@ class ChaosReport:
         return not self.problems
 
 
+T = TypeVar("T")
 # The server down, or a worker killed while an update waited for it: the request is sent again as it is.
 RETRYABLE = (RPCError, RPCTimeoutOrCancelledError, asyncio.TimeoutError)
 
@@ -202,55 +205,60 @@ def fill(value: Any, n: int) -> Any:
     return value.format(n=n) if isinstance(value, str) else value
 
 
-async def request(handle: WorkflowHandle[Any, Any], step: tuple[str, Any], update_id: str, report: ChaosReport) -> None:
-    """One request, retried through worker kills and the server restart. The update id makes a retry of an update
-    that was applied before its answer was lost return that answer instead of applying it twice."""
-    kind, arg = step
-    now = datetime.now(UTC)
+async def retried(call: Callable[[], Awaitable[T]], what: str, report: ChaosReport) -> T | None:
+    """`call` again and again through worker kills and the server restart; a refusal is a problem, not a retry.
+
+    Updates carry an id, so an update applied before its answer was lost returns that answer instead of applying
+    twice; events carry an event id the engine de-duplicates.
+    """
     for attempt in range(600):
         try:
-            if kind == "event":
-                await handle.signal(ClientLifecycle.event, ExternalEvent(name=arg, event_id=update_id, source="chaos"))
-            elif kind == "form":
-                form, fields = arg
-                payload = SubmitForm(form=form, fields=resolve_dates(fields, now), actor="chaos")
-                await handle.execute_update(ClientLifecycle.submit_form, payload, id=update_id)
-            elif kind == "task":
-                await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task=arg), id=update_id)
-            elif kind == "set":
-                payload_set = SetFields(fields=resolve_dates(arg, now), actor="chaos")
-                await handle.execute_update(ClientLifecycle.set_fields, payload_set, id=update_id)
-            elif kind == "advance":
-                await handle.execute_update(ClientLifecycle.advance, Advance(to=arg), id=update_id)
-            return
+            return await call()
         except WorkflowUpdateFailedError as exc:
-            report.problems.append(f"{update_id}: refused: {exc.cause}")
-            return
+            report.problems.append(f"{what}: refused: {exc.cause}")
+            return None
         except RETRYABLE:
             report.request_retries += 1
             await asyncio.sleep(min(0.2 * (attempt + 1), 2))
-    report.problems.append(f"{update_id}: gave up after 600 attempts")
+    report.problems.append(f"{what}: gave up after 600 attempts")
+    return None
+
+
+async def request(handle: WorkflowHandle[Any, Any], step: tuple[str, Any], update_id: str) -> None:
+    kind, arg = step
+    now = datetime.now(UTC)
+    if kind == "event":
+        await handle.signal(ClientLifecycle.event, ExternalEvent(name=arg, event_id=update_id, source="chaos"))
+    elif kind == "form":
+        form, fields = arg
+        payload = SubmitForm(form=form, fields=resolve_dates(fields, now), actor="chaos")
+        await handle.execute_update(ClientLifecycle.submit_form, payload, id=update_id)
+    elif kind == "task":
+        await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task=arg), id=update_id)
+    elif kind == "set":
+        payload_set = SetFields(fields=resolve_dates(arg, now), actor="chaos")
+        await handle.execute_update(ClientLifecycle.set_fields, payload_set, id=update_id)
+    elif kind == "advance":
+        await handle.execute_update(ClientLifecycle.advance, Advance(to=arg), id=update_id)
 
 
 async def drive(client: Client, n: int, config: ChaosConfig, report: ChaosReport, gate: asyncio.Semaphore) -> None:
     deal_id = f"CHAOS-{n:04d}"
     playbook = load_playbook(PROJECT_ROOT / "playbooks" / "safe_balance.yaml")
     async with gate:
-        for attempt in range(600):
-            try:
-                handle = await start_lifecycle(
-                    client, playbook, deal_id, DEAL, "chaos", WorkflowIDConflictPolicy.USE_EXISTING, config.time_scale
-                )
-                break
-            except RETRYABLE:
-                report.request_retries += 1
-                await asyncio.sleep(min(0.2 * (attempt + 1), 2))
-        else:
-            report.problems.append(f"{deal_id}: never started")
+        handle = await retried(
+            lambda: start_lifecycle(
+                client, playbook, deal_id, DEAL, "chaos", WorkflowIDConflictPolicy.USE_EXISTING, config.time_scale
+            ),
+            f"{deal_id}: start",
+            report,
+        )
+        if handle is None:
             return
         path = SIGNED_PATH if kind_of(n) == "signed" else UNSIGNED_PATH
         for i, step in enumerate(path):
-            await request(handle, fill(step, n), f"{deal_id}-{i}", report)
+            update_id = f"{deal_id}-{i}"
+            await retried(partial(request, handle, fill(step, n), update_id), update_id, report)
 
 
 async def chaos(stack: Stack, config: ChaosConfig, report: ChaosReport, driving: asyncio.Future[Any]) -> None:
@@ -285,22 +293,17 @@ async def until_expected(client: Client, config: ChaosConfig, report: ChaosRepor
 async def close_all(client: Client, clients: int, report: ChaosReport) -> dict[str, str]:
     """The stage each client reached, then close it so the system goes quiet for the final check."""
     reached: dict[str, str] = {}
+
+    async def record_and_close(handle: WorkflowHandle[Any, Any]) -> None:
+        status = await handle.query(ClientLifecycle.status)
+        reached[handle.id] = status.stage
+        if status.outcome is None:
+            close = Close(outcome="cancelled", reason="chaos run over", actor="chaos")
+            await handle.execute_update(ClientLifecycle.close, close, id=f"{handle.id}-close")
+
     for n in range(clients):
         handle = client.get_workflow_handle(workflow_id(f"CHAOS-{n:04d}"))
-        for attempt in range(600):
-            try:
-                status = await handle.query(ClientLifecycle.status)
-                reached[handle.id] = status.stage
-                if status.outcome is None:
-                    close = Close(outcome="cancelled", reason="chaos run over", actor="chaos")
-                    await handle.execute_update(ClientLifecycle.close, close, id=f"{handle.id}-close")
-                break
-            except WorkflowUpdateFailedError as exc:
-                report.problems.append(f"{handle.id}: close refused: {exc.cause}")
-                break
-            except RETRYABLE:
-                report.request_retries += 1
-                await asyncio.sleep(min(0.2 * (attempt + 1), 2))
+        await retried(partial(record_and_close, handle), f"{handle.id}: close", report)
     return reached
 
 

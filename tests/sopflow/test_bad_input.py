@@ -17,18 +17,11 @@ from sopflow.engine import Engine, Rejected
 from sopflow.models import Advance, Close, CompleteTask, ExternalEvent, LifecycleState, SetFields, SubmitForm
 from sopflow.playbook import FieldSpec, Playbook, PlaybookError, load_playbook, parse_playbook
 from sopflow.samples import sample_values
+from tests.conftest import CONTRACT_REQUEST, DEAL, TARGETING
 
 T0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
 PLAYBOOKS = {p.stem: load_playbook(p) for p in sorted((PROJECT_ROOT / "playbooks").glob("*.yaml"))}
 SAFE_BALANCE = PLAYBOOKS["safe_balance"]
-DEAL = {"rep_email": "rep@example.com", "account_manager_email": "am@example.com"}
-TARGETING = {
-    "company": "Example Clinic",
-    "signer_name": "Client Signer",
-    "signer_email": "signer@example.com",
-    "service_tier": "Basic",
-}
-CONTRACT_REQUEST = {"agreement": "Safe Balance", "term_months": 12, "client_agreed_on": "2026-01-02"}
 HOSTILE_TEXT = ["", " ", "\x00", "💥", "a" * 5000, "1e309", "NaN", "-inf", "2026-02-30", "2026-01-05T25:00", "0x10"]
 
 # Anything JSON (and the payload converter) can carry, plus the values that break naive code.
