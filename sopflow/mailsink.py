@@ -10,6 +10,7 @@ with 550.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from collections.abc import Callable
@@ -20,6 +21,9 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
+
+# The sink's own file names: a number, zero-padded so that a directory listing is in arrival order.
+_STORED = re.compile(r"^(\d+)\.eml$")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -96,6 +100,7 @@ class MailSink:
         self.messages: list[EmailMessage] = []
         self.duplicates = 0
         self._ids: set[str] = set()
+        self._last_stored: int | None = None  # number of the last `.eml` in store_dir, read on the first message
         self._lock = threading.Lock()
         self._controller = _Controller(_Handler(self), hostname=host, port=self.port)
 
@@ -126,12 +131,30 @@ class MailSink:
                 return
             self._ids.add(message_id)
             self.messages.append(message)
-            count = len(self.messages)
-        if self.store_dir is not None:
-            self.store_dir.mkdir(parents=True, exist_ok=True)
-            (self.store_dir / f"{count:05d}.eml").write_bytes(message.as_bytes())
+            if self.store_dir is not None:
+                self._store(self.store_dir, message.as_bytes())
         if self.on_message is not None:
             self.on_message(message, recipients)
+
+    def _store(self, folder: Path, data: bytes) -> None:
+        """Write the next numbered `.eml`, never over an existing file (called under the lock).
+
+        The folder outlives the sink (`sopflow dev` restarted on the same home keeps `.sopflow/mail/`), so the
+        numbering continues after the highest file already there, and the file is created exclusively: a second sink
+        writing into the same folder makes this one skip to the next free number instead of overwriting its message.
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        if self._last_stored is None:
+            numbers = (_STORED.match(path.name) for path in folder.iterdir())
+            self._last_stored = max((int(match.group(1)) for match in numbers if match), default=0)
+        while True:
+            self._last_stored += 1
+            try:
+                with (folder / f"{self._last_stored:05d}.eml").open("xb") as file:
+                    file.write(data)
+                return
+            except FileExistsError:
+                continue
 
     def start(self) -> MailSink:
         self._controller.start()

@@ -24,7 +24,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from sopflow.config import Settings
-from sopflow.mailsink import free_port
+from sopflow.mailsink import MailSink, free_port
 from starter import webhooks
 from starter.devstack import DevStackError, run_dev
 
@@ -294,3 +294,31 @@ async def test_with_encryption_keys_the_dev_stack_runs_a_codec_server_for_its_ui
     finally:
         await stop(task)
     assert not accepts(settings.dev_codec_port)
+
+
+async def test_a_restarted_mail_sink_keeps_the_earlier_messages_and_numbers_on(tmp_path: Path) -> None:
+    """`sopflow dev` restarted on the same home: the mail folder keeps every message of the earlier runs."""
+    mail_dir = tmp_path / "mail"
+
+    async def deliver(subject: str) -> None:
+        message = EmailMessage()
+        message["From"] = "sopflow@example.com"
+        message["To"] = "client@example.com"
+        message["Subject"] = subject
+        message["Message-ID"] = f"<{subject.replace(' ', '-')}@example.com>"
+        message.set_content(subject)
+        with MailSink(store_dir=mail_dir) as sink:
+            await aiosmtplib.send(message, hostname=sink.host, port=sink.port)
+
+    await deliver("first run")
+    (first,) = sorted(mail_dir.glob("*.eml"))
+    kept = first.read_bytes()
+    (mail_dir / "notes.eml").write_text("not the sink's")  # a file of someone else's is neither counted nor touched
+    await deliver("second run")
+    await deliver("third run")
+
+    files = sorted(mail_dir.glob("*.eml"))
+    assert [f.name for f in files] == ["00001.eml", "00002.eml", "00003.eml", "notes.eml"]
+    assert first.read_bytes() == kept
+    for path, subject in zip(files, ["first run", "second run", "third run"], strict=False):
+        assert f"Subject: {subject}" in path.read_text()
