@@ -37,6 +37,22 @@ def _date(value: Any, fmt: str = "%b %d, %Y") -> str:
     return moment.strftime(fmt)
 
 
+# Characters a header line must not carry. C0/C1 controls: CR/LF would start a new header, NUL and ESC garble
+# terminals, logs and some mail clients. Bidi controls make a line display in an order other than what it says (an
+# RLO turns "invoice fdp.exe" into "invoice exe.pdf"). Lone surrogates cannot be encoded at all.
+_NOT_IN_A_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def one_line(text: str) -> str:
+    """`text` as one header line that reads as it looks: whitespace of any kind (CR, LF, tab, VT, FF, NEL, U+2028...)
+    becomes one space, other control and bidi characters are dropped, the ends are trimmed.
+
+    Used for rendered subjects and display names: both come from deal data that people typed, and a subject or a
+    name is one line whatever the template or the data say."""
+    visible = _NOT_IN_A_LINE.sub(lambda match: " " if match.group().isspace() else "", text)
+    return " ".join(visible.split())
+
+
 # What rendering can raise besides Jinja's own errors: a filter such as `date` given a value it cannot parse.
 _RENDER_FAILURES = (jinja2.TemplateError, ValueError, TypeError, ArithmeticError, LookupError)
 
@@ -151,7 +167,7 @@ class TemplateRenderer:
                 parts[part] = self.render_part(playbook, template, part, context)
             except _RENDER_FAILURES as exc:
                 raise RenderError(template, part, _describe(exc, part)) from exc
-        return Rendered(subject=" ".join(parts["subject.txt"].split()), text=parts["body.txt"], html=parts["body.html"])
+        return Rendered(subject=one_line(parts["subject.txt"]), text=parts["body.txt"], html=parts["body.html"])
 
     def render_part(self, playbook: str, template: str, part: str, context: dict[str, Any]) -> str:
         """One file of a template, so a caller that checks templates can say which file failed."""

@@ -16,7 +16,7 @@ from sopflow.engine import Engine
 from sopflow.models import Advance, CompleteTask, ExternalEvent, SetFields, SubmitForm
 from sopflow.playbook import load_playbook, template_names
 from sopflow.signatures import form_token
-from sopflow.templates import FormLinks, Rendered, RenderError, TemplateRenderer, links_for
+from sopflow.templates import FormLinks, Rendered, RenderError, TemplateRenderer, links_for, one_line
 
 TEMPLATES = PROJECT_ROOT / "templates"
 PLAYBOOK = load_playbook(PROJECT_ROOT / "playbooks" / "safe_balance.yaml")
@@ -362,3 +362,34 @@ def test_form_links_refuse_what_is_not_a_form_link(tmp_path: Path, part: str, ex
     with pytest.raises(RenderError, match=failure) as refused:
         TemplateRenderer(tmp_path).render("pb", "links", {"links": links()})
     assert refused.value.part == part
+
+
+@pytest.mark.parametrize(
+    ("raw", "line"),
+    [
+        ("Account claimed:\r\nBcc: eve@example.com", "Account claimed: Bcc: eve@example.com"),
+        ("tab\tvertical\x0bform\x0cnext\x85line\u2028para\u2029end", "tab vertical form next line para end"),
+        ("nul\x00 esc\x1b[31m del\x7f c1\x9b", "nul esc[31m del c1"),
+        ("invoice \u202egpj.exe\u202c", "invoice gpj.exe"),
+        ("\u2066isolate\u2069 \u200emarks\u200f \u061carabic", "isolate marks arabic"),
+        ("lone \ud800surrogate", "lone surrogate"),
+        ("  Welcome,   Sunrise Care  ", "Welcome, Sunrise Care"),
+        ("Café · 東京 ✓", "Café · 東京 ✓"),
+    ],
+)
+def test_one_line_keeps_readable_text_and_drops_control_and_bidi_characters(raw: str, line: str) -> None:
+    assert one_line(raw) == line
+
+
+def test_a_rendered_subject_is_one_line_without_control_or_bidi_characters(tmp_path: Path) -> None:
+    folder = tmp_path / "pb" / "hello"
+    folder.mkdir(parents=True)
+    (folder / "subject.txt").write_text("Welcome,\n{{ company }}\n")
+    (folder / "body.txt").write_text("{{ company }}")
+    (folder / "body.html").write_text("<p>{{ company }}</p>")
+    company = "Acme\r\nBcc: eve@example.com\x00\x1b \u202egpj.exe"
+
+    out = TemplateRenderer(tmp_path).render("pb", "hello", {"company": company})
+
+    assert out.subject == "Welcome, Acme Bcc: eve@example.com gpj.exe"
+    assert out.text == company  # bodies are the template's business: only the subject is a header
