@@ -19,7 +19,7 @@ from sopflow import cadence as cadence_rules
 from sopflow.classify import classify
 from sopflow.conditions import Context, evaluate, make_context, resolve, role_address, role_owner_id
 from sopflow.constants import MAX_CHAINED_TRANSITIONS
-from sopflow.fields import FieldErrors, is_blank, validate_values
+from sopflow.fields import FieldErrors, is_blank, shapes, validate_values
 from sopflow.models import (
     Advance,
     AppointmentState,
@@ -297,7 +297,7 @@ class Engine:
             open_forms = ", ".join(stage.forms) or "none"
             raise Rejected(f"form '{req.form}' is not open in stage '{stage.id}' (open: {open_forms})")
         try:
-            values = validate_values(form.fields, req.fields)
+            values = validate_values(form.fields, req.fields, roles=shapes(self.playbook, f"forms.{req.form}"))
         except FieldErrors as exc:
             raise Rejected(f"form '{req.form}' is invalid: {exc}", exc.errors) from None
         cad = stage.cadence
@@ -396,10 +396,7 @@ class Engine:
 
     def check_set_fields(self, req: SetFields) -> dict[str, Any]:
         self._require_open()
-        try:
-            return validate_values(self.playbook.deal, req.fields, partial=True)
-        except FieldErrors as exc:
-            raise Rejected(f"invalid deal fields: {exc}", exc.errors) from None
+        return _deal_values(self.playbook, req.fields, partial=True)
 
     def set_fields(self, req: SetFields, now: datetime) -> None:
         values = self.check_set_fields(req)
@@ -418,10 +415,7 @@ class Engine:
         if len(candidates) > 1:
             raise Rejected(f"choose the stage to close into: {', '.join(s.id for s in candidates)}")
         target = candidates[0]
-        try:
-            values = validate_values(self.playbook.deal, req.fields, partial=True)
-        except FieldErrors as exc:
-            raise Rejected(f"invalid deal fields: {exc}", exc.errors) from None
+        values = _deal_values(self.playbook, req.fields, partial=True)
         merged = {**self.state.fields, **values}
         missing = [name for name in target.reason_fields if is_blank(merged.get(name))]
         if missing:
@@ -451,7 +445,7 @@ class Engine:
             raise Rejected(f"stage '{target}' ends the lifecycle: close the deal instead of migrating it there")
         kept = {key: value for key, value in self.state.fields.items() if key in new.deal}
         try:
-            validate_values(new.deal, kept)
+            validate_values(new.deal, kept, roles=shapes(new, "deal"))
         except FieldErrors as exc:
             raise Rejected(f"the deal's fields do not fit v{new.version}: {exc}", exc.errors) from None
         return target
@@ -970,7 +964,11 @@ class Engine:
 
 def check_deal_fields(playbook: Playbook, fields: dict[str, Any]) -> dict[str, Any]:
     """Validate a new deal's fields against the playbook (required ones included); raise Rejected."""
+    return _deal_values(playbook, fields, partial=False)
+
+
+def _deal_values(playbook: Playbook, fields: dict[str, Any], *, partial: bool) -> dict[str, Any]:
     try:
-        return validate_values(playbook.deal, fields)
+        return validate_values(playbook.deal, fields, partial=partial, roles=shapes(playbook, "deal"))
     except FieldErrors as exc:
         raise Rejected(f"invalid deal fields: {exc}", exc.errors) from None

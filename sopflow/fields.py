@@ -7,16 +7,42 @@ money as a two-decimal string (never a float), choices exactly as the playbook s
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 
-from sopflow.playbook import FieldSpec
+from sopflow.playbook import FieldSpec, Playbook
 
+# Limits on every value a person or a CRM can send. A lifecycle lives for years on what it accepted once, so a value
+# is refused here, with a message naming it, rather than breaking a search attribute, an email header or a timer later.
 MAX_MONEY_DIGITS = 15
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_NUMBER = 10**15
+MAX_TEXT_LENGTH = 1000
+MAX_EMAIL_LENGTH = 254
+MAX_FIELDS_PER_REQUEST = 200
+# Dates a business process can mean: far enough out for a 100-year contract, near enough that "7 days before" and
+# "every 2 months after" stay inside what datetime can hold.
+EARLIEST_DATE = date(1900, 1, 1)
+LATEST_DATE = date(2200, 12, 31)
+# An opaque CRM id (it reaches the SopOwner search attribute, stored unencrypted and shown to every operator): a short
+# token with at least one digit, so neither an email address nor a name fits.
+MAX_ID_LENGTH = 64
+_OPAQUE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+# RFC 5322 dot-atom local part and a dotted domain, ASCII only: nothing that could close or open another address.
+_EMAIL = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+# Bidirectional controls reorder what a reader sees (an RLO makes "exe.pdf" read "fdp.exe"); never in a value.
+_BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# An RFC 2047 encoded-word in a display name is decoded by mail clients into whatever it hides (a second address).
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?[^?]*\?=")
 _TRUE = {"true", "yes", "y", "1", "on"}
 _FALSE = {"false", "no", "n", "0", "off"}
+
+# What a text field feeds besides the deal record: an owner id (a search attribute) or a display name (a header).
+Shape = Literal["id", "name"]
 
 
 class FieldErrors(ValueError):
@@ -31,68 +57,153 @@ def is_blank(value: Any) -> bool:
     return value is None or value == [] or (isinstance(value, str) and not value.strip())
 
 
-def coerce(spec: FieldSpec, value: Any) -> Any:
+def shapes(playbook: Playbook, scope: str) -> dict[str, Shape]:
+    """The fields of `scope` ('deal' or 'forms.<form id>') that roles use as owner ids or display names.
+
+    Derived from the roles rather than declared per field, so the rule also holds for playbooks pinned into
+    lifecycles before it existed: whatever feeds `SopOwner` must be an opaque id, whatever feeds a From/To display
+    name must be a plain one-line name.
+    """
+    found: dict[str, Shape] = {}
+    prefix = f"{scope}."
+    for role in playbook.roles.values():
+        for ref, shape in ((role.id, "id"), (role.name, "name")):
+            if ref and ref.startswith(prefix) and "." not in ref[len(prefix) :]:
+                found[ref[len(prefix) :]] = shape  # type: ignore[assignment]
+    return found
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """A value quoted in an error message, cut short: a 30 KB value must not become a 30 KB message or log line."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def _bad_character(text: str) -> str | None:
+    for char in text:
+        if char in _BIDI:
+            return f"contains a text-direction control character (U+{ord(char):04X})"
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs", "Zl", "Zp"):
+            return f"contains a control character (U+{ord(char):04X}); use one line of plain text"
+    return None
+
+
+def _text(value: Any, shape: Shape | None) -> str:
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError("expected text")
+    text = str(value).strip()
+    problem = _bad_character(text)
+    if problem:
+        raise ValueError(problem)
+    if shape == "id" and not (_OPAQUE_ID.fullmatch(text) and any(c.isdigit() for c in text)):
+        raise ValueError(
+            f"{shown(text)} is not an opaque CRM id: 1-{MAX_ID_LENGTH} letters, digits and . _ : - with at least one "
+            "digit (never a name or an email address: ids are shown to operators unencrypted)"
+        )
+    if len(text) > MAX_TEXT_LENGTH:
+        raise ValueError(f"is {len(text)} characters long; at most {MAX_TEXT_LENGTH}")
+    if shape == "name" and (_ENCODED_WORD.search(text) or any(c in text for c in "<>")):
+        raise ValueError(f"{shown(text)} is not a plain name: no '<', '>' or encoded words (=?...?=)")
+    return text
+
+
+def _email(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected an email address")
+    text = value.strip()
+    if len(text) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(text):
+        raise ValueError(f"{shown(text)} is not an email address")
+    return text
+
+
+def _number(value: Any) -> int | float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError("is too large a number") from None
+    except (TypeError, ValueError):
+        raise ValueError(f"{shown(str(value))} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"{shown(str(value))} is not a finite number")
+    if abs(number) > MAX_NUMBER:
+        raise ValueError(f"{shown(str(value))} is too large a number (at most {MAX_NUMBER:.0e} either way)")
+    return int(number) if number.is_integer() else number
+
+
+def _money(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError("expected an amount")
+    try:
+        amount = Decimal(str(value).replace(",", "").replace("$", "").strip())
+    except InvalidOperation:
+        raise ValueError(f"{shown(str(value))} is not an amount") from None
+    if not amount.is_finite() or amount.as_tuple().exponent < -2:  # type: ignore[operator]
+        raise ValueError(f"{shown(str(value))} is not an amount with at most 2 decimals")
+    if amount.adjusted() >= MAX_MONEY_DIGITS:  # also keeps "1e999999999" from being expanded to a billion digits
+        raise ValueError(f"{shown(str(value))} is too large an amount")
+    return f"{amount:.2f}"
+
+
+def _in_range(day: date, shown_value: str) -> None:
+    if not EARLIEST_DATE <= day <= LATEST_DATE:
+        raise ValueError(f"{shown_value} is out of range ({EARLIEST_DATE.year}-{LATEST_DATE.year})")
+
+
+def _date(value: Any) -> str:
+    if isinstance(value, datetime):
+        day = value.date()
+    elif isinstance(value, date):
+        day = value
+    else:
+        try:
+            day = date.fromisoformat(str(value).strip())
+        except ValueError:
+            raise ValueError(f"{shown(str(value))} is not a date (YYYY-MM-DD)") from None
+    _in_range(day, shown(day.isoformat()))
+    return day.isoformat()
+
+
+def _datetime(value: Any) -> str:
+    try:
+        moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{shown(str(value))} is not a date-time (ISO 8601)") from None
+    _in_range(moment.date(), shown(str(value)))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"{shown(str(value))} is not yes/no")
+
+
+def coerce(spec: FieldSpec, value: Any, shape: Shape | None = None) -> Any:
     """Return the canonical value or raise ValueError with a message meant for the person who typed it."""
     kind = spec.type
     if kind == "text":
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ValueError("expected text")
-        return str(value).strip()
+        return _text(value, shape)
     if kind == "email":
-        text = str(value).strip()
-        if not _EMAIL.match(text):
-            raise ValueError(f"{text!r} is not an email address")
-        return text
+        return _email(value)
     if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        lowered = str(value).strip().lower()
-        if lowered in _TRUE:
-            return True
-        if lowered in _FALSE:
-            return False
-        raise ValueError(f"{value!r} is not yes/no")
+        return _bool(value)
     if kind == "number":
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        try:
-            number = float(value)
-        except OverflowError:
-            raise ValueError("is too large a number") from None
-        except (TypeError, ValueError):
-            raise ValueError(f"{value!r} is not a number") from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise ValueError(f"{value!r} is not a finite number")
-        return int(number) if number.is_integer() else number
+        return _number(value)
     if kind == "money":
-        if isinstance(value, bool):
-            raise ValueError("expected an amount")
-        try:
-            amount = Decimal(str(value).replace(",", "").replace("$", "").strip())
-        except InvalidOperation:
-            raise ValueError(f"{value!r} is not an amount") from None
-        if not amount.is_finite() or amount.as_tuple().exponent < -2:  # type: ignore[operator]
-            raise ValueError(f"{value!r} is not an amount with at most 2 decimals")
-        if amount.adjusted() >= MAX_MONEY_DIGITS:  # also keeps "1e999999999" from being expanded to a billion digits
-            raise ValueError(f"{value!r} is too large an amount")
-        return f"{amount:.2f}"
+        return _money(value)
     if kind == "date":
-        if isinstance(value, datetime):
-            return value.date().isoformat()
-        if isinstance(value, date):
-            return value.isoformat()
-        try:
-            return date.fromisoformat(str(value).strip()).isoformat()
-        except ValueError:
-            raise ValueError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+        return _date(value)
     if kind == "datetime":
-        try:
-            moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).strip())
-        except ValueError:
-            raise ValueError(f"{value!r} is not a date-time (ISO 8601)") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return moment.astimezone(UTC).isoformat()
+        return _datetime(value)
     options = spec.options or []
     if kind == "choice":
         return _option(options, value)
@@ -107,7 +218,7 @@ def _option(options: list[str], value: Any) -> str:
     for option in options:
         if option.lower() == text.lower():
             return option
-    raise ValueError(f"{text!r} is not one of: {', '.join(options)}")
+    raise ValueError(f"{shown(text)} is not one of: {', '.join(options)}")
 
 
 def validate_values(
@@ -116,21 +227,30 @@ def validate_values(
     *,
     partial: bool = False,
     previous: dict[str, Any] | None = None,
+    roles: dict[str, Shape] | None = None,
 ) -> dict[str, Any]:
-    """Coerce every value; reject unknown fields and, unless partial, missing required ones. All errors at once."""
+    """Coerce every value; reject unknown fields and, unless partial, missing required ones. All errors at once.
+
+    `roles` names the fields that feed owner ids or display names (`shapes`), which get the stricter rules.
+    """
+    if len(values) > MAX_FIELDS_PER_REQUEST:
+        raise FieldErrors({"fields": f"{len(values)} fields in one request; at most {MAX_FIELDS_PER_REQUEST}"})
     errors: dict[str, str] = {}
     clean: dict[str, Any] = {}
     for name, value in values.items():
         spec = specs.get(name)
         if spec is None:
             known = ", ".join(sorted(specs)) or "none"
-            errors[name] = f"unknown field (known: {known})"
+            # Keyed by a bounded form of the name: a 30 KB or email-shaped key must not travel into messages and logs.
+            errors[shown(name, 24)[1:-1] if len(name) > 24 or not name.isidentifier() else name] = (
+                f"unknown field (known: {known})"
+            )
             continue
         if is_blank(value):
             clean[name] = None
             continue
         try:
-            clean[name] = coerce(spec, value)
+            clean[name] = coerce(spec, value, (roles or {}).get(name))
         except ValueError as exc:
             errors[name] = str(exc)
     merged = {**(previous or {}), **clean}

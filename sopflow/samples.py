@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sopflow.conditions import evaluate, make_context, role_address
-from sopflow.fields import is_blank
+from sopflow.fields import Shape, is_blank, shapes
 from sopflow.playbook import Action, Condition, EmailAction, FieldSpec, Playbook, Stage
 from sopflow.templates import RenderError, TemplateRenderer, links_for
 
@@ -62,9 +62,11 @@ class EmailUse:
 # --- sample values ---------------------------------------------------------------------------------------------------
 
 
-def sample_value(spec: FieldSpec, name: str) -> Any:
+def sample_value(spec: FieldSpec, name: str, shape: Shape | None = None) -> Any:
     """A realistic value in the canonical form `sopflow.fields.coerce` stores, so templates see what they will get."""
     kind = spec.type
+    if kind == "text" and shape == "id":
+        return "owner-12"
     if kind == "text":
         return f"Example {spec.label or name.replace('_', ' ')}"
     if kind == "email":
@@ -84,9 +86,16 @@ def sample_value(spec: FieldSpec, name: str) -> Any:
     return True  # bool
 
 
-def sample_values(specs: dict[str, FieldSpec], *, minimal: bool) -> dict[str, Any]:
-    """Every field (full) or only the required ones (minimal): optional fields left empty are absent, not None."""
-    return {name: sample_value(spec, name) for name, spec in specs.items() if spec.required or not minimal}
+def sample_values(
+    specs: dict[str, FieldSpec], *, minimal: bool, roles: dict[str, Shape] | None = None
+) -> dict[str, Any]:
+    """Every field (full) or only the required ones (minimal): optional fields left empty are absent, not None.
+    `roles` (`sopflow.fields.shapes`) marks the fields that must look like owner ids."""
+    return {
+        name: sample_value(spec, name, (roles or {}).get(name))
+        for name, spec in specs.items()
+        if spec.required or not minimal
+    }
 
 
 # --- where emails are sent -------------------------------------------------------------------------------------------
@@ -169,10 +178,17 @@ def _build_context(
     playbook: Playbook, use: EmailUse, *, minimal: bool, deal_id: str, public_url: str
 ) -> tuple[dict[str, Any], bool]:
     """(context, whether the engine would send the email with it): False when its conditions cannot be met."""
-    full_deal = sample_values(playbook.deal, minimal=False)
-    full_forms = {form_id: sample_values(form.fields, minimal=False) for form_id, form in playbook.forms.items()}
-    deal = {**sample_values(playbook.deal, minimal=minimal), **copy.deepcopy(use.sets)}
-    forms = {form_id: sample_values(form.fields, minimal=minimal) for form_id, form in playbook.forms.items()}
+    deal_roles = shapes(playbook, "deal")
+    full_deal = sample_values(playbook.deal, minimal=False, roles=deal_roles)
+    full_forms = {
+        form_id: sample_values(form.fields, minimal=False, roles=shapes(playbook, f"forms.{form_id}"))
+        for form_id, form in playbook.forms.items()
+    }
+    deal = {**sample_values(playbook.deal, minimal=minimal, roles=deal_roles), **copy.deepcopy(use.sets)}
+    forms = {
+        form_id: sample_values(form.fields, minimal=minimal, roles=shapes(playbook, f"forms.{form_id}"))
+        for form_id, form in playbook.forms.items()
+    }
     satisfier = _Satisfier(playbook, deal, forms, full_deal, full_forms)
     for cond in use.conditions:
         satisfier.satisfy(cond, want=True)

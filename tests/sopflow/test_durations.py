@@ -122,3 +122,9 @@ def test_duration_round_trips_through_json_inside_a_pydantic_model() -> None:
 def test_invalid_duration_inside_a_model_names_the_field() -> None:
     with pytest.raises(ValueError, match=r"every\n.*invalid duration '14 days'"):
         _Holder.model_validate({"every": "14 days"})
+
+
+@pytest.mark.parametrize("text", ["101y", "1201mo", "99999999d", "9999999999999999999s"])
+def test_durations_longer_than_a_century_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="at most 100 years"):
+        duration(text)

@@ -7,8 +7,17 @@ from typing import Any
 
 import pytest
 
-from sopflow.fields import FieldErrors, coerce, validate_values
-from sopflow.playbook import FieldSpec, FieldType
+from sopflow.config import PROJECT_ROOT
+from sopflow.fields import (
+    MAX_FIELDS_PER_REQUEST,
+    MAX_ID_LENGTH,
+    MAX_TEXT_LENGTH,
+    FieldErrors,
+    coerce,
+    shapes,
+    validate_values,
+)
+from sopflow.playbook import FieldSpec, FieldType, load_playbook
 
 TIERS = ["Basic", "Standard", "Premium"]
 SERVICES = ["Balance assessment", "Fall-risk screening", "Therapy program"]
@@ -278,3 +287,112 @@ def test_field_errors_message_lists_every_field_and_is_a_value_error() -> None:
     error = FieldErrors({"company": "required", "service_tier": "'Gold' is not one of: Basic"})
     assert isinstance(error, ValueError)
     assert str(error) == "company: required; service_tier: 'Gold' is not one of: Basic"
+
+
+# --- limits: what reaches headers, search attributes and timers ----------------------------------------------
+
+
+@pytest.mark.parametrize("char", ["\r", "\n", "\x0b", "\x0c", "\x00", "\x1b", "\x85", "\u2028"])
+def test_one_line_text_refuses_control_characters(char: str) -> None:
+    with pytest.raises(ValueError, match="control character"):
+        coerce(spec("text"), f"Client{char}Signer")
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u2066", "\u200f", "\u061c"])
+def test_text_refuses_text_direction_controls(char: str) -> None:
+    with pytest.raises(ValueError, match="text-direction"):
+        coerce(spec("text"), f"invoice{char}fdp.exe")
+
+
+def test_text_refuses_a_lone_surrogate() -> None:
+    with pytest.raises(ValueError, match="control character"):
+        coerce(spec("text"), "a\ud800b")
+
+
+def test_text_is_bounded_in_length() -> None:
+    assert coerce(spec("text"), "x" * MAX_TEXT_LENGTH) == "x" * MAX_TEXT_LENGTH
+    with pytest.raises(ValueError, match=f"at most {MAX_TEXT_LENGTH}"):
+        coerce(spec("text"), "x" * (MAX_TEXT_LENGTH + 1))
+
+
+@pytest.mark.parametrize("value", ["owner-101", "12345678", "crm:00A1.b_2"])
+def test_an_owner_id_is_a_short_opaque_token(value: str) -> None:
+    assert coerce(spec("text"), value, "id") == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["x" * 3000, "a" * (MAX_ID_LENGTH + 1) + "1", "rep1@example.com", "Jane Doe 1", "JaneDoe", "owner/1", "-1a"],
+)
+def test_an_owner_id_refuses_long_email_or_name_shaped_values(value: str) -> None:
+    with pytest.raises(ValueError, match="opaque CRM id") as exc:
+        coerce(spec("text"), value, "id")
+    assert len(str(exc.value)) < 300  # the message quotes the value cut short
+
+
+@pytest.mark.parametrize("value", ["=?utf-8?b?ZXZlQGV2aWwuZXhhbXBsZSw=?=", "Rep <eve@evil.example>", "x=?UTF-8?Q?a?=y"])
+def test_a_display_name_refuses_encoded_words_and_angle_brackets(value: str) -> None:
+    with pytest.raises(ValueError, match="plain name"):
+        coerce(spec("text"), value, "name")
+
+
+def test_a_display_name_keeps_ordinary_punctuation() -> None:
+    assert coerce(spec("text"), "O'Brien, Facility Director (Site 2)", "name") == "O'Brien, Facility Director (Site 2)"
+
+
+@pytest.mark.parametrize(
+    "value", ["a>,<eve@evil.example", "a@b.c,eve@evil.example", "a b@example.com", "a@exa\nmple.com", "a@b", "@b.co"]
+)
+def test_email_refuses_anything_that_could_be_two_addresses_or_none(value: str) -> None:
+    with pytest.raises(ValueError, match="not an email address"):
+        coerce(spec("email"), value)
+
+
+def test_email_is_bounded_in_length() -> None:
+    with pytest.raises(ValueError, match="not an email address"):
+        coerce(spec("email"), "a" * 250 + "@example.com")
+
+
+@pytest.mark.parametrize("value", ["0001-01-02", "1899-12-31", "2201-01-01", "9999-12-31"])
+def test_dates_outside_1900_to_2200_are_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        coerce(spec("date"), value)
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00", "1850-06-01T12:00"])
+def test_datetimes_outside_the_range_are_refused_before_any_zone_arithmetic(value: str) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        coerce(spec("datetime"), value)
+
+
+def test_the_range_edges_are_accepted() -> None:
+    assert coerce(spec("date"), "1900-01-01") == "1900-01-01"
+    assert coerce(spec("date"), "2200-12-31") == "2200-12-31"
+
+
+@pytest.mark.parametrize("value", [1e16, "-1e300", 10**40])
+def test_numbers_beyond_a_quadrillion_are_refused(value: Any) -> None:
+    with pytest.raises(ValueError, match="too large"):
+        coerce(spec("number"), value)
+
+
+def test_a_huge_unknown_field_name_is_reported_cut_short() -> None:
+    with pytest.raises(FieldErrors) as exc:
+        validate_values({"company": spec("text")}, {"k" * 30_000: "x"})
+    assert len(str(exc.value)) < 300
+
+
+def test_too_many_fields_in_one_request_are_refused_at_once() -> None:
+    with pytest.raises(FieldErrors, match="at most"):
+        validate_values({}, {f"f{i}": i for i in range(MAX_FIELDS_PER_REQUEST + 1)})
+
+
+def test_role_fields_are_derived_from_the_playbook_roles() -> None:
+    playbook = load_playbook(PROJECT_ROOT / "playbooks" / "safe_balance.yaml")
+    assert shapes(playbook, "deal") == {
+        "rep_id": "id",
+        "rep_name": "name",
+        "account_manager_id": "id",
+        "account_manager_name": "name",
+    }
+    assert shapes(playbook, "forms.targeting") == {"signer_name": "name"}

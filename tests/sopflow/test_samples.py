@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sopflow.engine import Engine
-from sopflow.fields import coerce
+from sopflow.fields import coerce, shapes
 from sopflow.models import SubmitForm
 from sopflow.playbook import FieldSpec, Playbook, parse_playbook, template_names
 from sopflow.samples import (
@@ -147,7 +147,8 @@ def test_sample_context_is_built_like_the_engines(safe_balance: Playbook) -> Non
     use = use_at(safe_balance, "stages[2].on_enter[0].email")
     expected = sample_context(safe_balance, use, minimal=False)
     now = datetime.fromisoformat(SAMPLE_MOMENT) - timedelta(days=14)  # the contract deadline is due at the sample
-    engine = Engine.start(safe_balance, SAMPLE_DEAL_ID, sample_values(safe_balance.deal, minimal=False), now, "wf")
+    deal = sample_values(safe_balance.deal, minimal=False, roles=shapes(safe_balance, "deal"))
+    engine = Engine.start(safe_balance, SAMPLE_DEAL_ID, deal, now, "wf")
     for form_id in ("targeting", "contract_request"):
         fields = sample_values(safe_balance.forms[form_id].fields, minimal=False)
         engine.submit_form(SubmitForm(form=form_id, fields=fields), now)
