@@ -12,10 +12,11 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -519,16 +520,39 @@ def status(deal_id: str, output: OutputOpt = Output.text) -> None:
     print_status(run(go()), output)
 
 
+# Names in a visibility query are never quoted, so they must be plain identifiers (Temporal's and ours).
+_QUERY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def query_literal(value: str) -> str:
+    """`value` as a single-quoted string literal of Temporal's visibility query language.
+
+    The server's SQL tokenizer reads a backslash as an escape inside a literal (`\\'`, `\\\\`, `\\"`), so the
+    backslash is escaped first, then both quote characters: `x\\` then stays the value `x\\` instead of escaping the
+    closing quote, and `x' OR …` stays one value instead of becoming a second clause.
+    """
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace('"', '\\"')
+    return f"'{escaped}'"
+
+
+def visibility_query(equal: Mapping[str, str]) -> str:
+    """`name = 'value' AND …`: the one place a visibility query is built, every value through `query_literal`."""
+    clauses = []
+    for name, value in equal.items():
+        if not _QUERY_NAME.fullmatch(name):
+            raise ValueError(f"not a search attribute name: {name!r}")
+        clauses.append(f"{name} = {query_literal(value)}")
+    return " AND ".join(clauses)
+
+
 def list_query(stage: str | None, playbook: str | None, owner: str | None, include_closed: bool) -> str:
-    clauses = [f"WorkflowType = '{ClientLifecycle.__name__}'"]
+    equal = {"WorkflowType": ClientLifecycle.__name__}
     if not include_closed:
-        clauses.append("ExecutionStatus = 'Running'")
+        equal["ExecutionStatus"] = "Running"
     for key, value in ((SA_STAGE, stage), (SA_PLAYBOOK, playbook), (SA_OWNER, owner)):
         if value is not None:
-            if "'" in value:
-                fail(f"invalid filter value {value!r}")
-            clauses.append(f"{key.name} = '{value}'")
-    return " AND ".join(clauses)
+            equal[key.name] = value
+    return visibility_query(equal)
 
 
 async def list_lifecycles(client: Client, query: str, limit: int) -> list[dict[str, Any]]:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.testing import WorkflowEnvironment
 
 from sopflow.constants import SA_NEXT_DUE, SA_OWNER, SA_PLAYBOOK, SA_STAGE
 from sopflow.mailsink import free_port
+from starter.cli import query_literal, visibility_query
 from tests.starter.conftest import Cli, eventually
 
 TARGETING = [
@@ -44,6 +47,68 @@ async def test_list_filters_by_stage_and_playbook_through_search_attributes(cli:
     assert attrs.get(SA_OWNER) == "rep:owner-42"
     assert attrs.get(SA_NEXT_DUE) is None  # nothing is scheduled while a contract request is awaited
     assert "@" not in description.id and all("@" not in str(v.value) for v in attrs)
+
+
+async def test_list_filter_values_with_quotes_and_backslashes_stay_one_literal_and_cannot_be_injected(
+    cli: Cli, dev_env: WorkflowEnvironment
+):
+    # Lifecycles nobody runs (their task queue has no worker), whose owner ids are awkward for a query language.
+    tag = uuid.uuid4().hex[:8]
+    quoted = f"Q{tag}-quote"
+    owners = {
+        quoted: f"rep:o'brien-{tag}",
+        f"Q{tag}-backslash": f"rep:dom\\user-{tag}",
+        f"Q{tag}-double": f'rep:say "hi" {tag}',
+        f"Q{tag}-trailing": f"rep:{tag}\\",
+        f"Q{tag}-mixed": f"rep:\\'\" OR 'x'='x {tag}",
+    }
+    handles = []
+    for deal, owner in owners.items():
+        pairs = [SearchAttributePair(SA_OWNER, owner), SearchAttributePair(SA_PLAYBOOK, tag)]
+        attributes = TypedSearchAttributes(pairs)
+        handles.append(
+            await dev_env.client.start_workflow(
+                "ClientLifecycle", id=f"deal-{deal}", task_queue=f"nobody-{tag}", search_attributes=attributes
+            )
+        )
+    try:
+
+        async def listed(*filters: str) -> list[str]:
+            code, stdout, stderr = await cli("list", *filters, "-o", "json")
+            assert code == 0, stderr
+            return sorted(row["deal_id"] for row in json.loads(stdout))
+
+        async def all_indexed() -> None:
+            assert await listed("--playbook", tag) == sorted(owners)
+
+        await eventually(all_indexed)
+        # Every value is one literal: the query is valid whatever the value holds, and never matches another deal.
+        # (The dev server's SQLite visibility re-escapes a literal before comparing, so there a value with a
+        # backslash or a double quote matches nothing at all; Elasticsearch and MySQL visibility match it exactly.)
+        for deal, owner in owners.items():
+            assert set(await listed("--owner", owner)) <= {deal}, owner
+        assert await listed("--owner", owners[quoted]) == [quoted]
+        # A value that would close the literal and add a clause is only ever a value: it matches nothing.
+        assert await listed("--playbook", f"{tag}' OR WorkflowType = 'ClientLifecycle") == []
+        assert await listed("--playbook", f"{tag}\\' OR WorkflowType = 'ClientLifecycle") == []
+        assert await listed("--playbook", f'{tag}" OR WorkflowType = "ClientLifecycle') == []
+    finally:
+        for handle in handles:
+            await handle.terminate("test done")
+
+
+def test_query_literals_escape_backslashes_before_quotes_and_the_query_names_only_identifiers():
+    assert query_literal("plain") == "'plain'"
+    assert query_literal("o'brien") == "'o\\'brien'"
+    assert query_literal("a\\b") == "'a\\\\b'"
+    assert query_literal("end\\") == "'end\\\\'"
+    assert query_literal('say "hi"') == "'say \\\"hi\\\"'"
+    assert visibility_query({"WorkflowType": "ClientLifecycle", "SopStage": "it's"}) == (
+        "WorkflowType = 'ClientLifecycle' AND SopStage = 'it\\'s'"
+    )
+    for name in ("Sop Stage", "x = 'y' OR SopStage", ""):
+        with pytest.raises(ValueError, match="attribute name"):
+            visibility_query({name: "v"})
 
 
 async def test_contract_stage_publishes_next_due_and_ui_details(cli: Cli, dev_env: WorkflowEnvironment):

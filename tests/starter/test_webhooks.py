@@ -39,6 +39,7 @@ from sopflow.playbook import load_playbook
 from sopflow.signatures import docusign_signature, form_token, hubspot_v1_signature, hubspot_v3_signature
 from sopflow.telemetry import WEBHOOKS, prometheus_runtime
 from starter import webhooks
+from starter.cli import visibility_query
 from starter.intake import context
 from tests.conftest import CONTRACT_REQUEST, TARGETING, TEMPLATES
 from tests.prometheus import Sample, scrape_until, value
@@ -452,7 +453,7 @@ async def test_the_same_creation_sent_five_times_at_once_yields_one_lifecycle(li
     assert len(live.rows(deal)) == 1
 
     async def one_run() -> None:
-        count = await live.client.count_workflows(f"WorkflowId = 'deal-{deal}'")
+        count = await live.client.count_workflows(visibility_query({"WorkflowId": f"deal-{deal}"}))
         assert count.count == 1
 
     await eventually(one_run)
@@ -559,7 +560,7 @@ async def test_a_closed_lifecycle_is_never_restarted_and_refuses_changes_without
     assert form.status_code == 409
     signed = await live.docusign(envelope("envelope-completed", str(uuid.uuid4()), deal))
     assert signed.status_code == 200 and signed.json()["outcome"] == "closed"
-    count = await live.client.count_workflows(f"WorkflowId = 'deal-{deal}'")
+    count = await live.client.count_workflows(visibility_query({"WorkflowId": f"deal-{deal}"}))
     assert count.count == 1
 
 
