@@ -9,8 +9,9 @@ row says `sent`. The retry sends the message again, with the same Message-ID, so
 client's threading, and the dev sink recognise and drop the duplicate.
 
 Failures are classified so that nothing gets stuck: connection errors, timeouts and 4xx answers raise and are
-retried with backoff by Temporal; a template error or a 5xx refusal is permanent, recorded in the outbox and raised
-as non-retryable, and the workflow turns an undeliverable address into a task for the stage owner.
+retried with backoff by Temporal; a template error, a message that cannot be built (an address that is no address,
+an attachment that cannot be read) or a 5xx refusal is permanent, recorded in the outbox and raised as
+non-retryable, and the workflow turns an undeliverable address into a task for the stage owner.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import mimetypes
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -52,8 +55,21 @@ def message_id_for(key: str, mail_from: str) -> str:
     return f"<{hashlib.sha256(key.encode()).hexdigest()[:40]}@{domain}>"
 
 
+# The types of the non-retryable ApplicationErrors send_email raises (the workflow tells them apart by type).
+TEMPLATE_ERROR = "TemplateError"
+RECIPIENT_REFUSED = "RecipientRefused"
+SMTP_REJECTED = "SmtpRejected"
+# The message cannot be built from the request: an address that is no address, a header the email library refuses,
+# an attachment that cannot be read. Retrying cannot help, and like a refused address a person must fix the data,
+# so the details carry the recipient addresses at fault, as RecipientRefused's do (possibly none).
+MESSAGE_UNBUILDABLE = "MessageUnbuildable"
 # Non-retryable failures by ApplicationError type, as the outcome label of the attempts counter.
-_PERMANENT = {"TemplateError": "template_error", "RecipientRefused": "refused", "SmtpRejected": "smtp_rejected"}
+_PERMANENT = {
+    TEMPLATE_ERROR: "template_error",
+    RECIPIENT_REFUSED: "refused",
+    SMTP_REJECTED: "smtp_rejected",
+    MESSAGE_UNBUILDABLE: "unbuildable",
+}
 
 
 def _attempted(req: EmailRequest, outcome: str, error_type: str | None = None) -> None:
@@ -68,13 +84,36 @@ def _attempted(req: EmailRequest, outcome: str, error_type: str | None = None) -
         activity.metric_meter(),
         EMAIL_ATTEMPTS,
         "send_email attempts by outcome (sent, partial, already_sent, temporary_error, refused, smtp_rejected, "
-        "template_error)",
+        "template_error, unbuildable)",
         {"playbook": req.playbook, "template": req.template, "outcome": outcome},
     )
 
 
 def _address(recipient: Recipient) -> str:
     return formataddr((recipient.name or "", recipient.email))
+
+
+class Unbuildable(Exception):
+    """Why a message cannot be built, in words that name no person: the reason reaches the outbox, the timeline and
+    the worker's log (the SDK logs a failed activity's message). `faulty` lists the recipient addresses at fault,
+    if any; it travels in the ApplicationError's details, which are not logged."""
+
+    def __init__(self, reason: str, faulty: Sequence[str] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.faulty = list(faulty)
+
+
+@contextmanager
+def _building(part: str, faulty: Sequence[str] = ()) -> Iterator[None]:
+    """Any failure while building `part` makes the message Unbuildable, described by the part and the error's type
+    only: the email library's messages can quote the value at fault, a name or an address."""
+    try:
+        yield
+    except Unbuildable:
+        raise
+    except Exception as exc:
+        raise Unbuildable(f"{part} ({type(exc).__name__})", faulty) from None
 
 
 class EmailActivities:
@@ -122,9 +161,15 @@ class EmailActivities:
         except RenderError as exc:
             reason = f"template {req.playbook}/{req.template} ({exc.part}): {exc.message}"
             await asyncio.to_thread(self._finish, req.key, "failed", reason)
-            raise ApplicationError(reason, type="TemplateError", non_retryable=True) from exc
+            raise ApplicationError(reason, type=TEMPLATE_ERROR, non_retryable=True) from exc
         await asyncio.to_thread(self._store_rendered, req.key, rendered)
-        message = self._message(req, rendered, message_id)
+        try:
+            message = await asyncio.to_thread(self._message, req, rendered, message_id)
+        except Unbuildable as exc:
+            # Deterministic: the same request fails the same way on every attempt, so it is never retried.
+            reason = f"email {req.playbook}/{req.template} cannot be built: {exc.reason}"
+            await asyncio.to_thread(self._finish, req.key, "failed", reason)
+            raise ApplicationError(reason, exc.faulty, type=MESSAGE_UNBUILDABLE, non_retryable=True) from None
         try:
             refusals, _ = await aiosmtplib.send(
                 message,
@@ -143,38 +188,49 @@ class EmailActivities:
             reason = "; ".join(f"{address}: {r.code} {r.message}" for address, r in refused.items())
             await asyncio.to_thread(self._finish, req.key, "failed", reason)
             raise ApplicationError(
-                f"no recipient accepted the email: {reason}", list(refused), type="RecipientRefused", non_retryable=True
+                f"no recipient accepted the email: {reason}", list(refused), type=RECIPIENT_REFUSED, non_retryable=True
             ) from exc
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code < 500:
                 raise
             reason = f"SMTP {exc.code} {exc.message}"
             await asyncio.to_thread(self._finish, req.key, "failed", reason)
-            raise ApplicationError(reason, type="SmtpRejected", non_retryable=True) from exc
+            raise ApplicationError(reason, type=SMTP_REJECTED, non_retryable=True) from exc
         refused_now = sorted(refusals)
         status: Literal["sent", "partial"] = "partial" if refused_now else "sent"
         await asyncio.to_thread(self._finish, req.key, status, ", ".join(refused_now) or None)
         return EmailResult(status=status, subject=rendered.subject, message_id=message_id, refused=refused_now)
 
     def _message(self, req: EmailRequest, rendered: Rendered, message_id: str) -> EmailMessage:
+        """The message to send; raise Unbuildable naming the part that cannot be built (never its value)."""
         message = EmailMessage()
-        message["From"] = self.smtp.mail_from
-        message["To"] = ", ".join(_address(r) for r in req.to)
+        with _building("the From header (SOPFLOW_MAIL_FROM)"):
+            message["From"] = self.smtp.mail_from
+        with _building("the To header", [r.email for r in req.to]):
+            message["To"] = ", ".join(_address(r) for r in req.to)
         if req.cc:
-            message["Cc"] = ", ".join(_address(r) for r in req.cc)
+            with _building("the Cc header", [r.email for r in req.cc]):
+                message["Cc"] = ", ".join(_address(r) for r in req.cc)
         if req.reply_to is not None:
-            message["Reply-To"] = _address(req.reply_to)
-        message["Subject"] = rendered.subject
-        message["Message-ID"] = message_id
-        message["Date"] = formatdate(req.at.timestamp(), usegmt=True)
-        message["X-Sopflow-Key"] = req.key
-        message["X-Sopflow-Template"] = f"{req.playbook}/{req.template}"
-        message.set_content(rendered.text)
-        message.add_alternative(rendered.html, subtype="html")
+            with _building("the Reply-To header"):
+                message["Reply-To"] = _address(req.reply_to)
+        with _building("the headers"):
+            message["Subject"] = rendered.subject
+            message["Message-ID"] = message_id
+            message["Date"] = formatdate(req.at.timestamp(), usegmt=True)
+            message["X-Sopflow-Key"] = req.key
+            message["X-Sopflow-Template"] = f"{req.playbook}/{req.template}"
+        with _building("the text body"):
+            message.set_content(rendered.text)
+        with _building("the HTML body"):
+            message.add_alternative(rendered.html, subtype="html")
         for name in req.attachments:
-            path = self.renderer.attachment_path(req.playbook, name)
-            maintype, _, subtype = (mimetypes.guess_type(name)[0] or "application/octet-stream").partition("/")
-            message.add_attachment(path.read_bytes(), maintype=maintype, subtype=subtype, filename=name)
+            with _building(f"attachment '{name}' cannot be read"):
+                path = self.renderer.attachment_path(req.playbook, name)
+                maintype, _, subtype = (mimetypes.guess_type(name)[0] or "application/octet-stream").partition("/")
+                message.add_attachment(path.read_bytes(), maintype=maintype, subtype=subtype, filename=name)
+        with _building("the message"):
+            message.as_bytes()  # what aiosmtplib will do: a header the library cannot fold fails here, not there
         return message
 
     def _begin(self, req: EmailRequest, message_id: str) -> OutboxEmail:

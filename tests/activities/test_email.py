@@ -7,18 +7,21 @@ sink that drops connections, defers messages or refuses recipients the way real 
 from __future__ import annotations
 
 import html
+import logging
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import select
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.email import EmailActivities, SmtpConfig, message_id_for
+from activities.email import MESSAGE_UNBUILDABLE, EmailActivities, SmtpConfig, message_id_for
 from sopflow.db import Database, OutboxEmail
 from sopflow.mailsink import MailSink
 from sopflow.models import EmailRequest, Recipient
@@ -26,6 +29,7 @@ from sopflow.playbook import Playbook
 from sopflow.samples import email_uses, sample_context
 from sopflow.signatures import verify_form_token
 from sopflow.templates import TemplateRenderer
+from tests.activities.conftest import Metrics
 from tests.conftest import TARGETING, TEMPLATES, body, launched_steps, run, sales_steps
 
 
@@ -246,3 +250,62 @@ async def test_a_sent_emails_form_link_carries_a_token_the_intake_accepts(
     assert verify_form_token(secret, "D-77", "site_visit", token)
     assert not verify_form_token(secret, "D-77", "closeout", token)
     assert html.unescape(links[0]) in body(message, "plain")
+
+
+# --- messages that cannot be built ---------------------------------------------------------------------------------
+
+INJECTED = "signer@example.com\r\nBcc: eve@evil.example"
+
+
+def unreadable_attachment(templates: Path) -> None:
+    """The playbook names Roster.xlsx, but what is there cannot be read as a file."""
+    roster = templates / "demo" / "attachments" / "Roster.xlsx"
+    roster.unlink()
+    roster.mkdir()
+
+
+@pytest.mark.parametrize(
+    ("request_changes", "break_templates", "part", "faulty"),
+    [
+        pytest.param(
+            {"to": [Recipient(role="signer", email=INJECTED, name="Client Signer")]},
+            None,
+            "the To header",
+            [INJECTED],
+            id="header-injection-in-an-address",
+        ),
+        pytest.param({"attachments": ["Roster.xlsx"]}, unreadable_attachment, "Roster.xlsx", [], id="attachment"),
+    ],
+)
+async def test_a_message_that_cannot_be_built_fails_for_good_at_once_and_the_outbox_says_why(
+    mail: EmailActivities,
+    email_request: Callable[..., EmailRequest],
+    demo_templates: Path,
+    db: Database,
+    smtp_sink: MailSink,
+    metrics: Metrics,
+    caplog: pytest.LogCaptureFixture,
+    request_changes: dict[str, Any],
+    break_templates: Callable[[Path], None] | None,
+    part: str,
+    faulty: list[str],
+) -> None:
+    if break_templates is not None:
+        break_templates(demo_templates)
+    request = email_request(**request_changes)
+
+    with caplog.at_level(logging.INFO), pytest.raises(ApplicationError) as failure:
+        await metrics.env.run(mail.send_email, request)
+
+    error = failure.value
+    assert error.type == MESSAGE_UNBUILDABLE and error.non_retryable
+    assert error.message.startswith("email demo/welcome cannot be built: ") and part in error.message
+    assert list(error.details) == [faulty]  # the addresses at fault travel in the details, never in the message
+    (row,) = outbox(db)
+    assert row.status == "failed" and row.error == error.message and row.attempts == 1
+    assert smtp_sink.messages == []
+    assert metrics.email_attempts() == {"unbuildable": 1}
+    (logged,) = [r for r in caplog.records if getattr(r, "outcome", None) is not None]
+    assert logged.outcome == "unbuildable" and logged.error_type == MESSAGE_UNBUILDABLE  # type: ignore[attr-defined]
+    for text in [error.message, *(r.getMessage() for r in caplog.records)]:
+        assert "@" not in text and "Client Signer" not in text
