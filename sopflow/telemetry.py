@@ -36,6 +36,7 @@ from temporalio.worker import (
 )
 
 from sopflow.constants import SA_PLAYBOOK, WORKFLOW_ID_PREFIX
+from sopflow.logs import bounded, bounded_value
 
 # Metric names (counters carry `_total`, the Prometheus convention; the SDK's own keep their `temporal_` names).
 EMAIL_ATTEMPTS = "sopflow_email_attempts_total"
@@ -112,10 +113,16 @@ def _playbook() -> str:
 
 def _rejected(update: str, exc: BaseException) -> None:
     """Log and count a refused update: its name, the error type and the field names, never the message (it may
-    quote what was typed into a form)."""
+    quote what was typed into a form).
+
+    The field names are keys someone posted (an unknown field is named by what was typed), so they are bounded and
+    redacted here (`sopflow.logs.bounded_value`: at most 20 names of 64 characters, no address), not only by the
+    JSON formatter: any other handler of this record gets them bounded too.
+    """
     details = exc.details if isinstance(exc, ApplicationError) else ()
-    fields = sorted(details[0]) if details and isinstance(details[0], Mapping) else []
-    error_type = (exc.type if isinstance(exc, ApplicationError) else None) or type(exc).__name__
+    names = sorted(map(str, details[0])) if details and isinstance(details[0], Mapping) else []
+    fields = bounded_value(names)
+    error_type = bounded((exc.type if isinstance(exc, ApplicationError) else None) or type(exc).__name__)
     playbook = _playbook()
     workflow.logger.warning(
         "update %s rejected",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from typing import Any
 
 import pytest
 from temporalio import activity, workflow
 
-from sopflow.logs import configure_logging
+from sopflow.logs import FIELD_ITEMS, MESSAGE_LIMIT, configure_logging, redact
 from tests.conftest import json_lines
 
 
@@ -76,3 +77,39 @@ def test_text_keeps_the_sdk_context_on_the_message_and_quietens_sdk_internals(re
     logging.getLogger("temporalio.activity").info("our activity line")
     assert "internal detail" not in stream.getvalue()
     assert "INFO temporalio.activity: our activity line" in stream.getvalue()
+
+
+def test_field_values_are_bounded_and_redacted_with_their_original_length(restore_logging: None) -> None:
+    """A rejected update names the unknown fields someone posted: their names are whatever was typed."""
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    typed = ["k" * 30_000, "client-7f3a@example.com", "visited_on", *(f"extra_{n}" for n in range(500))]
+    extra = {"fields": typed, "error_type": "E" * 500, "update": "submit_form", "deal_id": "D-1"}
+    logging.getLogger("sopflow.test").warning("update %s rejected", "submit_form", extra=extra)
+
+    output = stream.getvalue()
+    (line,) = json_lines(stream)
+    assert len(output) < 4_000 and "@" not in output
+    assert line["fields"][:3] == [f"{'k' * 64}…(30000 chars)", "<email>", "visited_on"]
+    assert len(line["fields"]) == FIELD_ITEMS + 1 and line["fields"][-1] == f"…(+{len(typed) - FIELD_ITEMS} more)"
+    assert line["error_type"] == f"{'E' * 64}…(500 chars)"
+    assert (line["update"], line["deal_id"]) == ("submit_form", "D-1")
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_a_huge_message_is_cut_to_a_bounded_line(restore_logging: None, log_format: Any) -> None:
+    stream = io.StringIO()
+    configure_logging(log_format, stream=stream)
+    logging.getLogger("sopflow.test").warning("unknown field %s from %s", "x" * 100_000, "someone@example.com")
+    output = stream.getvalue()
+    assert len(output) < MESSAGE_LIMIT + 500 and "…(" in output
+
+
+def test_redaction_is_linear_in_the_length_of_the_text() -> None:
+    """A long run of address-like characters without an @ once took seconds per line (regex backtracking): in a
+    workflow's log line that is a stalled workflow task. 200 KB now passes in a blink, addresses still go."""
+    for text in ("k" * 200_000, "k." * 100_000, "a" * 200_000 + "@", "a@" * 100_000):
+        began = time.perf_counter()
+        redact(text)
+        assert time.perf_counter() - began < 0.5, text[:4]
+    assert redact("to a.b+c@mail.example.com, x@y and b@c@d.org.") == "to <email>, x@y and b@<email>."

@@ -44,8 +44,9 @@ class Cli:
 
 
 @pytest.fixture
-async def cli(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Cli]:
-    """A worker on the real task queue of the session's dev server, and the CLI pointed at that server."""
+async def lifecycle_worker(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Database]:
+    """A worker on the real task queue of the session's dev server (where the CLI and the intake start lifecycles),
+    its records in a fresh SQLite file, its mail in a sink; yields the records database."""
     db = Database(f"sqlite:///{tmp_path / 'records.db'}")
     db.create_schema()
     from activities.email import SmtpConfig
@@ -53,8 +54,14 @@ async def cli(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Cli
     with MailSink() as sink:
         smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
         async with build_worker(dev_env.client, db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
-            yield Cli(dev_env.client.service_client.config.target_host)
+            yield db
     db.dispose()
+
+
+@pytest.fixture
+def cli(dev_env: WorkflowEnvironment, lifecycle_worker: Database) -> Cli:
+    """The CLI pointed at the session's dev server, with a worker running."""
+    return Cli(dev_env.client.service_client.config.target_host)
 
 
 async def eventually(check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
