@@ -18,6 +18,9 @@ SA_PLAYBOOK = SearchAttributeKey.for_keyword("SopPlaybook")
 SA_OWNER = SearchAttributeKey.for_keyword("SopOwner")
 SA_NEXT_DUE = SearchAttributeKey.for_datetime("SopNextDue")
 SEARCH_ATTRIBUTES = (SA_STAGE, SA_PLAYBOOK, SA_OWNER, SA_NEXT_DUE)
+# The server refuses a keyword value over 2 KB by *terminating* the workflow; validation keeps ids far shorter, and the
+# workflow cuts anything longer than this before upserting, so no value can ever reach that limit.
+SA_KEYWORD_MAX_BYTES = 255
 
 # A lifecycle continues as new at least this often even if the server does not suggest it, so a years-long client
 # never replays years of history when a worker picks it up cold.

@@ -11,15 +11,16 @@ written to history. The matching mutators re-run them, so a request is never app
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sopflow import cadence as cadence_rules
 from sopflow.classify import classify
 from sopflow.conditions import Context, evaluate, make_context, resolve, role_address, role_owner_id
 from sopflow.constants import MAX_CHAINED_TRANSITIONS
-from sopflow.fields import FieldErrors, is_blank, shapes, validate_values
+from sopflow.fields import FieldErrors, is_blank, shapes, shown, validate_values
 from sopflow.models import (
     Advance,
     AppointmentState,
@@ -50,6 +51,9 @@ from sopflow.models import (
 from sopflow.playbook import Action, EmailAction, Moment, Playbook, Stage, Transition
 
 SEEN_EVENT_IDS_KEPT = 200
+# How much of an unexpected error's message the timeline keeps.
+FAULT_MESSAGE_KEPT = 300
+T = TypeVar("T")
 # Templates the engine itself sends (not a playbook's): templates/_system/<name>/.
 SYSTEM_TEMPLATES = "_system"
 
@@ -60,6 +64,10 @@ class Rejected(ValueError):
     def __init__(self, message: str, field_errors: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.field_errors = field_errors or {}
+
+
+class EngineFault(Exception):
+    """A rule raised something other than `Rejected`: a bug. The request changed nothing and the timeline says so."""
 
 
 @dataclass
@@ -86,6 +94,11 @@ class Engine:
         self.state = state
         self.workflow_id = workflow_id
         self.steps: list[Step] = []
+        # Field limits (`sopflow.fields`) apply to every check; the workflow turns them off only while replaying a
+        # request accepted before they existed, so that request is applied exactly as it was then.
+        self.limits = True
+        # A timer whose rule raised is not retried (it would fail again at once) until a request changes the state.
+        self.faulted_until: datetime | None = None
 
     # --- construction ------------------------------------------------------------------------------------------
 
@@ -99,8 +112,9 @@ class Engine:
         workflow_id: str,
         actor: str | None = None,
         validate: bool = True,
+        limits: bool = True,
     ) -> Engine:
-        values = check_deal_fields(playbook, fields) if validate else dict(fields)
+        values = check_deal_fields(playbook, fields, limits=limits) if validate else dict(fields)
         first = playbook.stages[0].id
         state = LifecycleState(
             deal_id=deal_id,
@@ -121,6 +135,39 @@ class Engine:
         self.state.run += 1
         self.state.run_started_at = now
         self._log("continued_as_new", now, run=self.state.run)
+
+    def attempt(self, what: str, change: Callable[[], T], now: datetime) -> T:
+        """Apply a request all or nothing, so that no request can leave a lifecycle broken.
+
+        `Rejected` passes through (nothing changed). Anything else is a bug in a rule: the state and the queued steps
+        are put back as they were, the error is journaled, and `EngineFault` tells the sender nothing was applied.
+        """
+        saved = self._save()
+        try:
+            result = change()
+        except Rejected:
+            self._restore(saved)
+            raise
+        except Exception as exc:
+            self._restore(saved)
+            entry = self._fault(now, what, exc)
+            raise EngineFault(
+                f"{what} could not be applied because of an internal error, recorded in the deal's timeline "
+                f"(entry {entry.seq}); nothing was changed"
+            ) from None
+        self.faulted_until = None
+        return result
+
+    def _save(self) -> tuple[LifecycleState, Playbook, int]:
+        return self.state.model_copy(deep=True), self.playbook, len(self.steps)
+
+    def _restore(self, saved: tuple[LifecycleState, Playbook, int]) -> None:
+        self.state, self.playbook, kept = saved
+        del self.steps[kept:]
+
+    def _fault(self, now: datetime, what: str, exc: Exception) -> JournalEntry:
+        message = str(exc)[:FAULT_MESSAGE_KEPT]
+        return self._log("error", now, during=what, error=type(exc).__name__, message=message or None)
 
     def take_steps(self) -> list[Step]:
         steps, self.steps = self.steps, []
@@ -291,13 +338,15 @@ class Engine:
         self._require_open()
         form = self.playbook.forms.get(req.form)
         if form is None:
-            raise Rejected(f"unknown form '{req.form}' (forms: {', '.join(self.playbook.forms)})")
+            raise Rejected(f"unknown form {shown(req.form)} (forms: {', '.join(self.playbook.forms)})")
         stage = self.stage
         if req.form not in stage.forms:
             open_forms = ", ".join(stage.forms) or "none"
             raise Rejected(f"form '{req.form}' is not open in stage '{stage.id}' (open: {open_forms})")
         try:
-            values = validate_values(form.fields, req.fields, roles=shapes(self.playbook, f"forms.{req.form}"))
+            values = validate_values(
+                form.fields, req.fields, roles=shapes(self.playbook, f"forms.{req.form}"), limits=self.limits
+            )
         except FieldErrors as exc:
             raise Rejected(f"form '{req.form}' is invalid: {exc}", exc.errors) from None
         cad = stage.cadence
@@ -351,7 +400,7 @@ class Engine:
             if owner_stage is not None:
                 raise Rejected(f"task '{req.task}' belongs to stage '{owner_stage}'; the deal is in '{self.stage.id}'")
             open_ids = ", ".join(t.id for t in self.state.tasks.values() if t.done_at is None) or "none"
-            raise Rejected(f"unknown task '{req.task}' (open tasks: {open_ids})")
+            raise Rejected(f"unknown task {shown(req.task)} (open tasks: {open_ids})")
         if task.done_at is not None:
             raise Rejected(f"task '{req.task}' is already done ({task.done_at.isoformat()})")
         spec = self.stage.task(req.task)
@@ -379,7 +428,7 @@ class Engine:
         self._require_open()
         stage = self.stage
         if not self.playbook.has_stage(req.to):
-            raise Rejected(f"unknown stage '{req.to}' (stages: {', '.join(s.id for s in self.playbook.stages)})")
+            raise Rejected(f"unknown stage {shown(req.to)} (stages: {', '.join(s.id for s in self.playbook.stages)})")
         allowed = [t for t in stage.transitions if t.advance and evaluate(t.when, self.context())]
         chosen = next((t for t in allowed if t.to == req.to), None)
         if chosen is None:
@@ -396,7 +445,7 @@ class Engine:
 
     def check_set_fields(self, req: SetFields) -> dict[str, Any]:
         self._require_open()
-        return _deal_values(self.playbook, req.fields, partial=True)
+        return _deal_values(self.playbook, req.fields, partial=True, limits=self.limits)
 
     def set_fields(self, req: SetFields, now: datetime) -> None:
         values = self.check_set_fields(req)
@@ -410,12 +459,12 @@ class Engine:
         if req.stage is not None:
             candidates = [s for s in candidates if s.id == req.stage]
         if not candidates:
-            where = f" named '{req.stage}'" if req.stage else ""
+            where = f" named {shown(req.stage)}" if req.stage else ""
             raise Rejected(f"this playbook has no '{req.outcome}' stage{where}")
         if len(candidates) > 1:
             raise Rejected(f"choose the stage to close into: {', '.join(s.id for s in candidates)}")
         target = candidates[0]
-        values = _deal_values(self.playbook, req.fields, partial=True)
+        values = _deal_values(self.playbook, req.fields, partial=True, limits=self.limits)
         merged = {**self.state.fields, **values}
         missing = [name for name in target.reason_fields if is_blank(merged.get(name))]
         if missing:
@@ -445,7 +494,7 @@ class Engine:
             raise Rejected(f"stage '{target}' ends the lifecycle: close the deal instead of migrating it there")
         kept = {key: value for key, value in self.state.fields.items() if key in new.deal}
         try:
-            validate_values(new.deal, kept, roles=shapes(new, "deal"))
+            validate_values(new.deal, kept, roles=shapes(new, "deal"), limits=self.limits)
         except FieldErrors as exc:
             raise Rejected(f"the deal's fields do not fit v{new.version}: {exc}", exc.errors) from None
         return target
@@ -535,16 +584,29 @@ class Engine:
                 if planned is not None and i not in planned.sent:
                     at = reminder.before.before(planned.at)
                     candidates.append(Wakeup(at, f"{planned.label}: reminder {reminder.before} before"))
+        if self.faulted_until is not None:
+            candidates = [c for c in candidates if c.at > self.faulted_until]
         return min(candidates, key=lambda w: w.at) if candidates else None
 
     def tick(self, now: datetime) -> None:
-        """Fire every timer due at or before `now`, in order; a worker that was down catches up on wake."""
+        """Fire every timer due at or before `now`, in order; a worker that was down catches up on wake.
+
+        A timer whose rule raises (a bug) changes nothing, is journaled, and is set aside until a request changes the
+        state: the lifecycle keeps its other timers and keeps answering, instead of failing its workflow task.
+        """
         for _ in range(1000):
             wake = self.next_wakeup()
             if wake is None or wake.at > now:
                 return
-            self._fire(wake.at)
-            self._settle(now)
+            saved = self._save()
+            try:
+                self._fire(wake.at)
+                self._settle(now)
+            except Exception as exc:
+                self._restore(saved)
+                self._fault(now, f"timer '{wake.summary}'", exc)
+                self.faulted_until = wake.at
+                return
 
     def _fire(self, at: datetime) -> None:
         stage, state = self.stage, self.state
@@ -962,13 +1024,13 @@ class Engine:
         }
 
 
-def check_deal_fields(playbook: Playbook, fields: dict[str, Any]) -> dict[str, Any]:
+def check_deal_fields(playbook: Playbook, fields: dict[str, Any], limits: bool = True) -> dict[str, Any]:
     """Validate a new deal's fields against the playbook (required ones included); raise Rejected."""
-    return _deal_values(playbook, fields, partial=False)
+    return _deal_values(playbook, fields, partial=False, limits=limits)
 
 
-def _deal_values(playbook: Playbook, fields: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+def _deal_values(playbook: Playbook, fields: dict[str, Any], *, partial: bool, limits: bool) -> dict[str, Any]:
     try:
-        return validate_values(playbook.deal, fields, partial=partial, roles=shapes(playbook, "deal"))
+        return validate_values(playbook.deal, fields, partial=partial, roles=shapes(playbook, "deal"), limits=limits)
     except FieldErrors as exc:
         raise Rejected(f"invalid deal fields: {exc}", exc.errors) from None

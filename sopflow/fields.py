@@ -34,6 +34,7 @@ _EMAIL = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
 )
+_LENIENT_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # Bidirectional controls reorder what a reader sees (an RLO makes "exe.pdf" read "fdp.exe"); never in a value.
 _BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 # An RFC 2047 encoded-word in a display name is decoded by mail clients into whatever it hides (a second address).
@@ -88,10 +89,12 @@ def _bad_character(text: str) -> str | None:
     return None
 
 
-def _text(value: Any, shape: Shape | None) -> str:
+def _text(value: Any, shape: Shape | None, limits: bool) -> str:
     if not isinstance(value, str | int | float) or isinstance(value, bool):
         raise ValueError("expected text")
     text = str(value).strip()
+    if not limits:
+        return text
     problem = _bad_character(text)
     if problem:
         raise ValueError(problem)
@@ -107,7 +110,12 @@ def _text(value: Any, shape: Shape | None) -> str:
     return text
 
 
-def _email(value: Any) -> str:
+def _email(value: Any, limits: bool) -> str:
+    if not limits:  # the rule before limits: one '@' and a dot in the domain, no spaces
+        text = str(value).strip()
+        if not _LENIENT_EMAIL.match(text):
+            raise ValueError(f"{text!r} is not an email address")
+        return text
     if not isinstance(value, str):
         raise ValueError("expected an email address")
     text = value.strip()
@@ -116,7 +124,7 @@ def _email(value: Any) -> str:
     return text
 
 
-def _number(value: Any) -> int | float:
+def _number(value: Any, limits: bool) -> int | float:
     if isinstance(value, bool):
         raise ValueError("expected a number")
     try:
@@ -127,7 +135,7 @@ def _number(value: Any) -> int | float:
         raise ValueError(f"{shown(str(value))} is not a number") from None
     if number != number or number in (float("inf"), float("-inf")):
         raise ValueError(f"{shown(str(value))} is not a finite number")
-    if abs(number) > MAX_NUMBER:
+    if limits and abs(number) > MAX_NUMBER:
         raise ValueError(f"{shown(str(value))} is too large a number (at most {MAX_NUMBER:.0e} either way)")
     return int(number) if number.is_integer() else number
 
@@ -146,12 +154,12 @@ def _money(value: Any) -> str:
     return f"{amount:.2f}"
 
 
-def _in_range(day: date, shown_value: str) -> None:
-    if not EARLIEST_DATE <= day <= LATEST_DATE:
+def _in_range(day: date, shown_value: str, limits: bool) -> None:
+    if limits and not EARLIEST_DATE <= day <= LATEST_DATE:
         raise ValueError(f"{shown_value} is out of range ({EARLIEST_DATE.year}-{LATEST_DATE.year})")
 
 
-def _date(value: Any) -> str:
+def _date(value: Any, limits: bool) -> str:
     if isinstance(value, datetime):
         day = value.date()
     elif isinstance(value, date):
@@ -161,16 +169,16 @@ def _date(value: Any) -> str:
             day = date.fromisoformat(str(value).strip())
         except ValueError:
             raise ValueError(f"{shown(str(value))} is not a date (YYYY-MM-DD)") from None
-    _in_range(day, shown(day.isoformat()))
+    _in_range(day, shown(day.isoformat()), limits)
     return day.isoformat()
 
 
-def _datetime(value: Any) -> str:
+def _datetime(value: Any, limits: bool) -> str:
     try:
         moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).strip())
     except ValueError:
         raise ValueError(f"{shown(str(value))} is not a date-time (ISO 8601)") from None
-    _in_range(moment.date(), shown(str(value)))
+    _in_range(moment.date(), shown(str(value)), limits)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat()
@@ -187,23 +195,27 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"{shown(str(value))} is not yes/no")
 
 
-def coerce(spec: FieldSpec, value: Any, shape: Shape | None = None) -> Any:
-    """Return the canonical value or raise ValueError with a message meant for the person who typed it."""
+def coerce(spec: FieldSpec, value: Any, shape: Shape | None = None, limits: bool = True) -> Any:
+    """Return the canonical value or raise ValueError with a message meant for the person who typed it.
+
+    `limits=False` keeps only the canonical conversion, as before the limits existed: a workflow replaying a request
+    it accepted back then must apply it the same way (`workflow.patched`), even if the limits would refuse it today.
+    """
     kind = spec.type
     if kind == "text":
-        return _text(value, shape)
+        return _text(value, shape, limits)
     if kind == "email":
-        return _email(value)
+        return _email(value, limits)
     if kind == "bool":
         return _bool(value)
     if kind == "number":
-        return _number(value)
+        return _number(value, limits)
     if kind == "money":
         return _money(value)
     if kind == "date":
-        return _date(value)
+        return _date(value, limits)
     if kind == "datetime":
-        return _datetime(value)
+        return _datetime(value, limits)
     options = spec.options or []
     if kind == "choice":
         return _option(options, value)
@@ -228,12 +240,13 @@ def validate_values(
     partial: bool = False,
     previous: dict[str, Any] | None = None,
     roles: dict[str, Shape] | None = None,
+    limits: bool = True,
 ) -> dict[str, Any]:
     """Coerce every value; reject unknown fields and, unless partial, missing required ones. All errors at once.
 
     `roles` names the fields that feed owner ids or display names (`shapes`), which get the stricter rules.
     """
-    if len(values) > MAX_FIELDS_PER_REQUEST:
+    if limits and len(values) > MAX_FIELDS_PER_REQUEST:
         raise FieldErrors({"fields": f"{len(values)} fields in one request; at most {MAX_FIELDS_PER_REQUEST}"})
     errors: dict[str, str] = {}
     clean: dict[str, Any] = {}
@@ -250,7 +263,7 @@ def validate_values(
             clean[name] = None
             continue
         try:
-            clean[name] = coerce(spec, value, (roles or {}).get(name))
+            clean[name] = coerce(spec, value, (roles or {}).get(name), limits)
         except ValueError as exc:
             errors[name] = str(exc)
     merged = {**(previous or {}), **clean}

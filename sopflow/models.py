@@ -299,6 +299,8 @@ JournalKind = Literal[
     "linked",
     "appointment",
     "migrated",
+    # A rule raised something other than a refusal (a bug): the request or timer changed nothing, and staff see why.
+    "error",
 ]
 
 

@@ -7,13 +7,18 @@ sleeps until the engine's next timer or the next request.
 Update handlers are synchronous apart from `submit_form` (an account claim needs the records store), so a request
 is applied in the activation that validated it, and emails follow from the main loop. Continue-as-new happens when
 the server suggests it and at least once a year, after all handlers finished and every queued step was flushed.
+
+Email is delivered apart from everything else (`_deliver`, one email at a time, in order): an SMTP outage delays only
+the emails, while timers fire, stages move and the timeline is recorded. Nothing a request carries can fail a
+workflow task: the engine applies each request all or nothing and journals what it cannot apply (`Engine.attempt`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import (
@@ -27,18 +32,19 @@ from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlrea
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.email import EmailActivities
+    from activities.email import MESSAGE_UNBUILDABLE, EmailActivities
     from activities.playbooks import PlaybookActivities
     from activities.records import RecordActivities
     from sopflow.constants import (
         ACTIVITY_TIMEOUT,
         MAX_RUN_AGE,
+        SA_KEYWORD_MAX_BYTES,
         SA_NEXT_DUE,
         SA_OWNER,
         SA_PLAYBOOK,
         SA_STAGE,
     )
-    from sopflow.engine import Engine, Rejected, Step, Wakeup, check_deal_fields
+    from sopflow.engine import Engine, EngineFault, Rejected, Step, Wakeup, check_deal_fields
     from sopflow.models import (
         Advance,
         ClaimRequest,
@@ -59,13 +65,20 @@ EMAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interva
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 # An email that still fails after a day of retries is recorded as failed instead of holding the client's lifecycle.
 EMAIL_GIVE_UP = timedelta(days=1)
-# Permanent refusals by the mail server: the address is wrong, a person must fix it.
-UNDELIVERABLE = ("RecipientRefused", "SmtpRejected")
+# Permanent failures a person fixes by correcting the deal (an address the server refused, a name that cannot be put
+# in a header): the step becomes a fix-the-address task instead of being lost.
+UNDELIVERABLE = ("RecipientRefused", "SmtpRejected", MESSAGE_UNBUILDABLE)
 # Lifecycles that hit a bounce before this behaviour existed replay without the task it opens (workflow.patched).
 PATCH_UNDELIVERABLE = "undeliverable-email-opens-task"
 # A quiet lifecycle wakes at its run's first anniversary to continue as new (one run per year), instead of at the
 # next business timer; lifecycles recorded before this replay without that timer.
 PATCH_YEARLY_WAKEUP = "yearly-continue-as-new-wakeup"
+# Emails are delivered by their own coroutine, apart from timers and records; lifecycles recorded before this
+# replay with each batch's emails sent before its timeline entries.
+PATCH_EMAIL_APART = "email-delivered-apart"
+# Field limits (`sopflow.fields`) in the handlers: a request accepted before them is re-applied without them.
+PATCH_FIELD_LIMITS = "field-limits"
+R = TypeVar("R")
 
 
 def start_options(playbook: Playbook, deal_id: str) -> dict[str, Any]:
@@ -84,6 +97,13 @@ def start_options(playbook: Playbook, deal_id: str) -> dict[str, Any]:
     }
 
 
+def _keyword(value: str | None) -> str | None:
+    """A keyword search attribute value that the server cannot refuse for size (cut on a character boundary)."""
+    if value is None or len(value.encode()) <= SA_KEYWORD_MAX_BYTES:
+        return value
+    return value.encode()[:SA_KEYWORD_MAX_BYTES].decode(errors="ignore")
+
+
 def _reject(exc: Rejected) -> ApplicationError:
     return ApplicationError(str(exc), exc.field_errors, type="Rejected", non_retryable=True)
 
@@ -100,7 +120,15 @@ class ClientLifecycle:
         self._start_error: Rejected | None = None
         if inp.state is None:
             try:
-                self._engine = Engine.start(inp.playbook, inp.deal_id, inp.fields, self._now(), workflow_id, inp.actor)
+                self._engine = Engine.start(
+                    inp.playbook,
+                    inp.deal_id,
+                    inp.fields,
+                    self._now(),
+                    workflow_id,
+                    inp.actor,
+                    limits=workflow.patched(PATCH_FIELD_LIMITS),
+                )
             except Rejected as exc:
                 # Starters validate first; a client that did not gets a failed workflow, not a stuck workflow task.
                 self._start_error = exc
@@ -116,20 +144,28 @@ class ClientLifecycle:
         # Pending wake-ups by fire time. Timers are never cancelled: a stale one fires into a no-op tick. Cancelling
         # races with a timer firing at the same instant (the time-skipping server then rejects the workflow task).
         self._timers: dict[datetime, asyncio.Task[None]] = {}
+        # Emails waiting for `_deliver`, oldest first, and delivered ones whose timeline entries are still to record.
+        self._outbox: list[Step] = []
+        self._delivered: list[Step] = []
+        self._apart = False  # decided once per run in `run` (PATCH_EMAIL_APART)
 
     @workflow.run
     async def run(self, inp: LifecycleInput) -> LifecycleStatus:
         if self._start_error is not None:
             raise _reject(self._start_error)
+        self._apart = workflow.patched(PATCH_EMAIL_APART)
+        if self._apart:
+            # Lives as long as the run; completing or continuing as new cancels it once the outbox is empty.
+            self._courier = asyncio.create_task(self._deliver())
         engine = self._engine
         while True:
             await self._flush()
             if engine.closed:
                 break
-            if self._should_continue_as_new():
+            if self._should_continue_as_new() and not self._outbox:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 await self._flush()
-                if not engine.closed:
+                if not engine.closed and not self._outbox:
                     self._continue_as_new()
             self._publish()
             self._changed = False
@@ -139,6 +175,9 @@ class ClientLifecycle:
             engine.tick(self._now())
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._flush()
+        while self._outbox or self._delivered or engine.steps:  # the closing emails go out before the run ends
+            await workflow.wait_condition(lambda: not self._outbox)
+            await self._flush()
         self._publish()
         if engine.state.outcome != "won" and any(f.claims for f in engine.playbook.forms.values()):
             await workflow.execute_activity_method(
@@ -153,8 +192,9 @@ class ClientLifecycle:
 
     @workflow.update
     async def submit_form(self, req: SubmitForm) -> LifecycleStatus:
-        values = self._engine.check_submit(req, self._now())
-        key = self._engine.claim_key(req, values)
+        key = self._guarded(
+            "submit_form", lambda: self._engine.claim_key(req, self._engine.check_submit(req, self._now()))
+        )
         if key is not None:
             claim = await workflow.execute_activity_method(
                 RecordActivities.claim_account,
@@ -174,7 +214,7 @@ class ClientLifecycle:
                     type="Rejected",
                     non_retryable=True,
                 )
-        return self._apply(lambda now: self._engine.submit_form(req, now))
+        return self._apply("submit_form", lambda now: self._engine.submit_form(req, now))
 
     @submit_form.validator
     def _check_submit_form(self, req: SubmitForm) -> None:
@@ -182,7 +222,7 @@ class ClientLifecycle:
 
     @workflow.update
     def complete_task(self, req: CompleteTask) -> LifecycleStatus:
-        return self._apply(lambda now: self._engine.complete_task(req, now))
+        return self._apply("complete_task", lambda now: self._engine.complete_task(req, now))
 
     @complete_task.validator
     def _check_complete_task(self, req: CompleteTask) -> None:
@@ -190,7 +230,7 @@ class ClientLifecycle:
 
     @workflow.update
     def advance(self, req: Advance) -> LifecycleStatus:
-        return self._apply(lambda now: self._engine.advance(req, now))
+        return self._apply("advance", lambda now: self._engine.advance(req, now))
 
     @advance.validator
     def _check_advance(self, req: Advance) -> None:
@@ -198,7 +238,7 @@ class ClientLifecycle:
 
     @workflow.update
     def set_fields(self, req: SetFields) -> LifecycleStatus:
-        return self._apply(lambda now: self._engine.set_fields(req, now))
+        return self._apply("set_fields", lambda now: self._engine.set_fields(req, now))
 
     @set_fields.validator
     def _check_set_fields(self, req: SetFields) -> None:
@@ -206,7 +246,7 @@ class ClientLifecycle:
 
     @workflow.update
     def close(self, req: Close) -> LifecycleStatus:
-        return self._apply(lambda now: self._engine.close(req, now))
+        return self._apply("close", lambda now: self._engine.close(req, now))
 
     @close.validator
     def _check_close(self, req: Close) -> None:
@@ -214,7 +254,7 @@ class ClientLifecycle:
 
     @workflow.update
     def migrate_playbook(self, req: MigratePlaybook) -> LifecycleStatus:
-        status = self._apply(lambda now: self._engine.migrate(req, now))
+        status = self._apply("migrate_playbook", lambda now: self._engine.migrate(req, now))
         # Pinned from now on, continue-as-new included: the next run starts on the new version.
         self._input = self._input.model_copy(update={"playbook": req.playbook})
         return status
@@ -232,7 +272,11 @@ class ClientLifecycle:
         if not isinstance(event, ExternalEvent):
             workflow.logger.warning("dropped an event signal that is not an event: %r", type(event).__name__)
             return
-        self._engine.event(event, self._now())
+        now = self._now()
+        try:
+            self._engine.attempt("event", lambda: self._engine.event(event, now), now)
+        except EngineFault:
+            workflow.logger.warning("an event could not be applied (internal error, journaled)")
         self._changed = True
 
     @workflow.query
@@ -255,59 +299,117 @@ class ClientLifecycle:
             check()  # type: ignore[operator]
         except Rejected as exc:
             raise _reject(exc) from None
+        except Exception as exc:  # a bug in a check: refuse the request, never fail the workflow task
+            workflow.logger.warning("a request check raised %s", type(exc).__name__)
+            raise ApplicationError(
+                f"{expected.__name__} could not be checked because of an internal error ({type(exc).__name__})",
+                type="EngineFault",
+                non_retryable=True,
+            ) from None
 
-    def _apply(self, change: object) -> LifecycleStatus:
-        now = self._now()
+    def _guarded(self, what: str, read: Callable[[], R]) -> R:
+        """A read-only engine call inside a handler: a refusal or a bug becomes the request's failure."""
         try:
-            change(now)  # type: ignore[operator]
+            return read()
+        except Rejected as exc:
+            raise _reject(exc) from None
+        except Exception as exc:
+            workflow.logger.warning("%s raised %s", what, type(exc).__name__)
+            raise ApplicationError(
+                f"{what} failed because of an internal error ({type(exc).__name__}); nothing was changed",
+                type="EngineFault",
+                non_retryable=True,
+            ) from None
+
+    def _apply(self, what: str, change: Callable[[datetime], None]) -> LifecycleStatus:
+        """Apply a validated request all or nothing; refusals and internal errors fail the request, never the task."""
+        now = self._now()
+        engine = self._engine
+        engine.limits = workflow.patched(PATCH_FIELD_LIMITS)
+        try:
+            engine.attempt(what, lambda: change(now), now)
         except Rejected as exc:  # the state moved on between validation and handling
             raise _reject(exc) from None
+        except EngineFault as exc:
+            workflow.logger.warning("%s could not be applied (internal error, journaled)", what)
+            self._changed = True  # the journaled error is recorded by the main loop
+            raise ApplicationError(str(exc), type="EngineFault", non_retryable=True) from None
+        finally:
+            engine.limits = True
         self._changed = True
-        return self._engine.status(now)
+        return self._guarded("status", lambda: engine.status(now))
 
     async def _flush(self) -> None:
-        """Send queued emails one by one (in order), then record the timeline entries in one activity."""
-        while self._engine.steps:
+        """Record the queued timeline entries; emails go to `_deliver`, or (lifecycles recorded before
+        PATCH_EMAIL_APART) are sent one by one, in order, before their batch is recorded."""
+        while self._engine.steps or self._delivered:
             steps = self._engine.take_steps()
             for step in steps:
                 if step.start is not None:
                     await self._start_linked(step)
-                if step.email is None:
-                    continue
-                try:
-                    result = await workflow.execute_activity_method(
-                        EmailActivities.send_email,
-                        step.email,
-                        start_to_close_timeout=ACTIVITY_TIMEOUT,
-                        schedule_to_close_timeout=EMAIL_GIVE_UP,
-                        retry_policy=EMAIL_RETRY,
-                        summary=f"email {step.email.template}",
-                    )
-                    step.entry.detail.update(status=result.status, subject=result.subject, message_id=result.message_id)
-                    if result.refused and workflow.patched(PATCH_UNDELIVERABLE):
-                        step.entry.detail["refused"] = len(result.refused)
-                        self._engine.email_undeliverable(step, result.refused, "refused by the mail server")
-                except ActivityError as err:
-                    cause = err.cause
-                    step.entry.detail.update(status="failed", error=str(cause or err))
-                    permanent = isinstance(cause, ApplicationError) and cause.type in UNDELIVERABLE
-                    if permanent and isinstance(cause, ApplicationError) and workflow.patched(PATCH_UNDELIVERABLE):
-                        refused = [str(a) for a in cause.details[0]] if cause.details else []
-                        self._engine.email_undeliverable(step, refused, cause.message)
-            state = self._engine.state
-            await workflow.execute_activity_method(
-                RecordActivities.record_journal,
-                JournalBatch(
-                    workflow_id=self._engine.workflow_id,
-                    deal_id=state.deal_id,
-                    playbook=self._input.playbook.id,
-                    entries=[s.entry for s in steps],
-                    snapshot=self._engine.snapshot(),
-                ),
+                if step.email is not None and not self._apart:
+                    await self._send(step)
+            if self._apart:
+                self._outbox.extend(step for step in steps if step.email is not None)
+                # Delivered emails join the next record, so an idle lifecycle records each as it goes out.
+                recorded, self._delivered = self._delivered + [s for s in steps if s.email is None], []
+            else:
+                recorded = steps
+            if recorded:
+                await self._record(sorted(recorded, key=lambda s: s.entry.seq))
+
+    async def _deliver(self) -> None:
+        """Send the outbox's emails one at a time, oldest first: in order per deal, once per step (the step's key).
+
+        Each send may retry for up to a day; meanwhile the main loop keeps firing timers and recording the timeline.
+        """
+        while True:
+            await workflow.wait_condition(lambda: bool(self._outbox))
+            step = self._outbox[0]
+            await self._send(step)
+            self._outbox.pop(0)
+            self._delivered.append(step)
+            self._changed = True  # the main loop records it (and any fix-the-address task it opened)
+
+    async def _send(self, step: Step) -> None:
+        """Send one email and put its outcome in its timeline entry; a permanent refusal opens a fix task."""
+        assert step.email is not None
+        try:
+            result = await workflow.execute_activity_method(
+                EmailActivities.send_email,
+                step.email,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=RECORD_RETRY,
-                summary="record timeline",
+                schedule_to_close_timeout=EMAIL_GIVE_UP,
+                retry_policy=EMAIL_RETRY,
+                summary=f"email {step.email.template}",
             )
+            step.entry.detail.update(status=result.status, subject=result.subject, message_id=result.message_id)
+            if result.refused and workflow.patched(PATCH_UNDELIVERABLE):
+                step.entry.detail["refused"] = len(result.refused)
+                self._engine.email_undeliverable(step, result.refused, "refused by the mail server")
+        except ActivityError as err:
+            cause = err.cause
+            step.entry.detail.update(status="failed", error=str(cause or err))
+            permanent = isinstance(cause, ApplicationError) and cause.type in UNDELIVERABLE
+            if permanent and isinstance(cause, ApplicationError) and workflow.patched(PATCH_UNDELIVERABLE):
+                refused = [str(a) for a in cause.details[0]] if cause.details else []
+                self._engine.email_undeliverable(step, refused, cause.message)
+
+    async def _record(self, steps: list[Step]) -> None:
+        state = self._engine.state
+        await workflow.execute_activity_method(
+            RecordActivities.record_journal,
+            JournalBatch(
+                workflow_id=self._engine.workflow_id,
+                deal_id=state.deal_id,
+                playbook=self._input.playbook.id,
+                entries=[s.entry for s in steps],
+                snapshot=self._engine.snapshot(),
+            ),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+            summary="record timeline",
+        )
 
     async def _start_linked(self, step: Step) -> None:
         """Start the hand-off lifecycle as a child that outlives this one; its deal id makes a second start a no-op."""
@@ -321,7 +423,7 @@ class ClientLifecycle:
                 retry_policy=RECORD_RETRY,
                 summary=f"load playbook {start.playbook}",
             )
-            fields = check_deal_fields(playbook, start.fields)
+            fields = check_deal_fields(playbook, start.fields, limits=workflow.patched(PATCH_FIELD_LIMITS))
             await workflow.start_child_workflow(
                 ClientLifecycle.run,
                 LifecycleInput(
@@ -380,15 +482,24 @@ class ClientLifecycle:
         )
 
     def _publish(self) -> None:
-        """Search attributes and UI details; only changed attributes are upserted, to keep history small."""
+        """Search attributes and UI details; only changed attributes are upserted, to keep history small.
+
+        Every keyword is cut to SA_KEYWORD_MAX_BYTES (the server terminates a workflow whose upsert is too large),
+        and a rule that raises here leaves the previous values in place instead of failing the workflow task.
+        """
         engine = self._engine
         now = self._now()
-        values: dict[str, object] = {
-            SA_STAGE.name: engine.state.stage,
-            SA_PLAYBOOK.name: self._input.playbook.id,
-            SA_OWNER.name: engine.owner(),
-            SA_NEXT_DUE.name: engine.next_due(),
-        }
+        try:
+            values: dict[str, object] = {
+                SA_STAGE.name: _keyword(engine.state.stage),
+                SA_PLAYBOOK.name: _keyword(self._input.playbook.id),
+                SA_OWNER.name: _keyword(engine.owner()),
+                SA_NEXT_DUE.name: engine.next_due(),
+            }
+            details = engine.details_markdown(now)
+        except Exception as exc:
+            workflow.logger.warning("could not publish the deal's search attributes: %s", type(exc).__name__)
+            return
         updates: list[SearchAttributeUpdate] = []
         for key in (SA_STAGE, SA_PLAYBOOK, SA_OWNER, SA_NEXT_DUE):
             value = values[key.name]
@@ -398,4 +509,4 @@ class ClientLifecycle:
             updates.append(key.value_unset() if value is None else key.value_set(value))  # type: ignore[arg-type]
         if updates:
             workflow.upsert_search_attributes(updates)
-        workflow.set_current_details(engine.details_markdown(now))
+        workflow.set_current_details(details)
