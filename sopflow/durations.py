@@ -14,9 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-# No SOP waits longer than a century; a bigger number is a typo that would overflow the calendar arithmetic.
 MAX_MONTHS = 1200
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _PART = re.compile(r"(\d+)(mo|y|w|d|h|m|s)")
 
 
@@ -53,6 +52,13 @@ class Duration(BaseModel):
                 parts.append(f"{count}{unit}")
         return "".join(parts) or "0s"
 
+    @property
+    def too_long(self) -> bool:
+        """No SOP waits longer than a century; a bigger number is a typo that could overflow calendar arithmetic.
+        Checked when a playbook is loaded (`sopflow.playbook.check_limits`), never when a pinned one is decoded, so
+        a lifecycle already running on such a playbook keeps replaying."""
+        return self.months > MAX_MONTHS or self.seconds > MAX_MONTHS * 31 * 86400
+
     def after(self, moment: datetime) -> datetime:
         return add_months(moment, self.months) + timedelta(seconds=self.seconds)
 
@@ -79,8 +85,6 @@ def parse_duration(text: str) -> _Parsed:
             months += int(number)
         else:
             seconds += int(number) * _UNIT_SECONDS[unit]
-    if months > MAX_MONTHS or seconds > MAX_MONTHS * 31 * 86400:
-        raise ValueError(f"invalid duration {text[:40]!r}: at most 100 years")
     return _Parsed(months, seconds)
 
 

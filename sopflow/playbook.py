@@ -420,10 +420,41 @@ def parse_playbook(data: Any, source: str = "<playbook>", templates_dir: Path | 
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
             errors.append(f"{format_loc(loc)}: {err['msg'].removeprefix('Value error, ')}")
         raise PlaybookError(source, errors) from None
-    problems = check_references(playbook, templates_dir)
+    problems = check_references(playbook, templates_dir) + check_limits(playbook)
     if problems:
         raise PlaybookError(source, problems)
     return playbook
+
+
+# Playbook text shown in the Temporal UI (the workflow summary and current details) stays short.
+MAX_TITLE_LENGTH = 200
+
+
+def check_limits(playbook: Playbook) -> list[str]:
+    """Bounds a playbook must keep so no lifecycle can overflow a date or a UI field, checked at load time only:
+    the models themselves stay as permissive as before, because pinned copies are decoded again on every replay."""
+    errors: list[str] = []
+
+    def walk(path: str, node: Any) -> None:
+        if isinstance(node, Duration):
+            if node.too_long:
+                errors.append(f"{path}: {node} is longer than 100 years")
+        elif isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                walk(f"{path}.{name.rstrip('_')}" if path else name.rstrip("_"), getattr(node, name))
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(f"{path}[{i}]", item)
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                walk(f"{path}.{key}", item)
+
+    walk("", playbook)
+    titles = [("title", playbook.title), *((f"stages[{i}].title", s.title) for i, s in enumerate(playbook.stages))]
+    for path, text in titles:
+        if text is not None and len(text) > MAX_TITLE_LENGTH:
+            errors.append(f"{path}: {len(text)} characters long; at most {MAX_TITLE_LENGTH}")
+    return errors
 
 
 def load_playbook(path: Path, templates_dir: Path | None = None) -> Playbook:

@@ -324,3 +324,30 @@ def test_a_hand_off_to_a_missing_playbook_or_without_its_required_fields_is_repo
         "stages[1].on_enter[0].start_lifecycle.fields.nope: playbook 'onboarding' has no deal field 'nope'",
         "stages[1].on_enter[0].start_lifecycle.fields: playbook 'onboarding' requires deal field 'go_live'",
     ]
+
+
+# --- limits checked at load time ------------------------------------------------------------------------------
+
+
+def test_a_duration_longer_than_a_century_is_refused_with_its_path() -> None:
+    stages = [
+        {"id": "open", "deadline": {"within": "200y", "on_expiry": {"to": "done"}}, "transitions": []},
+        {"id": "done", "terminal": "won"},
+    ]
+    with pytest.raises(PlaybookError) as caught:
+        parse_playbook(minimal(stages=stages))
+    assert caught.value.errors == ["stages[0].deadline.within: 200y is longer than 100 years"]
+
+
+def test_a_pinned_playbook_with_a_long_duration_still_decodes_so_its_lifecycles_replay() -> None:
+    stages = [
+        {"id": "open", "deadline": {"within": "200y", "on_expiry": {"to": "done"}}, "transitions": []},
+        {"id": "done", "terminal": "won"},
+    ]
+    assert Playbook.model_validate(minimal(stages=stages)).stages[0].deadline is not None
+
+
+def test_an_overlong_title_is_refused() -> None:
+    with pytest.raises(PlaybookError) as caught:
+        parse_playbook(minimal(title="T" * 201))
+    assert caught.value.errors == ["title: 201 characters long; at most 200"]
