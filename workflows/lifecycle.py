@@ -342,19 +342,21 @@ class ClientLifecycle:
     async def _flush(self) -> None:
         """Record the queued timeline entries; emails go to `_deliver`, or (lifecycles recorded before
         PATCH_EMAIL_APART) are sent one by one, in order, before their batch is recorded."""
-        while self._engine.steps or self._delivered:
+        while self._engine.steps or (self._delivered and not self._outbox):
             steps = self._engine.take_steps()
             for step in steps:
                 if step.start is not None:
                     await self._start_linked(step)
                 if step.email is not None and not self._apart:
                     await self._send(step)
+            recorded = steps
             if self._apart:
                 self._outbox.extend(step for step in steps if step.email is not None)
-                # Delivered emails join the next record, so an idle lifecycle records each as it goes out.
-                recorded, self._delivered = self._delivered + [s for s in steps if s.email is None], []
-            else:
-                recorded = steps
+                recorded = [step for step in steps if step.email is None]
+                # Delivered emails join the next record, or are recorded together once the outbox is empty: one
+                # activity for a stage's burst of emails, not one per email.
+                if recorded or not self._outbox:
+                    recorded, self._delivered = self._delivered + recorded, []
             if recorded:
                 await self._record(sorted(recorded, key=lambda s: s.entry.seq))
 

@@ -1,5 +1,9 @@
 """Record the workflow histories that `test_replay.py` replays:
-`python -m tests.workflows.record_histories [SCENARIO ...]` (all of `SCENARIOS` by default).
+`python -m tests.workflows.record_histories [SCENARIO[@LABEL] ...]` (all of `SCENARIOS` by default).
+
+`SCENARIO@LABEL` records a scenario again under a new name (`<scenario>@<label>.runN.json`) without touching the
+history recorded before: that is how a change behind `workflow.patched` gets a history of its new path while the old
+history keeps guarding the old one (e.g. `safe_balance_happy_path@email-apart`).
 
 Record a new scenario when a change adds behaviour worth guarding. Re-record an existing one only for a deliberate,
 compatible change of recorded behaviour; a history recorded by an older version that stops replaying means running
@@ -38,7 +42,7 @@ def playbook_of(scenario_path: Path) -> Path:
     return PROJECT_ROOT / "playbooks" / f"{max(ids, key=len)}.yaml"
 
 
-async def record(scenario_path: Path) -> list[Path]:
+async def record(scenario_path: Path, label: str | None = None) -> list[Path]:
     playbook = load_playbook(playbook_of(scenario_path))
     scenario = load_scenario(scenario_path)
     env = await start_test_env()
@@ -61,7 +65,8 @@ async def record(scenario_path: Path) -> list[Path]:
         await env.shutdown()
     written = []
     for number, history in enumerate(runs, start=1):
-        path = HISTORIES / f"{scenario_path.stem}.run{number}.json"
+        name = f"{scenario_path.stem}@{label}" if label else scenario_path.stem
+        path = HISTORIES / f"{name}.run{number}.json"
         path.write_text(history.to_json())
         written.append(path)
     return written
@@ -100,7 +105,11 @@ async def main() -> None:
     HISTORIES.mkdir(parents=True, exist_ok=True)
     names = sys.argv[1:] or [p.stem for p in SCENARIOS] + [MIGRATION]
     for name in names:
-        paths = [await record_migration()] if name == MIGRATION else await record(SCENARIO_DIR / f"{name}.yaml")
+        scenario, _, label = name.partition("@")
+        if name == MIGRATION:
+            paths = [await record_migration()]
+        else:
+            paths = await record(SCENARIO_DIR / f"{scenario}.yaml", label or None)
         for path in paths:
             print(f"recorded {path.relative_to(PROJECT_ROOT)}")
 
