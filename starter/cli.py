@@ -356,13 +356,14 @@ def codec_server(
     from starter.codec_server import CodecServerError, app_from_settings
     from starter.connect import connect_config
 
+    # Logging first, so the warning of a token-less (trust-the-UI's-origin) server is a line like the others. Access
+    # lines carry paths and statuses only: payloads and the Authorization header are never logged.
+    config = observability(log_format, "json")
     try:
         namespace = str(connect_config().get("namespace") or "default")
-        web = app_from_settings(settings(), namespace)
+        web = app_from_settings(config, namespace)
     except (CodecServerError, ConnectionFailed) as exc:
         fail(str(exc))
-    # Access lines carry paths and statuses only: payloads and the Authorization header are never logged.
-    observability(log_format, "json")
     uvicorn.run(web, host=host, port=port, log_level="info", log_config=None)
 
 

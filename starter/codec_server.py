@@ -10,15 +10,19 @@ what comes back. Anyone who can call `/decode` reads every client's personal dat
 - a request naming another namespace (`X-Namespace`, sent by the UI and the CLI) is refused: the keys here are
   this namespace's.
 
-The Temporal UI cannot send a static token (only its signed-in user's access token). `sopflow dev` therefore runs
-the codec server on 127.0.0.1 with `trust_ui_origin` (anything that could fake the UI's origin there already runs
-on the machine that holds the keys); elsewhere `SOPFLOW_CODEC_TRUST_UI_ORIGIN=true` does the same, for a codec
-port that only trusted hosts reach.
+The Temporal UI cannot send a static token (only its signed-in user's access token), so there is a second mode,
+`trust_ui_origin`: no token, and a request is served when its Origin header is the UI's. An Origin header is only
+a browser's promise; any other client can send it. So the mode never runs beside a token (it would make the token
+worthless: `create_app` and `app_from_settings` refuse the combination), and it is only as safe as the network path
+to the port: `sopflow dev` uses it, without a token only, on 127.0.0.1 (anything that could forge the origin there
+already runs on the machine that holds the keys); `SOPFLOW_CODEC_TRUST_UI_ORIGIN=true` without
+`SOPFLOW_CODEC_TOKEN` does the same for a codec port that only trusted hosts reach.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -35,9 +39,15 @@ from sopflow.codec import EncryptionCodec, PayloadDecryptionError
 if TYPE_CHECKING:
     from sopflow.config import Settings
 
+log = logging.getLogger("sopflow.codec_server")
+
 # Temporal refuses payloads above 2 MB by default, and the UI sends one event's payloads at a time.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-Namespace"]
+
+
+class CodecServerError(RuntimeError):
+    """A configuration that cannot serve, worded for the terminal."""
 
 
 def create_app(
@@ -48,7 +58,13 @@ def create_app(
     namespace: str | None = None,
     trust_ui_origin: bool = False,
 ) -> FastAPI:
-    """A codec server for one namespace. With `token=None` and no `trust_ui_origin`, every request is refused."""
+    """A codec server for one namespace: every request needs `token`, or (no token, `trust_ui_origin`) the UI's
+    origin. With neither, every request is refused; with both, nothing is served: `CodecServerError`."""
+    if token is not None and trust_ui_origin:
+        raise CodecServerError(
+            "trusting the UI's origin cannot be combined with a codec token: any client can send that Origin "
+            "header, so the token would protect nothing"
+        )
     origins = [origin.rstrip("/") for origin in ui_origins]
     app = FastAPI(title="sopflow codec server", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(
@@ -115,23 +131,33 @@ def _answer(payloads: Sequence[Payload]) -> JSONResponse:
     return JSONResponse(body)
 
 
-class CodecServerError(RuntimeError):
-    """A configuration that cannot serve, worded for the terminal."""
-
-
 def app_from_settings(settings: Settings, namespace: str) -> FastAPI:
-    """The production codec server: SOPFLOW_ENCRYPTION_KEYS and SOPFLOW_CODEC_TOKEN are both required."""
+    """The production codec server: SOPFLOW_ENCRYPTION_KEYS, and either SOPFLOW_CODEC_TOKEN (every request carries
+    it) or, explicitly and without a token, SOPFLOW_CODEC_TRUST_UI_ORIGIN=true (a port only trusted hosts reach)."""
     ring = settings.encryption_key_ring()
     if ring is None:
         raise CodecServerError("SOPFLOW_ENCRYPTION_KEYS is not set: without keys there is nothing to decode")
-    if settings.codec_token is None or not settings.codec_token.get_secret_value().strip():
+    token = settings.codec_token.get_secret_value().strip() if settings.codec_token is not None else ""
+    if token and settings.codec_trust_ui_origin:
+        raise CodecServerError(
+            "SOPFLOW_CODEC_TRUST_UI_ORIGIN=true cannot be combined with SOPFLOW_CODEC_TOKEN: any client can send the "
+            "UI's Origin header, so the token would protect nothing. Unset SOPFLOW_CODEC_TRUST_UI_ORIGIN (the UI then "
+            "shows ciphertext; use `temporal --codec-auth`), or unset the token on a port only trusted hosts reach"
+        )
+    if not token and not settings.codec_trust_ui_origin:
         raise CodecServerError(
             "SOPFLOW_CODEC_TOKEN is not set: the codec server decrypts for anyone who reaches it, so it needs a "
             "token (make one with `openssl rand -hex 32`)"
         )
+    if not token:
+        log.warning(
+            "codec server without a token: it decodes for any request carrying the UI's Origin (%s); only trusted "
+            "hosts may reach its port",
+            origin_of(settings.ui_url),
+        )
     return create_app(
         EncryptionCodec(ring),
-        token=settings.codec_token.get_secret_value().strip(),
+        token=token or None,
         ui_origins=[origin_of(settings.ui_url)],
         namespace=namespace,
         trust_ui_origin=settings.codec_trust_ui_origin,

@@ -366,7 +366,11 @@ def _mail_printer(console: Console) -> Callable[[EmailMessage, list[str]], None]
 
 @contextlib.contextmanager
 def _bind(port: int, what: str, setting: str) -> Iterator[socket.socket]:
-    """Bind a server's socket ourselves: uvicorn's own bind failure is a sys.exit() that would end the whole stack."""
+    """Bind a server's socket ourselves: uvicorn's own bind failure is a sys.exit() that would end the whole stack.
+
+    Always on HOST, the loopback address: the dev stack's servers (the codec server above all, which decodes for
+    the UI's origin without a token) are for this machine only.
+    """
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -380,14 +384,25 @@ def _bind(port: int, what: str, setting: str) -> Iterator[socket.socket]:
         yield sock
 
 
+def _dev_codec_token(settings: Settings) -> str | None:
+    token = settings.codec_token.get_secret_value().strip() if settings.codec_token else ""
+    return token or None
+
+
 def _start_codec_server(settings: Settings, sock: socket.socket) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    """The codec server for the dev UI: it trusts the UI's own origin, since the dev UI cannot send a token."""
+    """The codec server for the dev UI, on the loopback socket `_bind` took.
+
+    Without SOPFLOW_CODEC_TOKEN it trusts the UI's own origin, since the dev UI cannot send a token: on 127.0.0.1
+    only what already runs on this machine (which holds the keys) can forge that origin. With a token, the token
+    is the only way in, for every client: an origin anyone can claim must not open what the token closes, so the
+    dev UI then shows ciphertext (the panel says so) and `temporal --codec-auth` decodes.
+    """
     ring = settings.encryption_key_ring()
     assert ring is not None
-    token = settings.codec_token.get_secret_value() if settings.codec_token else None
+    token = _dev_codec_token(settings)
     origins = [f"http://localhost:{settings.dev_ui_port}", f"http://{HOST}:{settings.dev_ui_port}"]
     web = codec_server.create_app(
-        EncryptionCodec(ring), token=token, ui_origins=origins, namespace=NAMESPACE, trust_ui_origin=True
+        EncryptionCodec(ring), token=token, ui_origins=origins, namespace=NAMESPACE, trust_ui_origin=token is None
     )
     config = uvicorn.Config(web, host=HOST, port=settings.dev_codec_port, log_level="warning", log_config=None)
     server = _QuietServer(config)
@@ -503,8 +518,14 @@ def _panel(settings: Settings, address: str, home: Path, server_seconds: float) 
     grid.add_row("Webhook intake", f"http://{HOST}:{settings.dev_intake_port}")
     ring = settings.encryption_key_ring()
     if ring is not None:
+        access = (
+            "codec token set: clients send it, the UI shows ciphertext"
+            if _dev_codec_token(settings)
+            else "decodes for the UI's origin"
+        )
         grid.add_row(
-            "Codec server", f"http://{HOST}:{settings.dev_codec_port}  (payloads encrypted, key {ring.current_id})"
+            "Codec server",
+            f"http://{HOST}:{settings.dev_codec_port}  (payloads encrypted, key {ring.current_id}; {access})",
         )
     grid.add_row("SMTP sink", f"{settings.smtp_host}:{settings.smtp_port}  ->  {home / 'mail'}")
     grid.add_row("Records DB", _safe_url(settings.database_url))

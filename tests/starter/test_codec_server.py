@@ -146,18 +146,35 @@ async def test_the_dev_server_trusts_its_own_ui_origin_but_nothing_else_without_
         assert bare.status_code == 401
 
 
-async def test_trusting_the_ui_origin_is_an_explicit_setting_and_still_needs_the_token_elsewhere():
+def test_trusting_the_ui_origin_is_refused_while_a_token_is_configured():
+    """Anything that is not a browser can send the UI's Origin: with the mode on, the token would protect nothing."""
     settings = Settings(
         encryption_keys=KEYS,  # type: ignore[arg-type]
         codec_token=TOKEN,  # type: ignore[arg-type]
         ui_url=UI,
         codec_trust_ui_origin=True,
     )
+    with pytest.raises(CodecServerError, match=r"SOPFLOW_CODEC_TRUST_UI_ORIGIN.*SOPFLOW_CODEC_TOKEN"):
+        app_from_settings(settings, "default")
+    with pytest.raises(CodecServerError, match="token"):
+        create_app(EncryptionCodec(parse_key_ring(KEYS)), token=TOKEN, ui_origins=[UI], trust_ui_origin=True)
+
+
+async def test_with_a_token_the_ui_origin_alone_decodes_nothing():
+    web = create_app(EncryptionCodec(parse_key_ring(KEYS)), token=TOKEN, ui_origins=[UI], namespace="default")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://codec") as client:
+        assert (await client.post("/decode", json={"payloads": []}, headers={"Origin": UI})).status_code == 401
+        assert (await client.post("/decode", json={"payloads": []}, headers={**AUTH, "Origin": UI})).status_code == 200
+
+
+async def test_without_a_token_trusting_the_ui_origin_is_an_explicit_mode_for_that_origin_only():
+    settings = Settings(encryption_keys=KEYS, ui_url=UI, codec_trust_ui_origin=True)  # type: ignore[arg-type]
     web = app_from_settings(settings, "default")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://codec") as client:
         assert (await client.post("/decode", json={"payloads": []}, headers={"Origin": UI})).status_code == 200
         assert (await client.post("/decode", json={"payloads": []})).status_code == 401
-        assert (await client.post("/decode", json={"payloads": []}, headers=AUTH)).status_code == 200
+        evil = {"Origin": "https://evil.example.com"}
+        assert (await client.post("/decode", json={"payloads": []}, headers=evil)).status_code == 401
 
 
 def test_the_production_server_needs_keys_and_a_token():
@@ -178,6 +195,18 @@ async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
     return proc.returncode or 0, stdout.decode(), stderr.decode()
+
+
+async def test_the_cli_refuses_to_trust_the_ui_origin_while_a_token_is_set_in_one_line():
+    env = {
+        **os.environ,
+        "SOPFLOW_ENCRYPTION_KEYS": KEYS,
+        "SOPFLOW_CODEC_TOKEN": TOKEN,
+        "SOPFLOW_CODEC_TRUST_UI_ORIGIN": "true",
+    }
+    code, stdout, stderr = await run_cli("codec-server", "--port", str(free_port()), env=env)
+    assert code == 1 and stdout == "" and TOKEN not in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "SOPFLOW_CODEC_TRUST_UI_ORIGIN" in stderr
 
 
 async def test_the_cli_refuses_to_serve_without_a_token_in_one_line():

@@ -81,6 +81,26 @@ def accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def listening_hosts(port: int) -> set[str]:
+    """The addresses a TCP socket listens on at `port`, from the kernel's own table (IPv4 and IPv6)."""
+    hosts: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        path = Path(table)
+        if not path.exists():
+            continue
+        for row in path.read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, _, port_hex = local.partition(":")
+            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                packed = bytes.fromhex(address)
+                if len(packed) == 4:
+                    hosts.add(socket.inet_ntop(socket.AF_INET, packed[::-1]))
+                else:
+                    words = b"".join(packed[i : i + 4][::-1] for i in range(0, 16, 4))
+                    hosts.add(socket.inet_ntop(socket.AF_INET6, words))
+    return hosts
+
+
 def gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -283,7 +303,9 @@ async def test_with_encryption_keys_the_dev_stack_runs_a_codec_server_for_its_ui
         started = history.events[0].workflow_execution_started_event_attributes.input.payloads[0]
         assert started.metadata["encoding"] == ENCODING
 
-        # The UI's browser (its origin) gets that payload decoded; another origin without the token does not.
+        # The UI's browser (its origin) gets that payload decoded; another origin without the token does not. It
+        # listens on the loopback address only: what could forge the UI's origin there already runs on this machine.
+        assert listening_hosts(settings.dev_codec_port) == {"127.0.0.1"}
         wire = {k: base64.b64encode(v).decode() for k, v in started.metadata.items()}
         body = {"payloads": [{"metadata": wire, "data": base64.b64encode(started.data).decode()}]}
         async with httpx.AsyncClient(base_url=endpoint) as http:
@@ -294,6 +316,29 @@ async def test_with_encryption_keys_the_dev_stack_runs_a_codec_server_for_its_ui
     finally:
         await stop(task)
     assert not accepts(settings.dev_codec_port)
+
+
+async def test_with_a_codec_token_the_dev_codec_server_trusts_no_origin_and_listens_on_loopback_only(
+    tmp_path: Path,
+) -> None:
+    from sopflow.codec import new_key
+
+    token = "dev-codec-token-for-tests"
+    settings = dev_settings(tmp_path, encryption_keys=f"k1:{new_key()}", codec_token=token, dev_codec_port=free_port())
+    output = io.StringIO()
+    task = await start(settings, Console(file=output, width=200), [])
+    try:
+        assert listening_hosts(settings.dev_codec_port) == {"127.0.0.1"}
+        ui = {"Origin": f"http://localhost:{settings.dev_ui_port}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.dev_codec_port}") as http:
+            origin_only = await http.post("/decode", json={"payloads": []}, headers=ui)
+            with_token = await http.post(
+                "/decode", json={"payloads": []}, headers={**ui, "Authorization": f"Bearer {token}"}
+            )
+        assert origin_only.status_code == 401 and with_token.status_code == 200
+        assert "codec token set" in output.getvalue() and token not in output.getvalue()
+    finally:
+        await stop(task)
 
 
 async def test_a_restarted_mail_sink_keeps_the_earlier_messages_and_numbers_on(tmp_path: Path) -> None:
