@@ -11,9 +11,10 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -29,6 +30,7 @@ from sopflow.templates import TemplateRenderer
 from workflows.lifecycle import ClientLifecycle
 
 log = logging.getLogger("sopflow.worker")
+T = TypeVar("T")
 
 
 def smtp_config(settings: Settings) -> SmtpConfig:
@@ -106,23 +108,52 @@ def worker_for(client: Client, db: Database, settings: Settings) -> Worker:
 async def run_worker(settings: Settings | None = None) -> None:
     """Migrate the records, connect (with the process runtime: metrics, if `install_metrics` ran) and run until
     SIGTERM or SIGINT; then stop polling and let in-flight activities finish (up to the graceful shutdown timeout;
-    what does not finish is retried by another worker), so a deploy loses nothing."""
+    what does not finish is retried by another worker), so a deploy loses nothing.
+
+    The signals are taken over first, before the migration and the connection: starting takes a second or more on
+    a loaded machine (building the worker validates the workflow in its sandbox), and a stop that arrives then must
+    end the start, not be lost. Python leaves SIGINT ignored in a process started from a non-interactive shell's
+    background job (CI agents, `nohup`, `make test &`), so a SIGINT before our handler existed was dropped and the
+    worker ran on; with the default handler it skipped the orderly stop instead.
+    """
     from starter.connect import connect
 
     settings = settings or Settings()
-    db = Database(settings.database_url)
-    db.upgrade()
     stop = asyncio.Event()
-    worker = worker_for(await connect(settings=settings), db, settings)
-    log.info(
-        "worker polling task queue %s",
-        worker.task_queue,
-        extra={"task_queue": worker.task_queue, "metrics": _metrics_address(settings)},
-    )
     with stop_on_signals(stop, signal.SIGTERM, signal.SIGINT):
-        async with worker:
+        db = Database(settings.database_url)
+        db.upgrade()
+        client = await unless_stopped(stop, connect(settings=settings))
+        if client is None:
+            log.info("worker stopped before it started polling")
+            return
+        worker = worker_for(client, db, settings)
+        log.info(
+            "worker polling task queue %s",
+            worker.task_queue,
+            extra={"task_queue": worker.task_queue, "metrics": _metrics_address(settings)},
+        )
+        async with worker:  # a signal that came while the worker was being built is in `stop` already
             await stop.wait()
     log.info("worker stopped", extra={"task_queue": worker.task_queue})
+
+
+async def unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, T]) -> T | None:
+    """`work`'s result, or None (with `work` cancelled) if `stop` is set first.
+
+    Connecting may wait on an unreachable or overloaded server; a stop signal must not wait behind it. Once `work`
+    has finished its result wins, even if `stop` was set meanwhile: the caller sees `stop` and stops in order.
+    """
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():  # `stop` won, or we are being cancelled: `work` goes too, and is awaited
+            task.cancel()
+            await asyncio.wait({task})
+    return None if task.cancelled() else task.result()
 
 
 def _metrics_address(settings: Settings) -> str | None:

@@ -9,7 +9,9 @@ import signal
 import socket
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
@@ -94,6 +96,18 @@ def test_a_second_metrics_endpoint_on_a_taken_port_fails_in_one_line() -> None:
             prometheus_runtime(f"127.0.0.1:{port}")
 
 
+async def log_lines_until(
+    stream: asyncio.StreamReader, lines: list[dict[str, Any]], done: Callable[[dict[str, Any]], bool]
+) -> None:
+    """Read JSON log lines into `lines` until one satisfies `done` (or the stream ends): the worker's own account of
+    where it is, instead of a guess of how long a loaded machine needs to get there."""
+    while raw := await stream.readline():
+        if raw.startswith(b"{"):
+            lines.append(json.loads(raw))
+            if done(lines[-1]):
+                return
+
+
 async def test_sopflow_worker_with_metrics_port_serves_metrics_and_logs_json(
     dev_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
@@ -109,21 +123,31 @@ async def test_sopflow_worker_with_metrics_port_serves_metrics_and_logs_json(
     proc = await asyncio.create_subprocess_exec(
         SOPFLOW, "worker", "--metrics-port", str(port), env=env, stderr=asyncio.subprocess.PIPE
     )
+    assert proc.stderr is not None
+    lines: list[dict[str, Any]] = []
+    # Deadlines only bound a hang (a loaded 2-core machine takes seconds to start a worker); every wait below ends
+    # on an event: the worker's log line, a scraped sample, the process's exit.
     try:
-
-        def connected(samples: list[Sample]) -> bool:
-            return value(samples, "temporal_request", operation="GetSystemInfo") is not None
-
-        samples = await scrape_until(port, connected, retry_unreachable=True)
+        async with asyncio.timeout(120):
+            await log_lines_until(proc.stderr, lines, lambda line: line["message"].startswith("worker polling"))
+        samples = await scrape_until(port, connected, timeout=120)
         assert value(samples, "temporal_request", operation="GetSystemInfo") == 1
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+            async with asyncio.timeout(120):
+                await log_lines_until(proc.stderr, lines, lambda line: False)  # to the end of the stream
+                await proc.wait()
         except TimeoutError:
             proc.kill()
-            raise
-    lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+            await proc.wait()
+            raise AssertionError(f"the worker did not exit within 120 s of SIGINT; it logged {lines}") from None
+    assert proc.returncode == 0, lines
     started = next(line for line in lines if line["message"] == "worker polling task queue sopflow")
     assert started["level"] == "INFO" and started["logger"] == "sopflow.worker"
     assert started["metrics"] == f"http://127.0.0.1:{port}/metrics"
+    assert lines[-1]["message"] == "worker stopped"  # the orderly stop, not an interrupted start
+
+
+def connected(samples: list[Sample]) -> bool:
+    return value(samples, "temporal_request", operation="GetSystemInfo") is not None

@@ -103,3 +103,45 @@ async def test_sigterm_lets_the_email_in_flight_finish_and_the_next_worker_carri
     mine = [m for m in sink.messages if deal_id in str(m["X-Sopflow-Key"])]
     assert [str(m["X-Sopflow-Template"]) for m in mine] == ["safe_balance/account_claimed"]
     assert sink.duplicates == 0
+
+
+async def test_sigint_while_the_worker_is_still_connecting_stops_it_at_once_even_if_sigint_was_ignored(
+    tmp_path: Path,
+):
+    """Starting takes seconds on a loaded machine, and forever against a server that never answers: a stop signal
+    in that window must end the start. The worker is launched the way a non-interactive shell launches a background
+    job (CI agents, `nohup`, `make test &`): with SIGINT ignored, which Python keeps until someone installs a handler.
+    Before the worker took over its signals ahead of connecting, that SIGINT was dropped and the worker ran on."""
+    connecting = asyncio.Event()
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connecting.set()  # the worker is past its migration, inside connect(): its handlers are in place
+        await reader.read()  # until the worker hangs up
+        writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    environment = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": f"{host}:{port}",
+        "SOPFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'records.db'}",
+        "SOPFLOW_HOME": str(tmp_path),
+    }
+    async with server:
+        worker = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", f"trap '' INT; exec {SOPFLOW} worker", env=environment, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            async with asyncio.timeout(120):  # bounds a hang only: a loaded machine may take long to get there
+                await connecting.wait()
+            worker.send_signal(signal.SIGINT)
+            # The SDK's own connect timeout is 30 s; the stop must not wait for it (nor exit 1 after it).
+            async with asyncio.timeout(120):
+                _, stderr = await worker.communicate()
+        finally:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+    assert worker.returncode == 0, stderr.decode()
+    assert "worker stopped before it started polling" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
