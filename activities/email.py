@@ -4,6 +4,11 @@ Once-only rests on three things: an outbox row keyed by the step's idempotency k
 stable across retries and continue-as-new, never the run id), a status that moves pending -> sent | partial |
 failed, and a Message-ID derived from the key. A step whose row says sent is never sent again.
 
+Address headers (From, To, Cc, Reply-To) are written from `email.headerregistry.Address` objects, never formatted
+as text, and the SMTP envelope comes from the same objects, never from reading the headers back. A person's name is
+data someone typed: it is made one line, loses any encoded-word opener and is quoted by the library, and the
+written headers are parsed back and compared before sending, so no name can become another address.
+
 What stays at-least-once: a crash (or a failed database commit) after the SMTP server answered 250 but before the
 row says `sent`. The retry sends the message again, with the same Message-ID, so the receiving server, a mail
 client's threading, and the dev sink recognise and drop the duplicate.
@@ -17,14 +22,17 @@ non-retryable, and the workflow turns an undeliverable address into a task for t
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import hashlib
 import mimetypes
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email import message_from_bytes
+from email.headerregistry import Address, AddressHeader, HeaderRegistry
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate
+from email.utils import formatdate
 from typing import Literal
 
 import aiosmtplib
@@ -34,9 +42,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from sopflow.db import Database, OutboxEmail
-from sopflow.models import EmailRequest, EmailResult, Recipient
+from sopflow.models import EmailRequest, EmailResult
 from sopflow.telemetry import EMAIL_ATTEMPTS, count
-from sopflow.templates import Rendered, RenderError, TemplateRenderer, links_for
+from sopflow.templates import Rendered, RenderError, TemplateRenderer, links_for, one_line
 
 
 @dataclass(frozen=True)
@@ -60,8 +68,9 @@ TEMPLATE_ERROR = "TemplateError"
 RECIPIENT_REFUSED = "RecipientRefused"
 SMTP_REJECTED = "SmtpRejected"
 # The message cannot be built from the request: an address that is no address, a header the email library refuses,
-# an attachment that cannot be read. Retrying cannot help, and like a refused address a person must fix the data,
-# so the details carry the recipient addresses at fault, as RecipientRefused's do (possibly none).
+# an attachment that cannot be read. Retrying cannot help, and like a refused address a person must fix the data.
+# Details: [the addresses at fault] (as RecipientRefused's first detail), [their roles]; both empty when no address
+# is at fault (an attachment, the configured From).
 MESSAGE_UNBUILDABLE = "MessageUnbuildable"
 # Non-retryable failures by ApplicationError type, as the outcome label of the attempts counter.
 _PERMANENT = {
@@ -89,23 +98,20 @@ def _attempted(req: EmailRequest, outcome: str, error_type: str | None = None) -
     )
 
 
-def _address(recipient: Recipient) -> str:
-    return formataddr((recipient.name or "", recipient.email))
-
-
 class Unbuildable(Exception):
     """Why a message cannot be built, in words that name no person: the reason reaches the outbox, the timeline and
-    the worker's log (the SDK logs a failed activity's message). `faulty` lists the recipient addresses at fault,
-    if any; it travels in the ApplicationError's details, which are not logged."""
+    the worker's log (the SDK logs a failed activity's message). `addresses` and `roles` say which recipients are at
+    fault, if any; they travel in the ApplicationError's details, which are not logged."""
 
-    def __init__(self, reason: str, faulty: Sequence[str] = ()) -> None:
+    def __init__(self, reason: str, addresses: Sequence[str] = (), roles: Sequence[str] = ()) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.faulty = list(faulty)
+        self.addresses = list(addresses)
+        self.roles = list(roles)
 
 
 @contextmanager
-def _building(part: str, faulty: Sequence[str] = ()) -> Iterator[None]:
+def _building(part: str) -> Iterator[None]:
     """Any failure while building `part` makes the message Unbuildable, described by the part and the error's type
     only: the email library's messages can quote the value at fault, a name or an address."""
     try:
@@ -113,7 +119,119 @@ def _building(part: str, faulty: Sequence[str] = ()) -> Iterator[None]:
     except Unbuildable:
         raise
     except Exception as exc:
-        raise Unbuildable(f"{part} ({type(exc).__name__})", faulty) from None
+        raise Unbuildable(f"{part} ({type(exc).__name__})") from None
+
+
+# How messages are written. Header lines may be as long as RFC 5322 allows (998), so a header is never folded:
+# folding is where Python 3.11's email library goes wrong (a long quoted name loses its escapes, a comma between
+# addresses ends up inside the next name's encoded word). Bodies that are not ASCII are quoted-printable or base64,
+# so the bytes are 7-bit and any server takes them, whether or not it announces 8BITMIME.
+WIRE_POLICY = email.policy.SMTP.clone(max_line_length=998, cte_type="7bit")
+# No one's name is longer; a longer one is cut, so that even several recipients fit one header line.
+MAX_DISPLAY_NAME = 100
+
+
+def display_name(name: str | None) -> str:
+    """A person's name as an address header may carry it: one line (no controls, no bidi, see `one_line`), no
+    encoded-word opener, at most MAX_DISPLAY_NAME characters. The email library quotes whatever else it holds.
+
+    `=?` is broken up ("= ?") because the library decodes an encoded word (`=?utf-8?b?...?=`) before it quotes, and
+    writes what it hides unquoted: a second address in To or Reply-To. Field validation refuses such names, but a
+    lifecycle lives for years on data it accepted before, so this never relies on it."""
+    return one_line(name or "").replace("=?", "= ?")[:MAX_DISPLAY_NAME].rstrip()
+
+
+def mailbox(address: str, name: str | None, what: str, role: str | None = None) -> Address:
+    """One address for a header and the envelope; Unbuildable, naming `what` ("the To address of role 'signer'"),
+    when it is not exactly one plain ASCII address (the SMTP envelope and the 7-bit headers can carry no other)."""
+    faulty = ([address], [role]) if role else ([], [])
+    if not address.isascii():
+        raise Unbuildable(f"{what} is not an ASCII email address", *faulty)
+    try:
+        parsed = Address(display_name=display_name(name), addr_spec=address)
+    except Exception:  # the library raises ValueError, IndexError or a HeaderParseError, with the value in it
+        raise Unbuildable(f"{what} is not an email address", *faulty) from None
+    if not (parsed.username and parsed.domain):
+        raise Unbuildable(f"{what} is not an email address", *faulty)
+    return parsed
+
+
+def _read_back(headers: dict[str, list[Address]]) -> bool:
+    """Whether the headers, written as they will be sent and parsed the way a mail client parses them, hold exactly
+    these addresses with these names."""
+    probe = EmailMessage(policy=WIRE_POLICY)
+    for header, addresses in headers.items():
+        probe[header] = addresses
+    parsed = message_from_bytes(probe.as_bytes(), policy=email.policy.default)
+    for header, addresses in headers.items():
+        written = parsed[header].addresses if header in parsed else ()
+        if [(a.display_name, a.addr_spec) for a in written] != [(a.display_name, a.addr_spec) for a in addresses]:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message ready for SMTP: its bytes, and the envelope taken from the same Address objects as its headers."""
+
+    data: bytes
+    sender: str
+    recipients: list[str]
+
+
+def build_message(
+    req: EmailRequest,
+    rendered: Rendered,
+    message_id: str,
+    mail_from: str,
+    attachments: Sequence[tuple[str, bytes]] = (),
+) -> Outgoing:
+    """The message for `req`, or Unbuildable naming the part that cannot be built (never its value).
+
+    Deterministic: the same request builds the same bytes on every attempt, or fails the same way."""
+    with _building("the From address (SOPFLOW_MAIL_FROM)"):
+        configured = HeaderRegistry()("From", mail_from)
+        # The parser is lenient (it skips what it cannot read): anything it had to skip is refused too.
+        if not isinstance(configured, AddressHeader) or configured.defects or len(configured.addresses) != 1:
+            raise Unbuildable("the From address (SOPFLOW_MAIL_FROM) is not one email address")
+        (address,) = configured.addresses
+        sender = mailbox(address.addr_spec, address.display_name, "the From address (SOPFLOW_MAIL_FROM)")
+    headers = {
+        "From": [sender],
+        "To": [mailbox(r.email, r.name, f"the To address of role '{r.role}'", r.role) for r in req.to],
+    }
+    if req.cc:
+        headers["Cc"] = [mailbox(r.email, r.name, f"the Cc address of role '{r.role}'", r.role) for r in req.cc]
+    if req.reply_to is not None:
+        role = req.reply_to.role
+        headers["Reply-To"] = [mailbox(req.reply_to.email, req.reply_to.name, f"the Reply-To of role '{role}'", role)]
+    with _building("the address headers"):
+        if not _read_back(headers):
+            # Only a name the library cannot write faithfully gets here: send to the same addresses without names.
+            headers = {h: [Address(addr_spec=a.addr_spec) for a in addresses] for h, addresses in headers.items()}
+            if not _read_back(headers):
+                raise Unbuildable("the address headers do not read back as written")
+    message = EmailMessage(policy=WIRE_POLICY)
+    with _building("the headers"):
+        for header, addresses in headers.items():
+            message[header] = addresses
+        message["Subject"] = rendered.subject
+        message["Message-ID"] = message_id
+        message["Date"] = formatdate(req.at.timestamp(), usegmt=True)
+        message["X-Sopflow-Key"] = req.key
+        message["X-Sopflow-Template"] = f"{req.playbook}/{req.template}"
+    with _building("the text body"):
+        message.set_content(rendered.text)
+    with _building("the HTML body"):
+        message.add_alternative(rendered.html, subtype="html")
+    for name, content in attachments:
+        with _building(f"attachment '{name}'"):
+            maintype, _, subtype = (mimetypes.guess_type(name)[0] or "application/octet-stream").partition("/")
+            message.add_attachment(content, maintype=maintype, subtype=subtype, filename=name)
+    with _building("the message"):
+        data = message.as_bytes()
+    recipients = [a.addr_spec for a in headers["To"] + headers.get("Cc", [])]
+    return Outgoing(data=data, sender=sender.addr_spec, recipients=recipients)
 
 
 class EmailActivities:
@@ -164,15 +282,19 @@ class EmailActivities:
             raise ApplicationError(reason, type=TEMPLATE_ERROR, non_retryable=True) from exc
         await asyncio.to_thread(self._store_rendered, req.key, rendered)
         try:
-            message = await asyncio.to_thread(self._message, req, rendered, message_id)
+            outgoing = await asyncio.to_thread(self._build, req, rendered, message_id)
         except Unbuildable as exc:
             # Deterministic: the same request fails the same way on every attempt, so it is never retried.
             reason = f"email {req.playbook}/{req.template} cannot be built: {exc.reason}"
             await asyncio.to_thread(self._finish, req.key, "failed", reason)
-            raise ApplicationError(reason, exc.faulty, type=MESSAGE_UNBUILDABLE, non_retryable=True) from None
+            raise ApplicationError(
+                reason, exc.addresses, exc.roles, type=MESSAGE_UNBUILDABLE, non_retryable=True
+            ) from None
         try:
             refusals, _ = await aiosmtplib.send(
-                message,
+                outgoing.data,
+                sender=outgoing.sender,
+                recipients=outgoing.recipients,
                 hostname=self.smtp.host,
                 port=self.smtp.port,
                 username=self.smtp.username,
@@ -201,37 +323,13 @@ class EmailActivities:
         await asyncio.to_thread(self._finish, req.key, status, ", ".join(refused_now) or None)
         return EmailResult(status=status, subject=rendered.subject, message_id=message_id, refused=refused_now)
 
-    def _message(self, req: EmailRequest, rendered: Rendered, message_id: str) -> EmailMessage:
-        """The message to send; raise Unbuildable naming the part that cannot be built (never its value)."""
-        message = EmailMessage()
-        with _building("the From header (SOPFLOW_MAIL_FROM)"):
-            message["From"] = self.smtp.mail_from
-        with _building("the To header", [r.email for r in req.to]):
-            message["To"] = ", ".join(_address(r) for r in req.to)
-        if req.cc:
-            with _building("the Cc header", [r.email for r in req.cc]):
-                message["Cc"] = ", ".join(_address(r) for r in req.cc)
-        if req.reply_to is not None:
-            with _building("the Reply-To header"):
-                message["Reply-To"] = _address(req.reply_to)
-        with _building("the headers"):
-            message["Subject"] = rendered.subject
-            message["Message-ID"] = message_id
-            message["Date"] = formatdate(req.at.timestamp(), usegmt=True)
-            message["X-Sopflow-Key"] = req.key
-            message["X-Sopflow-Template"] = f"{req.playbook}/{req.template}"
-        with _building("the text body"):
-            message.set_content(rendered.text)
-        with _building("the HTML body"):
-            message.add_alternative(rendered.html, subtype="html")
+    def _build(self, req: EmailRequest, rendered: Rendered, message_id: str) -> Outgoing:
+        """Read the attachments and build the message (in a thread: both block)."""
+        attachments: list[tuple[str, bytes]] = []
         for name in req.attachments:
             with _building(f"attachment '{name}' cannot be read"):
-                path = self.renderer.attachment_path(req.playbook, name)
-                maintype, _, subtype = (mimetypes.guess_type(name)[0] or "application/octet-stream").partition("/")
-                message.add_attachment(path.read_bytes(), maintype=maintype, subtype=subtype, filename=name)
-        with _building("the message"):
-            message.as_bytes()  # what aiosmtplib will do: a header the library cannot fold fails here, not there
-        return message
+                attachments.append((name, self.renderer.attachment_path(req.playbook, name).read_bytes()))
+        return build_message(req, rendered, message_id, self.smtp.mail_from, attachments)
 
     def _begin(self, req: EmailRequest, message_id: str) -> OutboxEmail:
         """Find or create the step's outbox row (UNIQUE key) and count the attempt."""

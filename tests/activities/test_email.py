@@ -6,29 +6,44 @@ sink that drops connections, defers messages or refuses recipients the way real 
 
 from __future__ import annotations
 
+import email.policy
 import html
 import logging
 import re
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Callable
+from email import message_from_bytes
+from email.headerregistry import Address
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.email import MESSAGE_UNBUILDABLE, EmailActivities, SmtpConfig, message_id_for
+from activities.email import (
+    MAX_DISPLAY_NAME,
+    MESSAGE_UNBUILDABLE,
+    EmailActivities,
+    SmtpConfig,
+    Unbuildable,
+    build_message,
+    display_name,
+    message_id_for,
+)
 from sopflow.db import Database, OutboxEmail
 from sopflow.mailsink import MailSink
 from sopflow.models import EmailRequest, Recipient
 from sopflow.playbook import Playbook
 from sopflow.samples import email_uses, sample_context
 from sopflow.signatures import verify_form_token
-from sopflow.templates import TemplateRenderer
+from sopflow.templates import Rendered, TemplateRenderer
 from tests.activities.conftest import Metrics
 from tests.conftest import TARGETING, TEMPLATES, body, launched_steps, run, sales_steps
 
@@ -264,17 +279,46 @@ def unreadable_attachment(templates: Path) -> None:
     roster.mkdir()
 
 
+def signer_at(address: str) -> dict[str, Any]:
+    return {"to": [Recipient(role="signer", email=address, name="Client Signer")]}
+
+
+NOT_AN_ADDRESS = "the To address of role 'signer' is not an email address"
+
+
 @pytest.mark.parametrize(
     ("request_changes", "break_templates", "part", "faulty"),
     [
+        pytest.param(signer_at(INJECTED), None, NOT_AN_ADDRESS, [[INJECTED], ["signer"]], id="header-injection"),
+        pytest.param(signer_at("Client Signer"), None, NOT_AN_ADDRESS, [["Client Signer"], ["signer"]], id="no-at"),
         pytest.param(
-            {"to": [Recipient(role="signer", email=INJECTED, name="Client Signer")]},
+            signer_at("signer@example.com, eve@evil.example"),
             None,
-            "the To header",
-            [INJECTED],
-            id="header-injection-in-an-address",
+            NOT_AN_ADDRESS,
+            [["signer@example.com, eve@evil.example"], ["signer"]],
+            id="two-addresses-in-one",
         ),
-        pytest.param({"attachments": ["Roster.xlsx"]}, unreadable_attachment, "Roster.xlsx", [], id="attachment"),
+        pytest.param(
+            signer_at("zoë@example.com"),
+            None,
+            "the To address of role 'signer' is not an ASCII email address",
+            [["zoë@example.com"], ["signer"]],
+            id="not-ascii",
+        ),
+        pytest.param(
+            {"reply_to": Recipient(role="rep", email="rep@example.com>, <eve@evil.example", name="Alex Rep")},
+            None,
+            "the Reply-To of role 'rep' is not an email address",
+            [["rep@example.com>, <eve@evil.example"], ["rep"]],
+            id="reply-to",
+        ),
+        pytest.param(
+            {"attachments": ["Roster.xlsx"]},
+            unreadable_attachment,
+            "attachment 'Roster.xlsx' cannot be read (IsADirectoryError)",
+            [[], []],
+            id="attachment",
+        ),
     ],
 )
 async def test_a_message_that_cannot_be_built_fails_for_good_at_once_and_the_outbox_says_why(
@@ -288,7 +332,7 @@ async def test_a_message_that_cannot_be_built_fails_for_good_at_once_and_the_out
     request_changes: dict[str, Any],
     break_templates: Callable[[Path], None] | None,
     part: str,
-    faulty: list[str],
+    faulty: list[list[str]],
 ) -> None:
     if break_templates is not None:
         break_templates(demo_templates)
@@ -299,8 +343,8 @@ async def test_a_message_that_cannot_be_built_fails_for_good_at_once_and_the_out
 
     error = failure.value
     assert error.type == MESSAGE_UNBUILDABLE and error.non_retryable
-    assert error.message.startswith("email demo/welcome cannot be built: ") and part in error.message
-    assert list(error.details) == [faulty]  # the addresses at fault travel in the details, never in the message
+    assert error.message == f"email demo/welcome cannot be built: {part}"
+    assert list(error.details) == faulty  # addresses and roles at fault travel in the details, never in the message
     (row,) = outbox(db)
     assert row.status == "failed" and row.error == error.message and row.attempts == 1
     assert smtp_sink.messages == []
@@ -308,4 +352,171 @@ async def test_a_message_that_cannot_be_built_fails_for_good_at_once_and_the_out
     (logged,) = [r for r in caplog.records if getattr(r, "outcome", None) is not None]
     assert logged.outcome == "unbuildable" and logged.error_type == MESSAGE_UNBUILDABLE  # type: ignore[attr-defined]
     for text in [error.message, *(r.getMessage() for r in caplog.records)]:
-        assert "@" not in text and "Client Signer" not in text
+        assert "example" not in text and "Client Signer" not in text
+
+
+# --- names cannot make addresses -------------------------------------------------------------------------------------
+
+HOSTILE_NAMES = [
+    pytest.param("=?utf-8?b?ZXZlQGV2aWwuZXhhbXBsZSw=?=", id="b-encoded-word-hiding-an-address"),
+    pytest.param("=?utf-8?q?eve=40evil.example=2C?=", id="q-encoded-word-hiding-an-address"),
+    pytest.param('Eve, "Boss" <eve@evil.example>', id="comma-quotes-angle-brackets"),
+    pytest.param("eve@evil.example, mallory@evil.example;", id="addresses-as-a-name"),
+    pytest.param("Casey\r\nBcc: eve@evil.example", id="line-break-and-a-header"),
+    pytest.param("Casey\x0bSigner\x0c(Finance)", id="vertical-tab-form-feed-comment"),
+    pytest.param('Zoë 東京 \u202eeve@evil.example\u202c, \\ "', id="non-ascii-bidi-backslash"),
+    pytest.param('"' + "x" * 90 + '", <eve@evil.example>' + "y" * 90, id="longer-than-a-line"),
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+async def test_a_name_cannot_add_or_change_an_address_in_to_cc_or_reply_to(
+    mail: EmailActivities, email_request: Callable[..., EmailRequest], smtp_sink: MailSink, name: str
+) -> None:
+    envelopes: list[list[str]] = []
+    smtp_sink.on_message = lambda _, recipients: envelopes.append(recipients)
+    request = email_request(
+        to=[Recipient(role="signer", email="signer@example.com", name=name)],
+        cc=[
+            Recipient(role="am", email="am@example.com", name=name),
+            Recipient(role="ops", email="ops@example.com", name="Ops Team"),
+        ],
+        reply_to=Recipient(role="rep", email="rep@example.com", name=name),
+    )
+
+    assert (await ActivityEnvironment().run(mail.send_email, request)).status == "sent"
+
+    (message,) = smtp_sink.messages  # parsed by the sink with email.policy.default, as a mail client reads it
+    written = {h: [(a.display_name, a.addr_spec) for a in message[h].addresses] for h in ("To", "Cc", "Reply-To")}
+    shown = display_name(name)
+    assert written == {
+        "To": [(shown, "signer@example.com")],
+        "Cc": [(shown, "am@example.com"), ("Ops Team", "ops@example.com")],
+        "Reply-To": [(shown, "rep@example.com")],
+    }
+    assert [a.addr_spec for a in message["From"].addresses] == ["sopflow@example.com"]
+    assert envelopes == [["signer@example.com", "am@example.com", "ops@example.com"]]
+    assert "=?" not in shown and not any(c in shown for c in "\r\n\x0b\x0c\u202e")
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("Client Signer", "Client Signer"),
+        ("Casey\r\nSigner", "Casey Signer"),
+        ("Casey\x0bSigner\x0c", "Casey Signer"),
+        ("Zoë\u202e Núñez", "Zoë Núñez"),
+        ("=?utf-8?b?ZXZlQGV2aWwuZXhhbXBsZSw=?=", "= ?utf-8?b?ZXZlQGV2aWwuZXhhbXBsZSw= ?="),
+        ("==??", "== ??"),
+        ("=\x00?utf-8?q?x?=", "= ?utf-8?q?x?="),
+        ("a" * 99 + " b", "a" * 99),
+        (None, ""),
+    ],
+)
+def test_display_names_are_one_line_without_encoded_words_and_bounded(name: str | None, shown: str) -> None:
+    assert display_name(name) == shown
+    assert len(display_name("x" * 1000)) == MAX_DISPLAY_NAME
+
+
+# Fragments of hostile names: encoded-word parts, address specials, controls, bidi, non-ASCII, whole addresses.
+NAME_PIECES = st.sampled_from(
+    [
+        *("=?", "?=", "utf-8", "?b?", "?q?", "ZXZlQGV2aWwuZXhhbXBsZSw=", "=40", "=2C"),
+        *('"', "\\", "(", ")", "<", ">", "@", ",", ";", ":", ".", "[", "]", " ", "\t", "\r\n", "\x0b", "\x00"),
+        *("\x1b", "\u202e", "é", "東", "😀", "eve@evil.example", "Name", "a" * 40),
+        *("=?utf-8?b?ZXZlQGV2aWwuZXhhbXBsZSw=?=", "=?utf-8?q?eve=40evil.example=2C?="),
+    ]
+)
+NAMES = st.lists(NAME_PIECES, max_size=30).map("".join)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(to=st.lists(NAMES, min_size=1, max_size=3), cc=st.lists(NAMES, max_size=3), reply_to=NAMES, sender=NAMES)
+def test_whatever_the_names_the_headers_hold_exactly_the_intended_addresses(
+    to: list[str], cc: list[str], reply_to: str, sender: str
+) -> None:
+    def people(role: str, names: list[str]) -> list[Recipient]:
+        return [Recipient(role=role, email=f"{role}{i}@example.com", name=n) for i, n in enumerate(names)]
+
+    request = EmailRequest(
+        key="deal-D-9/3/enter-welcome-0",
+        workflow_id="deal-D-9",
+        deal_id="D-9",
+        playbook="demo",
+        template="welcome",
+        at="2026-01-05T10:00:00Z",  # type: ignore[arg-type]
+        to=people("to", to),
+        cc=people("cc", cc),
+        reply_to=Recipient(role="rep", email="rep@example.com", name=reply_to),
+    )
+    mail_from = str(Address(display_name=display_name(sender), addr_spec="sopflow@example.com"))
+
+    outgoing = build_message(request, Rendered("Welcome", "Hi", "<p>Hi</p>"), "<k@example.com>", mail_from)
+
+    parsed = message_from_bytes(outgoing.data, policy=email.policy.default)
+    intended = {
+        "From": [(sender, "sopflow@example.com")],
+        "To": [(n, f"to{i}@example.com") for i, n in enumerate(to)],
+        "Cc": [(n, f"cc{i}@example.com") for i, n in enumerate(cc)],
+        "Reply-To": [(reply_to, "rep@example.com")],
+    }
+    for header, people_ in intended.items():
+        written = [(a.display_name, a.addr_spec) for a in parsed[header].addresses] if header in parsed else []
+        assert [address for _, address in written] == [address for _, address in people_]
+        # Names as display_name() makes them, or (only if the library cannot write one faithfully) none at all.
+        assert all(shown in (display_name(n), "") for (shown, _), (n, _) in zip(written, people_, strict=True))
+    assert outgoing.sender == "sopflow@example.com"
+    assert outgoing.recipients == [a for _, a in intended["To"] + intended["Cc"]]
+    assert outgoing.data.isascii()
+
+
+def test_names_the_email_library_cannot_write_faithfully_are_left_out_never_the_addresses() -> None:
+    """Seven long names make the To line longer than 998 characters, so the library folds it, and Python 3.11's
+    folder puts the comma before the last address inside an encoded word: written with its names, that address
+    would vanish. The message goes to the same addresses without names (a fixed library would keep them all)."""
+    emoji_and_comma, quoted, parenthesised = "😀" * 50 + ", =?x", '"' + "x" * 95, "(" + "a" * 93
+    names = [quoted, parenthesised, quoted, emoji_and_comma, emoji_and_comma, "é, x", parenthesised]
+    to = [Recipient(role="client", email=f"r{i}@example.com", name=name) for i, name in enumerate(names)]
+    request = EmailRequest(
+        key="deal-D-9/3/enter-welcome-0",
+        workflow_id="deal-D-9",
+        deal_id="D-9",
+        playbook="demo",
+        template="welcome",
+        at="2026-01-05T10:00:00Z",  # type: ignore[arg-type]
+        to=to,
+    )
+
+    outgoing = build_message(request, Rendered("Welcome", "Hi", "<p>Hi</p>"), "<k@example.com>", "sopflow@example.com")
+
+    written = message_from_bytes(outgoing.data, policy=email.policy.default)["To"].addresses
+    assert [a.addr_spec for a in written] == outgoing.recipients == [r.email for r in to]
+    assert [a.display_name for a in written] in ([""] * len(to), [display_name(name) for name in names])
+    if sys.version_info < (3, 12):
+        assert [a.display_name for a in written] == [""] * len(to)
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "reason"),
+    [
+        ("sopflow", "the From address (SOPFLOW_MAIL_FROM) is not one email address"),
+        ("a@example.com, b@example.com", "the From address (SOPFLOW_MAIL_FROM) is not one email address"),
+        (
+            "sopflow <sopflow@example.com>\r\nBcc: eve@evil.example",
+            "the From address (SOPFLOW_MAIL_FROM) is not one email address",
+        ),
+    ],
+)
+def test_a_from_address_that_is_not_one_address_makes_every_message_unbuildable(mail_from: str, reason: str) -> None:
+    request = EmailRequest(
+        key="deal-D-9/3/enter-welcome-0",
+        workflow_id="deal-D-9",
+        deal_id="D-9",
+        playbook="demo",
+        template="welcome",
+        at="2026-01-05T10:00:00Z",  # type: ignore[arg-type]
+        to=[Recipient(role="signer", email="signer@example.com")],
+    )
+    with pytest.raises(Unbuildable) as failure:
+        build_message(request, Rendered("Welcome", "Hi", "<p>Hi</p>"), "<k@example.com>", mail_from)
+    assert failure.value.reason == reason and failure.value.addresses == []
