@@ -78,6 +78,10 @@ PATCH_YEARLY_WAKEUP = "yearly-continue-as-new-wakeup"
 PATCH_EMAIL_APART = "email-delivered-apart"
 # Field limits (`sopflow.fields`) in the handlers: a request accepted before them is re-applied without them.
 PATCH_FIELD_LIMITS = "field-limits"
+# A timer wakes a second after its moment, so a request made at that very moment (a task done when it falls due) is
+# applied first, whatever the machine's speed; lifecycles recorded before this woke at the moment itself.
+PATCH_REQUESTS_FIRST = "requests-before-timers-due-at-the-same-moment"
+REQUESTS_FIRST = timedelta(seconds=1)
 R = TypeVar("R")
 
 
@@ -148,12 +152,14 @@ class ClientLifecycle:
         self._outbox: list[Step] = []
         self._delivered: list[Step] = []
         self._apart = False  # decided once per run in `run` (PATCH_EMAIL_APART)
+        self._tie = timedelta(0)  # likewise (PATCH_REQUESTS_FIRST)
 
     @workflow.run
     async def run(self, inp: LifecycleInput) -> LifecycleStatus:
         if self._start_error is not None:
             raise _reject(self._start_error)
         self._apart = workflow.patched(PATCH_EMAIL_APART)
+        self._tie = REQUESTS_FIRST if workflow.patched(PATCH_REQUESTS_FIRST) else timedelta(0)
         if self._apart:
             # Lives as long as the run; completing or continuing as new cancels it once the outbox is empty.
             self._courier = asyncio.create_task(self._deliver())
@@ -462,14 +468,18 @@ class ClientLifecycle:
         return Wakeup(year_end, "yearly continue-as-new") if year_end < wake.at else wake
 
     def _arm_timer(self, wake: Wakeup | None) -> None:
-        """Make sure some timer fires no later than `wake`; an earlier pending timer already re-evaluates then."""
-        if wake is None or any(at <= wake.at for at in self._timers):
+        """Make sure some timer fires no later than `wake` (plus the tie-break); an earlier pending timer already
+        re-evaluates then. The engine fires what is due as of the wake-up, dated at each moment itself."""
+        if wake is None:
+            return
+        target = wake.at + self._tie
+        if any(at <= target for at in self._timers):
             return
         now = self._now()
         # At least a second of real time between wake-ups (unchanged for real-time lifecycles); a compressed one
         # may wake within milliseconds, or an hour-before reminder would come a simulated day late.
         floor = timedelta(seconds=1) if self._scale == 1 else timedelta(milliseconds=10) * self._scale
-        delay = max(wake.at - now, floor)
+        delay = max(target - now, floor)
         self._timers[now + delay] = asyncio.create_task(workflow.sleep(delay / self._scale, summary=wake.summary))
 
     def _should_continue_as_new(self) -> bool:
