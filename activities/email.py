@@ -43,6 +43,7 @@ from temporalio.exceptions import ApplicationError
 
 from sopflow.db import Database, OutboxEmail
 from sopflow.models import EmailRequest, EmailResult
+from sopflow.playbook import AttachmentRefused
 from sopflow.telemetry import EMAIL_ATTEMPTS, count
 from sopflow.templates import Rendered, RenderError, TemplateRenderer, links_for, one_line
 
@@ -327,8 +328,12 @@ class EmailActivities:
         """Read the attachments and build the message (in a thread: both block)."""
         attachments: list[tuple[str, bytes]] = []
         for name in req.attachments:
+            try:
+                path = self.renderer.attachment_path(req.playbook, name)
+            except AttachmentRefused as refused:  # outside the attachments folder, or not a file there
+                raise Unbuildable(f"attachment {refused}") from None
             with _building(f"attachment '{name}' cannot be read"):
-                attachments.append((name, self.renderer.attachment_path(req.playbook, name).read_bytes()))
+                attachments.append((name, path.read_bytes()))
         return build_message(req, rendered, message_id, self.smtp.mail_from, attachments)
 
     def _begin(self, req: EmailRequest, message_id: str) -> OutboxEmail:

@@ -126,8 +126,43 @@ class Condition(Model):
 
 
 class Attachment(Model):
+    """A file of `templates/<playbook>/attachments/`, attached when `when` holds: `file` is a path inside that
+    folder, checked by `attachment_file` (not here: a pinned playbook re-validates on every replay, and one pinned
+    before the check existed must still load; the email activity refuses its bad paths at send time)."""
+
     file: str
     when: Condition | None = None
+
+
+class AttachmentRefused(ValueError):
+    """An `attach[].file` that is not a file inside `templates/<playbook>/attachments/`; the message names it."""
+
+
+def attachment_file(file: str, playbook_id: str, templates_dir: Path | None) -> Path | None:
+    """The file `attach[].file` names, resolved with symlinks followed; AttachmentRefused unless it is a file inside
+    `templates/<playbook>/attachments/`. Without `templates_dir`, only what no folder can make right is refused (an
+    absolute path, `..`) and None is returned.
+
+    Used by `playbook validate` and again when the email is sent: a playbook names files a worker will read and mail
+    to clients, so `../../etc/passwd`, or a symlink in the folder that points out of it, must never be attached,
+    whatever the playbook was validated against when its lifecycle started."""
+    folder = f"templates/{playbook_id}/attachments/"
+    if "\x00" in file:
+        raise AttachmentRefused(f"{file!r} is not a file name")
+    if Path(file).is_absolute() or ".." in Path(file).parts:
+        raise AttachmentRefused(f"{file!r} is outside {folder}")
+    if templates_dir is None:
+        return None
+    try:
+        base = (templates_dir / playbook_id / "attachments").resolve()
+        target = (base / file).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise AttachmentRefused(f"{file!r} cannot be resolved in {folder}") from None
+    if not target.is_relative_to(base):
+        raise AttachmentRefused(f"{file!r} is outside {folder}")
+    if not target.is_file():
+        raise AttachmentRefused(f"{file!r} is not a file in {folder}")
+    return target
 
 
 class EmailAction(Model):
@@ -518,10 +553,11 @@ def check_references(playbook: Playbook, templates_dir: Path | None = None) -> l
             missing = [part for part in TEMPLATE_PARTS if not (folder / part).is_file()]
             if missing:
                 errors.append(f"{path}.template: template '{action.template}' is missing {', '.join(missing)}")
-            for i, attachment in enumerate(action.attach):
-                if not (templates_dir / playbook.id / "attachments" / attachment.file).is_file():
-                    errors.append(f"{path}.attach[{i}].file: no attachment '{attachment.file}'")
         for i, attachment in enumerate(action.attach):
+            try:
+                attachment_file(attachment.file, playbook.id, templates_dir)
+            except AttachmentRefused as refused:
+                errors.append(f"{path}.attach[{i}].file: {refused}")
             condition(f"{path}.attach[{i}].when", attachment.when)
 
     def actions(path: str, items: list[Action]) -> None:

@@ -19,6 +19,7 @@ import jinja2
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
+from sopflow.playbook import attachment_file
 from sopflow.signatures import form_token
 
 
@@ -175,7 +176,12 @@ class TemplateRenderer:
         return env.get_template(f"{playbook}/{template}/{part}").render(context)
 
     def attachment_path(self, playbook: str, name: str) -> Path:
-        return self.templates_dir / playbook / "attachments" / name
+        """The resolved file of attachment `name`, or AttachmentRefused unless it is a file inside
+        `templates/<playbook>/attachments/` (symlinks followed). Checked here, at send time, as well as by `playbook
+        validate`: a running lifecycle's pinned playbook was validated by the rules of the day it started."""
+        path = attachment_file(name, playbook, self.templates_dir)
+        assert path is not None  # given a templates folder, attachment_file returns the file or raises
+        return path
 
 
 def _describe(exc: Exception, part: str) -> str:

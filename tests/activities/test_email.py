@@ -273,7 +273,7 @@ INJECTED = "signer@example.com\r\nBcc: eve@evil.example"
 
 
 def unreadable_attachment(templates: Path) -> None:
-    """The playbook names Roster.xlsx, but what is there cannot be read as a file."""
+    """The playbook names Roster.xlsx, but what is there is not a file."""
     roster = templates / "demo" / "attachments" / "Roster.xlsx"
     roster.unlink()
     roster.mkdir()
@@ -315,7 +315,7 @@ NOT_AN_ADDRESS = "the To address of role 'signer' is not an email address"
         pytest.param(
             {"attachments": ["Roster.xlsx"]},
             unreadable_attachment,
-            "attachment 'Roster.xlsx' cannot be read (IsADirectoryError)",
+            "attachment 'Roster.xlsx' is not a file in templates/demo/attachments/",
             [[], []],
             id="attachment",
         ),
@@ -520,3 +520,55 @@ def test_a_from_address_that_is_not_one_address_makes_every_message_unbuildable(
     with pytest.raises(Unbuildable) as failure:
         build_message(request, Rendered("Welcome", "Hi", "<p>Hi</p>"), "<k@example.com>", mail_from)
     assert failure.value.reason == reason and failure.value.addresses == []
+
+
+# --- attachments come from the playbook's attachments folder only ---------------------------------------------------
+
+
+@pytest.mark.parametrize("file", ["../../../secret.txt", "{tmp}/secret.txt", "Brochure.pdf"])
+async def test_an_attachment_outside_its_folder_is_never_mailed_even_when_a_running_playbook_names_it(
+    mail: EmailActivities,
+    email_request: Callable[..., EmailRequest],
+    demo_templates: Path,
+    db: Database,
+    smtp_sink: MailSink,
+    file: str,
+) -> None:
+    """A lifecycle started before validation refused such paths still names them: the worker refuses them too."""
+    (demo_templates.parent / "secret.txt").write_text("not for clients")
+    (demo_templates / "demo" / "attachments" / "Brochure.pdf").symlink_to(demo_templates.parent / "secret.txt")
+    file = file.format(tmp=demo_templates.parent)
+
+    with pytest.raises(ApplicationError) as failure:
+        await ActivityEnvironment().run(mail.send_email, email_request(attachments=["Roster.xlsx", file]))
+
+    reason = f"email demo/welcome cannot be built: attachment {file!r} is outside templates/demo/attachments/"
+    assert failure.value.type == MESSAGE_UNBUILDABLE and failure.value.non_retryable
+    assert failure.value.message == reason
+    assert smtp_sink.messages == []
+    (row,) = outbox(db)
+    assert row.status == "failed" and row.error == reason
+
+
+class AttachmentsReplacedAfterTheCheck(TemplateRenderer):
+    """A deploy swaps the attachments folder between the path check and the read."""
+
+    def attachment_path(self, playbook: str, name: str) -> Path:
+        path = super().attachment_path(playbook, name)
+        path.unlink()
+        return path
+
+
+async def test_an_attachment_that_cannot_be_read_fails_the_email_for_good(
+    email_request: Callable[..., EmailRequest], demo_templates: Path, db: Database, smtp_sink: MailSink
+) -> None:
+    smtp = SmtpConfig(host=smtp_sink.host, port=smtp_sink.port, mail_from="sopflow@example.com")
+    mail = EmailActivities(db, AttachmentsReplacedAfterTheCheck(demo_templates), smtp, "http://127.0.0.1:8000")
+
+    with pytest.raises(ApplicationError) as failure:
+        await ActivityEnvironment().run(mail.send_email, email_request(attachments=["Roster.xlsx"]))
+
+    assert failure.value.type == MESSAGE_UNBUILDABLE and failure.value.non_retryable
+    reason = "email demo/welcome cannot be built: attachment 'Roster.xlsx' cannot be read (FileNotFoundError)"
+    assert failure.value.message == reason
+    assert smtp_sink.messages == [] and [r.status for r in outbox(db)] == ["failed"]
