@@ -82,6 +82,8 @@ PATCH_FIELD_LIMITS = "field-limits"
 # applied first, whatever the machine's speed; lifecycles recorded before this woke at the moment itself.
 PATCH_REQUESTS_FIRST = "requests-before-timers-due-at-the-same-moment"
 REQUESTS_FIRST = timedelta(seconds=1)
+# Timer summaries quote playbook labels; the UI metadata stays short whatever a playbook author wrote.
+SUMMARY_MAX_CHARS = 200
 R = TypeVar("R")
 
 
@@ -480,7 +482,9 @@ class ClientLifecycle:
         # may wake within milliseconds, or an hour-before reminder would come a simulated day late.
         floor = timedelta(seconds=1) if self._scale == 1 else timedelta(milliseconds=10) * self._scale
         delay = max(target - now, floor)
-        self._timers[now + delay] = asyncio.create_task(workflow.sleep(delay / self._scale, summary=wake.summary))
+        self._timers[now + delay] = asyncio.create_task(
+            workflow.sleep(delay / self._scale, summary=wake.summary[:SUMMARY_MAX_CHARS])
+        )
 
     def _should_continue_as_new(self) -> bool:
         state = self._engine.state
