@@ -6,6 +6,7 @@ TEMPORAL_NAMESPACE, profiles in temporal.toml) so that sopflow connects exactly 
 
 from __future__ import annotations
 
+from email.headerregistry import AddressHeader, HeaderRegistry
 from pathlib import Path
 from typing import Literal
 
@@ -99,6 +100,15 @@ class Settings(BaseSettings):
     def _level_in_capitals(cls, value: object) -> object:
         """`info` works as well as `INFO`, as in most tools' LOG_LEVEL."""
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("mail_from")
+    @classmethod
+    def _one_sender(cls, value: str) -> str:
+        """A bad sender would fail every email, one by one, at send time: refuse it when the process starts."""
+        header = HeaderRegistry()("From", value)
+        if not isinstance(header, AddressHeader) or header.defects or len(header.addresses) != 1:
+            raise ValueError("SOPFLOW_MAIL_FROM must be one email address, e.g. 'sopflow <sopflow@example.com>'")
+        return value
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

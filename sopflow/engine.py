@@ -937,8 +937,13 @@ class Engine:
         base_keys = set(self.template_context({}))
         self.state.tasks[task_id] = TaskState(
             id=task_id,
-            title=f"Email '{request.template}' could not be delivered to {', '.join(roles)}: correct the address "
-            "(marking this done sends it again)",
+            title=(
+                f"Email '{request.template}' could not be delivered to {', '.join(roles)}: correct the address "
+                "(marking this done sends it again)"
+                if refused
+                else f"Email '{request.template}' could not be sent ({reason}): correct it "
+                "(marking this done sends it again)"
+            ),
             owner=owner,
             opened_at=at,
             resend=Resend(

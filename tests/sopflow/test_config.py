@@ -54,3 +54,9 @@ def test_observability_settings_default_to_no_metrics_endpoint_and_accept_lowerc
     monkeypatch.setenv("SOPFLOW_LOG_FORMAT", "yaml")
     with pytest.raises(ValidationError, match="log_format"):
         Settings()
+
+
+@pytest.mark.parametrize("value", ["not an address", "a@example.com, b@example.com", "<a>,<eve@evil.example>"])
+def test_a_mail_from_that_is_not_one_address_is_refused_at_start(value: str) -> None:
+    with pytest.raises(ValueError, match="SOPFLOW_MAIL_FROM must be one email address"):
+        Settings(mail_from=value)
