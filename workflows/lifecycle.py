@@ -16,7 +16,8 @@ workflow task: the engine applies each request all or nothing and journals what 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -155,6 +156,7 @@ class ClientLifecycle:
         self._delivered: list[Step] = []
         self._apart = False  # decided once per run in `run` (PATCH_EMAIL_APART)
         self._tie = timedelta(0)  # likewise (PATCH_REQUESTS_FIRST)
+        self._courier: asyncio.Task[None] | None = None
 
     @workflow.run
     async def run(self, inp: LifecycleInput) -> LifecycleStatus:
@@ -200,9 +202,10 @@ class ClientLifecycle:
 
     @workflow.update
     async def submit_form(self, req: SubmitForm) -> LifecycleStatus:
-        key = self._guarded(
-            "submit_form", lambda: self._engine.claim_key(req, self._engine.check_submit(req, self._now()))
-        )
+        with self._limits_of_the_time():
+            key = self._guarded(
+                "submit_form", lambda: self._engine.claim_key(req, self._engine.check_submit(req, self._now()))
+            )
         if key is not None:
             claim = await workflow.execute_activity_method(
                 RecordActivities.claim_account,
@@ -315,6 +318,17 @@ class ClientLifecycle:
                 non_retryable=True,
             ) from None
 
+    @contextmanager
+    def _limits_of_the_time(self) -> Iterator[None]:
+        """In a handler, check fields as they were checked when the request was accepted: a request replayed from
+        a history older than the field limits is applied without them, exactly as it was then. Validators (which do
+        not run on replay) always apply the limits."""
+        self._engine.limits = workflow.patched(PATCH_FIELD_LIMITS)
+        try:
+            yield
+        finally:
+            self._engine.limits = True
+
     def _guarded(self, what: str, read: Callable[[], R]) -> R:
         """A read-only engine call inside a handler: a refusal or a bug becomes the request's failure."""
         try:
@@ -333,17 +347,15 @@ class ClientLifecycle:
         """Apply a validated request all or nothing; refusals and internal errors fail the request, never the task."""
         now = self._now()
         engine = self._engine
-        engine.limits = workflow.patched(PATCH_FIELD_LIMITS)
         try:
-            engine.attempt(what, lambda: change(now), now)
+            with self._limits_of_the_time():
+                engine.attempt(what, lambda: change(now), now)
         except Rejected as exc:  # the state moved on between validation and handling
             raise _reject(exc) from None
         except EngineFault as exc:
             workflow.logger.warning("%s could not be applied (internal error, journaled)", what)
             self._changed = True  # the journaled error is recorded by the main loop
             raise ApplicationError(str(exc), type="EngineFault", non_retryable=True) from None
-        finally:
-            engine.limits = True
         self._changed = True
         return self._guarded("status", lambda: engine.status(now))
 
