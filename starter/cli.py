@@ -33,7 +33,13 @@ from rich.tree import Tree
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
-from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
@@ -70,6 +76,7 @@ from sopflow.samples import email_uses, render_check, sample_context
 from sopflow.telemetry import MetricsError, install_metrics
 from sopflow.templates import RenderError, TemplateRenderer, links_for
 from starter.connect import ConnectionFailed, connect
+from starter.intake.idempotency import KEY_RULE, cli_update_id, new_key, valid_key
 from starter.lifecycles import start_lifecycle, workflow_id
 from worker import form_secret_of
 from workflows.lifecycle import ClientLifecycle
@@ -114,6 +121,20 @@ class Output(StrEnum):
 
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text (tables) or json")]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--idempotency-key",
+        help=f"apply this change at most once: reuse the key a 'not confirmed' error printed to retry safely "
+        f"({KEY_RULE}; default: a fresh key per run)",
+    ),
+]
+# How long a change waits for the lifecycle to confirm it: long enough for a busy worker, short enough that a
+# missing one (the update then waits on the server until a worker comes) is reported instead of hanging forever.
+UPDATE_WAIT = 60.0
+WaitOpt = Annotated[
+    float, typer.Option("--wait", min=1, help="seconds to wait for the lifecycle to confirm the change")
+]
 FieldOpt = Annotated[list[str] | None, typer.Option("--field", "-f", help="key=value; repeat for more fields")]
 ActorOpt = Annotated[str, typer.Option("--actor", envvar="SOPFLOW_ACTOR", help="who is acting (an id or role)")]
 
@@ -123,10 +144,46 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
+class Unconfirmed(Exception):
+    """A change sent to a lifecycle that did not confirm it in time: it may still be applied (the update waits on the
+    server for a worker), so the message says so, and how to retry it safely."""
+
+    def __init__(self, deal_id: str, what: str, key: str, wait: float) -> None:
+        super().__init__(
+            f"not confirmed yet ({what}, deal {deal_id}): no answer within {wait:g} s (is a worker running?); it may "
+            f"still be applied. Retrying with --idempotency-key {key} is safe: it is applied at most once"
+        )
+
+
+def update_key(key: str | None) -> str:
+    """The command's idempotency key: the one given (checked, so a typo is one line, not a server error) or a
+    fresh one, so that every run is a change of its own and only a deliberate retry reuses a key."""
+    if key is None:
+        return new_key()
+    if not valid_key(key):
+        fail(f"--idempotency-key must be {KEY_RULE}, not {key!r}")
+    return key
+
+
+async def send_update(
+    handle: WorkflowHandle[Any, Any], update: Any, payload: Any, *, key: str, wait: float, what: str
+) -> LifecycleStatus:
+    """The update with `cli:<update>:<key>` as its update id (Temporal applies an id once per run and answers a
+    repeat with the first result), waiting at most `wait` seconds for it to be confirmed."""
+    update_id = cli_update_id(update.__name__, key)
+    try:
+        result: LifecycleStatus = await asyncio.wait_for(handle.execute_update(update, payload, id=update_id), wait)
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        raise Unconfirmed(handle.id.removeprefix(WORKFLOW_ID_PREFIX), what, key, wait) from None
+    return result
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine, turning every user-caused failure into one line and exit code 1."""
     try:
         return asyncio.run(coro)
+    except Unconfirmed as exc:
+        fail(str(exc))
     except ConnectionFailed as exc:
         fail(str(exc))
     except WorkflowUpdateFailedError as exc:
@@ -240,11 +297,15 @@ def print_status(status: LifecycleStatus, output: Output) -> None:
     out.print(history)
 
 
-def _update_command(deal_id: str, update: Any, payload: Any, output: Output, message: str) -> None:
+def _update_command(
+    deal_id: str, update: Any, payload: Any, output: Output, message: str, key: str | None, wait: float
+) -> None:
+    """Send one change (an update) to a deal's lifecycle, once per key, and print where the deal is now."""
+    chosen = update_key(key)
+
     async def go() -> LifecycleStatus:
         handle = await _handle(deal_id)
-        result: LifecycleStatus = await handle.execute_update(update, payload)
-        return result
+        return await send_update(handle, update, payload, key=chosen, wait=wait, what=message)
 
     status = run(go())
     if output == Output.json:
@@ -416,10 +477,14 @@ def form_submit(
     file: Annotated[Path | None, typer.Option("--file", help="JSON/YAML file of form fields")] = None,
     actor: ActorOpt = "cli",
     output: OutputOpt = Output.text,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = UPDATE_WAIT,
 ) -> None:
     """Submit a form for a deal (validated field by field by the playbook)."""
     payload = SubmitForm(form=form, fields=parse_fields(field, file), actor=actor)
-    _update_command(deal_id, ClientLifecycle.submit_form, payload, output, f"form {form} submitted")
+    _update_command(
+        deal_id, ClientLifecycle.submit_form, payload, output, f"form {form} submitted", idempotency_key, wait
+    )
 
 
 @task_app.command("done")
@@ -429,10 +494,12 @@ def task_done(
     note: Annotated[str | None, typer.Option(help="a note for the record")] = None,
     actor: ActorOpt = "cli",
     output: OutputOpt = Output.text,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = UPDATE_WAIT,
 ) -> None:
     """Mark a checklist task done."""
     payload = CompleteTask(task=task, actor=actor, note=note)
-    _update_command(deal_id, ClientLifecycle.complete_task, payload, output, f"task {task} done")
+    _update_command(deal_id, ClientLifecycle.complete_task, payload, output, f"task {task} done", idempotency_key, wait)
 
 
 @app.command()
@@ -442,11 +509,12 @@ def advance(
     note: Annotated[str | None, typer.Option(help="why")] = None,
     actor: ActorOpt = "cli",
     output: OutputOpt = Output.text,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = UPDATE_WAIT,
 ) -> None:
     """Move a deal to the next stage (rejected, naming what is missing, if the stage's gate is not met)."""
-    _update_command(
-        deal_id, ClientLifecycle.advance, Advance(to=stage, actor=actor, note=note), output, f"advanced to {stage}"
-    )
+    payload = Advance(to=stage, actor=actor, note=note)
+    _update_command(deal_id, ClientLifecycle.advance, payload, output, f"advanced to {stage}", idempotency_key, wait)
 
 
 @app.command("set")
@@ -455,14 +523,16 @@ def set_fields(
     field: FieldOpt = None,
     actor: ActorOpt = "cli",
     output: OutputOpt = Output.text,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = UPDATE_WAIT,
 ) -> None:
     """Set deal fields (e.g. launch_date=2026-03-01)."""
     values = parse_fields(field)
     if not values:
         fail("give at least one --field key=value")
-    _update_command(
-        deal_id, ClientLifecycle.set_fields, SetFields(fields=values, actor=actor), output, f"set {', '.join(values)}"
-    )
+    payload = SetFields(fields=values, actor=actor)
+    message = f"set {', '.join(values)}"
+    _update_command(deal_id, ClientLifecycle.set_fields, payload, output, message, idempotency_key, wait)
 
 
 @app.command()
@@ -475,6 +545,8 @@ def close(
     field: FieldOpt = None,
     actor: ActorOpt = "cli",
     output: OutputOpt = Output.text,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = UPDATE_WAIT,
 ) -> None:
     """Close a deal as lost or cancelled, with a reason."""
     if lost == cancelled:
@@ -484,7 +556,7 @@ def close(
     payload = Close(
         outcome="lost" if lost else "cancelled", reason=reason, stage=stage, fields=parse_fields(field), actor=actor
     )
-    _update_command(deal_id, ClientLifecycle.close, payload, output, "closed")
+    _update_command(deal_id, ClientLifecycle.close, payload, output, "closed", idempotency_key, wait)
 
 
 @app.command()
@@ -620,8 +692,15 @@ def migrate(
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="list the deals that would move, change nothing")] = False,
     actor: ActorOpt = "cli",
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = UPDATE_WAIT,
 ) -> None:
-    """Move running clients onto a newer version of their playbook (see README: versioning policy)."""
+    """Move running clients onto a newer version of their playbook (see README: versioning policy).
+
+    One key for the run, sent to every deal (update ids are per lifecycle): re-running with the key a "not
+    confirmed" line printed moves each deal at most once.
+    """
+    key = update_key(idempotency_key)
     pb = load(playbook)
     if pb.version != to_version:
         fail(f"{playbook} is v{pb.version} on disk, not v{to_version}: edit the file's version or the option")
@@ -645,18 +724,23 @@ def migrate(
             request = MigratePlaybook(playbook=pb, stage_map=stage_map, actor=actor)
             handle = client.get_workflow_handle(workflow_id(deal_id))
             try:
-                status = await handle.execute_update(ClientLifecycle.migrate_playbook, request)
+                status = await send_update(
+                    handle, ClientLifecycle.migrate_playbook, request, key=key, wait=wait, what="the migration"
+                )
                 results.append((deal_id, f"v{status.playbook_version}, stage {status.stage}"))
             except WorkflowUpdateFailedError as exc:
                 results.append((deal_id, f"refused: {getattr(exc.cause, 'message', exc.cause)}"))
+            except Unconfirmed as exc:
+                results.append((deal_id, f"not confirmed: {exc}"))
         return results
 
     results = run(go())
+    failed = ("refused", "not confirmed")
     for deal_id, outcome in results:
-        marker = "[red]✗[/red]" if outcome.startswith("refused") else "[green]✓[/green]"
-        out.print(f"{marker} {deal_id}: {outcome}", highlight=False)
+        marker = "[red]✗[/red]" if outcome.startswith(failed) else "[green]✓[/green]"
+        out.print(f"{marker} {deal_id}: {outcome}", highlight=False, soft_wrap=True)
     out.print(f"{len(results)} deal(s) on {pb.id}", style="dim")
-    if any(outcome.startswith("refused") for _, outcome in results):
+    if any(outcome.startswith(failed) for _, outcome in results):
         raise typer.Exit(1)
 
 

@@ -13,13 +13,16 @@ Two hidden-field conventions make a browser's post mean what the person saw (`br
 - `_multiple=<field>`: a multi_choice field shown as checkboxes. One ticked option arrives as a single text, which
   the field would split at commas; with the marker it is always a list.
 
+A third hidden field, `_submission`, carries the page's one-time submission id (`starter.intake.idempotency`): drawn
+when the page is rendered, it makes the post idempotent, so a double click or a resent page is one submission.
+
 Field names are playbook idents (`[a-z][a-z0-9_]*`), so the leading underscore cannot collide with a real field.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
@@ -29,6 +32,7 @@ from fastapi.responses import HTMLResponse
 
 from sopflow.playbook import FieldSpec, FormSpec
 from starter.intake.context import RETRY_AFTER_SECONDS, IntakeError
+from starter.intake.idempotency import new_key
 
 CHECKBOX_MARKER = "_checkbox"
 MULTIPLE_MARKER = "_multiple"
@@ -256,6 +260,7 @@ _FORM = """{% extends "layout.html" %}
 {% macro described(c) %}{% if c.error %} aria-describedby="{{ c.id }}-error"{% endif %}{% endmacro %}
 {% macro invalid(c) %}{% if c.error %} aria-describedby="{{ c.id }}-error" aria-invalid="true"{% endif %}{% endmacro %}
 <form method="post" action="{{ action }}" accept-charset="utf-8">
+<input type="hidden" name="_submission" value="{{ submission }}">
 {% for c in controls %}
 <div class="field{% if c.error %} invalid{% endif %}">
 {% if c.kind == "checkbox" %}
@@ -320,9 +325,25 @@ _MESSAGE = """{% extends "layout.html" %}
 {% endblock %}
 """
 
+_RESEND = """{% extends "message.html" %}
+{% block content %}
+{{ super() }}
+{% if pairs is not none %}
+<form method="post" action="{{ action }}" accept-charset="utf-8">
+{% for name, value in pairs %}
+<input type="hidden" name="{{ name }}" value="{{ value }}">
+{% endfor %}
+<button type="submit">Submit again</button>
+</form>
+{% endif %}
+{% endblock %}
+"""
+
 # Our own templates (not playbook authors'): a plain autoescaping environment, undefined names fail.
 _env = jinja2.Environment(
-    loader=jinja2.DictLoader({"layout.html": _LAYOUT, "form.html": _FORM, "message.html": _MESSAGE}),
+    loader=jinja2.DictLoader(
+        {"layout.html": _LAYOUT, "form.html": _FORM, "message.html": _MESSAGE, "resend.html": _RESEND}
+    ),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
@@ -335,22 +356,29 @@ def _page(template: str, status: int, headers: Mapping[str, str] | None = None, 
     return HTMLResponse(html, status_code=status, headers={**_PAGE_HEADERS, **(headers or {})})
 
 
+def _action(form: str, token: str | None) -> str:
+    """The form's own URL, token included; relative, so it works behind a proxy serving the intake under a prefix."""
+    return f"{form}?{urlencode({'token': token})}" if token else form
+
+
 def form_page(
     view: FormView,
     token: str | None,
     values: Mapping[str, Any] | None = None,
     errors: Mapping[str, str] | None = None,
     status: int = 200,
+    *,
+    submission: str | None = None,
 ) -> HTMLResponse:
-    """The form, empty or as typed with one message per invalid field (422). It posts to its own URL, token
-    included; the action is relative, so it works behind a proxy that serves the intake under a path prefix."""
-    action = f"{view.form}?{urlencode({'token': token})}" if token else view.form
+    """The form, empty or as typed with one message per invalid field (422), posting to its own URL. `submission`
+    is the page's one-time submission id (a fresh one when not given): each rendering is a submission of its own."""
     fields = controls(view.spec, values or {}, errors or {})
     return _page(
         "form.html",
         status,
         view=view,
-        action=action,
+        action=_action(view.form, token),
+        submission=submission or new_key(),
         controls=fields,
         fields={c.name: c for c in fields},
         errors=dict(errors or {}),
@@ -391,10 +419,49 @@ def error_page(exc: IntakeError) -> HTMLResponse:
             "Open the form from the link in your most recent email."
         ]
     elif exc.status == 503:
-        paragraphs = ["The service is busy or briefly unavailable. Nothing was saved; please try again shortly."]
+        # Opening a page saves nothing; a post's 503 is `unconfirmed_page`, which says what is true of the post.
+        paragraphs = ["The service is busy or briefly unavailable. Please try again in a minute."]
     else:
         paragraphs = [exc.message]
     fields = exc.extra.get("fields")
     items = [f"{name}: {message}" for name, message in fields.items()] if isinstance(fields, dict) else []
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status == 503 else None
     return _page("message.html", exc.status, headers, title=title, paragraphs=paragraphs, items=items)
+
+
+def unconfirmed_page(
+    form: str, token: str | None, pairs: Sequence[tuple[str, str]] | None, *, safe: bool
+) -> HTMLResponse:
+    """A post answered 503: what is true is that it is not confirmed yet (it may still be recorded, when the service
+    catches up), not that nothing was saved. With the post's own pairs (form-encoded, its submission id among them)
+    the page offers "Submit again", which sends the same submission: applied at most once. `safe` is False for a
+    post without a submission id, whose copy could be recorded twice."""
+    paragraphs = [
+        "Your answers are not confirmed yet: the service is busy or briefly unavailable. "
+        "They may still be recorded in a moment."
+    ]
+    if not safe:
+        paragraphs.append(
+            "This form had no submission id, so sending it again might record it twice: before you do, please check "
+            "with your contact whether it arrived."
+        )
+    elif pairs is not None:
+        paragraphs.append(
+            "Sending the same submission again is safe: it is recorded only once, however often it is sent. "
+            "Please press “Submit again” in a minute."
+        )
+    else:
+        paragraphs.append(
+            "Sending the same submission again is safe: it is recorded only once. Please reload this page in a "
+            "minute and confirm sending the form again."
+        )
+    return _page(
+        "resend.html",
+        503,
+        {"Retry-After": RETRY_AFTER_SECONDS},
+        title="Not confirmed yet",
+        paragraphs=paragraphs,
+        items=[],
+        action=_action(form, token),
+        pairs=list(pairs) if pairs is not None and safe else None,
+    )

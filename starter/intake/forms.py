@@ -9,11 +9,18 @@ The playbook validates the fields inside the workflow's update validator; its re
 message per field when it is about fields, or 409 when the lifecycle refuses the form as such (not open in this
 stage, account already claimed, lifecycle closed).
 
+Every post is idempotent by key (`starter.intake.idempotency`): the form page's one-time submission id (hidden field
+`_submission`) or the sender's `Idempotency-Key` header becomes the update id, so the same submission sent twice,
+even at the same instant, is applied once and both posts get the answer. Without a key each post is new. A post
+Temporal does not confirm in time is a 503 that says so: not confirmed yet (it may still be applied), and retrying
+the same submission is safe.
+
 A browser (an Accept header preferring text/html) gets pages instead of JSON: the form, a thank-you page naming the
-stage the deal is now in, the form again with the per-field messages after a 422, or an error page with the same
-status code. The form is drawn from the deal's playbook as found in `settings.playbooks_dir`, by the id the
-lifecycle reports (`status` query); the lifecycle's own pinned copy of the playbook still validates every post, so
-a form edited since the deal started shows its new fields and the lifecycle names what it does not accept.
+stage the deal is now in, the form again with the per-field messages after a 422, the "not confirmed yet" page with
+a button that sends the same submission again after a 503, or an error page with the same status code. The form
+is drawn from the deal's playbook as found in `settings.playbooks_dir`, by the id the lifecycle reports (`status`
+query); the lifecycle's own pinned copy of the playbook still validates every post, so a form edited since the deal
+started shows its new fields and the lifecycle names what it does not accept.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from starter.intake.context import (
     IntakeError,
     LifecycleClosed,
     LifecycleMissing,
+    Unavailable,
     UpdateRejected,
     client_or_unavailable,
     huge_number,
@@ -45,6 +53,14 @@ from starter.intake.context import (
     read_body,
     settings,
     temporal,
+)
+from starter.intake.idempotency import (
+    KEY_HEADER,
+    KEY_RULE,
+    SUBMISSION_FIELD,
+    form_update_id,
+    new_key,
+    valid_key,
 )
 from starter.lifecycles import workflow_id
 from workflows.lifecycle import ClientLifecycle
@@ -69,6 +85,11 @@ class FormAnswer(BaseModel):
 
 
 _TOKEN_QUERY = Query(description="hex HMAC-SHA256(form secret, '<deal_id>:<form>')")
+# Declared for the OpenAPI docs; the value is read (and a repeated header refused) in `_key`.
+_KEY_HEADER = Header(
+    alias=KEY_HEADER,
+    description=f"makes the post idempotent: the same key is applied once and answered alike ({KEY_RULE})",
+)
 
 
 @router.get(
@@ -99,7 +120,7 @@ async def form_page(
         view = await _open_form(await client_or_unavailable(request), config, deal_id, form)
     except IntakeError as exc:
         return form_pages.error_page(exc)
-    return form_pages.form_page(view, token)
+    return form_pages.form_page(view, token, submission=new_key())
 
 
 @router.post(
@@ -108,14 +129,17 @@ async def form_page(
     summary="Submit a web form for a deal",
     responses={
         200: {"content": {"text/html": {}}, "description": "accepted (a thank-you page when text/html is preferred)"},
-        400: {"description": "unparseable body"},
+        400: {"description": "unparseable body, or a malformed Idempotency-Key header / `_submission` field"},
         401: {"description": "missing or wrong form token"},
         404: {"description": "no lifecycle for that deal"},
         409: {"description": "the lifecycle refuses the form (not open in this stage, closed, claimed)"},
         413: {"description": "body too large"},
         415: {"description": "neither JSON nor form-encoded"},
         422: {"description": "invalid fields: `fields` maps each field to its message (HTML: the form again)"},
-        503: {"description": "Temporal is unavailable: retry"},
+        503: {
+            "description": "not confirmed yet (Temporal unavailable or slow): it may still be applied; retrying with "
+            "the same Idempotency-Key (or the page's same submission) is safe"
+        },
     },
     openapi_extra={
         "requestBody": {
@@ -133,8 +157,9 @@ async def submit_form(
     form: str,
     token: Annotated[str | None, _TOKEN_QUERY] = None,
     x_sopflow_form_token: Annotated[str | None, Header(alias="X-Sopflow-Form-Token")] = None,
+    idempotency_key: Annotated[str | None, _KEY_HEADER] = None,
 ) -> FormAnswer | HTMLResponse:
-    """Check the token, parse the fields, and let the lifecycle validate and apply them.
+    """Check the token, parse the fields and the key, and let the lifecycle validate and apply them (once per key).
 
     Answers JSON, as webhook-style senders expect, unless the request prefers text/html (a browser posting the
     form page): then every outcome is a page, with the same status code.
@@ -142,17 +167,22 @@ async def submit_form(
     given = x_sopflow_form_token or token
     html = form_pages.prefers_html(request.headers.get("accept"))
     fields: dict[str, Any] | None = None
+    body = b""
+    key: str | None = None
     try:
         config = settings(request)
         body = await read_body(request, min(config.max_body_bytes, FORM_MAX_BYTES))
         _authorize(config, deal_id, form, given)
         fields = _fields(request.headers.get("content-type"), body)
-        status = await _submit(request, deal_id, form, fields)
+        key = _key(request, fields)
+        status = await _submit(request, deal_id, form, fields, key)
     except IntakeError as exc:
         if not html:
             raise
         if exc.status == 422 and fields is not None:
             return await _form_again(request, deal_id, form, given, fields, exc)
+        if exc.extra.get("confirmed") is False:  # the update was sent: say what is true of it (`_unconfirmed`)
+            return form_pages.unconfirmed_page(form, given, _resent(request, body, key), safe=key is not None)
         return form_pages.error_page(exc)
     log_fields = {"source": "form", "event": form, "deal_id": deal_id, "stage": status.stage, "outcome": "accepted"}
     log.info("form %s for deal %s accepted: stage %s", form, deal_id, status.stage, extra=log_fields)
@@ -179,17 +209,60 @@ def _authorize(config: Settings, deal_id: str, form: str, token: str | None) -> 
         raise IntakeError(404, "no such deal or form")
 
 
-async def _submit(request: Request, deal_id: str, form: str, fields: dict[str, Any]) -> LifecycleStatus:
+def _key(request: Request, fields: dict[str, Any]) -> str | None:
+    """The submission's idempotency key: the `Idempotency-Key` header or the page's `_submission` field (taken out
+    of the fields), checked against `KEY_RULE`; None when the post has neither (each such post is new)."""
+    headers = request.headers.getlist(KEY_HEADER)
+    if len(headers) > 1:
+        raise IntakeError(400, f"send one {KEY_HEADER} header, not {len(headers)} ({KEY_RULE})")
+    header = headers[0] if headers else None
+    if header is not None and not valid_key(header):
+        raise IntakeError(400, f"the {KEY_HEADER} header must be {KEY_RULE}")
+    submitted = fields.pop(SUBMISSION_FIELD, None)
+    if submitted is not None and not (isinstance(submitted, str) and valid_key(submitted)):
+        raise IntakeError(
+            400,
+            f"the page's submission id ({SUBMISSION_FIELD}) is damaged ({KEY_RULE}): open the form again from its link",
+        )
+    if header is not None and submitted is not None and header != submitted:
+        raise IntakeError(400, f"the {KEY_HEADER} header and the {SUBMISSION_FIELD} field are different keys: send one")
+    return header or submitted
+
+
+def _resent(request: Request, body: bytes, key: str | None) -> list[tuple[str, str]] | None:
+    """What a browser posted (form-encoded pairs), to send again from the "not confirmed yet" page: the same
+    submission, its key included. None when there is nothing to resend (JSON, or no body read)."""
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media != "application/x-www-form-urlencoded" or not body:
+        return None
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except (UnicodeError, ValueError):
+        return None
+    pairs = [(name, value) for name, value in pairs if name != SUBMISSION_FIELD]
+    return [*pairs, (SUBMISSION_FIELD, key)] if key is not None else pairs
+
+
+async def _submit(
+    request: Request, deal_id: str, form: str, fields: dict[str, Any], key: str | None
+) -> LifecycleStatus:
+    """The submit_form update, with the key as its update id (Temporal applies an id once per run and answers a
+    repeat with the first result). A 503 from the update itself says what is true: not confirmed yet."""
     if huge_number(fields):
         raise IntakeError(422, f"form '{form}' is invalid", fields={"*": "a number out of range"})
     intake = await Intake.of(request)
     client = await intake.client()
     handle = client.get_workflow_handle(workflow_id(deal_id))
+    update_id = form_update_id(deal_id, form, key) if key is not None else None
     try:
         status: LifecycleStatus = await temporal(
-            handle.execute_update(ClientLifecycle.submit_form, SubmitForm(form=form, fields=fields, actor=ACTOR)),
+            handle.execute_update(
+                ClientLifecycle.submit_form, SubmitForm(form=form, fields=fields, actor=ACTOR), id=update_id
+            ),
             "submit_form update",
         )
+    except Unavailable as exc:
+        raise _unconfirmed(exc.message, key, from_header=key is not None and KEY_HEADER in request.headers) from None
     except LifecycleMissing:
         raise IntakeError(404, f"deal {deal_id} has no lifecycle") from None
     except LifecycleClosed as exc:
@@ -199,6 +272,21 @@ async def _submit(request: Request, deal_id: str, form: str, fields: dict[str, A
             raise IntakeError(422, exc.message, fields=exc.field_errors) from None
         raise IntakeError(409, exc.message) from None
     return status
+
+
+def _unconfirmed(reason: str, key: str | None, *, from_header: bool) -> IntakeError:
+    """The 503 of an update Temporal did not confirm: it was sent and may still be applied (when a worker picks it
+    up), so "nothing was saved" would be false; what is true is that a retry with the same key is applied once."""
+    if key is None:
+        advice = (
+            f"it may still be applied, so a retry without an {KEY_HEADER} may apply it twice: send one to retry safely"
+        )
+        return IntakeError(503, f"not confirmed yet: {reason}; {advice}", confirmed=False)
+    if from_header:
+        advice = f"it may still be applied; retrying with the same {KEY_HEADER} is safe (it is applied once)"
+        return IntakeError(503, f"not confirmed yet: {reason}; {advice}", confirmed=False, idempotency_key=key)
+    advice = f"it may still be applied; retrying the same submission ({SUBMISSION_FIELD}) is safe (it is applied once)"
+    return IntakeError(503, f"not confirmed yet: {reason}; {advice}", confirmed=False, submission=key)
 
 
 async def _open_form(client: Client, config: Settings, deal_id: str, form: str) -> form_pages.FormView:
@@ -250,7 +338,8 @@ async def _form_again(
     except IntakeError:
         return form_pages.error_page(refusal)  # the form cannot be drawn: at least list the messages
     messages = {str(k): str(v) for k, v in errors.items()} if isinstance(errors, dict) else {"*": refusal.message}
-    return form_pages.form_page(view, token, fields, messages, status=422)
+    # A fresh submission id: the refused post was not applied, and the corrected one is a submission of its own.
+    return form_pages.form_page(view, token, fields, messages, status=422, submission=new_key())
 
 
 def _fields(content_type: str | None, body: bytes) -> dict[str, Any]:

@@ -1,21 +1,41 @@
-"""Shared by the CLI tests: the `sopflow` executable driven as a user would, against the session's dev server."""
+"""Shared by the starter tests: the `sopflow` executable driven as a user would, and the webhook intake app (signed
+senders, form posts), both against the session's dev server with a real worker."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
+import random
 import sys
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
+import httpx
 import pytest
+import yaml
+from sqlalchemy import select
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from activities.email import SmtpConfig
+from sopflow.config import PROJECT_ROOT, Settings
 from sopflow.constants import TASK_QUEUE
-from sopflow.db import Database
-from sopflow.mailsink import MailSink
-from tests.conftest import TEMPLATES
+from sopflow.db import Database, InboundEvent
+from sopflow.mailsink import MailSink, free_port
+from sopflow.models import Advance, CompleteTask, ExternalEvent, LifecycleStatus, SetFields
+from sopflow.signatures import docusign_signature, form_token, hubspot_v3_signature
+from starter import webhooks
+from tests.conftest import CONTRACT_REQUEST, PRELAUNCH_TASKS, TEMPLATES
 from worker import build_worker
+from workflows.lifecycle import ClientLifecycle
 
 SOPFLOW = str(Path(sys.executable).parent / "sopflow")
 
@@ -43,14 +63,23 @@ class Cli:
         return stdout
 
 
+# Where the links in emails point, for the CLI commands that render them.
+LINKS_URL = "https://sop.example.com"
+
+
+def offline_cli(tmp_path: Path) -> Cli:
+    """The CLI for commands that never reach Temporal; its home (records, logs) is the test's own folder."""
+    cli = Cli(f"127.0.0.1:{free_port()}")
+    cli.env.update({"SOPFLOW_HOME": str(tmp_path / "home"), "SOPFLOW_PUBLIC_URL": LINKS_URL})
+    return cli
+
+
 @pytest.fixture
 async def lifecycle_worker(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Database]:
     """A worker on the real task queue of the session's dev server (where the CLI and the intake start lifecycles),
     its records in a fresh SQLite file, its mail in a sink; yields the records database."""
     db = Database(f"sqlite:///{tmp_path / 'records.db'}")
     db.create_schema()
-    from activities.email import SmtpConfig
-
     with MailSink() as sink:
         smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
         async with build_worker(dev_env.client, db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
@@ -74,3 +103,185 @@ async def eventually(check, timeout: float = 20.0):  # type: ignore[no-untyped-d
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.2)
+
+
+# --- the webhook intake ---------------------------------------------------------------------------------------------
+
+HUBSPOT_SECRET = "hubspot-client-secret-for-tests"
+PUBLIC = "https://hooks.example.com/intake"  # what HubSpot calls; the test client talks to the app directly
+DOCUSIGN_KEYS = ("docusign-key-old", "docusign-key-new")
+FORM_SECRET = "form-secret-for-tests"
+DEAL_DEFAULTS = {"rep_email": "rep@example.com", "account_manager_email": "am@example.com"}
+
+# HubSpot's own event ids (not unique, as in real life; our de-duplication key does not use them).
+EVENT_IDS = itertools.count(1)
+
+
+def intake_yaml(tmp_path: Path, defaults: dict[str, Any] | None = None) -> Path:
+    """The shipped mapping, with deal defaults so that ids-only creation events can start a Safe Balance deal."""
+    data = yaml.safe_load((PROJECT_ROOT / "playbooks" / "intake" / "mapping.yaml").read_text())
+    data["hubspot"]["defaults"] = DEAL_DEFAULTS if defaults is None else defaults
+    path = tmp_path / f"intake-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@dataclass
+class Intake:
+    http: httpx.AsyncClient
+    client: Client
+    db: Database
+    settings: Settings
+    portal: int
+
+    def deal(self, object_id: int) -> str:
+        return f"{self.portal}-{object_id}"
+
+    async def hubspot(
+        self,
+        events: Any,
+        *,
+        body: bytes | None = None,
+        timestamp_ms: int | None = None,
+        secret: str = HUBSPOT_SECRET,
+        signed_url: str = f"{PUBLIC}/webhooks/hubspot",
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        content = json.dumps(events).encode() if body is None else body
+        timestamp = str(int(time.time() * 1000) if timestamp_ms is None else timestamp_ms)
+        signature = hubspot_v3_signature(secret, "POST", signed_url, content, timestamp)
+        sent = {
+            "Content-Type": "application/json",
+            "X-HubSpot-Signature-v3": signature,
+            "X-HubSpot-Request-Timestamp": timestamp,
+            **(headers or {}),
+        }
+        return await self.http.post("/webhooks/hubspot", content=content, headers=sent)
+
+    async def docusign(self, message: Any, keys: tuple[str, ...] = DOCUSIGN_KEYS[1:]) -> httpx.Response:
+        content = json.dumps(message).encode()
+        headers = {f"X-DocuSign-Signature-{n}": docusign_signature(k, content) for n, k in enumerate(keys, 1)}
+        return await self.http.post("/webhooks/docusign", content=content, headers=headers)
+
+    async def form(
+        self,
+        deal_id: str,
+        form: str,
+        fields: dict[str, Any],
+        *,
+        encoded: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        token = form_token(FORM_SECRET, deal_id, form)
+        if encoded:
+            return await self.http.post(
+                f"/forms/{deal_id}/{form}",
+                params={"token": token},
+                content=urlencode(fields, doseq=True).encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded", **(headers or {})},
+            )
+        sent = {"X-Sopflow-Form-Token": token, **(headers or {})}
+        return await self.http.post(f"/forms/{deal_id}/{form}", json=fields, headers=sent)
+
+    async def status(self, deal_id: str) -> LifecycleStatus:
+        result: LifecycleStatus = await self.client.get_workflow_handle(f"deal-{deal_id}").query(ClientLifecycle.status)
+        return result
+
+    def rows(self, deal_id: str | None = None) -> list[InboundEvent]:
+        query = select(InboundEvent).order_by(InboundEvent.id)
+        if deal_id is not None:
+            query = query.where(InboundEvent.deal_id == deal_id)
+        with self.db.session() as session:
+            return list(session.scalars(query))
+
+
+def creation(portal: int, object_id: int, occurred_at: int = 1_760_000_000_000, **extra: Any) -> dict[str, Any]:
+    return {
+        "eventId": next(EVENT_IDS),
+        "subscriptionId": 42,
+        "portalId": portal,
+        "appId": 7,
+        "occurredAt": occurred_at,
+        "subscriptionType": "deal.creation",
+        "attemptNumber": 0,
+        "objectId": object_id,
+        "changeFlag": "CREATED",
+        "changeSource": "CRM",
+        **extra,
+    }
+
+
+@pytest.fixture
+def app_state() -> Iterator[None]:
+    """The app is a module global (the dev stack serves it): leave it as found."""
+    yield
+    webhooks.use_client(None)
+    webhooks.use_settings(None)
+    webhooks.use_database(None)
+    webhooks.use_metric_meter(None)
+
+
+def make_settings(tmp_path: Path, db_url: str, config: Path) -> Settings:
+    return Settings(
+        home=tmp_path / "home",
+        database_url=db_url,
+        hubspot_client_secret=HUBSPOT_SECRET,
+        public_intake_url=PUBLIC,
+        docusign_hmac_keys=",".join(DOCUSIGN_KEYS),
+        form_secret=FORM_SECRET,
+        max_body_bytes=64 * 1024,
+        intake_config=config,
+    )
+
+
+@pytest.fixture
+async def offline(tmp_path: Path, app_state: None, dev_env: WorkflowEnvironment) -> AsyncIterator[Intake]:
+    """The intake without a worker: for everything refused before a workflow is touched."""
+    db = Database(f"sqlite:///{tmp_path / 'records.db'}")
+    db.create_schema()
+    config = make_settings(tmp_path, f"sqlite:///{tmp_path / 'records.db'}", intake_yaml(tmp_path))
+    webhooks.use_settings(config)
+    webhooks.use_database(db)
+    webhooks.use_client(dev_env.client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=webhooks.app), base_url="http://intake") as http:
+        yield Intake(http, dev_env.client, db, config, random.randint(10**6, 10**9))
+    db.dispose()
+
+
+@pytest.fixture
+async def live(offline: Intake) -> AsyncIterator[Intake]:
+    """The intake plus a worker on the real task queue (the one the intake starts lifecycles on)."""
+    with MailSink() as sink:
+        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
+        async with build_worker(offline.client, offline.db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
+            yield offline
+
+
+async def to_launch(intake: Intake, deal: str) -> None:
+    """A deal the intake started, from targeting done to launch day: the contract request through the intake, a signed
+    contract, then the lifecycle's own updates."""
+    handle = intake.client.get_workflow_handle(f"deal-{deal}")
+    assert (await intake.form(deal, "contract_request", CONTRACT_REQUEST)).json()["stage"] == "contract"
+    await handle.signal(ClientLifecycle.event, ExternalEvent(name="contract_signed", event_id=f"env-{deal}"))
+
+    async def in_prelaunch() -> None:
+        assert (await intake.status(deal)).stage == "prelaunch"
+
+    await eventually(in_prelaunch)
+    for task in PRELAUNCH_TASKS:
+        await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task=task))
+    await handle.execute_update(ClientLifecycle.set_fields, SetFields(fields={"launch_date": "2026-01-05"}))
+    await handle.execute_update(ClientLifecycle.advance, Advance(to="launch"))
+    await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task="launch_checklist"))
+    assert (await intake.status(deal)).stage == "launch"
+
+
+async def applied_updates(client: Client, deal: str, name: str) -> list[str]:
+    """The ids of the `name` updates the deal's lifecycle accepted (its history's record of what was applied)."""
+    history = await client.get_workflow_handle(f"deal-{deal}").fetch_history()
+    return [
+        event.workflow_execution_update_accepted_event_attributes.accepted_request.meta.update_id
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+        and event.workflow_execution_update_accepted_event_attributes.accepted_request.input.name == name
+    ]

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from pathlib import Path
 
 import pytest
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.testing import WorkflowEnvironment
 
-from sopflow.constants import SA_NEXT_DUE, SA_OWNER, SA_PLAYBOOK, SA_STAGE
-from sopflow.mailsink import free_port
+from activities.email import SmtpConfig
+from sopflow.constants import SA_NEXT_DUE, SA_OWNER, SA_PLAYBOOK, SA_STAGE, TASK_QUEUE
+from sopflow.db import Database
+from sopflow.mailsink import MailSink, free_port
+from sopflow.playbook import Playbook
 from starter.cli import query_literal, visibility_query
-from tests.starter.conftest import Cli, eventually
+from starter.lifecycles import start_lifecycle
+from tests.conftest import DEAL, TEMPLATES
+from tests.starter.conftest import Cli, applied_updates, eventually
+from worker import build_worker
 
 TARGETING = [
     "company=Lakeside Clinic {n}",
@@ -164,6 +172,56 @@ async def test_rejected_advance_prints_one_line_naming_what_is_missing_and_exits
 
     code, _, stderr = await cli("event", deal, "contract_sgned")
     assert code == 1 and "unknown event 'contract_sgned'" in stderr
+
+
+async def test_each_update_command_sends_a_fresh_key_and_a_repeated_key_is_applied_once(
+    cli: Cli, dev_env: WorkflowEnvironment
+):
+    deal = f"K{uuid.uuid4().hex[:8]}"
+    await cli.start_deal(deal, "rep_email=rep@example.com", "rep_id=owner-42")
+    for _ in range(2):
+        await cli.ok("set", deal, "-f", "rep_id=owner-43")
+    fresh = await applied_updates(dev_env.client, deal, "set_fields")
+    assert len(fresh) == 2 and fresh[0] != fresh[1]
+    assert all(re.fullmatch(r"cli:set_fields:[0-9a-f]{32}", update_id) for update_id in fresh)
+
+    # The same command twice with one key (a retry after "not confirmed"): applied once, and both runs say how it
+    # went; without the key the second targeting form would be refused (the deal has moved on).
+    fields = [arg for pair in TARGETING for arg in ("-f", pair.format(n=deal))]
+    submit = ("form", "submit", deal, "targeting", *fields, "--idempotency-key", "retry-0123456789")
+    outputs = [await cli.ok(*submit) for _ in range(2)]
+    assert all(f"deal {deal} is in contract_request" in output for output in outputs)
+    assert await applied_updates(dev_env.client, deal, "submit_form") == ["cli:submit_form:retry-0123456789"]
+
+    code, stdout, stderr = await cli("advance", deal, "contract", "--idempotency-key", "bad key!")
+    assert code == 1 and stdout == "" and len(stderr.strip().splitlines()) == 1
+    assert "--idempotency-key" in stderr and "8 to 64 characters" in stderr
+
+
+async def test_an_update_nobody_confirms_in_time_says_so_and_its_retry_with_the_key_applies_once(
+    dev_env: WorkflowEnvironment, safe_balance: Playbook, tmp_path: Path
+):
+    """No worker runs: the CLI waits `--wait` seconds, then says the change is not confirmed (it may still be applied)
+    and how to retry it safely; with a worker back, that retry is applied once."""
+    cli = Cli(dev_env.client.service_client.config.target_host)
+    deal = f"W{uuid.uuid4().hex[:8]}"
+    await start_lifecycle(dev_env.client, safe_balance, deal, dict(DEAL), "test", WorkflowIDConflictPolicy.FAIL)
+    fields = [arg for pair in TARGETING for arg in ("-f", pair.format(n=deal))]
+    submit = ("form", "submit", deal, "targeting", *fields, "--idempotency-key", "wait-0123456789")
+
+    code, stdout, stderr = await cli(*submit, "--wait", "1")
+
+    assert code == 1 and stdout == "" and len(stderr.strip().splitlines()) == 1, stderr
+    assert "not confirmed" in stderr and "--idempotency-key wait-0123456789" in stderr
+
+    db = Database(f"sqlite:///{tmp_path / 'records.db'}")
+    db.create_schema()
+    with MailSink() as sink:
+        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
+        async with build_worker(dev_env.client, db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
+            assert f"deal {deal} is in contract_request" in await cli.ok(*submit)
+            assert await applied_updates(dev_env.client, deal, "submit_form") == ["cli:submit_form:wait-0123456789"]
+    db.dispose()
 
 
 async def test_deal_ids_that_look_like_personal_data_are_refused(cli: Cli):

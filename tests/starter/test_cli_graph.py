@@ -10,8 +10,7 @@ import pytest
 from sopflow import graph
 from sopflow.playbook import load_playbook
 from tests.conftest import PLAYBOOKS
-from tests.starter.conftest import Cli
-from tests.starter.test_cli_mail import offline_cli
+from tests.starter.conftest import Cli, offline_cli
 
 needs_graphviz = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz (dot) is not installed")
 

@@ -15,19 +15,12 @@ from temporalio.testing import WorkflowEnvironment
 from activities.email import SmtpConfig
 from sopflow.constants import TASK_QUEUE
 from sopflow.db import Database
-from sopflow.mailsink import MailSink, free_port
+from sopflow.mailsink import MailSink
 from tests.conftest import TEMPLATES
-from tests.starter.conftest import Cli, eventually
+from tests.starter.conftest import LINKS_URL, Cli, eventually, offline_cli
 from worker import build_worker
 
-PUBLIC_URL = "https://sop.example.com"
-
-
-def offline_cli(tmp_path: Path) -> Cli:
-    """The CLI for commands that never reach Temporal; its home (records, logs) is the test's own folder."""
-    cli = Cli(f"127.0.0.1:{free_port()}")
-    cli.env.update({"SOPFLOW_HOME": str(tmp_path / "home"), "SOPFLOW_PUBLIC_URL": PUBLIC_URL})
-    return cli
+PUBLIC_URL = LINKS_URL
 
 
 @pytest.fixture

@@ -3,35 +3,34 @@ its playbook; posted by a browser they drive a real lifecycle on the dev server 
 
 from __future__ import annotations
 
+import asyncio
 import html
-import random
-from collections.abc import AsyncIterator
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import pytest
 from fastapi.responses import HTMLResponse
-from temporalio.testing import WorkflowEnvironment
+from sqlalchemy import select
 
 from activities.email import SmtpConfig
 from sopflow.config import PROJECT_ROOT
 from sopflow.constants import TASK_QUEUE
-from sopflow.db import Database
+from sopflow.db import FormSubmission, VisitRow
 from sopflow.mailsink import MailSink
-from sopflow.models import Advance, Close, CompleteTask, ExternalEvent, SetFields
+from sopflow.models import Close
 from sopflow.playbook import FieldSpec, FormSpec, load_playbook
 from sopflow.signatures import form_token
 from starter import webhooks
+from starter.intake import context
 from starter.intake.context import IntakeError
 from starter.intake.form_pages import FormView, browser_fields, error_page, form_page, prefers_html
-from tests.conftest import CONTRACT_REQUEST, PRELAUNCH_TASKS, TEMPLATES
-from tests.starter.conftest import eventually
-from tests.starter.test_webhooks import FORM_SECRET, Intake, creation, intake_yaml, make_settings
+from tests.conftest import TARGETING, TEMPLATES
+from tests.starter.conftest import FORM_SECRET, Intake, applied_updates, creation, eventually, to_launch
 from worker import build_worker
 from workflows.lifecycle import ClientLifecycle
 
@@ -51,36 +50,6 @@ EXPECTED_CONTROL = {
     "multi_choice": ("input", "checkbox", None),
     "bool": ("input", "checkbox", None),
 }
-
-
-@pytest.fixture
-async def offline(tmp_path: Path, dev_env: WorkflowEnvironment) -> AsyncIterator[Intake]:
-    """The intake (a module global: left as found) on the dev server, without a worker; as in test_webhooks."""
-    url = f"sqlite:///{tmp_path / 'records.db'}"
-    db = Database(url)
-    db.create_schema()
-    settings = make_settings(tmp_path, url, intake_yaml(tmp_path))
-    webhooks.use_settings(settings)
-    webhooks.use_database(db)
-    webhooks.use_client(dev_env.client)
-    try:
-        transport = httpx.ASGITransport(app=webhooks.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as http:
-            yield Intake(http, dev_env.client, db, settings, random.randint(10**6, 10**9))
-    finally:
-        webhooks.use_client(None)
-        webhooks.use_settings(None)
-        webhooks.use_database(None)
-        db.dispose()
-
-
-@pytest.fixture
-async def live(offline: Intake) -> AsyncIterator[Intake]:
-    """Plus a worker on the task queue the intake starts lifecycles on, mailing into a sink."""
-    with MailSink() as sink:
-        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
-        async with build_worker(offline.client, offline.db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
-            yield offline
 
 
 # --- reading a page like a browser ----------------------------------------------------------------------------------
@@ -246,24 +215,6 @@ async def email_form(intake: Intake, deal: str, form: str) -> dict[str, Any]:
     return values
 
 
-async def to_launch(intake: Intake, deal: str) -> None:
-    """From contract request to launch day, through the lifecycle's own updates and a signed contract."""
-    handle = intake.client.get_workflow_handle(f"deal-{deal}")
-    assert (await intake.form(deal, "contract_request", CONTRACT_REQUEST)).json()["stage"] == "contract"
-    await handle.signal(ClientLifecycle.event, ExternalEvent(name="contract_signed", event_id=f"env-{deal}"))
-
-    async def in_prelaunch() -> None:
-        assert (await intake.status(deal)).stage == "prelaunch"
-
-    await eventually(in_prelaunch)
-    for task in PRELAUNCH_TASKS:
-        await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task=task))
-    await handle.execute_update(ClientLifecycle.set_fields, SetFields(fields={"launch_date": "2026-01-05"}))
-    await handle.execute_update(ClientLifecycle.advance, Advance(to="launch"))
-    await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task="launch_checklist"))
-    assert (await intake.status(deal)).stage == "launch"
-
-
 async def test_a_deal_goes_from_targeting_to_site_visits_through_the_form_pages(live: Intake):
     deal = live.deal(801)
     assert (await live.hubspot([creation(live.portal, 801)])).json()["results"][0]["outcome"] == "started"
@@ -326,6 +277,118 @@ async def test_a_deal_goes_from_targeting_to_site_visits_through_the_form_pages(
     plain = {"Content-Type": FORM_ENCODED["Content-Type"]}
     api = await live.http.post(form_url(deal, "site_visit"), content=body, headers=plain)
     assert api.status_code == 200 and api.json()["stage"] == "ongoing"
+
+
+def submission_of(page: Page) -> str:
+    (control,) = page.named("_submission")
+    assert control["type"] == "hidden"
+    value: str = control["value"]
+    return value
+
+
+async def launched(intake: Intake, object_id: int) -> str:
+    """A deal started by HubSpot and brought to ongoing management (site visits) through the intake's JSON forms."""
+    deal = intake.deal(object_id)
+    assert (await intake.hubspot([creation(intake.portal, object_id)])).json()["results"][0]["outcome"] == "started"
+    assert (await intake.form(deal, "targeting", TARGETING)).status_code == 200
+    await to_launch(intake, deal)
+    closeout = {"launched_on": "2026-01-06", "staff_trained": "yes", "all_running": "yes"}
+    assert (await intake.form(deal, "closeout", closeout)).json()["stage"] == "ongoing"
+    return deal
+
+
+async def test_every_rendering_of_a_form_page_carries_its_own_one_time_submission_id(live: Intake):
+    deal = live.deal(810)
+    assert (await live.hubspot([creation(live.portal, 810)])).json()["results"][0]["outcome"] == "started"
+    first, second = await open_form(live, deal, "targeting"), await open_form(live, deal, "targeting")
+    ids = {submission_of(first), submission_of(second)}
+    assert len(ids) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", value) for value in ids)
+
+
+async def test_one_site_visit_page_posted_twice_at_once_is_one_visit_and_both_posts_are_thanked(live: Intake):
+    deal = await launched(live, 811)
+    page = await open_form(live, deal, "site_visit")
+    visited = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    body = page.submit({"visited_on": visited, "steps_cleared": True, "needs": "More brochures"})
+    before = await applied_updates(live.client, deal, "submit_form")
+
+    answers = await asyncio.gather(*(post_page(live, deal, "site_visit", body) for _ in range(2)))
+
+    assert [answer.status_code for answer in answers] == [200, 200], [answer.text for answer in answers]
+    assert all("Thank you, form received" in read(answer).text for answer in answers)
+    after = await applied_updates(live.client, deal, "submit_form")
+    assert after[len(before) :] == [f"form:{deal}:site_visit:{submission_of(page)}"]
+
+    async def one_visit_recorded() -> None:
+        with live.db.session() as session:
+            forms = session.scalars(select(FormSubmission).where(FormSubmission.deal_id == deal)).all()
+            visits = session.scalars(select(VisitRow).where(VisitRow.deal_id == deal, VisitRow.status == "logged"))
+            assert [row.form for row in forms].count("site_visit") == 1 and len(visits.all()) == 1
+
+    await eventually(one_visit_recorded)
+    # Resent later (a reload of the thank-you page) it is still the same visit; a new page is a new one.
+    again = await post_page(live, deal, "site_visit", body)
+    assert again.status_code == 200 and await applied_updates(live.client, deal, "submit_form") == after
+    fresh = await open_form(live, deal, "site_visit")
+    assert (await post_page(live, deal, "site_visit", fresh.submit({"visited_on": visited}))).status_code == 200
+    assert len(await applied_updates(live.client, deal, "submit_form")) == len(after) + 1
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [("_submission", "short")],
+        [("_submission", "x" * 65)],
+        [("_submission", "has spaces in it")],
+        [("_submission", "form:D-1:x:abcdefgh")],
+        [("_submission", "a" * 32), ("_submission", "b" * 32)],
+    ],
+    ids=["short", "long", "spaces", "colons", "twice"],
+)
+async def test_a_damaged_submission_id_is_a_400_page_before_the_lifecycle_is_asked(
+    offline: Intake, pairs: list[tuple[str, str]]
+):
+    deal = offline.deal(812)  # no lifecycle at all: the 400 comes first
+    body = urlencode([("company", "Clinic"), *pairs]).encode()
+    answer = await post_page(offline, deal, "targeting", body)
+    assert answer.status_code == 400 and answer.headers["content-type"].startswith("text/html")
+    page = read(answer)
+    assert "The form could not be read" in page.text and "open the form again" in page.text
+    api = await offline.http.post(
+        form_url(deal, "targeting"), content=body, headers={"Content-Type": FORM_ENCODED["Content-Type"]}
+    )
+    assert api.status_code == 400 and "_submission" in api.json()["error"]
+
+
+async def test_a_post_not_confirmed_in_time_says_so_and_retrying_that_submission_applies_it_once(
+    offline: Intake, monkeypatch: pytest.MonkeyPatch
+):
+    """No worker: the post times out (503). It is not lost, and not saved either, as far as anyone can tell yet:
+    the page says exactly that, and its "Submit again" button resends the same submission."""
+    monkeypatch.setattr(context, "TEMPORAL_TIMEOUT", 1.0)
+    deal = offline.deal(813)
+    assert (await offline.hubspot([creation(offline.portal, 813)])).json()["results"][0]["outcome"] == "started"
+    submission = "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"
+    body = urlencode([*TARGETING.items(), ("_submission", submission)]).encode()
+
+    pending = await post_page(offline, deal, "targeting", body)
+
+    assert pending.status_code == 503 and pending.headers["retry-after"]
+    page = read(pending)
+    assert "not confirmed yet" in page.text and "same submission" in page.text and "safe" in page.text
+    assert "Nothing was saved" not in page.text
+    assert page.method == "post" and page.action == form_url(deal, "targeting").removeprefix(f"/forms/{deal}/")
+    assert submission_of(page) == submission and {c["name"] for c in page.controls if c.get("name")} >= set(TARGETING)
+
+    with MailSink() as sink:
+        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
+        async with build_worker(offline.client, offline.db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
+            monkeypatch.setattr(context, "TEMPORAL_TIMEOUT", 30.0)
+            retried = await post_page(offline, deal, "targeting", page.submit({}))
+            assert retried.status_code == 200, retried.text
+            assert "the deal is now in Contract request" in read(retried).text
+            assert await applied_updates(offline.client, deal, "submit_form") == [f"form:{deal}:targeting:{submission}"]
+            assert (await offline.status(deal)).stage == "contract_request"
 
 
 async def test_a_closed_deals_form_is_a_409_page(live: Intake):
@@ -432,7 +495,8 @@ def test_only_a_request_preferring_html_gets_pages(accept: str | None, html_wins
     assert prefers_html(accept) is html_wins
 
 
-def test_a_503_page_asks_to_retry_without_naming_internals():
+def test_a_503_page_asks_to_retry_without_naming_internals_or_claiming_what_it_cannot_know():
     answer = error_page(IntakeError(503, "Temporal unavailable (status query): connection refused at 10.0.0.7"))
     assert answer.status_code == 503 and answer.headers["retry-after"]
-    assert "10.0.0.7" not in bytes(answer.body).decode() and "try again" in read(answer).text
+    text = read(answer).text
+    assert "10.0.0.7" not in bytes(answer.body).decode() and "try again" in text and "saved" not in text

@@ -5,12 +5,9 @@ get a 5xx nor break a workflow."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,23 +15,18 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-import yaml
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.testing import WorkflowEnvironment
 
 from activities.email import SmtpConfig
-from sopflow.config import PROJECT_ROOT, Settings
+from sopflow.config import PROJECT_ROOT
 from sopflow.constants import SA_PLAYBOOK, SA_STAGE, TASK_QUEUE
-from sopflow.db import Database, InboundEvent
 from sopflow.intake_config import IntakeConfigError, load_intake_config, parse_intake_config
 from sopflow.mailsink import MailSink, free_port
-from sopflow.models import Close, LifecycleStatus
+from sopflow.models import Close
 from sopflow.playbook import load_playbook
 from sopflow.signatures import docusign_signature, form_token, hubspot_v1_signature, hubspot_v3_signature
 from sopflow.telemetry import WEBHOOKS, prometheus_runtime
@@ -43,103 +35,22 @@ from starter.cli import visibility_query
 from starter.intake import context
 from tests.conftest import CONTRACT_REQUEST, TARGETING, TEMPLATES
 from tests.prometheus import Sample, scrape_until, value
-from tests.starter.conftest import eventually
+from tests.starter.conftest import (
+    DOCUSIGN_KEYS,
+    EVENT_IDS,
+    FORM_SECRET,
+    HUBSPOT_SECRET,
+    PUBLIC,
+    Intake,
+    applied_updates,
+    creation,
+    eventually,
+    intake_yaml,
+    make_settings,
+    to_launch,
+)
 from worker import build_worker
 from workflows.lifecycle import ClientLifecycle
-
-HUBSPOT_SECRET = "hubspot-client-secret-for-tests"
-PUBLIC = "https://hooks.example.com/intake"  # what HubSpot calls; the test client talks to the app directly
-DOCUSIGN_KEYS = ("docusign-key-old", "docusign-key-new")
-FORM_SECRET = "form-secret-for-tests"
-DEAL_DEFAULTS = {"rep_email": "rep@example.com", "account_manager_email": "am@example.com"}
-
-# HubSpot's own event ids (not unique, as in real life; our de-duplication key does not use them).
-EVENT_IDS = itertools.count(1)
-
-
-def intake_yaml(tmp_path: Path, defaults: dict[str, Any] | None = None) -> Path:
-    """The shipped mapping, with deal defaults so that ids-only creation events can start a Safe Balance deal."""
-    data = yaml.safe_load((PROJECT_ROOT / "playbooks" / "intake" / "mapping.yaml").read_text())
-    data["hubspot"]["defaults"] = DEAL_DEFAULTS if defaults is None else defaults
-    path = tmp_path / f"intake-{uuid.uuid4().hex[:6]}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-@dataclass
-class Intake:
-    http: httpx.AsyncClient
-    client: Client
-    db: Database
-    settings: Settings
-    portal: int
-
-    def deal(self, object_id: int) -> str:
-        return f"{self.portal}-{object_id}"
-
-    async def hubspot(
-        self,
-        events: Any,
-        *,
-        body: bytes | None = None,
-        timestamp_ms: int | None = None,
-        secret: str = HUBSPOT_SECRET,
-        signed_url: str = f"{PUBLIC}/webhooks/hubspot",
-        headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
-        content = json.dumps(events).encode() if body is None else body
-        timestamp = str(int(time.time() * 1000) if timestamp_ms is None else timestamp_ms)
-        signature = hubspot_v3_signature(secret, "POST", signed_url, content, timestamp)
-        sent = {
-            "Content-Type": "application/json",
-            "X-HubSpot-Signature-v3": signature,
-            "X-HubSpot-Request-Timestamp": timestamp,
-            **(headers or {}),
-        }
-        return await self.http.post("/webhooks/hubspot", content=content, headers=sent)
-
-    async def docusign(self, message: Any, keys: tuple[str, ...] = DOCUSIGN_KEYS[1:]) -> httpx.Response:
-        content = json.dumps(message).encode()
-        headers = {f"X-DocuSign-Signature-{n}": docusign_signature(k, content) for n, k in enumerate(keys, 1)}
-        return await self.http.post("/webhooks/docusign", content=content, headers=headers)
-
-    async def form(self, deal_id: str, form: str, fields: dict[str, Any], *, encoded: bool = False) -> httpx.Response:
-        token = form_token(FORM_SECRET, deal_id, form)
-        if encoded:
-            return await self.http.post(
-                f"/forms/{deal_id}/{form}",
-                params={"token": token},
-                content=urlencode(fields, doseq=True).encode(),
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
-            )
-        return await self.http.post(f"/forms/{deal_id}/{form}", json=fields, headers={"X-Sopflow-Form-Token": token})
-
-    async def status(self, deal_id: str) -> LifecycleStatus:
-        result: LifecycleStatus = await self.client.get_workflow_handle(f"deal-{deal_id}").query(ClientLifecycle.status)
-        return result
-
-    def rows(self, deal_id: str | None = None) -> list[InboundEvent]:
-        query = select(InboundEvent).order_by(InboundEvent.id)
-        if deal_id is not None:
-            query = query.where(InboundEvent.deal_id == deal_id)
-        with self.db.session() as session:
-            return list(session.scalars(query))
-
-
-def creation(portal: int, object_id: int, occurred_at: int = 1_760_000_000_000, **extra: Any) -> dict[str, Any]:
-    return {
-        "eventId": next(EVENT_IDS),
-        "subscriptionId": 42,
-        "portalId": portal,
-        "appId": 7,
-        "occurredAt": occurred_at,
-        "subscriptionType": "deal.creation",
-        "attemptNumber": 0,
-        "objectId": object_id,
-        "changeFlag": "CREATED",
-        "changeSource": "CRM",
-        **extra,
-    }
 
 
 def change(portal: int, object_id: int, prop: str, value: str, occurred_at: int) -> dict[str, Any]:
@@ -178,52 +89,6 @@ def envelope(event: str, envelope_id: str, deal_id: str | None) -> dict[str, Any
             },
         },
     }
-
-
-@pytest.fixture
-def app_state() -> Iterator[None]:
-    """The app is a module global (the dev stack serves it): leave it as found."""
-    yield
-    webhooks.use_client(None)
-    webhooks.use_settings(None)
-    webhooks.use_database(None)
-    webhooks.use_metric_meter(None)
-
-
-def make_settings(tmp_path: Path, db_url: str, config: Path) -> Settings:
-    return Settings(
-        home=tmp_path / "home",
-        database_url=db_url,
-        hubspot_client_secret=HUBSPOT_SECRET,
-        public_intake_url=PUBLIC,
-        docusign_hmac_keys=",".join(DOCUSIGN_KEYS),
-        form_secret=FORM_SECRET,
-        max_body_bytes=64 * 1024,
-        intake_config=config,
-    )
-
-
-@pytest.fixture
-async def offline(tmp_path: Path, app_state: None, dev_env: WorkflowEnvironment) -> AsyncIterator[Intake]:
-    """The intake without a worker: for everything refused before a workflow is touched."""
-    db = Database(f"sqlite:///{tmp_path / 'records.db'}")
-    db.create_schema()
-    config = make_settings(tmp_path, f"sqlite:///{tmp_path / 'records.db'}", intake_yaml(tmp_path))
-    webhooks.use_settings(config)
-    webhooks.use_database(db)
-    webhooks.use_client(dev_env.client)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=webhooks.app), base_url="http://intake") as http:
-        yield Intake(http, dev_env.client, db, config, random.randint(10**6, 10**9))
-    db.dispose()
-
-
-@pytest.fixture
-async def live(offline: Intake) -> AsyncIterator[Intake]:
-    """The intake plus a worker on the real task queue (the one the intake starts lifecycles on)."""
-    with MailSink() as sink:
-        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
-        async with build_worker(offline.client, offline.db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
-            yield offline
 
 
 # --- intake mapping ----------------------------------------------------------------------------------------------
@@ -576,6 +441,109 @@ async def test_a_lifecycle_without_a_worker_answers_503_not_a_hang(offline: Inta
         await handle.terminate("test: no worker")
 
 
+async def site_visits_open(intake: Intake, object_id: int) -> str:
+    """A deal the intake started, in ongoing management, where the site-visit form may be sent again and again."""
+    deal = intake.deal(object_id)
+    assert (await intake.hubspot([creation(intake.portal, object_id)])).json()["results"][0]["outcome"] == "started"
+    assert (await intake.form(deal, "targeting", TARGETING)).status_code == 200
+    await to_launch(intake, deal)
+    closeout = {"launched_on": "2026-01-06", "staff_trained": "yes", "all_running": "yes"}
+    assert (await intake.form(deal, "closeout", closeout)).json()["stage"] == "ongoing"
+    return deal
+
+
+async def test_posts_with_the_same_idempotency_key_apply_once_even_at_the_same_time(live: Intake):
+    deal = await site_visits_open(live, 707)
+    visit = {"visited_on": "2026-01-20", "steps_cleared": "yes", "needs": "More brochures"}
+    key = {"Idempotency-Key": "3f0c9a52-6a1e-4d8e-9b61-0d2f4c7e8a19"}
+    before = await applied_updates(live.client, deal, "submit_form")
+
+    answers = await asyncio.gather(*(live.form(deal, "site_visit", visit, headers=key) for _ in range(3)))
+
+    assert [answer.status_code for answer in answers] == [200, 200, 200], [answer.text for answer in answers]
+    assert {answer.json()["stage"] for answer in answers} == {"ongoing"}
+    applied = (await applied_updates(live.client, deal, "submit_form"))[len(before) :]
+    assert applied == [f"form:{deal}:site_visit:{key['Idempotency-Key']}"]
+    # Another key is another visit; no key at all derives nothing: each such post is a visit of its own.
+    other = await live.form(deal, "site_visit", visit, headers={"Idempotency-Key": "another-visit-0001"})
+    assert other.status_code == 200
+    for _ in range(2):
+        assert (await live.form(deal, "site_visit", visit)).status_code == 200
+    assert len(await applied_updates(live.client, deal, "submit_form")) == len(before) + 4
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Idempotency-Key", "short")],
+        [("Idempotency-Key", "k" * 65)],
+        [("Idempotency-Key", "")],
+        [("Idempotency-Key", "with space-1234")],
+        [("Idempotency-Key", "form:1:targeting:x")],
+        [("Idempotency-Key", "ключ-ключ-ключ".encode())],  # raw UTF-8 bytes: a header is not text to HTTP
+        [("Idempotency-Key", "first-key-0001"), ("Idempotency-Key", "second-key-0002")],
+    ],
+    ids=["short", "long", "empty", "space", "colons", "non-ascii", "twice"],
+)
+async def test_a_malformed_idempotency_key_is_a_400_naming_the_rule(
+    offline: Intake, headers: list[tuple[str, str | bytes]]
+):
+    deal = offline.deal(708)  # no lifecycle: the key is refused before anything is asked of Temporal
+    token = form_token(FORM_SECRET, deal, "targeting")
+    raw = [(name.encode(), value if isinstance(value, bytes) else value.encode()) for name, value in headers]
+    sent = httpx.Headers([(b"X-Sopflow-Form-Token", token.encode()), (b"Content-Type", b"application/json"), *raw])
+    answer = await offline.http.post(f"/forms/{deal}/targeting", content=json.dumps(TARGETING).encode(), headers=sent)
+    assert answer.status_code == 400, answer.text
+    assert "Idempotency-Key" in answer.json()["error"] and "8 to 64 characters" in answer.json()["error"]
+    # The token is still checked first: a caller without it learns nothing, not even about the key.
+    unsigned = httpx.Headers([(b"Content-Type", b"application/json"), *raw])
+    refused = await offline.http.post(f"/forms/{deal}/targeting", json={}, headers=unsigned)
+    assert refused.status_code == 401
+
+
+async def test_a_header_key_and_a_different_submission_id_are_a_400(offline: Intake):
+    deal = offline.deal(709)
+    body = {**TARGETING, "_submission": "b" * 32}
+    answer = await offline.form(deal, "targeting", body, encoded=True, headers={"Idempotency-Key": "a" * 32})
+    assert answer.status_code == 400 and "different" in answer.json()["error"]
+
+
+async def test_a_post_not_confirmed_in_time_is_a_503_that_says_so_and_its_keyed_retry_applies_once(
+    offline: Intake, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(context, "TEMPORAL_TIMEOUT", 1.0)
+    deal = offline.deal(710)
+    assert (await offline.hubspot([creation(offline.portal, 710)])).json()["results"][0]["outcome"] == "started"
+    key = {"Idempotency-Key": "retry-me-0123456789"}
+
+    pending = await offline.form(deal, "targeting", TARGETING, headers=key)
+
+    assert pending.status_code == 503 and pending.headers["Retry-After"]
+    answer = pending.json()
+    assert answer["confirmed"] is False and answer["idempotency_key"] == key["Idempotency-Key"]
+    assert "not confirmed yet" in answer["error"] and "same Idempotency-Key is safe" in answer["error"]
+    assert "Nothing was saved" not in pending.text
+    # Without a key the answer says what a blind retry risks (another deal: this one gets the keyed retry below).
+    unkeyed_deal = offline.deal(711)
+    assert (await offline.hubspot([creation(offline.portal, 711)])).json()["results"][0]["outcome"] == "started"
+    unkeyed = await offline.form(unkeyed_deal, "targeting", TARGETING)
+    assert unkeyed.status_code == 503 and unkeyed.json()["confirmed"] is False
+    assert "without an Idempotency-Key" in unkeyed.json()["error"]
+    await offline.client.get_workflow_handle(f"deal-{unkeyed_deal}").terminate("test: never meant to run")
+
+    with MailSink() as sink:
+        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
+        async with build_worker(offline.client, offline.db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
+            monkeypatch.setattr(context, "TEMPORAL_TIMEOUT", 30.0)
+            retried = await offline.form(deal, "targeting", TARGETING, headers=key)
+            assert retried.status_code == 200, retried.text
+            assert retried.json()["stage"] == "contract_request"
+            again = await offline.form(deal, "targeting", TARGETING, headers=key)
+            assert again.status_code == 200 and again.json()["stage"] == "contract_request"
+            applied = await applied_updates(offline.client, deal, "submit_form")
+            assert applied == [f"form:{deal}:targeting:{key['Idempotency-Key']}"]
+
+
 # --- fuzzing -------------------------------------------------------------------------------------------------------
 
 PRINTABLE = st.characters(min_codepoint=32, max_codepoint=126)
@@ -596,6 +564,7 @@ HEADER_NAMES = [
     "X-DocuSign-Signature-1",
     "X-DocuSign-Signature-2",
     "X-Sopflow-Form-Token",
+    "Idempotency-Key",
     "Content-Type",
     "X-Anything",
 ]
