@@ -137,7 +137,8 @@ async def form_page(
         415: {"description": "neither JSON nor form-encoded"},
         422: {"description": "invalid fields: `fields` maps each field to its message (HTML: the form again)"},
         503: {
-            "description": "not confirmed yet (Temporal unavailable or slow): it may still be applied; retrying with "
+            "description": "Temporal (or the records database) unavailable or slow: retry. When the update was sent "
+            "but not confirmed, the answer says so (`confirmed: false`): it may still be applied, and retrying with "
             "the same Idempotency-Key (or the page's same submission) is safe"
         },
     },
@@ -164,6 +165,7 @@ async def submit_form(
     Answers JSON, as webhook-style senders expect, unless the request prefers text/html (a browser posting the
     form page): then every outcome is a page, with the same status code.
     """
+    del idempotency_key  # read by `_key`, which also refuses the header sent twice
     given = x_sopflow_form_token or token
     html = form_pages.prefers_html(request.headers.get("accept"))
     fields: dict[str, Any] | None = None
