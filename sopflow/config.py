@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     # Accept browser requests from `ui_url`'s origin without the token. The Temporal UI cannot send a static token
     # (only its signed-in user's access token), so without this its pages stay encrypted. An Origin header can be
     # forged by anything that is not a browser: turn it on only where the codec port is reachable from trusted hosts
-    # alone (the compose stack publishes it on 127.0.0.1).
+    # alone. Refused while a codec token is set: the token would then protect nothing.
     codec_trust_ui_origin: bool = False
 
     # Webhook intake (`sopflow intake`). Secrets come from the environment only and are SecretStr, so a repr, a log
