@@ -16,6 +16,17 @@ At the end every lifecycle is closed, so the final check reads a quiet system:
   (the sink also counts SMTP-level redeliveries of an already received Message-ID, which receivers discard);
 - every sink message belongs to a step; the templates each kind of client must receive all arrived;
 - each journal is gap-free (seq 1..n, once each), each deal has one record and one row per stage move.
+
+It prints every problem it finds; with `--keep DIR` it also writes them to `DIR/problems.txt` (one per line) and
+the counts to `DIR/report.json`, beside the server db, the records and the worker's log.
+
+Compressed time makes wall-clock expectations fragile: a playbook day is a real second, so a worker that is late by
+seconds (SIGKILLed, restarting, a loaded machine) is late by days. Nothing here assumes how fast the machine is:
+- a signed client's signature can reach its lifecycle after the 14-day contract expired (a server restart between
+  sending the contract and signing it); the lifecycle then rightly ignores it, and the driver does what a rep does:
+  re-sends the contract and signs again (`contracts_resent` counts it);
+- waits end on progress, not on a total: they give up only when no client has moved for `stall_timeout` seconds;
+- each fault waits for the worker to be polling again, so every kill hits a running worker, however slow it starts.
 """
 
 from __future__ import annotations
@@ -102,8 +113,10 @@ class ChaosConfig:
     time_scale: float = 86400
     # Once every client is where it must be, how long the cadence keeps firing before everything is closed.
     settle_seconds: float = 5
-    # How long clients may take to get there after the driving (the check reports those that did not).
-    settle_timeout: float = 240
+    # The waits for clients to get where they must, and for closed ones to complete, give up (and the check reports
+    # those that did not) only after this long without any of them moving: longer than a killed worker's activity
+    # takes to be retried (its 30 s timeout) plus the email retry backoff, so slow is never taken for stuck.
+    stall_timeout: float = 180
     concurrency: int = 20
     # Seconds between two faults (worker kill, server restart).
     interval: float = 3.0
@@ -117,6 +130,7 @@ class ChaosReport:
     smtp_dropped: int = 0
     smtp_deferred: int = 0
     request_retries: int = 0
+    contracts_resent: int = 0
     emails_expected: int = 0
     emails_arrived: int = 0
     emails_redelivered: int = 0
@@ -149,6 +163,8 @@ class Stack:
         self.server: asyncio.subprocess.Process | None = None
         self.worker: asyncio.subprocess.Process | None = None
         self.worker_log = (workdir / "worker.log").open("ab")
+        self.polling = asyncio.Event()
+        self._log_copier: asyncio.Task[None] | None = None
 
     async def start_server(self) -> Client:
         self.server = await _spawn_server(self.settings)
@@ -173,9 +189,25 @@ class Stack:
             "SOPFLOW_SMTP_HOST": self.settings.smtp_host,
             "SOPFLOW_SMTP_PORT": str(self.settings.smtp_port),
         }
+        self.polling = asyncio.Event()
         self.worker = await asyncio.create_subprocess_exec(
-            SOPFLOW, "worker", env=env, stdout=self.worker_log, stderr=self.worker_log, start_new_session=True
+            SOPFLOW,
+            "worker",
+            env=env,
+            stdout=self.worker_log,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
+        assert self.worker.stderr is not None
+        self._log_copier = asyncio.create_task(self._copy_log(self.worker.stderr, self.polling))
+
+    async def _copy_log(self, stream: asyncio.StreamReader, polling: asyncio.Event) -> None:
+        """Into worker.log, noting the worker's "polling" line: starting takes seconds on a loaded machine, and a
+        fault aimed at a worker that is not polling yet would test nothing."""
+        while line := await stream.readline():
+            self.worker_log.write(line)
+            if b"worker polling task queue" in line:
+                polling.set()
 
     async def kill_worker(self) -> None:
         assert self.worker is not None
@@ -187,6 +219,8 @@ class Stack:
         if self.worker is not None and self.worker.returncode is None:
             self.worker.send_signal(signal.SIGTERM)
             await self.worker.wait()
+        if self._log_copier is not None:
+            await self._log_copier  # the worker is gone: its stderr ends
         if self.server is not None and self.server.returncode is None:
             await self.kill_server()
         self.worker_log.close()
@@ -258,7 +292,57 @@ async def drive(client: Client, n: int, config: ChaosConfig, report: ChaosReport
         path = SIGNED_PATH if kind_of(n) == "signed" else UNSIGNED_PATH
         for i, step in enumerate(path):
             update_id = f"{deal_id}-{i}"
-            await retried(partial(request, handle, fill(step, n), update_id), update_id, report)
+            if step == SIGNATURE:
+                await sign(handle, update_id, config, report)
+            else:
+                await retried(partial(request, handle, fill(step, n), update_id), update_id, report)
+
+
+SIGNATURE = ("event", "contract_signed")
+# How often one client's contract may expire before its signature got in: more means the run is far too slow for
+# its compressed clock, which is worth a problem of its own.
+MAX_RESENDS = 3
+
+
+async def sign(handle: WorkflowHandle[Any, Any], event_id: str, config: ChaosConfig, report: ChaosReport) -> None:
+    """Sign the contract, as often as it takes.
+
+    A contract expires 14 playbook days (14 real seconds) after it was sent. The signal normally follows at once,
+    but a server restart in between can hold it back longer; a worker that is back first fires the expiry, and the
+    late signature is recorded and ignored, as it must be. A rep would re-send the contract (`advance` from
+    contract_expired back to contract), and so does this; each signature has its own event id, since a repeated one
+    is dropped as a duplicate.
+    """
+    for attempt in range(MAX_RESENDS + 1):
+        signature = f"{event_id}.{attempt}"
+        event = ExternalEvent(name="contract_signed", event_id=signature, source="chaos")
+        await retried(partial(handle.signal, ClientLifecycle.event, event), signature, report)
+        stage = await stage_leaving(handle, "contract", config, report)
+        if stage != "contract_expired":
+            if stage == "closed_expired":
+                report.problems.append(f"{handle.id}: its contract expired and closed before it could be re-sent")
+            return  # signed (prelaunch), or a problem already reported
+        report.contracts_resent += 1
+        resend = partial(
+            handle.execute_update, ClientLifecycle.advance, Advance(to="contract"), id=f"{event_id}.resend.{attempt}"
+        )
+        await retried(resend, f"{handle.id}: re-send contract", report)
+    report.problems.append(f"{handle.id}: the contract expired {MAX_RESENDS + 1} times before a signature got in")
+
+
+async def stage_leaving(handle: WorkflowHandle[Any, Any], stage: str, config: ChaosConfig, report: ChaosReport) -> str:
+    """The client's stage once it is no longer `stage` (a signal has no answer: its effect is read back). The
+    contract stage always ends, by the signature or by its deadline; only a stuck lifecycle stays longer than
+    `stall_timeout`."""
+    deadline = time.monotonic() + config.stall_timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(*RETRYABLE):
+            current = (await handle.query(ClientLifecycle.status)).stage
+            if current != stage:
+                return current
+        await asyncio.sleep(0.5)
+    report.problems.append(f"{handle.id}: still in {stage} after {config.stall_timeout:.0f} s")
+    return stage
 
 
 async def chaos(stack: Stack, config: ChaosConfig, report: ChaosReport, driving: asyncio.Future[Any]) -> None:
@@ -267,6 +351,11 @@ async def chaos(stack: Stack, config: ChaosConfig, report: ChaosReport, driving:
     half = config.kills // 2
     events = ["kill"] * half + ["restart"] * config.restarts + ["kill"] * (config.kills - half)
     for event in events:
+        try:
+            async with asyncio.timeout(config.stall_timeout):
+                await stack.polling.wait()
+        except TimeoutError:
+            report.problems.append(f"the worker was not polling {config.stall_timeout:.0f} s after it started")
         await asyncio.sleep(config.interval)
         if event == "kill":
             await stack.kill_worker()
@@ -279,15 +368,37 @@ async def chaos(stack: Stack, config: ChaosConfig, report: ChaosReport, driving:
     await driving
 
 
+async def until_progress_stops(
+    pending: set[int], done: Callable[[int], Awaitable[bool]], stall_timeout: float, pause: float
+) -> set[int]:
+    """Check the `pending` clients over and over, dropping each one for which `done` holds, until none is left or
+    none has been dropped for `stall_timeout` seconds; returns those left.
+
+    A total deadline would take a slow run (a loaded machine, a worker just killed) for a stuck one; this waits as
+    long as clients keep moving and gives up only when nothing moves.
+    """
+    last_progress = time.monotonic()
+    while pending and time.monotonic() - last_progress < stall_timeout:
+        for n in sorted(pending):
+            if await done(n):
+                pending.discard(n)
+                last_progress = time.monotonic()
+        if pending:
+            await asyncio.sleep(pause)
+    return pending
+
+
 async def until_expected(client: Client, config: ChaosConfig, report: ChaosReport) -> None:
-    deadline = time.monotonic() + config.settle_timeout
-    for n in range(config.clients):
+    """Until every client is in its expected stage, or none has got there for `stall_timeout` (the final check then
+    reports those that did not)."""
+
+    async def arrived(n: int) -> bool:
         handle = client.get_workflow_handle(workflow_id(f"CHAOS-{n:04d}"))
-        while time.monotonic() < deadline:
-            with contextlib.suppress(*RETRYABLE):
-                if (await handle.query(ClientLifecycle.status)).stage in EXPECTED_STAGES[kind_of(n)]:
-                    break
-            await asyncio.sleep(0.5)
+        with contextlib.suppress(*RETRYABLE):
+            return (await handle.query(ClientLifecycle.status)).stage in EXPECTED_STAGES[kind_of(n)]
+        return False
+
+    await until_progress_stops(set(range(config.clients)), arrived, config.stall_timeout, 0.5)
 
 
 async def close_all(client: Client, clients: int, report: ChaosReport) -> dict[str, str]:
@@ -307,17 +418,19 @@ async def close_all(client: Client, clients: int, report: ChaosReport) -> dict[s
     return reached
 
 
-async def wait_completed(client: Client, clients: int, seconds: float = 120) -> dict[str, WorkflowExecutionStatus]:
-    deadline = time.monotonic() + seconds
+async def wait_completed(client: Client, config: ChaosConfig) -> dict[str, WorkflowExecutionStatus]:
+    """Each closed client's final status. A closed lifecycle still sends its last emails before it completes, and
+    an email held by a killed worker waits for its activity timeout first: wait while clients keep completing."""
     statuses: dict[str, WorkflowExecutionStatus] = {}
-    for n in range(clients):
+
+    async def finished(n: int) -> bool:
         handle = client.get_workflow_handle(workflow_id(f"CHAOS-{n:04d}"))
-        while True:
-            description = await handle.describe()
-            statuses[handle.id] = description.status  # type: ignore[assignment]
-            if description.status != WorkflowExecutionStatus.RUNNING or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
+        statuses.setdefault(handle.id, WorkflowExecutionStatus.RUNNING)  # never described: reported as running
+        with contextlib.suppress(*RETRYABLE):
+            statuses[handle.id] = (await handle.describe()).status  # type: ignore[assignment]
+        return statuses[handle.id] != WorkflowExecutionStatus.RUNNING
+
+    await until_progress_stops(set(range(config.clients)), finished, config.stall_timeout, 0.2)
     return statuses
 
 
@@ -405,25 +518,40 @@ async def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosReport:
             await until_expected(client, config, counters)
             await asyncio.sleep(config.settle_seconds)
             reached = await close_all(client, config.clients, counters)
-            statuses = await wait_completed(client, config.clients)
+            statuses = await wait_completed(client, config)
         finally:
             await stack.stop()
         report = verify(db, sink, config, reached, statuses)
     report.kills, report.server_restarts = counters.kills, counters.server_restarts
-    report.request_retries = counters.request_retries
+    report.request_retries, report.contracts_resent = counters.request_retries, counters.contracts_resent
     report.problems = counters.problems + report.problems
     report.wall_seconds = round(time.monotonic() - started, 1)
     return report
 
 
+def counts(report: ChaosReport) -> dict[str, Any]:
+    """The report's figures, with the number of problems rather than their text (one JSON line for the log)."""
+    return {**asdict(report), "problems": len(report.problems), "ok": report.ok}
+
+
 def print_report(report: ChaosReport) -> None:
+    """Every figure, then every problem: a run with a thousand problems is read whole, or from `--keep`'s files."""
     rows = [(k, v) for k, v in asdict(report).items() if k != "problems"]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    for problem in report.problems[:50]:
+    for problem in report.problems:
         print(f"PROBLEM: {problem}")
-    print(json.dumps({**asdict(report), "problems": len(report.problems), "ok": report.ok}))
+    print(json.dumps(counts(report)))
+
+
+def write_report(report: ChaosReport, folder: Path) -> None:
+    """`problems.txt` (one per line, empty when none; a line break inside one, from a quoted error, is written as
+    `\\n` so that `wc -l` counts problems) and `report.json` (the counts) into the kept run's folder, beside the data
+    they are about."""
+    lines = (problem.replace("\n", "\\n") for problem in report.problems)
+    (folder / "problems.txt").write_text("".join(f"{line}\n" for line in lines))
+    (folder / "report.json").write_text(json.dumps(counts(report), indent=2) + "\n")
 
 
 def main() -> None:
@@ -434,7 +562,11 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=defaults.restarts)
     parser.add_argument("--smtp-fail-every", type=int, default=defaults.smtp_fail_every)
     parser.add_argument("--time-scale", type=float, default=defaults.time_scale)
-    parser.add_argument("--keep", type=Path, help="keep the run's files (dev server db, records, logs) here")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the run's files here (dev server db, records, worker log), with problems.txt and report.json",
+    )
     args = parser.parse_args()
     config = ChaosConfig(
         clients=args.clients,
@@ -446,6 +578,7 @@ def main() -> None:
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
         report = asyncio.run(run_chaos(config, args.keep))
+        write_report(report, args.keep)
     else:
         with tempfile.TemporaryDirectory(prefix="sopflow-chaos-") as workdir:
             report = asyncio.run(run_chaos(config, Path(workdir)))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from tests.chaos.harness import ChaosConfig, print_report, run_chaos
+import pytest
+
+from tests.chaos.harness import ChaosConfig, ChaosReport, print_report, run_chaos, write_report
 
 
 async def test_worker_kills_a_server_restart_and_a_flaky_relay_lose_and_duplicate_nothing(tmp_path: Path):
@@ -16,3 +19,29 @@ async def test_worker_kills_a_server_restart_and_a_flaky_relay_lose_and_duplicat
     assert (report.kills, report.server_restarts) == (1, 1)
     assert report.smtp_dropped > 0 and report.smtp_deferred > 0  # the relay really was flaky
     assert report.emails_arrived == report.emails_expected > 0
+
+
+def test_every_problem_is_printed_and_kept_one_per_line_with_the_counts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    problems = [f"deal-CHAOS-{n:04d}: reached 'contract', expected ongoing" for n in range(120)]
+    problems.append("deal-CHAOS-0001-3: refused: not open\nin stage 'contract_expired'")
+    report = ChaosReport(clients=200, kills=5, problems=problems)
+
+    print_report(report)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PROBLEM: ")]
+    assert len(printed) == 121  # all of them: no cap
+    write_report(report, tmp_path)
+
+    kept = (tmp_path / "problems.txt").read_text().splitlines()
+    assert len(kept) == 121
+    assert kept[:120] == problems[:120]
+    assert kept[120] == "deal-CHAOS-0001-3: refused: not open\\nin stage 'contract_expired'"
+    counts = json.loads((tmp_path / "report.json").read_text())
+    assert counts["problems"] == 121 and counts["ok"] is False and counts["kills"] == 5
+
+
+def test_a_clean_run_keeps_an_empty_problem_list(tmp_path: Path) -> None:
+    write_report(ChaosReport(clients=8), tmp_path)
+    assert (tmp_path / "problems.txt").read_text() == ""
+    assert json.loads((tmp_path / "report.json").read_text())["ok"] is True
