@@ -255,9 +255,7 @@ def validate_values(
         if spec is None:
             known = ", ".join(sorted(specs)) or "none"
             # Keyed by a bounded form of the name: a 30 KB or email-shaped key must not travel into messages and logs.
-            errors[shown(name, 24)[1:-1] if len(name) > 24 or not name.isidentifier() else name] = (
-                f"unknown field (known: {known})"
-            )
+            errors[shown(name, 24)[1:-1]] = f"unknown field (known: {known})"
             continue
         if is_blank(value):
             clean[name] = None

@@ -8,7 +8,6 @@ with the timers fired in between, exactly as the workflow drives the engine.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,13 +23,13 @@ from sopflow.models import (
     Close,
     CompleteTask,
     ExternalEvent,
-    LifecycleState,
     MigratePlaybook,
     SetFields,
     SubmitForm,
 )
 from sopflow.playbook import FieldSpec, Playbook, load_playbook
 from sopflow.samples import sample_values
+from tests.sopflow.conftest import assert_readable_by_the_workflow
 
 T0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
 PLAYBOOKS = {p.stem: load_playbook(p) for p in sorted((PROJECT_ROOT / "playbooks").glob("*.yaml"))}
@@ -134,23 +133,6 @@ def apply(engine: Engine, request: object, now: datetime) -> None:
             engine.event(request, now)
 
 
-def everything_the_workflow_reads(engine: Engine, now: datetime) -> None:
-    """Status, records snapshot, UI details, email context, timers, the journal, and continue-as-new."""
-    engine.status(now)
-    engine.snapshot()
-    engine.details_markdown(now)
-    engine.template_context({})
-    engine.owner()
-    engine.next_wakeup()
-    for step in engine.take_steps():
-        json.dumps(step.entry.model_dump(mode="json"), allow_nan=False)
-        if step.email is not None:
-            json.dumps(step.email.model_dump(mode="json"), allow_nan=False)
-    dumped = engine.state.model_dump(mode="json")
-    json.dumps(dumped, allow_nan=False)
-    assert LifecycleState.model_validate(dumped) == engine.state
-
-
 @pytest.mark.parametrize("name", sorted(PLAYBOOKS))
 @LIVES
 @given(data=st.data())
@@ -172,12 +154,12 @@ def test_a_life_of_accepted_requests_and_timers_never_raises_anything_but_reject
             now,
             "deal-D-1",
         )
-    everything_the_workflow_reads(engine, now)
+    assert_readable_by_the_workflow(engine, now)
     for _ in range(data.draw(st.integers(1, 12))):
         # Time passes (minutes to years) and every timer due meanwhile fires, as the workflow's wake-ups do.
         now += timedelta(minutes=data.draw(st.integers(0, 3 * 365 * 24 * 60)))
         engine.tick(now)
-        everything_the_workflow_reads(engine, now)
+        assert_readable_by_the_workflow(engine, now)
         request = a_request(engine, data)
         try:
             validate(engine, request, now)
@@ -188,6 +170,6 @@ def test_a_life_of_accepted_requests_and_timers_never_raises_anything_but_reject
             apply(engine, request, now)
         except Rejected as exc:  # allowed: the handler re-checks; never anything else
             assert str(exc)
-        everything_the_workflow_reads(engine, now)
+        assert_readable_by_the_workflow(engine, now)
     engine.tick(now + timedelta(days=data.draw(st.integers(0, 2000))))
-    everything_the_workflow_reads(engine, now)
+    assert_readable_by_the_workflow(engine, now)
