@@ -4,8 +4,9 @@ that `bench.throughput` divides the engine's figure by.
 It has no playbook, no engine, no templates, no records and no search attributes. Each request (an update or a
 signal) carries the Temporal work it must cause (a `BareStep`, computed from the real engine by
 `bench.safe_balance.bare_plan`), and the workflow does that work with a trivial activity, following the same
-loop as `ClientLifecycle`: the account claim inside the update handler; then, in the main loop, the queued emails
-one by one and one timeline record per batch of requests; then one timer if nothing pending fires earlier. So when
+loop as `ClientLifecycle`: the account claim inside the update handler; then, in the main loop, one timeline record
+per batch of requests, the queued emails one by one and one record of the delivered emails; then one timer if
+nothing pending fires earlier. So when
 requests arrive faster than their work completes, both batch their records and skip timers the same way, and the
 per-client counts (checked from the histories) stay equal. Whatever the engine costs above this is the price of the
 engine; whatever both cost is Temporal's (and SQLite's).
@@ -29,8 +30,8 @@ class BareStep:
     name: str
     kind: str  # "start", "update" or "signal"
     handler_activities: int = 0  # run by the update handler before it returns (the account claim)
-    emails: int = 0  # activities run one by one by the main loop afterwards
-    records: bool = True  # whether it adds timeline entries (one record activity per batch of requests)
+    emails: int = 0  # activities run one by one after the request (then one record activity for all of them)
+    records: bool = True  # whether it adds timeline entries besides emails (one record activity per batch)
     wake_seconds: float | None = None  # the engine's next wake-up after this request, from now
 
 
@@ -50,7 +51,7 @@ class BarePlan:
         return {
             "updates": sum(s.kind == "update" for s in self.steps),
             "signals": sum(s.kind == "signal" for s in self.steps),
-            "activities": sum(s.handler_activities + s.emails + int(s.records) for s in self.steps),
+            "activities": sum(s.handler_activities + s.emails + int(s.records) + int(s.emails > 0) for s in self.steps),
             "timers": timers,
         }
 
@@ -101,10 +102,12 @@ class BareLifecycle:
     async def _flush(self) -> None:
         while self._queued:
             batch, self._queued = self._queued, []
-            for step in batch:
-                for _ in range(step.emails):
-                    await self._activity()
             if any(step.records for step in batch):
+                await self._activity()
+            emails = sum(step.emails for step in batch)
+            for _ in range(emails):
+                await self._activity()
+            if emails:
                 await self._activity()
 
     async def _activity(self) -> None:

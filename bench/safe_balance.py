@@ -162,7 +162,7 @@ def bare_plan(book: Playbook, requests: list[Request], now: datetime) -> BarePla
             kind=kind,
             handler_activities=claims,
             emails=sum(s.email is not None for s in queued),
-            records=bool(queued),
+            records=any(s.email is None for s in queued),
             wake_seconds=None if wake is None else (wake.at - now).total_seconds(),
         )
 

@@ -284,6 +284,7 @@ class ClientLifecycle:
             workflow.logger.warning("dropped an event signal that is not an event: %r", type(event).__name__)
             return
         now = self._now()
+        self._catch_up(now)
         try:
             self._engine.attempt("event", lambda: self._engine.event(event, now), now)
         except EngineFault:
@@ -318,6 +319,13 @@ class ClientLifecycle:
                 non_retryable=True,
             ) from None
 
+    def _catch_up(self, now: datetime) -> None:
+        """Before a request, fire the timers that fell due before it: a signature arriving after the contract
+        expired is late whether or not the worker had processed the expiry yet (same-moment timers wait: requests
+        first). Lifecycles recorded before PATCH_REQUESTS_FIRST applied the request to whatever had been processed."""
+        if self._tie:
+            self._engine.tick(now - timedelta(microseconds=1))
+
     @contextmanager
     def _limits_of_the_time(self) -> Iterator[None]:
         """In a handler, check fields as they were checked when the request was accepted: a request replayed from
@@ -347,6 +355,7 @@ class ClientLifecycle:
         """Apply a validated request all or nothing; refusals and internal errors fail the request, never the task."""
         now = self._now()
         engine = self._engine
+        self._catch_up(now)
         try:
             with self._limits_of_the_time():
                 engine.attempt(what, lambda: change(now), now)

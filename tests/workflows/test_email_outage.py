@@ -8,12 +8,15 @@ the expiry and across the visit's due date, well inside the day an email is retr
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import yaml
 from sqlalchemy import select
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -137,3 +140,59 @@ async def test_a_site_visit_falls_due_on_time_while_its_reminder_is_held_by_an_s
     assert [str(m["X-Sopflow-Template"]).rsplit("/", 1)[-1] for m in back.messages] == ["visit_due"]
     assert outbox(db, handle)[-1] == ("visit_due", "sent")
     assert journal(db, handle, "email")[-1]["template"] == "visit_due"
+
+
+async def test_a_signature_after_expiry_is_late_even_when_the_worker_had_not_processed_the_expiry_yet(dev_env, db):
+    """With no worker polling, the expiry timer fires on the server and the signature arrives after it, so the next
+    workflow task carries both (and a signal is handled before a timer in a task). Timers that fell due before a
+    request fire first, so the outcome is the same as on a worker that kept up: the signature is late.
+
+    On the dev server with a compressed clock (the time-skipping server does not move time while a task waits for a
+    worker); the test waits for the timer to fire, never for wall time."""
+    data = yaml.safe_load((PLAYBOOKS / "safe_balance.yaml").read_text())
+    contract = next(stage for stage in data["stages"] if stage["id"] == "contract")
+    contract["deadline"]["remind"] = []  # the expiry is the only timer the lifecycle arms
+    playbook = parse_playbook(data, "safe_balance (no reminders)", TEMPLATES)
+    deal_id = f"LATE-{uuid.uuid4().hex[:8]}"
+    with MailSink() as sink:
+        async with make_worker(dev_env.client, db, sink) as worker:
+            handle = await dev_env.client.start_workflow(
+                ClientLifecycle.run,
+                LifecycleInput(deal_id=deal_id, playbook=playbook, fields=DEAL, time_scale=86400),
+                id=workflow_id(deal_id),
+                task_queue=worker.task_queue,
+            )
+            await contract_sent(handle)
+            await until(lambda: after_the_contract(handle, EventType.EVENT_TYPE_TIMER_STARTED), "expiry armed")
+        await until(
+            lambda: after_the_contract(handle, EventType.EVENT_TYPE_TIMER_FIRED), "the expiry timer fired"
+        )  # 14 playbook days: 14 s
+        await handle.signal(ClientLifecycle.event, ExternalEvent(name="contract_signed", event_id="envelope-1/late"))
+        async with make_worker(dev_env.client, db, sink, task_queue=worker.task_queue):
+            await until(lambda: events_recorded(db, handle), "the signature was handled")
+            status = await handle.query(ClientLifecycle.status)
+        await handle.terminate("test over")
+    assert status.stage == "contract_expired"
+    (event,) = journal(db, handle, "event")
+    assert event["status"] == "ignored" and "not expected" in event["reason"]
+
+
+async def after_the_contract(handle: WorkflowHandle[Any, Any], kind: EventType.ValueType) -> bool:
+    """Whether an event of this kind follows the contract request (the last update) in the history."""
+    events = (await handle.fetch_history()).events
+    updated = max(
+        i for i, e in enumerate(events) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED
+    )
+    return any(e.event_type == kind for e in events[updated:])
+
+
+async def events_recorded(db: Database, handle: WorkflowHandle[Any, Any]) -> bool:
+    return bool(journal(db, handle, "event"))
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, limit: float = 120) -> None:
+    """Poll a condition (never a fixed sleep); the limit only catches a hang."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.2)
