@@ -15,12 +15,9 @@ RUN groupadd --system --gid 10001 sopflow \
 
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone: a code change does not reinstall them.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies first, exactly as locked (every package with its hash): a code change does not reinstall them.
+COPY pyproject.toml requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
 # The code with its templates and playbooks beside it (sopflow finds them relative to the package), installed in
 # place so the `sopflow` command runs this tree.
@@ -31,7 +28,7 @@ COPY activities ./activities
 COPY starter ./starter
 COPY templates ./templates
 COPY playbooks ./playbooks
-RUN pip install --no-deps -e . && python -m compileall -q sopflow workflows activities starter worker.py
+RUN pip install --no-deps --no-build-isolation -e . && python -m compileall -q sopflow workflows activities starter worker.py
 
 USER sopflow:sopflow
 ENTRYPOINT ["sopflow"]
