@@ -71,7 +71,8 @@ def near_valid(playbook: Playbook, scope: str, specs: dict[str, FieldSpec], data
 
 def some(names: list[str], data: st.DataObject) -> str:
     """Mostly a name the playbook knows, sometimes any text."""
-    if names and data.draw(st.integers(0, 5)):
+    known: int = data.draw(st.integers(0, 5))
+    if names and known:
         return data.draw(st.sampled_from(names))
     return data.draw(st.text(max_size=10))
 
