@@ -64,7 +64,7 @@ async def test_a_kickoff_never_scheduled_escalates_to_the_sales_vp(ts_env, imple
 
 async def test_a_back_out_after_signing_is_closed_here_with_its_reason(ts_env, implementation):
     steps: list[dict[str, Any]] = [
-        {"at": "1d", "task": "review_ticket"},
+        {"at": "23h", "task": "review_ticket"},  # before it falls due on day 1, not at that very moment
         {"at": "1d", "task": "schedule_kickoff"},
         {"at": "2d", "form": "kickoff_call", "fields": {"held_on": "$today"}},
         {
