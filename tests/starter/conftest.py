@@ -33,7 +33,7 @@ from sopflow.mailsink import MailSink, free_port
 from sopflow.models import Advance, CompleteTask, ExternalEvent, LifecycleStatus, SetFields
 from sopflow.signatures import docusign_signature, form_token, hubspot_v3_signature
 from starter import webhooks
-from tests.conftest import CONTRACT_REQUEST, PRELAUNCH_TASKS, TEMPLATES
+from tests.conftest import CONTRACT_REQUEST, PRELAUNCH_TASKS, TARGETING, TEMPLATES
 from worker import build_worker
 from workflows.lifecycle import ClientLifecycle
 
@@ -274,6 +274,18 @@ async def to_launch(intake: Intake, deal: str) -> None:
     await handle.execute_update(ClientLifecycle.advance, Advance(to="launch"))
     await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task="launch_checklist"))
     assert (await intake.status(deal)).stage == "launch"
+
+
+async def launched(intake: Intake, object_id: int) -> str:
+    """A deal started by HubSpot and brought to ongoing management (site visits, a form sent again and again)
+    through the intake's JSON forms."""
+    deal = intake.deal(object_id)
+    assert (await intake.hubspot([creation(intake.portal, object_id)])).json()["results"][0]["outcome"] == "started"
+    assert (await intake.form(deal, "targeting", TARGETING)).status_code == 200
+    await to_launch(intake, deal)
+    closeout = {"launched_on": "2026-01-06", "staff_trained": "yes", "all_running": "yes"}
+    assert (await intake.form(deal, "closeout", closeout)).json()["stage"] == "ongoing"
+    return deal
 
 
 async def applied_updates(client: Client, deal: str, name: str) -> list[str]:

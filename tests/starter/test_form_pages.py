@@ -30,7 +30,7 @@ from starter.intake import context
 from starter.intake.context import IntakeError
 from starter.intake.form_pages import FormView, browser_fields, error_page, form_page, prefers_html
 from tests.conftest import TARGETING, TEMPLATES
-from tests.starter.conftest import FORM_SECRET, Intake, applied_updates, creation, eventually, to_launch
+from tests.starter.conftest import FORM_SECRET, Intake, applied_updates, creation, eventually, launched, to_launch
 from worker import build_worker
 from workflows.lifecycle import ClientLifecycle
 
@@ -284,17 +284,6 @@ def submission_of(page: Page) -> str:
     assert control["type"] == "hidden"
     value: str = control["value"]
     return value
-
-
-async def launched(intake: Intake, object_id: int) -> str:
-    """A deal started by HubSpot and brought to ongoing management (site visits) through the intake's JSON forms."""
-    deal = intake.deal(object_id)
-    assert (await intake.hubspot([creation(intake.portal, object_id)])).json()["results"][0]["outcome"] == "started"
-    assert (await intake.form(deal, "targeting", TARGETING)).status_code == 200
-    await to_launch(intake, deal)
-    closeout = {"launched_on": "2026-01-06", "staff_trained": "yes", "all_running": "yes"}
-    assert (await intake.form(deal, "closeout", closeout)).json()["stage"] == "ongoing"
-    return deal
 
 
 async def test_every_rendering_of_a_form_page_carries_its_own_one_time_submission_id(live: Intake):

@@ -46,8 +46,8 @@ from tests.starter.conftest import (
     creation,
     eventually,
     intake_yaml,
+    launched,
     make_settings,
-    to_launch,
 )
 from worker import build_worker
 from workflows.lifecycle import ClientLifecycle
@@ -441,19 +441,8 @@ async def test_a_lifecycle_without_a_worker_answers_503_not_a_hang(offline: Inta
         await handle.terminate("test: no worker")
 
 
-async def site_visits_open(intake: Intake, object_id: int) -> str:
-    """A deal the intake started, in ongoing management, where the site-visit form may be sent again and again."""
-    deal = intake.deal(object_id)
-    assert (await intake.hubspot([creation(intake.portal, object_id)])).json()["results"][0]["outcome"] == "started"
-    assert (await intake.form(deal, "targeting", TARGETING)).status_code == 200
-    await to_launch(intake, deal)
-    closeout = {"launched_on": "2026-01-06", "staff_trained": "yes", "all_running": "yes"}
-    assert (await intake.form(deal, "closeout", closeout)).json()["stage"] == "ongoing"
-    return deal
-
-
 async def test_posts_with_the_same_idempotency_key_apply_once_even_at_the_same_time(live: Intake):
-    deal = await site_visits_open(live, 707)
+    deal = await launched(live, 707)
     visit = {"visited_on": "2026-01-20", "steps_cleared": "yes", "needs": "More brochures"}
     key = {"Idempotency-Key": "3f0c9a52-6a1e-4d8e-9b61-0d2f4c7e8a19"}
     before = await applied_updates(live.client, deal, "submit_form")
