@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy.exc import OperationalError
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -122,8 +123,8 @@ async def run_worker(settings: Settings | None = None) -> None:
     stop = asyncio.Event()
     with stop_on_signals(stop, signal.SIGTERM, signal.SIGINT):
         db = Database(settings.database_url)
-        db.upgrade()
-        client = await unless_stopped(stop, connect(settings=settings))
+        migrated = await unless_stopped(stop, until_migrated(db))
+        client = None if migrated is None else await unless_stopped(stop, connect(settings=settings))
         if client is None:
             log.info("worker stopped before it started polling")
             return
@@ -136,6 +137,27 @@ async def run_worker(settings: Settings | None = None) -> None:
         async with worker:  # a signal that came while the worker was being built is in `stop` already
             await stop.wait()
     log.info("worker stopped", extra={"task_queue": worker.task_queue})
+
+
+# How long a starting worker waits between attempts to reach its records store, at most.
+DATABASE_RETRY_MAX = timedelta(seconds=10)
+
+
+async def until_migrated(db: Database) -> bool:
+    """Migrate the records store, waiting for it as long as it takes.
+
+    A worker (re)started while its database restarts, or before it is up (a host reboot starts both at once), must
+    wait for it, not exit: an orchestrator that restarts a crashed worker would do the same, only slower and with a
+    crash in the log. Refusals other than a lost or refused connection still end the start."""
+    delay = 0.5
+    while True:
+        try:
+            await asyncio.to_thread(db.upgrade)
+            return True
+        except OperationalError as exc:
+            log.warning("records store not reachable (%s); retrying in %.0f s", type(exc.orig).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, DATABASE_RETRY_MAX.total_seconds())
 
 
 async def unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, T]) -> T | None:

@@ -1,8 +1,19 @@
 """`send_email`: render a template and deliver it once per step, whatever retries and crashes happen.
 
-Once-only rests on three things: an outbox row keyed by the step's idempotency key (workflow id + step number,
+Once-only rests on four things: an outbox row keyed by the step's idempotency key (workflow id + step number,
 stable across retries and continue-as-new, never the run id), a status that moves pending -> sent | partial |
-failed, and a Message-ID derived from the key. A step whose row says sent is never sent again.
+failed, a Message-ID derived from the key, and a claim. A step whose row says sent is never sent again.
+
+The claim is a lease on the row: a random token and an expiry, taken by one conditional UPDATE (`status = pending`
+and no live lease) right before the SMTP conversation, given back when the attempt fails. Two attempts of one step
+really do run at once with several workers: Temporal starts a retry when an attempt outlives its timeout (a slow
+relay, a stalled worker), and the first attempt may still be talking to the relay. Only the lease holder sends;
+the other raises a retryable `EmailInFlight` that retries when the lease would end. A SIGKILLed holder gives
+nothing back: its lease simply expires. The conversation is bounded by EMAIL_SEND_DEADLINE, shorter than the
+lease, so a living holder is done before anyone else may claim. Why a lease and not a row lock (`SELECT … FOR
+UPDATE` held while sending): a lock pins a pooled connection and an open transaction for a whole SMTP conversation,
+on SQLite it would block every other writer, and a database restart releases it while the SMTP conversation goes
+on anyway; the lease needs no open transaction and works the same on both databases.
 
 Address headers (From, To, Cc, Reply-To) are written from `email.headerregistry.Address` objects, never formatted
 as text, and the SMTP envelope comes from the same objects, never from reading the headers back. A person's name is
@@ -22,13 +33,15 @@ non-retryable, and the workflow turns an undeliverable address into a task for t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.policy
 import hashlib
 import mimetypes
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.headerregistry import Address, AddressHeader, HeaderRegistry
 from email.message import EmailMessage
@@ -36,12 +49,13 @@ from email.utils import formatdate
 from typing import Literal
 
 import aiosmtplib
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import or_, select, update
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from sopflow.db import Database, OutboxEmail
+from activities.errors import classified
+from sopflow.constants import EMAIL_CLAIM_LEASE, EMAIL_SEND_DEADLINE
+from sopflow.db import Database, OutboxEmail, insert_new
 from sopflow.models import EmailRequest, EmailResult
 from sopflow.playbook import AttachmentRefused
 from sopflow.telemetry import EMAIL_ATTEMPTS, count
@@ -73,12 +87,15 @@ SMTP_REJECTED = "SmtpRejected"
 # Details: [the addresses at fault] (as RecipientRefused's first detail), [their roles]; both empty when no address
 # is at fault (an attachment, the configured From).
 MESSAGE_UNBUILDABLE = "MessageUnbuildable"
-# Non-retryable failures by ApplicationError type, as the outcome label of the attempts counter.
-_PERMANENT = {
+# Retryable: another attempt of the same step holds the claim and may be talking to the relay right now.
+EMAIL_IN_FLIGHT = "EmailInFlight"
+# ApplicationError types as the outcome label of the attempts counter.
+_OUTCOMES = {
     TEMPLATE_ERROR: "template_error",
     RECIPIENT_REFUSED: "refused",
     SMTP_REJECTED: "smtp_rejected",
     MESSAGE_UNBUILDABLE: "unbuildable",
+    EMAIL_IN_FLIGHT: "in_flight",
 }
 
 
@@ -93,8 +110,8 @@ def _attempted(req: EmailRequest, outcome: str, error_type: str | None = None) -
     count(
         activity.metric_meter(),
         EMAIL_ATTEMPTS,
-        "send_email attempts by outcome (sent, partial, already_sent, temporary_error, refused, smtp_rejected, "
-        "template_error, unbuildable)",
+        "send_email attempts by outcome (sent, partial, already_sent, temporary_error, in_flight, refused, "
+        "smtp_rejected, template_error, unbuildable)",
         {"playbook": req.playbook, "template": req.template, "outcome": outcome},
     )
 
@@ -259,7 +276,7 @@ class EmailActivities:
         try:
             result = await self._send(req)
         except ApplicationError as exc:
-            _attempted(req, _PERMANENT.get(exc.type or "", "error"), exc.type)
+            _attempted(req, _OUTCOMES.get(exc.type or "", "error"), exc.type)
             raise
         except Exception as exc:  # connection errors, timeouts, 4xx: Temporal retries them
             _attempted(req, "temporary_error", type(exc).__name__)
@@ -271,8 +288,7 @@ class EmailActivities:
         message_id = message_id_for(req.key, self.smtp.mail_from)
         row = await asyncio.to_thread(self._begin, req, message_id)
         if row.status in ("sent", "partial"):
-            earlier = row.error.split(", ") if row.status == "partial" and row.error else []
-            return EmailResult(status="already_sent", subject=row.subject, message_id=message_id, refused=earlier)
+            return self._earlier(row, message_id)
         # Any form id links (the request names the playbook, not its forms); `playbook validate` checks the ids.
         context = {**req.context, "links": links_for(self.public_url, req.deal_id, self.form_secret)}
         try:
@@ -291,19 +307,40 @@ class EmailActivities:
             raise ApplicationError(
                 reason, exc.addresses, exc.roles, type=MESSAGE_UNBUILDABLE, non_retryable=True
             ) from None
+        token = uuid.uuid4().hex
+        holder = await asyncio.to_thread(self._claim, req.key, token)
+        if holder is not None:
+            return self._earlier(holder, message_id)
         try:
-            refusals, _ = await aiosmtplib.send(
-                outgoing.data,
-                sender=outgoing.sender,
-                recipients=outgoing.recipients,
-                hostname=self.smtp.host,
-                port=self.smtp.port,
-                username=self.smtp.username,
-                password=self.smtp.password,
-                use_tls=self.smtp.tls == "implicit",
-                start_tls=self.smtp.tls == "starttls",
-                timeout=self.smtp.timeout,
-            )
+            refused_now = sorted(await self._converse(req, outgoing))
+            status: Literal["sent", "partial"] = "partial" if refused_now else "sent"
+            await asyncio.to_thread(self._finish, req.key, status, ", ".join(refused_now) or None)
+        except BaseException as exc:
+            # Temporary: the retry may claim at once. (A failed `_finish` after the server's 250 means the retry sends
+            # again, with the same Message-ID, whether now or when the lease would have ended.)
+            if not (isinstance(exc, ApplicationError) and exc.non_retryable):
+                with contextlib.suppress(Exception):  # unreleased, the lease still expires
+                    await asyncio.to_thread(self._release, req.key, token)
+            raise
+        return EmailResult(status=status, subject=rendered.subject, message_id=message_id, refused=refused_now)
+
+    async def _converse(self, req: EmailRequest, outgoing: Outgoing) -> dict[str, object]:
+        """The SMTP conversation, over by EMAIL_SEND_DEADLINE; the recipients the server refused (when others were
+        accepted). Permanent refusals are recorded and raised as non-retryable; the rest is raised as it is."""
+        client = aiosmtplib.SMTP(
+            hostname=self.smtp.host,
+            port=self.smtp.port,
+            username=self.smtp.username,
+            password=self.smtp.password,
+            use_tls=self.smtp.tls == "implicit",
+            start_tls=self.smtp.tls == "starttls",
+            timeout=self.smtp.timeout,
+        )
+        try:
+            async with asyncio.timeout(EMAIL_SEND_DEADLINE.total_seconds()):
+                await client.connect()
+                refusals, _ = await client.sendmail(outgoing.sender, outgoing.recipients, outgoing.data)
+                return dict(refusals)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = {r.recipient: r for r in exc.recipients}
             if any(r.code < 500 for r in refused.values()):
@@ -319,10 +356,27 @@ class EmailActivities:
             reason = f"SMTP {exc.code} {exc.message}"
             await asyncio.to_thread(self._finish, req.key, "failed", reason)
             raise ApplicationError(reason, type=SMTP_REJECTED, non_retryable=True) from exc
-        refused_now = sorted(refusals)
-        status: Literal["sent", "partial"] = "partial" if refused_now else "sent"
-        await asyncio.to_thread(self._finish, req.key, status, ", ".join(refused_now) or None)
-        return EmailResult(status=status, subject=rendered.subject, message_id=message_id, refused=refused_now)
+        finally:
+            # Hang up, with no QUIT: `aiosmtplib.send` would wait for a slow server to answer QUIT (up to a command
+            # timeout) even after the deadline, and the transaction is complete (or abandoned) either way.
+            client.close()
+
+    @staticmethod
+    def _earlier(row: OutboxEmail, message_id: str) -> EmailResult:
+        """What an attempt reports when another attempt of its step got there first: that attempt's result if it
+        has sent, else a retryable EmailInFlight timed for when its lease ends."""
+        if row.status in ("sent", "partial"):
+            earlier = row.error.split(", ") if row.status == "partial" and row.error else []
+            return EmailResult(status="already_sent", subject=row.subject, message_id=message_id, refused=earlier)
+        now = datetime.now(UTC)
+        until = row.claimed_until or now
+        until = until if until.tzinfo else until.replace(tzinfo=UTC)  # SQLite gives back naive UTC
+        wait = min(max(until - now, timedelta(seconds=1)), EMAIL_CLAIM_LEASE)
+        raise ApplicationError(
+            f"another attempt is sending this email ({row.status}); retrying when its claim ends",
+            type=EMAIL_IN_FLIGHT,
+            next_retry_delay=wait + timedelta(seconds=1),
+        )
 
     def _build(self, req: EmailRequest, rendered: Rendered, message_id: str) -> Outgoing:
         """Read the attachments and build the message (in a thread: both block)."""
@@ -337,32 +391,54 @@ class EmailActivities:
         return build_message(req, rendered, message_id, self.smtp.mail_from, attachments)
 
     def _begin(self, req: EmailRequest, message_id: str) -> OutboxEmail:
-        """Find or create the step's outbox row (UNIQUE key) and count the attempt."""
+        """Find or create the step's outbox row and count the attempt (ON CONFLICT: attempts of one step may meet)."""
+        with classified("the outbox row"), self.db.session() as session:
+            row = {
+                "key": req.key,
+                "workflow_id": req.workflow_id,
+                "deal_id": req.deal_id,
+                "playbook": req.playbook,
+                "template": req.template,
+                "to": ", ".join(r.email for r in req.to),
+                "cc": ", ".join(r.email for r in req.cc),
+                "attachments": ", ".join(req.attachments),
+                "message_id": message_id,
+                "status": "pending",
+                "attempts": 0,
+                "scheduled_at": req.at,
+            }
+            insert_new(session, OutboxEmail, row, ["key"])
+            session.execute(
+                update(OutboxEmail).where(OutboxEmail.key == req.key).values(attempts=OutboxEmail.attempts + 1)
+            )
+            session.commit()
+            return session.scalars(select(OutboxEmail).where(OutboxEmail.key == req.key)).one()
+
+    def _claim(self, key: str, token: str) -> OutboxEmail | None:
+        """Take the step's lease if it is pending and no live lease holds it: None when taken, else the row as it
+        is (sent by an earlier attempt, or claimed by one that may be sending now)."""
+        with classified("the outbox claim"), self.db.session() as session:
+            now = datetime.now(UTC)
+            claimable = or_(OutboxEmail.claimed_until.is_(None), OutboxEmail.claimed_until < now)
+            taken = session.execute(
+                update(OutboxEmail)
+                .where(OutboxEmail.key == key, OutboxEmail.status == "pending", claimable)
+                .values(claim_token=token, claimed_until=now + EMAIL_CLAIM_LEASE)
+            )
+            session.commit()
+            if taken.rowcount:  # type: ignore[attr-defined]
+                return None
+            return session.scalars(select(OutboxEmail).where(OutboxEmail.key == key)).one()
+
+    def _release(self, key: str, token: str) -> None:
+        """Give the lease back after a failed attempt, so the retry need not wait for it to expire."""
         with self.db.session() as session:
-            row = session.scalar(select(OutboxEmail).where(OutboxEmail.key == req.key))
-            if row is None:
-                row = OutboxEmail(
-                    key=req.key,
-                    workflow_id=req.workflow_id,
-                    deal_id=req.deal_id,
-                    playbook=req.playbook,
-                    template=req.template,
-                    to=", ".join(r.email for r in req.to),
-                    cc=", ".join(r.email for r in req.cc),
-                    attachments=", ".join(req.attachments),
-                    message_id=message_id,
-                    status="pending",
-                    attempts=0,
-                    scheduled_at=req.at,
-                )
-                session.add(row)
-            row.attempts += 1
-            try:
-                session.commit()
-            except IntegrityError:  # a concurrent attempt of the same step created it first
-                session.rollback()
-                return self._begin(req, message_id)
-            return row
+            session.execute(
+                update(OutboxEmail)
+                .where(OutboxEmail.key == key, OutboxEmail.claim_token == token)
+                .values(claim_token=None, claimed_until=None)
+            )
+            session.commit()
 
     def _store_rendered(self, key: str, rendered: Rendered) -> None:
         with self.db.session() as session:
@@ -372,11 +448,11 @@ class EmailActivities:
                 session.commit()
 
     def _finish(self, key: str, status: str, error: str | None) -> None:
-        with self.db.session() as session:
+        with classified("the outbox result"), self.db.session() as session:
             row = session.scalar(select(OutboxEmail).where(OutboxEmail.key == key))
             if row is None:
                 return
-            row.status, row.error = status, error
+            row.status, row.error, row.claim_token, row.claimed_until = status, error, None, None
             if status in ("sent", "partial"):
                 row.sent_at = datetime.now(UTC)
             session.commit()

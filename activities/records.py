@@ -1,7 +1,9 @@
 """Records activities: the timeline (journal), its projection into queryable tables, and account claims.
 
-Every write is idempotent under retries: a batch is applied in one transaction, and entries whose (workflow id,
-sequence number) is already in the journal are skipped together with everything derived from them.
+Every write is idempotent under retries, and safe when a retry overlaps an attempt still running elsewhere: a batch
+is applied in one transaction; each entry is inserted with ON CONFLICT DO NOTHING on (workflow id, sequence number),
+and only the transaction that inserted it writes what is derived from it. Failures are classified by
+`activities.errors.classified`.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from temporalio import activity
 
+from activities.errors import classified
 from sopflow.db import (
     AccountClaim,
     Database,
@@ -25,6 +27,7 @@ from sopflow.db import (
     StageTransition,
     TaskRow,
     VisitRow,
+    insert_new,
 )
 from sopflow.models import ClaimRequest, ClaimResult, DealSnapshot, JournalBatch, JournalEntry
 
@@ -42,32 +45,26 @@ class RecordActivities:
         return await asyncio.to_thread(self._record_journal, batch)
 
     def _record_journal(self, batch: JournalBatch) -> int:
-        with self.db.session() as session:
-            seqs = [entry.seq for entry in batch.entries]
-            known = set(
-                session.scalars(
-                    select(JournalRow.seq).where(JournalRow.workflow_id == batch.workflow_id, JournalRow.seq.in_(seqs))
-                )
-            )
-            added = [entry for entry in batch.entries if entry.seq not in known]
-            for entry in added:
-                session.add(
-                    JournalRow(
-                        workflow_id=batch.workflow_id,
-                        deal_id=batch.deal_id,
-                        playbook=batch.playbook,
-                        seq=entry.seq,
-                        at=entry.at,
-                        kind=entry.kind,
-                        stage=entry.stage,
-                        detail=entry.detail,
-                    )
-                )
-                self._project(session, batch, entry)
-            if batch.snapshot is not None and seqs:
-                self._snapshot(session, batch, batch.snapshot, max(seqs))
+        with classified("the timeline batch"), self.db.session() as session:
+            added = 0
+            for entry in batch.entries:
+                row = {
+                    "workflow_id": batch.workflow_id,
+                    "deal_id": batch.deal_id,
+                    "playbook": batch.playbook,
+                    "seq": entry.seq,
+                    "at": entry.at,
+                    "kind": entry.kind,
+                    "stage": entry.stage,
+                    "detail": entry.detail,
+                }
+                if insert_new(session, JournalRow, row, ["workflow_id", "seq"]):
+                    added += 1
+                    self._project(session, batch, entry)
+            if batch.snapshot is not None and batch.entries:
+                self._snapshot(session, batch, batch.snapshot, max(entry.seq for entry in batch.entries))
             session.commit()
-            return len(added)
+            return added
 
     def _project(self, session: Session, batch: JournalBatch, entry: JournalEntry) -> None:
         """Derive the queryable rows an entry stands for (transitions, forms, tasks, visits)."""
@@ -148,60 +145,74 @@ class RecordActivities:
             )
 
     def _snapshot(self, session: Session, batch: JournalBatch, snap: DealSnapshot, seq: int) -> None:
-        row = session.scalar(select(DealRow).where(DealRow.workflow_id == batch.workflow_id))
-        if row is None:
-            row = DealRow(workflow_id=batch.workflow_id, deal_id=batch.deal_id, playbook=batch.playbook, last_seq=-1)
-            session.add(row)
+        """The deal's row as of `seq`, never moved backwards; locked (FOR UPDATE, PostgreSQL) while it is compared
+        and written, so two batches of one deal in flight at once cannot interleave."""
+        now = datetime.now(UTC)
+        state = {
+            "playbook_version": snap.playbook_version,
+            "stage": snap.stage,
+            "stage_title": snap.stage_title,
+            "stage_entered_at": snap.stage_entered_at,
+            "owner": snap.owner,
+            "outcome": snap.outcome,
+            "next_due": snap.next_due,
+            "next_visit_due": snap.next_visit_due,
+            "visit_label": snap.visit_label,
+            "started_at": snap.started_at,
+            "updated_at": now,
+        }
+        key = {"workflow_id": batch.workflow_id, "deal_id": batch.deal_id, "playbook": batch.playbook}
+        insert_new(session, DealRow, {**key, **state, "last_seq": -1}, ["workflow_id"])
+        row = session.scalars(select(DealRow).where(DealRow.workflow_id == batch.workflow_id).with_for_update()).one()
         if seq < row.last_seq:
             return  # an older batch retried late: the row already shows newer state
-        row.playbook_version, row.stage, row.stage_title = snap.playbook_version, snap.stage, snap.stage_title
-        row.stage_entered_at, row.owner, row.outcome = snap.stage_entered_at, snap.owner, snap.outcome
-        row.next_due, row.next_visit_due, row.visit_label = snap.next_due, snap.next_visit_due, snap.visit_label
-        row.started_at, row.updated_at, row.last_seq = snap.started_at, datetime.now(UTC), seq
+        for name, value in {**state, "last_seq": seq}.items():
+            setattr(row, name, value)
         for contact in snap.contacts:
-            existing = session.scalar(
+            contact_key = {"workflow_id": batch.workflow_id, "role": contact.role}
+            insert_new(
+                session,
+                DealContact,
+                {**contact_key, "deal_id": batch.deal_id, "email": None, "name": None, "updated_at": now},
+                ["workflow_id", "role"],
+            )
+            existing = session.scalars(
                 select(DealContact).where(
                     DealContact.workflow_id == batch.workflow_id, DealContact.role == contact.role
                 )
-            )
-            if existing is None:
-                existing = DealContact(workflow_id=batch.workflow_id, deal_id=batch.deal_id, role=contact.role)
-                session.add(existing)
-            existing.email, existing.name, existing.updated_at = contact.email, contact.name, datetime.now(UTC)
+            ).one()
+            existing.email, existing.name, existing.updated_at = contact.email, contact.name, now
 
     @activity.defn
     async def claim_account(self, req: ClaimRequest) -> ClaimResult:
         return await asyncio.to_thread(self._claim, req)
 
     def _claim(self, req: ClaimRequest) -> ClaimResult:
-        with self.db.session() as session:
-            holder = session.scalar(
-                select(AccountClaim).where(
+        """First deal to claim the account holds it; two deals claiming at once meet in the unique key."""
+        with classified("the account claim"), self.db.session() as session:
+            claim = {
+                "playbook": req.playbook,
+                "account_key": req.account_key,
+                "deal_id": req.deal_id,
+                "claimed_at": req.at,
+            }
+            insert_new(session, AccountClaim, claim, ["playbook", "account_key"])
+            session.commit()
+            holder = session.scalars(
+                select(AccountClaim.deal_id).where(
                     AccountClaim.playbook == req.playbook, AccountClaim.account_key == req.account_key
                 )
-            )
-            if holder is None:
-                session.add(
-                    AccountClaim(
-                        playbook=req.playbook, account_key=req.account_key, deal_id=req.deal_id, claimed_at=req.at
-                    )
-                )
-                try:
-                    session.commit()
-                except IntegrityError:  # another deal claimed it between our read and write
-                    session.rollback()
-                    return self._claim(req)
+            ).one()
+            if holder == req.deal_id:
                 return ClaimResult(granted=True)
-            if holder.deal_id == req.deal_id:
-                return ClaimResult(granted=True)
-            return ClaimResult(granted=False, holder_deal_id=holder.deal_id)
+            return ClaimResult(granted=False, holder_deal_id=holder)
 
     @activity.defn
     async def release_claims(self, deal_id: str) -> int:
         return await asyncio.to_thread(self._release, deal_id)
 
     def _release(self, deal_id: str) -> int:
-        with self.db.session() as session:
+        with classified("releasing account claims"), self.db.session() as session:
             result = session.execute(delete(AccountClaim).where(AccountClaim.deal_id == deal_id))
             session.commit()
             return int(getattr(result, "rowcount", 0) or 0)

@@ -31,6 +31,14 @@ MAX_CHAINED_TRANSITIONS = 25
 
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
 
+# One email attempt's whole SMTP conversation (connect to the last answer) ends by this deadline, within the
+# activity's timeout: each command's own timeout alone would let five slow answers run for minutes, long after
+# Temporal gave up on the attempt and started a retry elsewhere.
+EMAIL_SEND_DEADLINE = timedelta(seconds=25)
+# The lease on a step's outbox row held by the one attempt allowed to talk SMTP for it: the send deadline plus a
+# margin for the writes around it and for clocks that differ between worker hosts by a few seconds.
+EMAIL_CLAIM_LEASE = EMAIL_SEND_DEADLINE + timedelta(seconds=10)
+
 # How long a stopping worker lets in-flight activities (an SMTP send, a records write) finish before they are
 # cancelled and retried by another worker: longer than a normal send, shorter than a deploy's kill timeout.
 WORKER_GRACEFUL_SHUTDOWN = timedelta(seconds=20)

@@ -10,9 +10,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint, create_engine, event
+from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, Session, mapped_column, sessionmaker
 
 
 class Base(DeclarativeBase):
@@ -21,7 +22,10 @@ class Base(DeclarativeBase):
 
 class OutboxEmail(Base):
     """One row per email step. `key` is the step's idempotency key; status: pending -> sent | partial | failed
-    (partial: delivered, but some recipients were refused)."""
+    (partial: delivered, but some recipients were refused).
+
+    `claim_token` / `claimed_until`: the lease of the one attempt allowed to talk SMTP for this step right now (see
+    `activities/email.py`); both empty when no attempt holds it."""
 
     __tablename__ = "outbox"
 
@@ -43,6 +47,8 @@ class OutboxEmail(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     scheduled_at: Mapped[datetime]
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    claim_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class JournalRow(Base):
@@ -195,11 +201,58 @@ class InboundEvent(Base):
     outcome: Mapped[str] = mapped_column(String(50))
 
 
+def fitted(model: type[Base], values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with every string cut to its column's length.
+
+    The records store is a projection for lists and filters: the whole value stays in the journal's JSON detail and
+    in the workflow's history. PostgreSQL refuses a string longer than its VARCHAR (SQLite never does), and a
+    refused write can never succeed on retry, so a long name or actor accepted years ago must not reach it whole."""
+    lengths = {c.key: c.type.length for c in model.__table__.columns if isinstance(c.type, String) and c.type.length}
+    return {
+        name: value[: lengths[name]] if isinstance(value, str) and name in lengths else value
+        for name, value in values.items()
+    }
+
+
+@event.listens_for(Base, "before_insert", propagate=True)
+@event.listens_for(Base, "before_update", propagate=True)
+def _fit_strings(_mapper: Mapper[Any], _connection: Any, target: Base) -> None:
+    """Every row the ORM writes is `fitted` too."""
+    values = {c.key: getattr(target, c.key) for c in target.__table__.columns if isinstance(c.type, String)}
+    for name, value in fitted(type(target), values).items():
+        if value is not values[name]:
+            setattr(target, name, value)
+
+
+def insert_new(session: Session, model: type[Base], values: dict[str, Any], unique: list[str]) -> bool:
+    """`INSERT … ON CONFLICT (unique) DO NOTHING`: whether this call created the row.
+
+    Two attempts of one activity (a retry that overlaps a first attempt still running on a killed or slow worker)
+    meet here. A read-then-insert lets both read "absent" and one fail on the unique key; under PostgreSQL's READ
+    COMMITTED the second INSERT instead waits for the first transaction and then does nothing, on SQLite the single
+    writer orders them: either way the loser learns it lost without an error, which keeps constraint violations for
+    real faults (see `activities/errors.py`)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(model)
+        .values(**fitted(model, values))
+        .on_conflict_do_nothing(index_elements=unique)
+        .returning(*model.__table__.primary_key)
+    )
+    return session.execute(statement).first() is not None  # RETURNING: rowcount is not reliable across drivers
+
+
+# The advisory lock key of `Database.upgrade` ("sopflow" in ASCII): any constant no other application uses.
+MIGRATION_LOCK = 0x736F70666C6F77
+
+
 class Database:
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url, future=True)
+        # pool_pre_ping: a pooled connection is tested (a cheap round trip) before each checkout, so after a database
+        # restart, which breaks every pooled connection at once, the first use reconnects instead of failing.
+        self.engine: Engine = create_engine(url, future=True, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -216,10 +269,16 @@ class Database:
             command.stamp(config, "head")
 
     def upgrade(self, revision: str = "head") -> None:
-        """Bring the database to `revision` with the Alembic migrations (`sopflow db upgrade`)."""
+        """Bring the database to `revision` with the Alembic migrations (`sopflow db upgrade`).
+
+        On PostgreSQL the migration holds a transaction-scoped advisory lock: workers scaled out at once all upgrade
+        at start, and without it two of them would create the same tables and one would fail. (PostgreSQL's DDL is
+        transactional, so the second one then finds the tables made and has nothing to do.)"""
         from alembic import command
 
         with self.engine.begin() as connection:
+            if self.engine.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             config = alembic_config(self.engine.url.render_as_string(hide_password=False))
             config.attributes["connection"] = connection
             command.upgrade(config, revision)

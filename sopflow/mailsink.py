@@ -5,14 +5,19 @@ duplicate so tests can prove that retries never delivered the same step twice.
 
 It can also misbehave on purpose, the way real mail servers do, so the email path is tested against real SMTP
 failures rather than mocks: drop the first N connections, answer 451 to the first N messages, refuse recipients
-with 550.
+with 550, answer slowly, or hold every message until the test lets it through.
+
+It notes when each message's conversation ran (from MAIL FROM to its answer, or to the client hanging up), so a test
+can prove that no two conversations for one Message-ID ever ran at the same time (`overlapping`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -36,7 +41,17 @@ class _Handler:
     def __init__(self, sink: MailSink) -> None:
         self.sink = sink
 
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:
+        session.sopflow_started = time.monotonic()
+        self.sink.open_conversations.add(id(session))
+        session.sopflow_slow = self.sink.slow_conversation()
+        await self._answer_slowly(session)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
+        await self._answer_slowly(session)
         if address.lower() in self.sink.reject_recipients:
             return "550 5.1.1 Mailbox does not exist"
         envelope.rcpt_tos.append(address)
@@ -47,8 +62,21 @@ class _Handler:
             return "451 4.3.0 Temporary failure, try again later"
         message = message_from_bytes(envelope.content, policy=policy.default)
         assert isinstance(message, EmailMessage)
-        self.sink.receive(message, list(envelope.rcpt_tos))
+        try:
+            await self._answer_slowly(session)
+            if self.sink.hold is not None:
+                self.sink.holding.set()
+                await asyncio.to_thread(self.sink.hold.wait)
+        finally:
+            # The whole message arrived: it is delivered even if the client hung up before the answer (it then never
+            # learns so, and a retry sends it again: the receiving end's duplicate).
+            self.sink.receive(message, list(envelope.rcpt_tos))
+            self.sink.conversed(str(message.get("Message-ID", "")), session.sopflow_started)
         return "250 Message accepted for delivery"
+
+    async def _answer_slowly(self, session: Any) -> None:
+        if getattr(session, "sopflow_slow", False):
+            await asyncio.sleep(self.sink.slow_seconds)
 
 
 class _FlakySMTP(SMTP):
@@ -57,6 +85,10 @@ class _FlakySMTP(SMTP):
     def __init__(self, handler: _Handler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.sink = handler.sink
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.sink.open_conversations.discard(id(self.session))
+        super().connection_lost(error)
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -83,6 +115,9 @@ class MailSink:
         defer_messages: int = 0,
         reject_recipients: set[str] | None = None,
         fail_every: int = 0,
+        slow_every: int = 0,
+        slow_seconds: float = 0.0,
+        hold: threading.Event | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -94,8 +129,19 @@ class MailSink:
         # Besides the first N drops/deferrals: every `fail_every`-th connection dropped and message deferred, for as
         # long as the sink runs (a flaky relay during a whole chaos run, not just at the start).
         self.fail_every = fail_every
-        self.seen = {"connections": 0, "messages": 0}
+        # Every `slow_every`-th conversation answers MAIL, RCPT and DATA after `slow_seconds` each: a relay slow
+        # enough that a whole conversation outlasts the email activity's timeout while no single answer outlasts the
+        # client's command timeout.
+        self.slow_every, self.slow_seconds = slow_every, slow_seconds
+        # With `hold`, every message's answer waits until the test sets it; `holding` says one is waiting.
+        self.hold, self.holding = hold, threading.Event()
+        self.seen = {"connections": 0, "messages": 0, "conversations": 0}
         self.injected = {"dropped": 0, "deferred": 0}
+        self.slowed = 0
+        # Conversations past MAIL FROM whose client has not hung up yet: an email in flight.
+        self.open_conversations: set[int] = set()
+        # (Message-ID, start, end) of each conversation that carried a whole message, on the monotonic clock.
+        self.conversations: list[tuple[str, float, float]] = []
         self.armed = False  # the controller's own start-up probe connection must not be dropped
         self.messages: list[EmailMessage] = []
         self.duplicates = 0
@@ -122,6 +168,37 @@ class MailSink:
                 return False
             self.injected[kind] += 1
             return True
+
+    def slow_conversation(self) -> bool:
+        """Whether the conversation starting now is one of the slow ones (counted in `slowed`)."""
+        if not self.slow_every:
+            return False
+        with self._lock:
+            self.seen["conversations"] += 1
+            if self.seen["conversations"] % self.slow_every:
+                return False
+            self.slowed += 1
+            return True
+
+    def conversed(self, message_id: str, started: float) -> None:
+        with self._lock:
+            self.conversations.append((message_id, started, time.monotonic()))
+
+    def overlapping(self) -> list[str]:
+        """Message-IDs that two conversations carried at the same time: one email step sent twice concurrently."""
+        by_id: dict[str, list[tuple[float, float]]] = {}
+        with self._lock:
+            for message_id, start, end in self.conversations:
+                by_id.setdefault(message_id, []).append((start, end))
+        found = []
+        for message_id, spans in by_id.items():
+            latest_end = float("-inf")
+            for start, end in sorted(spans):
+                if start < latest_end:
+                    found.append(message_id)
+                    break
+                latest_end = max(latest_end, end)
+        return found
 
     def receive(self, message: EmailMessage, recipients: list[str]) -> None:
         message_id = str(message.get("Message-ID", ""))

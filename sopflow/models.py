@@ -148,6 +148,9 @@ class LifecycleInput(Payload):
     state: LifecycleState | None = None
     # Playbook time per real time: 1 in production; 86400 runs a playbook day in a second (demos, chaos runs).
     time_scale: float = Field(default=1, ge=1)
+    # Timeline entries the records store refused (RecordRefused), carried over continue-as-new to be offered again
+    # with the next batch: the store is a projection that must catch up once it is fixed, not lose them.
+    unrecorded: list[JournalEntry] = []
 
 
 # --- updates, signals ------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.email import MESSAGE_UNBUILDABLE, EmailActivities
+    from activities.errors import RECORD_REFUSED
     from activities.playbooks import PlaybookActivities
     from activities.records import RecordActivities
     from sopflow.constants import (
@@ -53,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         CompleteTask,
         ExternalEvent,
         JournalBatch,
+        JournalEntry,
         LifecycleInput,
         LifecycleStatus,
         MigratePlaybook,
@@ -146,6 +148,7 @@ class ClientLifecycle:
             self._engine = Engine(inp.playbook, inp.state, workflow_id)
             self._engine.continued(self._now())
         self._input = inp
+        self._unrecorded: list[JournalEntry] = list(inp.unrecorded)
         self._changed = True
         self._published: dict[str, object] = {}
         # Pending wake-ups by fire time. Timers are never cancelled: a stale one fires into a no-op tick. Cancelling
@@ -190,12 +193,17 @@ class ClientLifecycle:
             await self._flush()
         self._publish()
         if engine.state.outcome != "won" and any(f.claims for f in engine.playbook.forms.values()):
-            await workflow.execute_activity_method(
-                RecordActivities.release_claims,
-                engine.state.deal_id,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=RECORD_RETRY,
-            )
+            try:
+                await workflow.execute_activity_method(
+                    RecordActivities.release_claims,
+                    engine.state.deal_id,
+                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                    retry_policy=RECORD_RETRY,
+                )
+            except ActivityError as err:
+                if not _refused_by_records(err):
+                    raise
+                workflow.logger.warning("the records store refused to release the deal's account claims")
         return engine.status(self._now())
 
     # --- updates ---------------------------------------------------------------------------------------------------
@@ -427,20 +435,36 @@ class ClientLifecycle:
                 self._engine.email_undeliverable(step, refused, cause.message)
 
     async def _record(self, steps: list[Step]) -> None:
+        """Record the steps' timeline entries, after any the records store refused before.
+
+        A lost database connection is retried by the activity's policy, for as long as it takes. A refusal
+        (RecordRefused: the store cannot take a value, which only a fix to it can cure) must not stop the client:
+        the entries are kept and offered again with the next batch, and the lifecycle carries on."""
         state = self._engine.state
-        await workflow.execute_activity_method(
-            RecordActivities.record_journal,
-            JournalBatch(
-                workflow_id=self._engine.workflow_id,
-                deal_id=state.deal_id,
-                playbook=self._input.playbook.id,
-                entries=[s.entry for s in steps],
-                snapshot=self._engine.snapshot(),
-            ),
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            retry_policy=RECORD_RETRY,
-            summary="record timeline",
-        )
+        entries = self._unrecorded + [s.entry for s in steps]
+        try:
+            await workflow.execute_activity_method(
+                RecordActivities.record_journal,
+                JournalBatch(
+                    workflow_id=self._engine.workflow_id,
+                    deal_id=state.deal_id,
+                    playbook=self._input.playbook.id,
+                    entries=entries,
+                    snapshot=self._engine.snapshot(),
+                ),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+                summary="record timeline",
+            )
+        except ActivityError as err:
+            if not _refused_by_records(err):
+                raise
+            workflow.logger.warning(
+                "the records store refused %d timeline entries; kept for the next batch", len(entries)
+            )
+            self._unrecorded = entries
+        else:
+            self._unrecorded = []
 
     async def _start_linked(self, step: Step) -> None:
         """Start the hand-off lifecycle as a child that outlives this one; its deal id makes a second start a no-op."""
@@ -515,7 +539,13 @@ class ClientLifecycle:
         # No await since the last flush emptied the queue, so no handler can have queued a step we would drop.
         state = self._engine.state
         workflow.continue_as_new(
-            LifecycleInput(deal_id=state.deal_id, playbook=self._input.playbook, state=state, time_scale=self._scale)
+            LifecycleInput(
+                deal_id=state.deal_id,
+                playbook=self._input.playbook,
+                state=state,
+                time_scale=self._scale,
+                unrecorded=self._unrecorded,
+            )
         )
 
     def _publish(self) -> None:
@@ -547,3 +577,8 @@ class ClientLifecycle:
         if updates:
             workflow.upsert_search_attributes(updates)
         workflow.set_current_details(details)
+
+
+def _refused_by_records(err: ActivityError) -> bool:
+    """Whether the records store refused the write for good (RecordRefused), as opposed to any other failure."""
+    return isinstance(err.cause, ApplicationError) and err.cause.type == RECORD_REFUSED

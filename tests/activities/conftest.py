@@ -6,8 +6,9 @@ at once, without scraping an endpoint or waiting for an exporter.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,5 +97,28 @@ def email_request() -> Callable[..., EmailRequest]:
             "context": {"deal": {"company": "Example Clinic"}},
         }
         return EmailRequest(**{**fields, **changes})
+
+    return make
+
+
+@pytest.fixture
+def held_sink() -> Iterator[tuple[MailSink, threading.Event]]:
+    """A sink that holds every message's answer until the test sets the event (set at the end in any case)."""
+    gate = threading.Event()
+    try:
+        with MailSink(hold=gate) as sink:
+            yield sink, gate
+    finally:
+        gate.set()
+
+
+@pytest.fixture
+def mail_to(records_db: Database, demo_templates: Path) -> Callable[[MailSink], EmailActivities]:
+    """The email activity on the demo templates and the records store of each backend (SQLite, PostgreSQL),
+    delivering to the given sink."""
+
+    def make(sink: MailSink) -> EmailActivities:
+        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from=MAIL_FROM)
+        return EmailActivities(records_db, TemplateRenderer(demo_templates), smtp, "http://127.0.0.1:8000")
 
     return make

@@ -1,28 +1,39 @@
-"""The records store on SQLite and the real PostgreSQL: migrations, idempotent writes under retries."""
+"""The records store on SQLite and the real PostgreSQL: migrations, idempotent writes under retries and under
+attempts that overlap, values cut to their columns, refusals told apart from lost connections."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
+import psycopg
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
+from temporalio.exceptions import ApplicationError
 
+from activities.errors import RECORD_REFUSED, classified
 from activities.records import RecordActivities
 from sopflow.db import (
+    AccountClaim,
     Base,
     Database,
     DealContact,
     DealRow,
     FormSubmission,
     JournalRow,
+    OutboxEmail,
     StageTransition,
     TaskRow,
     VisitRow,
 )
-from sopflow.models import ContactView, DealSnapshot, JournalBatch, JournalEntry
-from tests.conftest import launched_steps, run
+from sopflow.models import ClaimRequest, ContactView, DealSnapshot, JournalBatch, JournalEntry
+from tests.conftest import POSTGRES_ADMIN, launched_steps, postgres_database, run
 
 T0 = datetime(2026, 3, 2, 9, tzinfo=UTC)
 FIRST_TABLES = {"outbox", "journal", "account_claims"}
@@ -61,11 +72,24 @@ def test_upgrading_a_database_at_the_previous_revision_keeps_its_rows(database_u
                 ),
                 {"at": T0},
             )
+            connection.execute(
+                text(
+                    'INSERT INTO outbox (key, workflow_id, deal_id, playbook, template, "to", cc, subject, body_text,'
+                    " body_html, attachments, message_id, status, attempts, scheduled_at) VALUES ('deal-D-1/2/welcome',"
+                    " 'deal-D-1', 'D-1', 'safe_balance', 'welcome', 'signer@example.com', '', '', '', '', '', '<m>',"
+                    " 'pending', 1, :at)"
+                ),
+                {"at": T0},
+            )
         db.upgrade()
         assert set(inspect(db.engine).get_table_names()) >= RECORD_TABLES
         assert counts(db, JournalRow) == {"journal": 1}
+        with db.session() as session:  # a pending email from before claims existed is free to be claimed
+            assert [(r.status, r.claim_token, r.claimed_until) for r in session.scalars(select(OutboxEmail))] == [
+                ("pending", None, None)
+            ]
         with db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     finally:
         db.dispose()
 
@@ -160,3 +184,130 @@ async def test_forced_activity_retries_leave_exactly_one_row_per_step(ts_env, sa
     assert seqs == list(range(1, len(seqs) + 1))
     assert transitions == [r.to_stage for r in result.status.history]
     assert forms == ["targeting", "contract_request", "closeout"]
+
+
+def at_once(*calls: Callable[[], Any]) -> list[Any]:
+    """Run the calls in threads released together, as attempts on two workers would; their results, or errors."""
+    barrier = threading.Barrier(len(calls))
+
+    def together(call: Callable[[], Any]) -> Any:
+        barrier.wait()
+        try:
+            return call()
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(together, calls))
+
+
+def test_two_attempts_of_one_batch_at_once_write_every_row_once_without_an_error(records_db: Database):
+    records = RecordActivities(records_db)
+    first = batch(
+        entry(1, "stage", "targeting", to="targeting", trigger="start", by="cli"),
+        entry(2, "task", "targeting", task="check_crm", title="Check the CRM", status="opened", owner="rep"),
+        entry(3, "form", "targeting", form="targeting", by="cli", values={"company": "Example Clinic"}),
+    )
+    for _ in range(5):
+        added = at_once(lambda: records._record_journal(first), lambda: records._record_journal(first))
+        assert sorted(added) in ([0, 3], [0, 0])  # one wrote the rows (in the first round), the other skipped them
+    assert counts(records_db, JournalRow, StageTransition, FormSubmission, TaskRow, DealRow, DealContact) == {
+        "journal": 3,
+        "stage_transitions": 1,
+        "form_submissions": 1,
+        "tasks": 1,
+        "deals": 1,
+        "deal_contacts": 1,
+    }
+
+
+def test_two_deals_claiming_one_account_at_once_get_one_grant(records_db: Database):
+    records = RecordActivities(records_db)
+    claims = [ClaimRequest(playbook="safe_balance", account_key="example clinic", deal_id=d, at=T0) for d in "AB"]
+    results = at_once(*(partial(records._claim, claim) for claim in claims))
+    assert sorted(r.granted for r in results) == [False, True]
+    winner = next(claim.deal_id for claim, r in zip(claims, results, strict=True) if r.granted)
+    assert next(r.holder_deal_id for r in results if not r.granted) == winner
+
+
+def test_a_value_longer_than_its_column_is_cut_in_the_records_and_kept_whole_in_the_journal(records_db: Database):
+    records = RecordActivities(records_db)
+    long_name, long_actor = "N" * 500, "a" * 300  # accepted by lifecycles started before field limits existed
+    snapshot = batch(entry(1, "stage", "targeting", to="targeting", trigger="start", by=long_actor))
+    assert snapshot.snapshot is not None
+    snapshot.snapshot.contacts[0].name = long_name
+
+    assert records._record_journal(snapshot) == 1
+
+    with records_db.session() as session:
+        assert session.scalars(select(DealContact.name)).one() == "N" * 200
+        assert session.scalars(select(StageTransition.actor)).one() == "a" * 200
+        assert session.scalars(select(JournalRow.detail)).one()["by"] == long_actor
+
+
+def test_a_statement_the_database_refuses_is_not_retried_and_quotes_no_value(records_db: Database):
+    with records_db.session() as session:
+        session.add(AccountClaim(playbook="p", account_key="signer@example.com", deal_id="A", claimed_at=T0))
+        session.commit()
+        with pytest.raises(ApplicationError) as refused, classified("the account claim"):
+            session.add(AccountClaim(playbook="p", account_key="signer@example.com", deal_id="B", claimed_at=T0))
+            session.commit()
+    assert refused.value.type == RECORD_REFUSED and refused.value.non_retryable
+    assert "example.com" not in str(refused.value)
+
+
+def test_pooled_connections_recover_after_postgresql_drops_them_all():
+    """A database restart breaks every pooled connection at once: the next write reconnects instead of failing."""
+    with postgres_database() as url:
+        db = Database(url)
+        db.upgrade()
+        records = RecordActivities(db)
+        assert records._record_journal(batch(entry(1, "stage", "targeting", to="targeting"))) == 1
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+            dropped = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+                (url.rsplit("/", 1)[1],),
+            ).fetchone()
+        assert dropped is not None and dropped[0] >= 1
+
+        assert records._record_journal(batch(entry(2, "stage", "contract_request", to="contract_request"))) == 1
+        db.dispose()
+
+
+class RefuseTwice(RecordActivities):
+    """The records store refuses the first two batches for good (a value it cannot take, until someone fixes it)."""
+
+    refused = 0
+
+    def _record_journal(self, batch: JournalBatch) -> int:
+        if RefuseTwice.refused < 2:
+            RefuseTwice.refused += 1
+            raise ApplicationError(
+                "the timeline batch: the database refused it", type=RECORD_REFUSED, non_retryable=True
+            )
+        return super()._record_journal(batch)
+
+
+async def test_batches_the_records_store_refuses_are_offered_again_and_the_client_carries_on(
+    ts_env, safe_balance, records_db: Database
+):
+    RefuseTwice.refused = 0
+    result = await run(
+        ts_env, safe_balance, launched_steps(), until="40d", db=records_db, record_activities=RefuseTwice
+    )
+
+    assert RefuseTwice.refused == 2 and result.status.stage == "ongoing"
+    with records_db.session() as session:
+        seqs = list(session.scalars(select(JournalRow.seq).order_by(JournalRow.seq)))
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 10  # the refused first entries included
+
+
+def test_workers_starting_at_once_on_an_empty_postgresql_migrate_it_once_without_an_error():
+    with postgres_database() as url:
+        databases = [Database(url) for _ in range(3)]
+        outcomes = at_once(*(db.upgrade for db in databases))
+        assert outcomes == [None, None, None]
+        with databases[0].engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        for db in databases:
+            db.dispose()
