@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lock dev test lint bench chaos clean
+.PHONY: venv lock dev test lint bench chaos chaos-pg clean
 
 # Every package the venv gets, transitive ones included, pinned with hashes (`make lock` writes both from
 # pyproject.toml). requirements.lock: the runtime and the build backend (what an image needs);
@@ -60,6 +60,13 @@ test: venv
 # relay; prints its counts and fails on any lost, duplicated or stuck email, record or workflow.
 chaos: venv
 	$(BIN)/python -m tests.chaos.harness --clients 200 --kills 5 --restarts 1
+
+# The production topology under faults: 3 worker processes on the PostgreSQL at 127.0.0.1:5432 (a database of its own,
+# created and dropped), 8 random worker SIGKILLs, PostgreSQL stopped and started once (needs Debian's pg_ctlcluster,
+# as root), a flaky relay with slow conversations that outlast the email activity's timeout.
+chaos-pg: venv
+	$(BIN)/python -m tests.chaos.harness --clients 200 --database postgres --workers 3 --kills 8 --restarts 0 \
+		--db-restarts 1 --slow-every 15
 
 lint: venv
 	$(BIN)/ruff check .

@@ -14,6 +14,7 @@ can prove that no two conversations for one Message-ID ever ran at the same time
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import socket
 import threading
@@ -118,6 +119,7 @@ class MailSink:
         slow_every: int = 0,
         slow_seconds: float = 0.0,
         hold: threading.Event | None = None,
+        seed: int | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -126,13 +128,15 @@ class MailSink:
         self.drop_connections = drop_connections
         self.defer_messages = defer_messages
         self.reject_recipients = {address.lower() for address in reject_recipients or set()}
-        # Besides the first N drops/deferrals: every `fail_every`-th connection dropped and message deferred, for as
+        # Besides the first N drops/deferrals: one connection in `fail_every` dropped and one message in `fail_every`
+        # deferred, at random (`seed`), for as
         # long as the sink runs (a flaky relay during a whole chaos run, not just at the start).
         self.fail_every = fail_every
-        # Every `slow_every`-th conversation answers MAIL, RCPT and DATA after `slow_seconds` each: a relay slow
+        # One conversation in `slow_every` answers MAIL, RCPT and DATA after `slow_seconds` each: a relay slow
         # enough that a whole conversation outlasts the email activity's timeout while no single answer outlasts the
         # client's command timeout.
         self.slow_every, self.slow_seconds = slow_every, slow_seconds
+        self._rng = random.Random(seed)
         # With `hold`, every message's answer waits until the test sets it; `holding` says one is waiting.
         self.hold, self.holding = hold, threading.Event()
         self.seen = {"connections": 0, "messages": 0, "conversations": 0}
@@ -159,12 +163,16 @@ class MailSink:
             return True
 
     def every(self, kind: str, counter: str) -> bool:
-        """Count one more connection/message; inject a failure of `kind` on every `fail_every`-th."""
+        """Count one more connection/message; inject a failure of `kind` on one in `fail_every`, at random.
+
+        At random rather than every n-th: when one email is the only traffic left, its retries advance the counters
+        in step, and fixed strides for three kinds of fault can line up so that it fails attempt after attempt (seen:
+        eight in a row, a 256 s backoff) - a pattern of the injector, not of a relay."""
         if not self.fail_every:
             return False
         with self._lock:
             self.seen[counter] += 1
-            if self.seen[counter] % self.fail_every:
+            if self._rng.random() >= 1 / self.fail_every:
                 return False
             self.injected[kind] += 1
             return True
@@ -175,7 +183,7 @@ class MailSink:
             return False
         with self._lock:
             self.seen["conversations"] += 1
-            if self.seen["conversations"] % self.slow_every:
+            if self._rng.random() >= 1 / self.slow_every:
                 return False
             self.slowed += 1
             return True

@@ -1,9 +1,17 @@
-"""Fault injection: many compressed lifecycles on a real dev server while the worker is SIGKILLed, the server is
-restarted on the same SQLite file and the SMTP relay drops connections and defers messages. Afterwards nothing may
-be lost, duplicated or stuck.
+"""Fault injection: many compressed lifecycles on a real dev server while workers are SIGKILLed, the server (or the
+PostgreSQL records store) is restarted and the SMTP relay drops connections, defers messages and answers slowly.
+Afterwards nothing may be lost, duplicated or stuck.
 
-`make chaos` (or `python -m tests.chaos.harness --clients 200 --kills 5 --restarts 1`) runs the full version and
-exits non-zero on any loss or duplicate; `tests/chaos/test_chaos.py` runs a small one in `make test`.
+Two topologies, one harness:
+- `make chaos` (`--clients 200 --kills 5 --restarts 1`): one worker process on the SQLite records store, the dev
+  server SIGKILLed and restarted on its own file;
+- `make chaos-pg` (`--database postgres --workers 3 --kills 8 --db-restarts 1 --slow-every 15`): three worker
+  processes on one task queue against the PostgreSQL at 127.0.0.1:5432 (a database of the run's own, created and
+  dropped), random workers SIGKILLed (a replacement started each time; each kill waits for an email in flight when
+  there is one), PostgreSQL itself stopped and started once mid-run so every pooled connection breaks at once,
+  and a relay whose slow conversations outlast the email activity's timeout, so Temporal's retry of an attempt
+  really starts while that attempt is still talking to the relay.
+Both exit non-zero on any loss or duplicate; `tests/chaos/test_chaos.py` runs a small one of each in `make test`.
 
 Every client is a Safe Balance deal, compressed so a playbook day passes in a real second (`time_scale`):
 - three in four are signed and driven to ongoing management (forms, signature, tasks, launch, closeout), where the
@@ -15,7 +23,12 @@ At the end every lifecycle is closed, so the final check reads a quiet system:
 - every email step in a client's journal has one outbox row, sent, and exactly one distinct Message-ID at the sink
   (the sink also counts SMTP-level redeliveries of an already received Message-ID, which receivers discard);
 - every sink message belongs to a step; the templates each kind of client must receive all arrived;
-- each journal is gap-free (seq 1..n, once each), each deal has one record and one row per stage move.
+- no two SMTP conversations carried one Message-ID at the same time (a step sent twice concurrently); a resend after
+  an attempt hung up is a redelivery, which receivers discard by Message-ID, and is counted, not a problem;
+- no outbox row is left pending or claimed;
+- each journal is gap-free (seq 1..n, once each), each deal has one record and one row per stage move;
+- on PostgreSQL: once quiet, each live worker holds no more connections than its pool allows, none is left by a
+  killed worker, and none at all once the workers stopped.
 
 It prints every problem it finds; with `--keep DIR` it also writes them to `DIR/problems.txt` (one per line) and
 the counts to `DIR/report.json`, beside the server db, the records and the worker's log.
@@ -36,18 +49,21 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+import psycopg
 from sqlalchemy import func, select
 from temporalio.client import (
     Client,
@@ -107,9 +123,22 @@ MUST_RECEIVE = {
 class ChaosConfig:
     clients: int = 200
     kills: int = 5
+    # Dev server restarts (SIGKILL, then started again on the same SQLite file).
     restarts: int = 1
-    # Every n-th SMTP connection is dropped and every n-th message deferred with a 451.
+    # Worker processes on the one task queue; each kill picks one at random.
+    workers: int = 1
+    # The records store: a SQLite file in the run's folder, or a database of the run's own on the local PostgreSQL.
+    database: Literal["sqlite", "postgres"] = "sqlite"
+    # PostgreSQL stops (fast: every connection cut) and starts again after `db_down_seconds`.
+    db_restarts: int = 0
+    db_down_seconds: float = 3.0
+    # One SMTP connection in n is dropped and one message in n deferred with a 451, at random.
     smtp_fail_every: int = 7
+    # One SMTP conversation in n answers MAIL, RCPT and DATA after `slow_seconds` each: 3 x 12 s outlasts the email
+    # activity's 30 s timeout while each answer stays within the client's 20 s command timeout.
+    slow_every: int = 0
+    slow_seconds: float = 12.0
+    seed: int | None = None
     # Playbook seconds per real second: a day per second.
     time_scale: float = 86400
     # Once every client is where it must be, how long the cadence keeps firing before everything is closed.
@@ -126,15 +155,23 @@ class ChaosConfig:
 @dataclass
 class ChaosReport:
     clients: int = 0
+    workers: int = 0
+    database: str = ""
+    seed: int = 0
     kills: int = 0
+    kills_while_sending: int = 0
     server_restarts: int = 0
+    db_restarts: int = 0
     smtp_dropped: int = 0
     smtp_deferred: int = 0
+    smtp_slow: int = 0
     request_retries: int = 0
     contracts_resent: int = 0
     emails_expected: int = 0
     emails_arrived: int = 0
     emails_redelivered: int = 0
+    db_connections_at_end: dict[str, int] = field(default_factory=dict)
+    load_average: str = ""
     wall_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -148,24 +185,77 @@ T = TypeVar("T")
 RETRYABLE = (RPCError, RPCTimeoutOrCancelledError, asyncio.TimeoutError)
 
 
-class Stack:
-    """The dev server and a `sopflow worker` process, each killable and restartable."""
+# Connections one worker process may hold: SQLAlchemy's default pool (5) plus its overflow (10). Its records and
+# email activities reach the database from the default thread pool, which on these machines is smaller still.
+POOL_CAPACITY = 15
+# The local PostgreSQL the tests use (trust auth), and how to stop and start it (Debian's cluster tools).
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 
-    def __init__(self, workdir: Path, sink: MailSink) -> None:
+
+def pg_cluster_command(action: str) -> list[str]:
+    """`pg_ctlcluster` for the machine's one cluster (its version is the folder under /etc/postgresql)."""
+    (version,) = os.listdir("/etc/postgresql")
+    return [
+        "pg_ctlcluster",
+        "--skip-systemctl-redirect",
+        version,
+        "main",
+        action,
+        *(["-m", "fast"] * (action == "stop")),
+    ]
+
+
+class Worker:
+    """One `sopflow worker` process, its log copied into worker.log, and whether it is polling yet."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, log: Any) -> None:
+        self.name, self.proc, self.log = name, proc, log
+        self.polling = asyncio.Event()
+        assert proc.stderr is not None
+        self.copier = asyncio.create_task(self._copy_log(proc.stderr))
+
+    async def _copy_log(self, stream: asyncio.StreamReader) -> None:
+        """Into worker.log, each line prefixed with the worker's name, noting its "polling" line: starting takes
+        seconds on a loaded machine, and a fault aimed at a worker that is not polling yet would test nothing."""
+        while line := await stream.readline():
+            self.log.write(self.name.encode() + b" " + line)
+            if b"worker polling task queue" in line:
+                self.polling.set()
+
+
+class Stack:
+    """The dev server, `workers` worker processes and the records store, each killable and restartable."""
+
+    def __init__(self, workdir: Path, sink: MailSink, config: ChaosConfig) -> None:
+        self.database_name = f"sopflow_chaos_{uuid.uuid4().hex[:10]}" if config.database == "postgres" else None
         self.settings = Settings(
             home=workdir,
             dev_temporal_port=free_port(),
             dev_ui_port=free_port(),
-            database_url=f"sqlite:///{workdir / 'records.db'}",
+            database_url=(
+                POSTGRES_URL.format(name=self.database_name)
+                if self.database_name
+                else f"sqlite:///{workdir / 'records.db'}"
+            ),
             smtp_host=sink.host,
             smtp_port=sink.port,
         )
         self.address = f"{HOST}:{self.settings.dev_temporal_port}"
         self.server: asyncio.subprocess.Process | None = None
-        self.worker: asyncio.subprocess.Process | None = None
+        self.workers: list[Worker] = []
+        self.started = 0
         self.worker_log = (workdir / "worker.log").open("ab")
-        self.polling = asyncio.Event()
-        self._log_copier: asyncio.Task[None] | None = None
+
+    def create_database(self) -> None:
+        if self.database_name:
+            with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+                admin.execute(f'CREATE DATABASE "{self.database_name}"')
+
+    def drop_database(self) -> None:
+        if self.database_name:
+            with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{self.database_name}" WITH (FORCE)')
 
     async def start_server(self) -> Client:
         self.server = await _spawn_server(self.settings)
@@ -180,18 +270,33 @@ class Stack:
             os.killpg(self.server.pid, signal.SIGKILL)
         await self.server.wait()
 
-    async def start_worker(self) -> None:
+    async def restart_database(self, down_seconds: float) -> None:
+        """Stop PostgreSQL (fast: every session cut at once), keep it down a while, start it again. It is started
+        again whatever happens in between: other tests and sessions share it."""
+        await _run(pg_cluster_command("stop"))
+        try:
+            await asyncio.sleep(down_seconds)
+        finally:
+            await _run(pg_cluster_command("start"))
+
+    async def start_worker(self, slot: int | None = None) -> None:
+        """A new worker process, in `slot` (replacing a killed one) or added. Its database connections carry its
+        name (`application_name`), so the end check can tell whose they are."""
+        self.started += 1
+        name = f"w{self.started}"
+        url = self.settings.database_url
+        if self.database_name:
+            url += f"?application_name=chaos-{name}"
         env = {
             **os.environ,
             "TEMPORAL_ADDRESS": self.address,
             "TEMPORAL_NAMESPACE": "default",
             "SOPFLOW_HOME": str(self.settings.home),
-            "SOPFLOW_DATABASE_URL": self.settings.database_url,
+            "SOPFLOW_DATABASE_URL": url,
             "SOPFLOW_SMTP_HOST": self.settings.smtp_host,
             "SOPFLOW_SMTP_PORT": str(self.settings.smtp_port),
         }
-        self.polling = asyncio.Event()
-        self.worker = await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             SOPFLOW,
             "worker",
             env=env,
@@ -199,32 +304,57 @@ class Stack:
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
-        assert self.worker.stderr is not None
-        self._log_copier = asyncio.create_task(self._copy_log(self.worker.stderr, self.polling))
+        worker = Worker(name, proc, self.worker_log)
+        if slot is None:
+            self.workers.append(worker)
+        else:
+            self.workers[slot] = worker
 
-    async def _copy_log(self, stream: asyncio.StreamReader, polling: asyncio.Event) -> None:
-        """Into worker.log, noting the worker's "polling" line: starting takes seconds on a loaded machine, and a
-        fault aimed at a worker that is not polling yet would test nothing."""
-        while line := await stream.readline():
-            self.worker_log.write(line)
-            if b"worker polling task queue" in line:
-                polling.set()
+    async def all_polling(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                for worker in self.workers:
+                    await worker.polling.wait()
+                return True
+        return False
 
-    async def kill_worker(self) -> None:
-        assert self.worker is not None
+    async def kill_worker(self, slot: int) -> None:
+        """SIGKILL the worker in `slot` and start its replacement."""
+        worker = self.workers[slot]
         with contextlib.suppress(ProcessLookupError):
-            self.worker.kill()
-        await self.worker.wait()
+            worker.proc.kill()
+        await worker.proc.wait()
+        await worker.copier
+        await self.start_worker(slot)
 
     async def stop(self) -> None:
-        if self.worker is not None and self.worker.returncode is None:
-            self.worker.send_signal(signal.SIGTERM)
-            await self.worker.wait()
-        if self._log_copier is not None:
-            await self._log_copier  # the worker is gone: its stderr ends
+        for worker in self.workers:
+            if worker.proc.returncode is None:
+                worker.proc.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            await worker.proc.wait()
+            await worker.copier  # the worker is gone: its stderr ends
         if self.server is not None and self.server.returncode is None:
             await self.kill_server()
         self.worker_log.close()
+
+
+async def _run(command: list[str]) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}: {out.decode(errors='replace').strip()}")
+
+
+def db_connections(database: str) -> dict[str, int]:
+    """Sessions open on the run's database, by application name (each worker's own; "" for anything else)."""
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = %s GROUP BY 1", (database,)
+        ).fetchall()
+    return {str(name): int(count) for name, count in rows}
 
 
 def kind_of(n: int) -> str:
@@ -346,27 +476,43 @@ async def stage_leaving(handle: WorkflowHandle[Any, Any], stage: str, config: Ch
     return stage
 
 
-async def chaos(stack: Stack, config: ChaosConfig, report: ChaosReport, driving: asyncio.Future[Any]) -> None:
-    """Kill the worker `kills` times and restart the server `restarts` times, in the middle of the kills, one
-    event every `interval` seconds while clients are being driven."""
+async def chaos(
+    stack: Stack,
+    sink: MailSink,
+    config: ChaosConfig,
+    report: ChaosReport,
+    rng: random.Random,
+    driving: asyncio.Future[Any],
+) -> None:
+    """Kill a random worker `kills` times, and restart the server `restarts` times and PostgreSQL `db_restarts`
+    times in the middle of the kills, one event every `interval` seconds while clients are being driven."""
     half = config.kills // 2
-    events = ["kill"] * half + ["restart"] * config.restarts + ["kill"] * (config.kills - half)
+    middle = ["restart"] * config.restarts + ["db_restart"] * config.db_restarts
+    events = ["kill"] * half + middle + ["kill"] * (config.kills - half)
     for event in events:
-        try:
-            async with asyncio.timeout(config.stall_timeout):
-                await stack.polling.wait()
-        except TimeoutError:
-            report.problems.append(f"the worker was not polling {config.stall_timeout:.0f} s after it started")
+        if not await stack.all_polling(config.stall_timeout):
+            report.problems.append(f"a worker was not polling {config.stall_timeout:.0f} s after it started")
         await asyncio.sleep(config.interval)
         if event == "kill":
-            await stack.kill_worker()
+            await email_in_flight(sink, config.interval)
+            report.kills_while_sending += bool(sink.open_conversations)
+            await stack.kill_worker(rng.randrange(len(stack.workers)))
             report.kills += 1
-            await stack.start_worker()
-        else:
+        elif event == "restart":
             await stack.kill_server()
             await stack.start_server()
             report.server_restarts += 1
+        else:
+            await stack.restart_database(config.db_down_seconds)
+            report.db_restarts += 1
     await driving
+
+
+async def email_in_flight(sink: MailSink, patience: float) -> None:
+    """Until an SMTP conversation is open (a kill then likely hits a worker mid-send), for at most `patience` s."""
+    deadline = time.monotonic() + patience
+    while not sink.open_conversations and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 async def until_progress_stops(
@@ -490,8 +636,10 @@ def verify(
     for message_id in by_id.keys() - journaled:
         problems.append(f"the sink got {message_id}, which no journaled email step sent")
     for key, row in outbox.items():
-        if row.status != "sent":
-            problems.append(f"outbox {key}: {row.status}")
+        if row.status != "sent" or row.claim_token is not None:
+            problems.append(f"outbox {key}: {row.status}{', still claimed' if row.claim_token else ''}")
+    for message_id in sink.overlapping():
+        problems.append(f"{message_id}: two SMTP conversations carried it at the same time")
     for n in range(config.clients):
         wf = workflow_id(f"CHAOS-{n:04d}")
         missing = MUST_RECEIVE[kind_of(n)] - received.get(wf, set())
@@ -506,22 +654,47 @@ def verify(
             problems.append(f"{wf}: {moves.get(wf, 0)} stage rows for {stage_entries[wf]} stage moves")
     report.emails_redelivered = sink.duplicates
     report.smtp_dropped, report.smtp_deferred = sink.injected["dropped"], sink.injected["deferred"]
+    report.smtp_slow = sink.slowed
     return report
+
+
+def connection_problems(live: dict[str, int], after_stop: dict[str, int], workers: list[str]) -> list[str]:
+    """What the database's sessions say about leaks: `live` counted once the run is quiet, `after_stop` once every
+    worker stopped."""
+    problems = []
+    for name, count in live.items():
+        worker = name.removeprefix("chaos-")
+        if name.startswith("chaos-") and worker not in workers:
+            problems.append(f"{count} connections of killed worker {worker} still open")
+        elif name.startswith("chaos-") and count > POOL_CAPACITY:
+            problems.append(f"worker {worker} holds {count} connections, more than its pool's {POOL_CAPACITY}")
+    for name, count in after_stop.items():
+        if name.startswith("chaos-"):
+            problems.append(f"{count} connections of {name} still open after the workers stopped")
+    return problems
 
 
 async def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosReport:
     started = time.monotonic()
-    with MailSink(fail_every=config.smtp_fail_every) as sink:
-        stack = Stack(workdir, sink)
+    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
+    rng = random.Random(seed)
+    with MailSink(
+        fail_every=config.smtp_fail_every, slow_every=config.slow_every, slow_seconds=config.slow_seconds
+    ) as sink:
+        stack = Stack(workdir, sink, config)
+        stack.create_database()
         db = Database(stack.settings.database_url)
-        db.upgrade()
         counters = ChaosReport()
+        live: dict[str, int] = {}
+        after_stop: dict[str, int] = {}
         try:
+            db.upgrade()  # before the workers start, as the compose stack's `migrate` does
             client = await stack.start_server()
-            await stack.start_worker()
+            for _ in range(config.workers):
+                await stack.start_worker()
             gate = asyncio.Semaphore(config.concurrency)
             driving = asyncio.gather(*(drive(client, n, config, counters, gate) for n in range(config.clients)))
-            await chaos(stack, config, counters, asyncio.ensure_future(driving))
+            await chaos(stack, sink, config, counters, rng, asyncio.ensure_future(driving))
             # A killed worker's activity is retried only after its timeout, which a compressed clock turns into weeks:
             # wait for every client to get where it must (unsigned contracts expire on playbook day 14), then let
             # the signed clients' site visits fall due a while longer.
@@ -529,12 +702,25 @@ async def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosReport:
             await asyncio.sleep(config.settle_seconds)
             reached = await close_all(client, config.clients, counters)
             statuses = await wait_completed(client, config)
+            if stack.database_name:
+                live = db_connections(stack.database_name)
         finally:
             await stack.stop()
+            db.dispose()
+            if stack.database_name:
+                after_stop = db_connections(stack.database_name)
         report = verify(db, sink, config, reached, statuses)
-    report.kills, report.server_restarts = counters.kills, counters.server_restarts
+        if stack.database_name:
+            workers = [w.name for w in stack.workers]
+            report.problems += connection_problems(live, after_stop, workers)
+            report.db_connections_at_end = {k.removeprefix("chaos-"): v for k, v in sorted(live.items()) if k}
+            stack.drop_database()
+    report.workers, report.database, report.seed = config.workers, config.database, seed
+    report.kills, report.kills_while_sending = counters.kills, counters.kills_while_sending
+    report.server_restarts, report.db_restarts = counters.server_restarts, counters.db_restarts
     report.request_retries, report.contracts_resent = counters.request_retries, counters.contracts_resent
     report.problems = counters.problems + report.problems
+    report.load_average = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report.wall_seconds = round(time.monotonic() - started, 1)
     return report
 
@@ -569,9 +755,15 @@ def main() -> None:
     defaults = ChaosConfig()
     parser.add_argument("--clients", type=int, default=defaults.clients)
     parser.add_argument("--kills", type=int, default=defaults.kills)
-    parser.add_argument("--restarts", type=int, default=defaults.restarts)
+    parser.add_argument("--restarts", type=int, default=defaults.restarts, help="dev server restarts")
+    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default=defaults.database)
+    parser.add_argument("--db-restarts", type=int, default=defaults.db_restarts, help="PostgreSQL stop/starts")
     parser.add_argument("--smtp-fail-every", type=int, default=defaults.smtp_fail_every)
+    parser.add_argument("--slow-every", type=int, default=defaults.slow_every, help="one SMTP conversation in n slow")
+    parser.add_argument("--slow-seconds", type=float, default=defaults.slow_seconds)
     parser.add_argument("--time-scale", type=float, default=defaults.time_scale)
+    parser.add_argument("--seed", type=int, help="which workers are killed and which SMTP calls fail (printed)")
     parser.add_argument(
         "--keep",
         type=Path,
@@ -582,8 +774,14 @@ def main() -> None:
         clients=args.clients,
         kills=args.kills,
         restarts=args.restarts,
+        workers=args.workers,
+        database=args.database,
+        db_restarts=args.db_restarts,
         smtp_fail_every=args.smtp_fail_every,
+        slow_every=args.slow_every,
+        slow_seconds=args.slow_seconds,
         time_scale=args.time_scale,
+        seed=args.seed,
     )
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)

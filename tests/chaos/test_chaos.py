@@ -1,13 +1,17 @@
-"""The fault-injection run, small: `make chaos` runs 200 clients; this one keeps `make test` honest about it."""
+"""The fault-injection runs, small: `make chaos` and `make chaos-pg` run 200 clients; these keep `make test` honest
+about both topologies."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.chaos.harness import ChaosConfig, ChaosReport, print_report, run_chaos, write_report
+from tests.conftest import postgres_database
 
 
 async def test_worker_kills_a_server_restart_and_a_flaky_relay_lose_and_duplicate_nothing(tmp_path: Path):
@@ -18,6 +22,35 @@ async def test_worker_kills_a_server_restart_and_a_flaky_relay_lose_and_duplicat
     assert report.problems == []
     assert (report.kills, report.server_restarts) == (1, 1)
     assert report.smtp_dropped > 0 and report.smtp_deferred > 0  # the relay really was flaky
+    assert report.emails_arrived == report.emails_expected > 0
+
+
+async def test_several_workers_on_postgresql_killed_a_database_restart_and_a_slow_relay_lose_and_duplicate_nothing(
+    tmp_path: Path,
+):
+    with postgres_database():  # skips without a PostgreSQL (fails in CI, which has one)
+        pass
+    if not (shutil.which("pg_ctlcluster") and os.path.isdir("/etc/postgresql") and os.geteuid() == 0):
+        if os.environ.get("SOPFLOW_REQUIRE_POSTGRES") == "1":
+            pytest.fail("restarting PostgreSQL needs Debian's pg_ctlcluster, run as root (as CI does)")
+        pytest.skip("restarting PostgreSQL needs Debian's pg_ctlcluster, run as root")
+    config = ChaosConfig(
+        clients=12,
+        workers=2,
+        kills=2,
+        restarts=0,
+        database="postgres",
+        db_restarts=1,
+        smtp_fail_every=7,
+        slow_every=15,
+        interval=2.0,
+    )
+    report = await run_chaos(config, tmp_path)
+    print_report(report)
+
+    assert report.problems == []
+    assert (report.kills, report.db_restarts) == (2, 1)
+    assert report.smtp_dropped > 0 and report.smtp_deferred > 0
     assert report.emails_arrived == report.emails_expected > 0
 
 
