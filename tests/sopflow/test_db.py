@@ -311,3 +311,33 @@ def test_workers_starting_at_once_on_an_empty_postgresql_migrate_it_once_without
             assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
         for db in databases:
             db.dispose()
+
+
+class RefuseTheFirstYear(RecordActivities):
+    """The records store refuses every batch until the lifecycle has lived past its first continue-as-new."""
+
+    first: datetime | None = None
+    refused = 0
+
+    def _record_journal(self, batch: JournalBatch) -> int:
+        first = RefuseTheFirstYear.first = RefuseTheFirstYear.first or batch.entries[0].at
+        if max(e.at for e in batch.entries) < first + timedelta(days=400):
+            RefuseTheFirstYear.refused += 1
+            raise ApplicationError(
+                "the timeline batch: the database refused it", type=RECORD_REFUSED, non_retryable=True
+            )
+        return super()._record_journal(batch)
+
+
+async def test_refused_entries_are_carried_over_continue_as_new_until_the_store_takes_them(
+    ts_env, safe_balance, records_db: Database
+):
+    RefuseTheFirstYear.first, RefuseTheFirstYear.refused = None, 0
+    result = await run(
+        ts_env, safe_balance, launched_steps(), until="450d", db=records_db, record_activities=RefuseTheFirstYear
+    )
+
+    assert result.status.run == 2 and RefuseTheFirstYear.refused > 10
+    with records_db.session() as session:
+        seqs = list(session.scalars(select(JournalRow.seq).order_by(JournalRow.seq)))
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 30  # the first run's entries included
