@@ -274,29 +274,39 @@ def test_pooled_connections_recover_after_postgresql_drops_them_all():
         db.dispose()
 
 
-class RefuseTwice(RecordActivities):
-    """The records store refuses the first two batches for good (a value it cannot take, until someone fixes it)."""
+class RefusingRecords(RecordActivities):
+    """A records store that refuses batches for good while `refuses(batch)` holds (a value it cannot take, until
+    someone fixes it), counting its refusals."""
 
+    refuses: Callable[[JournalBatch], bool] = staticmethod(lambda batch: False)
     refused = 0
 
     def _record_journal(self, batch: JournalBatch) -> int:
-        if RefuseTwice.refused < 2:
-            RefuseTwice.refused += 1
+        if RefusingRecords.refuses(batch):
+            RefusingRecords.refused += 1
             raise ApplicationError(
                 "the timeline batch: the database refused it", type=RECORD_REFUSED, non_retryable=True
             )
         return super()._record_journal(batch)
 
 
-async def test_batches_the_records_store_refuses_are_offered_again_and_the_client_carries_on(
-    ts_env, safe_balance, records_db: Database
-):
-    RefuseTwice.refused = 0
-    result = await run(
-        ts_env, safe_balance, launched_steps(), until="40d", db=records_db, record_activities=RefuseTwice
-    )
+@pytest.fixture
+def refusing(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[JournalBatch], bool]], type[RefusingRecords]]:
+    def make(refuses: Callable[[JournalBatch], bool]) -> type[RefusingRecords]:
+        monkeypatch.setattr(RefusingRecords, "refuses", staticmethod(refuses))
+        monkeypatch.setattr(RefusingRecords, "refused", 0)
+        return RefusingRecords
 
-    assert RefuseTwice.refused == 2 and result.status.stage == "ongoing"
+    return make
+
+
+async def test_batches_the_records_store_refuses_are_offered_again_and_the_client_carries_on(
+    ts_env, safe_balance, records_db: Database, refusing
+):
+    records = refusing(lambda batch: RefusingRecords.refused < 2)
+    result = await run(ts_env, safe_balance, launched_steps(), until="40d", db=records_db, record_activities=records)
+
+    assert records.refused == 2 and result.status.stage == "ongoing"
     with records_db.session() as session:
         seqs = list(session.scalars(select(JournalRow.seq).order_by(JournalRow.seq)))
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 10  # the refused first entries included
@@ -313,31 +323,19 @@ def test_workers_starting_at_once_on_an_empty_postgresql_migrate_it_once_without
             db.dispose()
 
 
-class RefuseTheFirstYear(RecordActivities):
-    """The records store refuses every batch until the lifecycle has lived past its first continue-as-new."""
-
-    first: datetime | None = None
-    refused = 0
-
-    def _record_journal(self, batch: JournalBatch) -> int:
-        first = RefuseTheFirstYear.first = RefuseTheFirstYear.first or batch.entries[0].at
-        if max(e.at for e in batch.entries) < first + timedelta(days=400):
-            RefuseTheFirstYear.refused += 1
-            raise ApplicationError(
-                "the timeline batch: the database refused it", type=RECORD_REFUSED, non_retryable=True
-            )
-        return super()._record_journal(batch)
-
-
 async def test_refused_entries_are_carried_over_continue_as_new_until_the_store_takes_them(
-    ts_env, safe_balance, records_db: Database
+    ts_env, safe_balance, records_db: Database, refusing
 ):
-    RefuseTheFirstYear.first, RefuseTheFirstYear.refused = None, 0
-    result = await run(
-        ts_env, safe_balance, launched_steps(), until="450d", db=records_db, record_activities=RefuseTheFirstYear
-    )
+    started: list[datetime] = []
 
-    assert result.status.run == 2 and RefuseTheFirstYear.refused > 10
+    def first_400_days(batch: JournalBatch) -> bool:  # the lifecycle continues as new on day 365
+        started[:] = started or [batch.entries[0].at]
+        return max(e.at for e in batch.entries) < started[0] + timedelta(days=400)
+
+    records = refusing(first_400_days)
+    result = await run(ts_env, safe_balance, launched_steps(), until="450d", db=records_db, record_activities=records)
+
+    assert result.status.run == 2 and records.refused > 10
     with records_db.session() as session:
         seqs = list(session.scalars(select(JournalRow.seq).order_by(JournalRow.seq)))
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 30  # the first run's entries included
