@@ -276,7 +276,7 @@ async def _drive(
     db: Database,
     sink: MailSink,
 ) -> Rehearsal:
-    start = _aware(await env.get_current_time())
+    start = await _next_midnight(env)
     # Deal fields may be relative too (a go-live date 45 days out), resolved against the rehearsal's start.
     inp = inp.model_copy(update={"fields": resolve_dates(inp.fields, start)})
     handle = await env.client.start_workflow(
@@ -334,6 +334,15 @@ async def _stop_at_horizon(handle: WorkflowHandle[Any, Any]) -> LifecycleStatus:
     if status.outcome is None:
         await handle.terminate("rehearsal horizon reached")
     return status
+
+
+async def _next_midnight(env: WorkflowEnvironment) -> datetime:
+    """A rehearsal starts at the next midnight UTC on the virtual clock, so a scenario whose steps meet times of day
+    (a meeting booked for 15:00, logged in the afternoon) gives the same timeline whatever hour it is run at."""
+    now = _aware(await env.get_current_time())
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    await _sleep_until(env, midnight)
+    return midnight
 
 
 async def _sleep_until(env: WorkflowEnvironment, target: datetime) -> None:

@@ -8,7 +8,7 @@ is a coin toss between "done on time" and "overdue". Scenarios do their tasks at
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, time
 
 import pytest
 
@@ -36,3 +36,14 @@ async def test_no_scenario_step_completes_a_task_at_the_moment_it_falls_due(ts_e
             if abs(gap) < MARGIN_SECONDS:
                 ambiguous.append(f"{entry['task']} done {gap:+.3f} s from its due moment (day {entry['day']})")
     assert ambiguous == []
+
+
+async def test_a_rehearsal_starts_at_midnight_utc_so_times_of_day_in_a_scenario_mean_the_same_at_any_hour(ts_env):
+    path = SCENARIOS / "financial_servicing_neglected.yaml"
+    deal, steps, until = checked_in_scenario(path.stem)
+    result = await run(ts_env, load_playbook(playbook_of(path), TEMPLATES), steps, until=until, deal=deal)
+    assert result.started_at.time() == time(0, 0)
+    logged = next(e for e in result.timeline if e["kind"] == "form" and e["form"] == "meeting_log")
+    booked = next(e for e in result.timeline if e["kind"] == "appointment")
+    # The meeting is logged after it was held.
+    assert datetime.fromisoformat(booked["starts_at"]) < datetime.fromisoformat(logged["at"])
