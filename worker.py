@@ -67,7 +67,7 @@ def build_worker(
     max_concurrent_activities: int | None = None,
 ) -> Worker:
     """The worker; the `max_*` options default to the SDK's (None: 100 slots each), `worker_for` sets them from
-    SOPFLOW_WORKER_*. `LifecycleObserver` adds the workflows' log lines and counters (`sopflow.telemetry`)."""
+    SOPFLOW_WORKER_*. `LifecycleObserver` logs and counts refused updates (`sopflow.telemetry`)."""
     emails = email_activities(db, TemplateRenderer(templates_dir), smtp, public_url, form_secret=form_secret)
     records = record_activities(db)
     playbooks = PlaybookActivities(playbooks_dir, templates_dir)
@@ -80,6 +80,7 @@ def build_worker(
             emails.send_email,
             records.record_journal,
             records.claim_account,
+            records.release_claim,
             records.release_claims,
             playbooks.load_playbook,
         ],

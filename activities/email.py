@@ -56,6 +56,7 @@ from temporalio.exceptions import ApplicationError
 from activities.errors import classified
 from sopflow.constants import EMAIL_CLAIM_LEASE, EMAIL_SEND_DEADLINE
 from sopflow.db import Database, OutboxEmail, insert_new
+from sopflow.errors import EMAIL_IN_FLIGHT, MESSAGE_UNBUILDABLE, RECIPIENT_REFUSED, SMTP_REJECTED, TEMPLATE_ERROR
 from sopflow.models import EmailRequest, EmailResult
 from sopflow.playbook import AttachmentRefused
 from sopflow.telemetry import EMAIL_ATTEMPTS, count
@@ -78,17 +79,6 @@ def message_id_for(key: str, mail_from: str) -> str:
     return f"<{hashlib.sha256(key.encode()).hexdigest()[:40]}@{domain}>"
 
 
-# The types of the non-retryable ApplicationErrors send_email raises (the workflow tells them apart by type).
-TEMPLATE_ERROR = "TemplateError"
-RECIPIENT_REFUSED = "RecipientRefused"
-SMTP_REJECTED = "SmtpRejected"
-# The message cannot be built from the request: an address that is no address, a header the email library refuses,
-# an attachment that cannot be read. Retrying cannot help, and like a refused address a person must fix the data.
-# Details: [the addresses at fault] (as RecipientRefused's first detail), [their roles]; both empty when no address
-# is at fault (an attachment, the configured From).
-MESSAGE_UNBUILDABLE = "MessageUnbuildable"
-# Retryable: another attempt of the same step holds the claim and may be talking to the relay right now.
-EMAIL_IN_FLIGHT = "EmailInFlight"
 # ApplicationError types as the outcome label of the attempts counter.
 _OUTCOMES = {
     TEMPLATE_ERROR: "template_error",

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from temporalio.exceptions import ApplicationError
 
-RECORD_REFUSED = "RecordRefused"
+from sopflow.errors import RECORD_REFUSED
+
 # Refusals of the values themselves. Not ProgrammingError: a table missing until `sopflow db upgrade` runs is an
 # operator's fix, after which a retry succeeds.
 _REFUSALS = (IntegrityError, DataError)

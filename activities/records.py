@@ -196,7 +196,7 @@ class RecordActivities:
                 "deal_id": req.deal_id,
                 "claimed_at": req.at,
             }
-            insert_new(session, AccountClaim, claim, ["playbook", "account_key"])
+            new = insert_new(session, AccountClaim, claim, ["playbook", "account_key"])
             session.commit()
             holder = session.scalars(
                 select(AccountClaim.deal_id).where(
@@ -204,15 +204,24 @@ class RecordActivities:
                 )
             ).one()
             if holder == req.deal_id:
-                return ClaimResult(granted=True)
+                return ClaimResult(granted=True, new=new)
             return ClaimResult(granted=False, holder_deal_id=holder)
+
+    @activity.defn
+    async def release_claim(self, req: ClaimRequest) -> int:
+        """Give back one claim the deal just took for a submission the lifecycle then refused."""
+        return await asyncio.to_thread(self._release, req.deal_id, req.playbook, req.account_key)
 
     @activity.defn
     async def release_claims(self, deal_id: str) -> int:
         return await asyncio.to_thread(self._release, deal_id)
 
-    def _release(self, deal_id: str) -> int:
+    def _release(self, deal_id: str, playbook: str | None = None, key: str | None = None) -> int:
+        """The deal's claims, or only its claim on `key` in `playbook`."""
+        which = [AccountClaim.deal_id == deal_id]
+        if key is not None:
+            which += [AccountClaim.playbook == playbook, AccountClaim.account_key == key]
         with classified("releasing account claims"), self.db.session() as session:
-            result = session.execute(delete(AccountClaim).where(AccountClaim.deal_id == deal_id))
+            result = session.execute(delete(AccountClaim).where(*which))
             session.commit()
             return int(getattr(result, "rowcount", 0) or 0)

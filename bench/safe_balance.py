@@ -170,7 +170,7 @@ def bare_plan(book: Playbook, requests: list[Request], now: datetime) -> BarePla
     for request in requests:
         arg = request.arg
         claims = 0
-        if isinstance(arg, SubmitForm) and engine.claim_key(arg, engine.check_submit(arg, now)) is not None:
+        if isinstance(arg, SubmitForm) and engine.check_submit(arg, now).claim is not None:
             claims = 1
         apply(engine, request, now)
         steps.append(step(request.name, request.kind, claims))

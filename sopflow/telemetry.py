@@ -6,8 +6,9 @@ runtime binds its port when it is built and lives as long as the process, so a p
 process connects with it (`starter.connect.connect` passes `runtime()`). sopflow's counters are created on the
 same runtime's meter, so they need no dependency and no second port:
 
-- in workflows, `workflow.metric_meter()` (replay-safe: nothing is counted while a history replays), from
-  `LifecycleObserver`, a worker interceptor;
+- in workflows, `workflow.metric_meter()` (replay-safe: nothing is counted while a history replays): the
+  workflow calls `observe_timeline` with each batch of timeline entries it records (stage changes, email outcomes),
+  and `LifecycleObserver`, a worker interceptor, counts refused updates;
 - in activities, `activity.metric_meter()` (`activities.email`);
 - in the intake, `meter()`, the process runtime's meter (`starter.webhooks`).
 
@@ -19,7 +20,7 @@ rehearsals at no cost.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from temporalio import workflow
@@ -29,14 +30,14 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import (
     HandleUpdateInput,
     Interceptor,
-    StartActivityInput,
     WorkflowInboundInterceptor,
     WorkflowInterceptorClassInput,
-    WorkflowOutboundInterceptor,
 )
 
 from sopflow.constants import SA_PLAYBOOK, WORKFLOW_ID_PREFIX
+from sopflow.errors import REJECTED
 from sopflow.logs import bounded, bounded_value
+from sopflow.models import JournalEntry
 
 # Metric names (counters carry `_total`, the Prometheus convention; the SDK's own keep their `temporal_` names).
 EMAIL_ATTEMPTS = "sopflow_email_attempts_total"
@@ -143,15 +144,15 @@ def _rejected(update: str, exc: BaseException) -> None:
     )
 
 
-def _observe_journal(batch: Any) -> None:
-    """Log and count what a timeline batch records: stage changes, and each email step's final outcome.
+def observe_timeline(playbook: str, deal_id: str, entries: Sequence[JournalEntry]) -> None:
+    """Log and count what a batch of new timeline entries records: stage changes, and each email step's outcome.
 
-    The journal is what the workflow writes to the records store after each step, so it is the one place where
-    every stage change and every email step's result passes exactly once per workflow execution.
+    The workflow calls it with each batch it records, before the records activity: every stage change and every
+    email step's result passes there exactly once per workflow execution (entries the records store refused and
+    offers again are not new). In the workflow only: logger and meter are silent while a history replays.
     """
-    playbook, deal_id = str(batch.playbook), str(batch.deal_id)
     meter_ = workflow.metric_meter()
-    for entry in batch.entries:
+    for entry in entries:
         detail: Mapping[str, Any] = entry.detail
         if entry.kind == "stage":
             from_stage = str(detail.get("from") or "start")
@@ -191,17 +192,7 @@ def _observe_journal(batch: Any) -> None:
             )
 
 
-class _Outbound(WorkflowOutboundInterceptor):
-    def start_activity(self, input: StartActivityInput) -> workflow.ActivityHandle[Any]:
-        if input.activity == "record_journal" and input.args:
-            _observe_journal(input.args[0])
-        return self.next.start_activity(input)
-
-
 class _Inbound(WorkflowInboundInterceptor):
-    def init(self, outbound: WorkflowOutboundInterceptor) -> None:
-        self.next.init(_Outbound(outbound))
-
     def handle_update_validator(self, input: HandleUpdateInput) -> None:
         try:
             self.next.handle_update_validator(input)
@@ -213,17 +204,17 @@ class _Inbound(WorkflowInboundInterceptor):
         try:
             return await self.next.handle_update_handler(input)
         except ApplicationError as exc:
-            if exc.type == "Rejected":  # refused after validation (an account claimed meanwhile)
+            if exc.type == REJECTED:  # refused after validation (an account claimed meanwhile)
                 _rejected(input.update, exc)
             raise
 
 
 class LifecycleObserver(Interceptor):
-    """Worker interceptor: log lines and counters for stage changes, email outcomes and rejected updates.
+    """Worker interceptor: a log line and a counter for every refused update, by its validator or its handler.
 
-    An interceptor rather than calls in `ClientLifecycle`, so the workflow's code (and its replay tests) stay as they
-    are. It runs inside the workflow sandbox; `workflow.logger` and `workflow.metric_meter()` stay silent during
-    replay, so a worker picking up a lifecycle cold does not log or count its past again.
+    An interceptor sees each update by its name whichever way it was refused, with no code in every handler. It runs
+    inside the workflow sandbox; `workflow.logger` and `workflow.metric_meter()` stay silent during replay, so a
+    worker picking up a lifecycle cold does not log or count its past again.
     """
 
     def workflow_interceptor_class(self, input: WorkflowInterceptorClassInput) -> type[WorkflowInboundInterceptor]:

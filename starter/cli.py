@@ -57,7 +57,8 @@ from sopflow.constants import (
 )
 from sopflow.db import Database, OutboxEmail
 from sopflow.durations import duration
-from sopflow.engine import Rejected, check_deal_fields
+from sopflow.engine import check_deal_fields
+from sopflow.errors import Rejected
 from sopflow.logs import LogFormat, configure_logging
 from sopflow.models import (
     Advance,

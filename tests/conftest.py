@@ -176,10 +176,11 @@ def safe_balance() -> Playbook:
     return load_playbook(PLAYBOOKS / "safe_balance.yaml", TEMPLATES)
 
 
-def make_worker(client: Client, db: Database, sink: MailSink, task_queue: str | None = None) -> Worker:
-    """A worker mailing to `sink`, on a task queue of its own unless it takes over another one's."""
+def make_worker(client: Client, db: Database, sink: MailSink, task_queue: str | None = None, **options: Any) -> Worker:
+    """A worker mailing to `sink`, on a task queue of its own unless it takes over another one's; `options` go to
+    `build_worker` (activity classes that misbehave on purpose, limits)."""
     smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
-    return build_worker(client, db, smtp, TEMPLATES, task_queue=task_queue or f"tq-{uuid.uuid4()}")
+    return build_worker(client, db, smtp, TEMPLATES, task_queue=task_queue or f"tq-{uuid.uuid4()}", **options)
 
 
 @pytest.fixture

@@ -33,8 +33,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlrea
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.email import MESSAGE_UNBUILDABLE, EmailActivities
-    from activities.errors import RECORD_REFUSED
+    from activities.email import EmailActivities
     from activities.playbooks import PlaybookActivities
     from activities.records import RecordActivities
     from sopflow.constants import (
@@ -46,7 +45,8 @@ with workflow.unsafe.imports_passed_through():
         SA_PLAYBOOK,
         SA_STAGE,
     )
-    from sopflow.engine import Engine, EngineFault, Rejected, Step, Wakeup, check_deal_fields
+    from sopflow.engine import Engine, Step, Wakeup, check_deal_fields
+    from sopflow.errors import ENGINE_FAULT, RECORD_REFUSED, REJECTED, UNDELIVERABLE, EngineFault, Rejected
     from sopflow.models import (
         Advance,
         ClaimRequest,
@@ -63,14 +63,12 @@ with workflow.unsafe.imports_passed_through():
         workflow_id,
     )
     from sopflow.playbook import Playbook
+    from sopflow.telemetry import observe_timeline
 
 EMAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=10))
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 # An email that still fails after a day of retries is recorded as failed instead of holding the client's lifecycle.
 EMAIL_GIVE_UP = timedelta(days=1)
-# Permanent failures a person fixes by correcting the deal (an address the server refused, a name that cannot be put
-# in a header): the step becomes a fix-the-address task instead of being lost.
-UNDELIVERABLE = ("RecipientRefused", "SmtpRejected", MESSAGE_UNBUILDABLE)
 # Lifecycles that hit a bounce before this behaviour existed replay without the task it opens (workflow.patched).
 PATCH_UNDELIVERABLE = "undeliverable-email-opens-task"
 # A quiet lifecycle wakes at its run's first anniversary to continue as new (one run per year), instead of at the
@@ -85,6 +83,8 @@ PATCH_FIELD_LIMITS = "field-limits"
 # applied first, whatever the machine's speed; lifecycles recorded before this woke at the moment itself.
 PATCH_REQUESTS_FIRST = "requests-before-timers-due-at-the-same-moment"
 REQUESTS_FIRST = timedelta(seconds=1)
+# A form refused after its account claim was granted gives the claim back; lifecycles recorded before kept it.
+PATCH_CLAIM_GIVEN_BACK = "refused-form-gives-its-claim-back"
 # Timer summaries quote playbook labels; the UI metadata stays short whatever a playbook author wrote.
 SUMMARY_MAX_CHARS = 200
 R = TypeVar("R")
@@ -114,7 +114,7 @@ def _keyword(value: str | None) -> str | None:
 
 
 def _reject(exc: Rejected) -> ApplicationError:
-    return ApplicationError(str(exc), exc.field_errors, type="Rejected", non_retryable=True)
+    return ApplicationError(str(exc), exc.field_errors, type=REJECTED, non_retryable=True)
 
 
 @workflow.defn
@@ -210,30 +210,42 @@ class ClientLifecycle:
 
     @workflow.update
     async def submit_form(self, req: SubmitForm) -> LifecycleStatus:
+        """A form that claims an account asks the records store first (one holder per account across deals); the
+        engine decides what the answer means."""
         with self._limits_of_the_time():
-            key = self._guarded(
-                "submit_form", lambda: self._engine.claim_key(req, self._engine.check_submit(req, self._now()))
-            )
-        if key is not None:
-            claim = await workflow.execute_activity_method(
+            checked = self._guarded("submit_form", lambda: self._engine.check_submit(req, self._now()))
+        claim, taken = checked.claim, False
+        if claim is not None:
+            result = await workflow.execute_activity_method(
                 RecordActivities.claim_account,
-                ClaimRequest(
-                    playbook=self._input.playbook.id,
-                    account_key=key,
-                    deal_id=self._engine.state.deal_id,
-                    at=self._now(),
-                ),
+                claim,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=RECORD_RETRY,
             )
-            if not claim.granted:
-                raise ApplicationError(
-                    f"account '{key}' is already claimed by deal {claim.holder_deal_id}; contact the partner "
-                    "manager to discuss the opportunity",
-                    type="Rejected",
-                    non_retryable=True,
-                )
-        return self._apply("submit_form", lambda now: self._engine.submit_form(req, now))
+            if not result.granted:
+                raise _reject(self._engine.claim_refused(claim, result))
+            taken = result.new
+        try:
+            return self._apply("submit_form", lambda now: self._engine.submit_form(req, now, checked))
+        except ApplicationError:
+            # Refused after the claim was taken (the lifecycle moved on while the claim was asked for): give the
+            # account back, or no other deal could claim it until this one closes.
+            if claim is not None and taken and workflow.patched(PATCH_CLAIM_GIVEN_BACK):
+                await self._release_claim(claim)
+            raise
+
+    async def _release_claim(self, claim: ClaimRequest) -> None:
+        try:
+            await workflow.execute_activity_method(
+                RecordActivities.release_claim,
+                claim,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+            )
+        except ActivityError as err:
+            if not _refused_by_records(err):
+                raise
+            workflow.logger.warning("the records store refused to give back an account claim")
 
     @submit_form.validator
     def _check_submit_form(self, req: SubmitForm) -> None:
@@ -314,7 +326,7 @@ class ClientLifecycle:
         if self._start_error is not None:
             raise _reject(self._start_error)
         if not isinstance(request, expected):  # JSON null decodes to None, not to a request
-            raise ApplicationError(f"expected a {expected.__name__} request", type="Rejected", non_retryable=True)
+            raise ApplicationError(f"expected a {expected.__name__} request", type=REJECTED, non_retryable=True)
         try:
             check()  # type: ignore[operator]
         except Rejected as exc:
@@ -323,7 +335,7 @@ class ClientLifecycle:
             workflow.logger.warning("a request check raised %s", type(exc).__name__)
             raise ApplicationError(
                 f"{expected.__name__} could not be checked because of an internal error ({type(exc).__name__})",
-                type="EngineFault",
+                type=ENGINE_FAULT,
                 non_retryable=True,
             ) from None
 
@@ -355,7 +367,7 @@ class ClientLifecycle:
             workflow.logger.warning("%s raised %s", what, type(exc).__name__)
             raise ApplicationError(
                 f"{what} failed because of an internal error ({type(exc).__name__}); nothing was changed",
-                type="EngineFault",
+                type=ENGINE_FAULT,
                 non_retryable=True,
             ) from None
 
@@ -372,7 +384,7 @@ class ClientLifecycle:
         except EngineFault as exc:
             workflow.logger.warning("%s could not be applied (internal error, journaled)", what)
             self._changed = True  # the journaled error is recorded by the main loop
-            raise ApplicationError(str(exc), type="EngineFault", non_retryable=True) from None
+            raise ApplicationError(str(exc), type=ENGINE_FAULT, non_retryable=True) from None
         self._changed = True
         return self._guarded("status", lambda: engine.status(now))
 
@@ -422,17 +434,22 @@ class ClientLifecycle:
                 retry_policy=EMAIL_RETRY,
                 summary=f"email {step.email.template}",
             )
-            step.entry.detail.update(status=result.status, subject=result.subject, message_id=result.message_id)
-            if result.refused and workflow.patched(PATCH_UNDELIVERABLE):
-                step.entry.detail["refused"] = len(result.refused)
-                self._engine.email_undeliverable(step, result.refused, "refused by the mail server")
+            self._engine.email_sent(
+                step, result, fix_refused=bool(result.refused) and workflow.patched(PATCH_UNDELIVERABLE)
+            )
         except ActivityError as err:
+            # Permanent failures a person fixes by correcting the deal (an address the server refused, a name that
+            # cannot be put in a header) become a fix-the-address task instead of being lost.
             cause = err.cause
-            step.entry.detail.update(status="failed", error=str(cause or err))
-            permanent = isinstance(cause, ApplicationError) and cause.type in UNDELIVERABLE
-            if permanent and isinstance(cause, ApplicationError) and workflow.patched(PATCH_UNDELIVERABLE):
+            undeliverable = None
+            if (
+                isinstance(cause, ApplicationError)
+                and cause.type in UNDELIVERABLE
+                and workflow.patched(PATCH_UNDELIVERABLE)
+            ):
                 refused = [str(a) for a in cause.details[0]] if cause.details else []
-                self._engine.email_undeliverable(step, refused, cause.message)
+                undeliverable = (refused, cause.message)
+            self._engine.email_failed(step, str(cause or err), undeliverable)
 
     async def _record(self, steps: list[Step]) -> None:
         """Record the steps' timeline entries, after any the records store refused before.
@@ -441,6 +458,7 @@ class ClientLifecycle:
         (RecordRefused: the store cannot take a value, which only a fix to it can cure) must not stop the client:
         the entries are kept and offered again with the next batch, and the lifecycle carries on."""
         state = self._engine.state
+        observe_timeline(self._input.playbook.id, state.deal_id, [s.entry for s in steps])
         entries = self._unrecorded + [s.entry for s in steps]
         try:
             await workflow.execute_activity_method(
@@ -491,14 +509,13 @@ class ClientLifecycle:
                 parent_close_policy=ParentClosePolicy.ABANDON,
                 **start_options(playbook, start.deal_id),
             )
-            step.entry.detail.update(status="started", workflow_id=workflow_id(start.deal_id))
+            self._engine.linked_started(step, "started", workflow_id(start.deal_id))
         except WorkflowAlreadyStartedError:
-            step.entry.detail.update(status="already started", workflow_id=workflow_id(start.deal_id))
+            self._engine.linked_started(step, "already started", workflow_id(start.deal_id))
         except (ActivityError, Rejected) as exc:
             # Journaled, not raised: the won deal stays won; the failure is in its timeline for staff to act on.
-            step.entry.detail.update(
-                status="failed", error=str(exc.cause or exc) if isinstance(exc, ActivityError) else str(exc)
-            )
+            error = str(exc.cause or exc) if isinstance(exc, ActivityError) else str(exc)
+            self._engine.linked_started(step, "failed", error=error)
 
     def _now(self) -> datetime:
         """Playbook time. Real workflow time, unless the lifecycle was started compressed (`time_scale`, for demos

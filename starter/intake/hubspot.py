@@ -29,7 +29,8 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
 
-from sopflow.engine import Rejected, check_deal_fields
+from sopflow.engine import check_deal_fields
+from sopflow.errors import Rejected
 from sopflow.intake_config import IntakeConfig
 from sopflow.models import ExternalEvent, LifecycleStatus, SetFields, valid_deal_id
 from sopflow.playbook import Playbook

@@ -29,7 +29,6 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.email import (
     MAX_DISPLAY_NAME,
-    MESSAGE_UNBUILDABLE,
     EmailActivities,
     SmtpConfig,
     Unbuildable,
@@ -38,6 +37,7 @@ from activities.email import (
     message_id_for,
 )
 from sopflow.db import Database, OutboxEmail
+from sopflow.errors import MESSAGE_UNBUILDABLE
 from sopflow.mailsink import MailSink
 from sopflow.models import EmailRequest, Recipient
 from sopflow.playbook import Playbook

@@ -18,9 +18,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 import activities.email
-from activities.email import EMAIL_IN_FLIGHT, EmailActivities
+from activities.email import EmailActivities
 from sopflow.constants import EMAIL_CLAIM_LEASE
 from sopflow.db import Database, OutboxEmail
+from sopflow.errors import EMAIL_IN_FLIGHT
 from sopflow.mailsink import MailSink
 from sopflow.models import EmailRequest, EmailResult
 

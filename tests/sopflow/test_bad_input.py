@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sopflow.config import PROJECT_ROOT
-from sopflow.engine import Engine, Rejected
+from sopflow.engine import Engine
+from sopflow.errors import Rejected
 from sopflow.models import Advance, Close, CompleteTask, ExternalEvent, SetFields, SubmitForm
 from sopflow.playbook import FieldSpec, Playbook, PlaybookError, load_playbook, parse_playbook
 from sopflow.samples import sample_values

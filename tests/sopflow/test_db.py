@@ -17,7 +17,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
 from temporalio.exceptions import ApplicationError
 
-from activities.errors import RECORD_REFUSED, classified
+from activities.errors import classified
 from activities.records import RecordActivities
 from sopflow.db import (
     AccountClaim,
@@ -32,6 +32,7 @@ from sopflow.db import (
     TaskRow,
     VisitRow,
 )
+from sopflow.errors import RECORD_REFUSED
 from sopflow.models import ClaimRequest, ContactView, DealSnapshot, JournalBatch, JournalEntry
 from tests.conftest import POSTGRES_ADMIN, launched_steps, postgres_database, run
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from sopflow.config import PROJECT_ROOT
-from sopflow.engine import Engine, Rejected, Step, Wakeup
-from sopflow.models import Advance, Close, CompleteTask, ExternalEvent, SetFields, SubmitForm
+from sopflow.engine import Engine, Step, Wakeup
+from sopflow.errors import Rejected
+from sopflow.models import Advance, ClaimResult, Close, CompleteTask, ExternalEvent, SetFields, SubmitForm
 from sopflow.playbook import Playbook, load_playbook
 
 T0 = datetime(2025, 1, 31, 9, tzinfo=UTC)
@@ -771,10 +772,10 @@ def test_a_rejecting_check_never_changes_the_state(playbook: Playbook, name: str
 def test_a_passing_check_never_changes_the_state_either(playbook: Playbook) -> None:
     engine = in_ongoing(playbook)
     before = engine.state.model_dump()
-    values = engine.check_submit(
+    checked = engine.check_submit(
         SubmitForm(form="site_visit", fields={"visited_on": "2025-02-10", "steps_cleared": "Yes"}), day(11)
     )
-    assert values == {"visited_on": "2025-02-10", "steps_cleared": True}
+    assert checked.values == {"visited_on": "2025-02-10", "steps_cleared": True}
     engine.check_set_fields(SetFields(fields={"launch_date": "2025-02-01"}))
     engine.check_close(Close(outcome="cancelled", reason="moved away"))
     assert engine.state.model_dump() == before
@@ -843,3 +844,38 @@ def test_attachments_are_chosen_by_conditions_on_the_deal() -> None:
         "Account Configuration Roster.xlsx",
         "Credentialing Information Roster.xlsx",
     ]
+
+
+def test_a_claiming_form_names_the_account_it_claims_normalised_so_near_duplicates_collide(playbook: Playbook) -> None:
+    engine = started(playbook)
+    checked = engine.check_submit(
+        SubmitForm(form="targeting", fields={**TARGETING, "company": "ACME Clinic, Inc."}), T0
+    )
+    assert checked.claim is not None
+    assert (checked.claim.account_key, checked.claim.deal_id, checked.claim.playbook) == (
+        "acme clinic inc",
+        "D-1",
+        "safe_balance",
+    )
+    submit(engine, "targeting", TARGETING)
+    assert engine.check_submit(SubmitForm(form="contract_request", fields=CONTRACT_REQUEST), T0).claim is None
+
+
+def test_a_refused_claim_names_the_deal_holding_the_account(playbook: Playbook) -> None:
+    engine = started(playbook)
+    checked = engine.check_submit(SubmitForm(form="targeting", fields=TARGETING), T0)
+    assert checked.claim is not None
+    refusal = engine.claim_refused(checked.claim, ClaimResult(granted=False, holder_deal_id="D-9"))
+    assert "'acme clinic' is already claimed by deal D-9" in str(refusal)
+
+
+def test_a_checked_submission_is_checked_again_when_the_lifecycle_moved_on_before_it_was_applied(
+    playbook: Playbook,
+) -> None:
+    engine = started(playbook)
+    submit(engine, "targeting", TARGETING)
+    late = SubmitForm(form="contract_request", fields=CONTRACT_REQUEST)
+    checked = engine.check_submit(late, T0)
+    engine.close(Close(outcome="cancelled", reason="budget"), T0)  # while the workflow awaited something
+    with pytest.raises(Rejected, match="is closed"):
+        engine.submit_form(late, T0, checked)

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from sopflow.engine import Engine, Rejected
+from sopflow.engine import Engine
+from sopflow.errors import Rejected
 from sopflow.models import Advance, CompleteTask, SetFields, SubmitForm
 from sopflow.playbook import Playbook, parse_playbook
 

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sopflow.config import PROJECT_ROOT
-from sopflow.engine import Engine, Rejected
+from sopflow.engine import Engine
+from sopflow.errors import Rejected
 from sopflow.fields import shapes
 from sopflow.models import (
     Advance,
@@ -106,7 +107,7 @@ def validate(engine: Engine, request: object, now: datetime) -> None:
     """What the update validators run (raises Rejected); events are signals and are never refused."""
     match request:
         case SubmitForm():
-            engine.claim_key(request, engine.check_submit(request, now))
+            engine.check_submit(request, now)
         case CompleteTask():
             engine.check_task(request)
         case Advance():

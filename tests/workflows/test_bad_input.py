@@ -149,12 +149,12 @@ async def test_a_rule_that_raises_fails_only_its_request_changes_nothing_and_is_
 async def test_a_timer_whose_rule_raises_is_journaled_and_set_aside_while_the_lifecycle_runs_on(
     ts_env, safe_balance, db, smtp_sink, monkeypatch
 ):
-    original_fire = Engine._fire
+    original_rule = Engine._deadline_reminder
 
-    def buggy_fire(self: Engine, at: Any) -> None:
+    def buggy_rule(self: Engine, *args: Any) -> None:
         if self.state.stage == "contract":
             raise ValueError("a bug in a timer rule")
-        original_fire(self, at)
+        original_rule(self, *args)
 
     async with make_worker(ts_env.client, db, smtp_sink) as worker:
         handle = await start_deal(ts_env, worker, safe_balance, "BUG-2")
@@ -163,7 +163,7 @@ async def test_a_timer_whose_rule_raises_is_journaled_and_set_aside_while_the_li
             ClientLifecycle.submit_form, SubmitForm(form="contract_request", fields=CONTRACT_REQUEST)
         )
         with monkeypatch.context() as patch:
-            patch.setattr(Engine, "_fire", buggy_fire)
+            patch.setattr(Engine, "_deadline_reminder", buggy_rule)
             await ts_env.sleep(timedelta(days=8))  # the 7-day reminder's rule raises
             during = await handle.query(ClientLifecycle.status)
         # Fixed (a deploy); the next request puts the timer back, and it fires.

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError, WorkflowUpdateStage
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.records import RecordActivities
 from sopflow.constants import WORKFLOW_ID_PREFIX
-from sopflow.models import Advance, CompleteTask, ExternalEvent, LifecycleInput, LifecycleStatus, SubmitForm
-from sopflow.playbook import Playbook
+from sopflow.db import AccountClaim
+from sopflow.models import (
+    Advance,
+    ClaimRequest,
+    ClaimResult,
+    CompleteTask,
+    ExternalEvent,
+    LifecycleInput,
+    LifecycleStatus,
+    SubmitForm,
+)
+from sopflow.playbook import Playbook, parse_playbook
 from starter.rehearse import Rehearsal
 from tests.conftest import (
     CONTRACT_REQUEST,
@@ -198,6 +211,64 @@ async def test_a_claimed_account_cannot_be_claimed_by_another_deal(ts_env, safe_
         assert "already claimed by deal D-10" in cause_of(refused).message
         status: LifecycleStatus = await handles[1].query(ClientLifecycle.status)
         assert status.stage == "targeting" and "targeting" not in status.forms_submitted
+
+
+class HeldClaims(RecordActivities):
+    """Account claims wait at a gate the test opens, so two submissions of one deal overlap in the workflow."""
+
+    gate = threading.Event()
+
+    def _claim(self, req: ClaimRequest) -> ClaimResult:
+        HeldClaims.gate.wait(timeout=60)
+        return super()._claim(req)
+
+
+# The claiming form is open only while prospecting; logging the first call moves the deal on.
+CLAIMING = parse_playbook(
+    {
+        "id": "claiming",
+        "version": 1,
+        "forms": {
+            "account": {"claims": "company", "fields": {"company": {"type": "text", "required": True}}},
+            "first_call": {"fields": {"notes": {"type": "text"}}},
+        },
+        "stages": [
+            {
+                "id": "prospecting",
+                "forms": ["account", "first_call"],
+                "transitions": [{"to": "engaged", "form": "first_call"}],
+            },
+            {"id": "engaged", "transitions": [{"to": "lost", "advance": True}]},
+            {"id": "lost", "terminal": "lost"},
+        ],
+    }
+)
+
+
+async def test_a_form_refused_after_its_account_claim_was_granted_gives_the_claim_back(ts_env, db, smtp_sink):
+    HeldClaims.gate.clear()
+    async with make_worker(ts_env.client, db, smtp_sink, record_activities=HeldClaims) as worker:
+        handle = await ts_env.client.start_workflow(
+            ClientLifecycle.run,
+            LifecycleInput(deal_id="D-13", playbook=CLAIMING, fields={}),
+            id=f"{WORKFLOW_ID_PREFIX}D-13",
+            task_queue=worker.task_queue,
+        )
+        # Accepted while the form is open; its claim waits while the first call moves the deal on, closing the form.
+        claiming = SubmitForm(form="account", fields={"company": "Alpha Clinic"})
+        pending = await handle.start_update(
+            ClientLifecycle.submit_form, claiming, wait_for_stage=WorkflowUpdateStage.ACCEPTED
+        )
+        await handle.execute_update(ClientLifecycle.submit_form, SubmitForm(form="first_call"))
+        HeldClaims.gate.set()
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await pending.result()
+        status: LifecycleStatus = await handle.query(ClientLifecycle.status)
+
+    assert "is not open in stage 'engaged'" in cause_of(refused).message
+    assert status.outcome is None  # the lifecycle runs on; its end would release every claim anyway
+    with db.session() as session:
+        assert session.scalars(select(AccountClaim).where(AccountClaim.deal_id == "D-13")).all() == []
 
 
 async def test_invalid_form_is_rejected_field_by_field_without_touching_history(ts_env, safe_balance, db, smtp_sink):
