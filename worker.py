@@ -24,6 +24,7 @@ from activities.email import EmailActivities, SmtpConfig
 from activities.playbooks import PlaybookActivities
 from activities.records import RecordActivities
 from sopflow.config import PROJECT_ROOT, Settings
+from sopflow.connect import connect
 from sopflow.constants import TASK_QUEUE, WORKER_GRACEFUL_SHUTDOWN
 from sopflow.db import Database
 from sopflow.telemetry import LifecycleObserver
@@ -118,8 +119,6 @@ async def run_worker(settings: Settings | None = None) -> None:
     background job (CI agents, `nohup`, `make test &`), so a SIGINT before our handler existed was dropped and the
     worker ran on; with the default handler it skipped the orderly stop instead.
     """
-    from starter.connect import connect
-
     settings = settings or Settings()
     stop = asyncio.Event()
     with stop_on_signals(stop, signal.SIGTERM, signal.SIGINT):

@@ -28,12 +28,12 @@ from sopflow.models import (
     ExternalEvent,
     LifecycleInput,
     LifecycleState,
-    LifecycleStatus,
     SetFields,
     SubmitForm,
     workflow_id,
 )
 from sopflow.playbook import Playbook, load_playbook
+from starter import lifecycles
 from starter.lifecycles import start_lifecycle
 
 DEAL = {"rep_email": "rep@example.com", "rep_id": "owner-17", "account_manager_email": "am@example.com"}
@@ -105,11 +105,8 @@ async def start(client: Client, book: Playbook, deal_id: str) -> WorkflowHandle[
 
 async def send(handle: WorkflowHandle[Any, Any], request: Request) -> None:
     """One request as the CLI sends it; a rejection means the bench drives the playbook wrongly: stop."""
-    if request.kind == "signal":
-        await handle.signal(request.name, request.arg)
-        return
     try:
-        await handle.execute_update(request.name, request.arg, result_type=LifecycleStatus)
+        await lifecycles.send(handle, request.arg)
     except WorkflowUpdateFailedError as exc:
         raise BenchError(f"{handle.id}: {request.name} {request.arg!r} rejected: {exc.cause}") from exc
 

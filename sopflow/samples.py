@@ -225,7 +225,8 @@ def _build_context(
 def _extras(
     use: EmailUse, stage: Stage, forms: dict[str, dict[str, Any]], deadline: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """The `extra` dict the engine passes to `_email` at this site (see the rules in `sopflow.engine.timers` and `Engine.submit_form`)."""
+    """The `extra` dict the engine passes to `_email` at this site (see the rules in `sopflow.engine.timers` and
+    `Engine.submit_form`)."""
     extras: dict[str, Any] = {}
     for key in use.extra_keys:
         if key == "task":

@@ -3,7 +3,7 @@
 The SDK's Rust core serves `/metrics` for a `temporalio.runtime.Runtime` built with a `PrometheusConfig`. Such a
 runtime binds its port when it is built and lives as long as the process, so a process builds it once
 (`install_metrics`, called by `sopflow worker`, `intake` and `dev` before they connect) and every client of the
-process connects with it (`starter.connect.connect` passes `runtime()`). sopflow's counters are created on the
+process connects with it (`sopflow.connect.connect` passes `runtime()`). sopflow's counters are created on the
 same runtime's meter, so they need no dependency and no second port:
 
 - in workflows, `workflow.metric_meter()` (replay-safe: nothing is counted while a history replays): the

@@ -48,6 +48,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from sopflow import graph, reports
 from sopflow.config import Settings
+from sopflow.connect import ConnectionFailed, connect
 from sopflow.constants import (
     SA_NEXT_DUE,
     SA_OWNER,
@@ -71,14 +72,14 @@ from sopflow.models import (
     SetFields,
     SubmitForm,
     valid_deal_id,
+    workflow_id,
 )
 from sopflow.playbook import Playbook, PlaybookError, load_playbook, template_names
 from sopflow.samples import email_uses, render_check, sample_context
 from sopflow.telemetry import MetricsError, install_metrics
 from sopflow.templates import RenderError, TemplateRenderer, links_for
-from starter.connect import ConnectionFailed, connect
 from starter.intake.idempotency import KEY_RULE, cli_update_id, new_key, valid_key
-from starter.lifecycles import start_lifecycle, workflow_id
+from starter.lifecycles import Request, send, start_lifecycle, update_name
 from worker import form_secret_of
 from workflows.lifecycle import ClientLifecycle
 
@@ -167,13 +168,13 @@ def update_key(key: str | None) -> str:
 
 
 async def send_update(
-    handle: WorkflowHandle[Any, Any], update: Any, payload: Any, *, key: str, wait: float, what: str
+    handle: WorkflowHandle[Any, Any], request: Request, *, key: str, wait: float, what: str
 ) -> LifecycleStatus:
-    """The update with `cli:<update>:<key>` as its update id (Temporal applies an id once per run and answers a
+    """The request with `cli:<update>:<key>` as its update id (Temporal applies an id once per run and answers a
     repeat with the first result), waiting at most `wait` seconds for it to be confirmed."""
-    update_id = cli_update_id(update.__name__, key)
+    update_id = cli_update_id(update_name(request), key)
     try:
-        result: LifecycleStatus = await asyncio.wait_for(handle.execute_update(update, payload, id=update_id), wait)
+        result = await asyncio.wait_for(send(handle, request, update_id), wait)
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         raise Unconfirmed(handle.id.removeprefix(WORKFLOW_ID_PREFIX), what, key, wait) from None
     return result
@@ -298,15 +299,13 @@ def print_status(status: LifecycleStatus, output: Output) -> None:
     out.print(history)
 
 
-def _update_command(
-    deal_id: str, update: Any, payload: Any, output: Output, message: str, key: str | None, wait: float
-) -> None:
+def _update_command(deal_id: str, request: Request, output: Output, message: str, key: str | None, wait: float) -> None:
     """Send one change (an update) to a deal's lifecycle, once per key, and print where the deal is now."""
     chosen = update_key(key)
 
     async def go() -> LifecycleStatus:
         handle = await _handle(deal_id)
-        return await send_update(handle, update, payload, key=chosen, wait=wait, what=message)
+        return await send_update(handle, request, key=chosen, wait=wait, what=message)
 
     status = run(go())
     if output == Output.json:
@@ -415,8 +414,8 @@ def codec_server(
     and SOPFLOW_CODEC_TOKEN)."""
     import uvicorn
 
+    from sopflow.connect import connect_config
     from starter.codec_server import CodecServerError, app_from_settings
-    from starter.connect import connect_config
 
     # Logging first, so the warning of a token-less (trust-the-UI's-origin) server is a line like the others. Access
     # lines carry paths and statuses only: payloads and the Authorization header are never logged.
@@ -483,9 +482,7 @@ def form_submit(
 ) -> None:
     """Submit a form for a deal (validated field by field by the playbook)."""
     payload = SubmitForm(form=form, fields=parse_fields(field, file), actor=actor)
-    _update_command(
-        deal_id, ClientLifecycle.submit_form, payload, output, f"form {form} submitted", idempotency_key, wait
-    )
+    _update_command(deal_id, payload, output, f"form {form} submitted", idempotency_key, wait)
 
 
 @task_app.command("done")
@@ -500,7 +497,7 @@ def task_done(
 ) -> None:
     """Mark a checklist task done."""
     payload = CompleteTask(task=task, actor=actor, note=note)
-    _update_command(deal_id, ClientLifecycle.complete_task, payload, output, f"task {task} done", idempotency_key, wait)
+    _update_command(deal_id, payload, output, f"task {task} done", idempotency_key, wait)
 
 
 @app.command()
@@ -515,7 +512,7 @@ def advance(
 ) -> None:
     """Move a deal to the next stage (rejected, naming what is missing, if the stage's gate is not met)."""
     payload = Advance(to=stage, actor=actor, note=note)
-    _update_command(deal_id, ClientLifecycle.advance, payload, output, f"advanced to {stage}", idempotency_key, wait)
+    _update_command(deal_id, payload, output, f"advanced to {stage}", idempotency_key, wait)
 
 
 @app.command("set")
@@ -533,7 +530,7 @@ def set_fields(
         fail("give at least one --field key=value")
     payload = SetFields(fields=values, actor=actor)
     message = f"set {', '.join(values)}"
-    _update_command(deal_id, ClientLifecycle.set_fields, payload, output, message, idempotency_key, wait)
+    _update_command(deal_id, payload, output, message, idempotency_key, wait)
 
 
 @app.command()
@@ -557,7 +554,7 @@ def close(
     payload = Close(
         outcome="lost" if lost else "cancelled", reason=reason, stage=stage, fields=parse_fields(field), actor=actor
     )
-    _update_command(deal_id, ClientLifecycle.close, payload, output, "closed", idempotency_key, wait)
+    _update_command(deal_id, payload, output, "closed", idempotency_key, wait)
 
 
 @app.command()
@@ -576,7 +573,7 @@ def event(
             fail(f"deal {deal_id} is closed ({status.outcome})")
         if name not in status.events:
             fail(f"unknown event {name!r} for playbook {status.playbook} (events: {', '.join(status.events)})")
-        await handle.signal(ClientLifecycle.event, ExternalEvent(name=name, event_id=event_id, source=source))
+        await send(handle, ExternalEvent(name=name, event_id=event_id, source=source))
 
     run(go())
     out.print(f"[green]✓[/green] event {name} sent to deal {deal_id}", highlight=False)
@@ -725,9 +722,7 @@ def migrate(
             request = MigratePlaybook(playbook=pb, stage_map=stage_map, actor=actor)
             handle = client.get_workflow_handle(workflow_id(deal_id))
             try:
-                status = await send_update(
-                    handle, ClientLifecycle.migrate_playbook, request, key=key, wait=wait, what="the migration"
-                )
+                status = await send_update(handle, request, key=key, wait=wait, what="the migration")
                 results.append((deal_id, f"v{status.playbook_version}, stage {status.stage}"))
             except WorkflowUpdateFailedError as exc:
                 results.append((deal_id, f"refused: {getattr(exc.cause, 'message', exc.cause)}"))

@@ -1,19 +1,43 @@
-"""Starting a client's lifecycle: one definition for every starter (CLI, webhook intake), so a deal started from
-HubSpot looks in the Temporal UI exactly like one started by hand."""
+"""The client side of a lifecycle: starting one, and which update or signal carries each request.
+
+Every sender (the CLI, the webhook and form intake, rehearsals, the chaos harness, the benches) starts lifecycles with
+`start_lifecycle` and sends requests with `send`, so a deal started from HubSpot looks in the Temporal UI exactly like
+one started by hand, and a request model maps to its handler in one place.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, overload
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 
 from sopflow.constants import TASK_QUEUE
-from sopflow.models import LifecycleInput, workflow_id
+from sopflow.models import (
+    Advance,
+    Close,
+    CompleteTask,
+    ExternalEvent,
+    LifecycleInput,
+    LifecycleStatus,
+    MigratePlaybook,
+    SetFields,
+    SubmitForm,
+)
 from sopflow.playbook import Playbook
 from workflows.lifecycle import ClientLifecycle, start_options
 
-__all__ = ["start_lifecycle", "workflow_id"]
+# A change a person or system asks of a lifecycle: an update, which is validated and answers with the new status.
+Request = SubmitForm | CompleteTask | Advance | SetFields | Close | MigratePlaybook
+_UPDATES: dict[type[Any], Callable[..., Any]] = {
+    SubmitForm: ClientLifecycle.submit_form,
+    CompleteTask: ClientLifecycle.complete_task,
+    Advance: ClientLifecycle.advance,
+    SetFields: ClientLifecycle.set_fields,
+    Close: ClientLifecycle.close,
+    MigratePlaybook: ClientLifecycle.migrate_playbook,
+}
 
 
 async def start_lifecycle(
@@ -34,3 +58,33 @@ async def start_lifecycle(
         id_conflict_policy=conflict_policy,
         **start_options(playbook, deal_id),
     )
+
+
+def update_name(request: Request) -> str:
+    """The name of the update that carries `request` (`submit_form`, …): part of an update id, a metric label."""
+    return str(_UPDATES[type(request)].__name__)
+
+
+@overload
+async def send(handle: WorkflowHandle[Any, Any], request: Request, update_id: str | None = None) -> LifecycleStatus: ...
+
+
+@overload
+async def send(handle: WorkflowHandle[Any, Any], request: ExternalEvent, update_id: None = None) -> None: ...
+
+
+async def send(
+    handle: WorkflowHandle[Any, Any], request: Request | ExternalEvent, update_id: str | None = None
+) -> LifecycleStatus | None:
+    """Send a request as its update and return the lifecycle's status after it, or an event as a signal (events are
+    deduplicated by their own `event_id`, and a signal has no answer).
+
+    `update_id` is Temporal's idempotency key for an update: applied once per run, a repeat answers with the first
+    result. None lets Temporal choose one (a new change every time)."""
+    if isinstance(request, ExternalEvent):
+        await handle.signal(ClientLifecycle.event, request)
+        return None
+    status: LifecycleStatus = await handle.execute_update(
+        update_name(request), request, id=update_id, result_type=LifecycleStatus
+    )
+    return status

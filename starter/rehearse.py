@@ -44,10 +44,11 @@ from sopflow.models import (
     LifecycleStatus,
     SetFields,
     SubmitForm,
+    workflow_id,
 )
 from sopflow.playbook import PlaybookError, format_loc
 from starter.binaries import test_server
-from starter.lifecycles import workflow_id
+from starter.lifecycles import Request, send
 from worker import build_worker
 from workflows.lifecycle import ClientLifecycle
 
@@ -191,32 +192,22 @@ def resolve_dates(values: dict[str, Any], now: datetime) -> dict[str, Any]:
     return resolved
 
 
-async def _perform(handle: WorkflowHandle[Any, Any], step: ScenarioStep, now: datetime) -> None:
+def request_of(step: ScenarioStep, now: datetime) -> Request | ExternalEvent:
+    """The request a scenario step makes, its relative dates resolved on the rehearsal's clock."""
     if step.form is not None:
-        await handle.execute_update(
-            ClientLifecycle.submit_form,
-            SubmitForm(form=step.form, fields=resolve_dates(step.fields, now), actor=step.actor),
-        )
-    elif step.event is not None:
-        await handle.signal(
-            ClientLifecycle.event, ExternalEvent(name=step.event, event_id=step.event_id, source="rehearsal")
-        )
-    elif step.task is not None:
-        await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task=step.task, actor=step.actor))
-    elif step.advance is not None:
-        await handle.execute_update(ClientLifecycle.advance, Advance(to=step.advance, actor=step.actor))
-    elif step.set is not None:
-        await handle.execute_update(
-            ClientLifecycle.set_fields, SetFields(fields=resolve_dates(step.set, now), actor=step.actor)
-        )
-    elif step.close is not None:
-        outcome = step.close
-        if outcome not in ("lost", "cancelled"):
-            raise ValueError(f"close must be 'lost' or 'cancelled', not {outcome!r}")
-        await handle.execute_update(
-            ClientLifecycle.close,
-            Close(outcome=outcome, reason=step.reason or "", fields=step.fields, actor=step.actor),
-        )
+        return SubmitForm(form=step.form, fields=resolve_dates(step.fields, now), actor=step.actor)
+    if step.event is not None:
+        return ExternalEvent(name=step.event, event_id=step.event_id, source="rehearsal")
+    if step.task is not None:
+        return CompleteTask(task=step.task, actor=step.actor)
+    if step.advance is not None:
+        return Advance(to=step.advance, actor=step.actor)
+    if step.set is not None:
+        return SetFields(fields=resolve_dates(step.set, now), actor=step.actor)
+    outcome = step.close
+    if outcome not in ("lost", "cancelled"):
+        raise ValueError(f"close must be 'lost' or 'cancelled', not {outcome!r}")
+    return Close(outcome=outcome, reason=step.reason or "", fields=step.fields, actor=step.actor)
 
 
 def _aware(moment: datetime) -> datetime:
@@ -291,7 +282,7 @@ async def _drive(
     for step in steps:
         await _sleep_until(env, step.at.after(start))
         try:
-            await _perform(handle, step, _aware(await env.get_current_time()))
+            await send(handle, request_of(step, _aware(await env.get_current_time())))
         except WorkflowUpdateFailedError as exc:
             now = _aware(await env.get_current_time())
             message = str(exc.cause.message if hasattr(exc.cause, "message") else exc.cause)

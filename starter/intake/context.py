@@ -33,10 +33,10 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from sopflow.config import Settings
+from sopflow.connect import connect
 from sopflow.db import Database
 from sopflow.intake_config import IntakeConfig, IntakeConfigError, load_intake_config
 from sopflow.playbook import Playbook, PlaybookError, load_playbook
-from starter.connect import connect
 
 log = logging.getLogger("sopflow.intake")
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel
 
-from sopflow.models import ExternalEvent, valid_deal_id
+from sopflow.models import ExternalEvent, valid_deal_id, workflow_id
 from sopflow.signatures import verify_docusign
 from starter.intake import records
 from starter.intake.context import (
@@ -31,8 +31,7 @@ from starter.intake.context import (
     settings,
     temporal,
 )
-from starter.lifecycles import workflow_id
-from workflows.lifecycle import ClientLifecycle
+from starter.lifecycles import send
 
 log = logging.getLogger("sopflow.intake")
 router = APIRouter(tags=["webhooks"])
@@ -109,7 +108,7 @@ async def docusign_webhook(
     signal = ExternalEvent(name=name, event_id=key, source=SOURCE, data={"envelope_id": envelope_id})
     outcome: Literal["signaled", "closed"] = "signaled"
     try:
-        await temporal(handle.signal(ClientLifecycle.event, signal), "event signal")
+        await temporal(send(handle, signal), "event signal")
     except LifecycleMissing:
         # Not recorded: the deal may be started later (a typo fixed in the CRM), and Connect's retry then lands.
         raise IntakeError(404, f"deal {deal_id} has no lifecycle", envelope_id=envelope_id) from None

@@ -36,7 +36,7 @@ from pydantic import BaseModel
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from sopflow.config import Settings
-from sopflow.models import LifecycleStatus, SubmitForm, valid_deal_id
+from sopflow.models import LifecycleStatus, SubmitForm, valid_deal_id, workflow_id
 from sopflow.signatures import verify_form_token
 from starter.intake import form_pages
 from starter.intake.context import (
@@ -62,7 +62,7 @@ from starter.intake.idempotency import (
     new_key,
     valid_key,
 )
-from starter.lifecycles import workflow_id
+from starter.lifecycles import send
 from workflows.lifecycle import ClientLifecycle
 
 log = logging.getLogger("sopflow.intake")
@@ -258,9 +258,7 @@ async def _submit(
     update_id = form_update_id(deal_id, form, key) if key is not None else None
     try:
         status: LifecycleStatus = await temporal(
-            handle.execute_update(
-                ClientLifecycle.submit_form, SubmitForm(form=form, fields=fields, actor=ACTOR), id=update_id
-            ),
+            send(handle, SubmitForm(form=form, fields=fields, actor=ACTOR), update_id),
             "submit_form update",
         )
     except Unavailable as exc:

@@ -32,7 +32,7 @@ from temporalio.common import (
 from sopflow.engine import check_deal_fields
 from sopflow.errors import Rejected
 from sopflow.intake_config import IntakeConfig
-from sopflow.models import ExternalEvent, LifecycleStatus, SetFields, valid_deal_id
+from sopflow.models import ExternalEvent, LifecycleStatus, SetFields, valid_deal_id, workflow_id
 from sopflow.playbook import Playbook
 from sopflow.signatures import hubspot_timestamp_fresh, verify_hubspot_legacy, verify_hubspot_v3
 from starter.intake import records
@@ -50,7 +50,7 @@ from starter.intake.context import (
     settings,
     temporal,
 )
-from starter.lifecycles import start_lifecycle, workflow_id
+from starter.lifecycles import send, start_lifecycle
 from workflows.lifecycle import ClientLifecycle
 
 log = logging.getLogger("sopflow.intake")
@@ -482,7 +482,7 @@ async def _set_fields(intake: Intake, deal_id: str, values: dict[str, Any], upda
     client = await intake.client()
     handle = client.get_workflow_handle(workflow_id(deal_id))
     await temporal(
-        handle.execute_update(ClientLifecycle.set_fields, SetFields(fields=values, actor=ACTOR), id=update_id),
+        send(handle, SetFields(fields=values, actor=ACTOR), update_id),
         "set_fields update",
     )
 
@@ -497,7 +497,7 @@ async def _signal(
     data = {"property": payload["property"], "value": payload["value"]}
     try:
         await temporal(
-            handle.signal(ClientLifecycle.event, ExternalEvent(name=name, event_id=key, source=SOURCE, data=data)),
+            send(handle, ExternalEvent(name=name, event_id=key, source=SOURCE, data=data)),
             "event signal",
         )
     except LifecycleMissing:

@@ -82,7 +82,7 @@ from sopflow.mailsink import MailSink, free_port
 from sopflow.models import Advance, Close, CompleteTask, ExternalEvent, SetFields, SubmitForm, workflow_id
 from sopflow.playbook import load_playbook
 from starter.devstack import HOST, _register_search_attributes, _spawn_server, _wait_until_serving
-from starter.lifecycles import start_lifecycle
+from starter.lifecycles import Request, send, start_lifecycle
 from starter.rehearse import resolve_dates
 from workflows.lifecycle import EMAIL_RETRY, ClientLifecycle
 
@@ -390,21 +390,23 @@ async def retried(call: Callable[[], Awaitable[T]], what: str, report: ChaosRepo
 
 
 async def request(handle: WorkflowHandle[Any, Any], step: tuple[str, Any], update_id: str) -> None:
+    """One scripted step, sent as the CLI sends it; the update id (an event's event id) makes a retry a no-op."""
     kind, arg = step
     now = datetime.now(UTC)
     if kind == "event":
-        await handle.signal(ClientLifecycle.event, ExternalEvent(name=arg, event_id=update_id, source="chaos"))
-    elif kind == "form":
+        await send(handle, ExternalEvent(name=arg, event_id=update_id, source="chaos"))
+        return
+    change: Request
+    if kind == "form":
         form, fields = arg
-        payload = SubmitForm(form=form, fields=resolve_dates(fields, now), actor="chaos")
-        await handle.execute_update(ClientLifecycle.submit_form, payload, id=update_id)
+        change = SubmitForm(form=form, fields=resolve_dates(fields, now), actor="chaos")
     elif kind == "task":
-        await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task=arg), id=update_id)
+        change = CompleteTask(task=arg)
     elif kind == "set":
-        payload_set = SetFields(fields=resolve_dates(arg, now), actor="chaos")
-        await handle.execute_update(ClientLifecycle.set_fields, payload_set, id=update_id)
-    elif kind == "advance":
-        await handle.execute_update(ClientLifecycle.advance, Advance(to=arg), id=update_id)
+        change = SetFields(fields=resolve_dates(arg, now), actor="chaos")
+    else:
+        change = Advance(to=arg)
+    await send(handle, change, update_id)
 
 
 async def drive(client: Client, n: int, config: ChaosConfig, report: ChaosReport, gate: asyncio.Semaphore) -> None:

@@ -34,11 +34,11 @@ from sopflow.constants import SEARCH_ATTRIBUTES, TASK_QUEUE
 from sopflow.db import Database, OutboxEmail
 from sopflow.engine import check_deal_fields
 from sopflow.mailsink import MailSink, free_port
-from sopflow.models import LifecycleStatus, SubmitForm
+from sopflow.models import LifecycleStatus, SubmitForm, workflow_id
 from sopflow.playbook import Playbook
 from starter.binaries import temporal_cli
 from starter.codec_server import create_app
-from starter.lifecycles import start_lifecycle, workflow_id
+from starter.lifecycles import start_lifecycle
 from tests.conftest import CONTRACT_REQUEST, TEMPLATES
 from worker import build_worker
 from workflows.lifecycle import ClientLifecycle

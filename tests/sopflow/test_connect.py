@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from temporalio.service import TLSConfig
 
+from sopflow.connect import ConnectionFailed, connect, connect_config
 from sopflow.mailsink import free_port
-from starter.connect import ConnectionFailed, connect, connect_config
 
 CLOUD = "sopflow-prod.a1b2c.tmprl.cloud:7233"
 
