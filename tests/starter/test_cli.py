@@ -16,7 +16,7 @@ from sopflow.constants import SA_NEXT_DUE, SA_OWNER, SA_PLAYBOOK, SA_STAGE, TASK
 from sopflow.db import Database
 from sopflow.mailsink import MailSink, free_port
 from sopflow.playbook import Playbook
-from starter.cli import query_literal, visibility_query
+from starter.cli.deals import query_literal, visibility_query
 from starter.lifecycles import start_lifecycle
 from tests.conftest import DEAL, TEMPLATES
 from tests.starter.conftest import Cli, applied_updates, eventually

@@ -48,7 +48,8 @@ async def reports_cli(ts_env: WorkflowEnvironment, safe_balance: Playbook, tmp_p
     url = f"sqlite:///{tmp_path / 'records.db'}"
     db = Database(url)
     db.upgrade()
-    plan = [("D-1", launched_steps(), "50d"), ("D-2", sales_steps(None), "20d")]
+    # D-1 stops an hour before day 50, so D-2's rehearsal starts (at the next midnight) on day 50 of D-1's clock.
+    plan = [("D-1", launched_steps(), "49d23h"), ("D-2", sales_steps(None), "20d")]
     for deal_id, steps, until in plan:
         claimed = [
             {**s, "fields": {**s["fields"], "company": f"Clinic {deal_id}"}} if s.get("form") == "targeting" else s

@@ -31,7 +31,7 @@ from sopflow.playbook import load_playbook
 from sopflow.signatures import docusign_signature, form_token, hubspot_v1_signature, hubspot_v3_signature
 from sopflow.telemetry import WEBHOOKS, prometheus_runtime
 from starter import webhooks
-from starter.cli import visibility_query
+from starter.cli.deals import visibility_query
 from starter.intake import context
 from tests.conftest import CONTRACT_REQUEST, TARGETING, TEMPLATES
 from tests.prometheus import Sample, scrape_until, value

@@ -1,0 +1,29 @@
+"""Checklist tasks: mark one done."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from sopflow.models import (
+    CompleteTask,
+)
+from starter.cli.apps import task_app
+from starter.cli.common import UPDATE_WAIT, ActorOpt, KeyOpt, WaitOpt, update_command
+from starter.cli.render import Output, OutputOpt
+
+
+@task_app.command("done")
+def task_done(
+    deal_id: str,
+    task: str,
+    note: Annotated[str | None, typer.Option(help="a note for the record")] = None,
+    actor: ActorOpt = "cli",
+    output: OutputOpt = Output.text,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = UPDATE_WAIT,
+) -> None:
+    """Mark a checklist task done."""
+    payload = CompleteTask(task=task, actor=actor, note=note)
+    update_command(deal_id, payload, output, f"task {task} done", idempotency_key, wait)
