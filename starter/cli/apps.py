@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
@@ -9,6 +12,22 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"sopflow {version('sopflow')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit"),
+    ] = False,
+) -> None:
+    """sopflow: client-lifecycle SOPs run as durable Temporal workflows."""
 deal_app = typer.Typer(help="Start deals and read their history.", no_args_is_help=True)
 form_app = typer.Typer(help="Submit forms.", no_args_is_help=True)
 task_app = typer.Typer(help="Complete checklist tasks.", no_args_is_help=True)

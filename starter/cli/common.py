@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -14,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from temporalio.client import (
     WorkflowHandle,
+    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
@@ -35,6 +37,7 @@ from sopflow.playbook import Playbook, PlaybookError, load_playbook
 from starter.cli.render import Output, fail, out, print_status
 from starter.intake.idempotency import KEY_RULE, cli_update_id, new_key, valid_key
 from starter.lifecycles import Request, send, update_name
+from workflows.lifecycle import ClientLifecycle
 
 T = TypeVar("T")
 
@@ -157,13 +160,34 @@ async def handle_of(deal_id: str) -> WorkflowHandle[Any, Any]:
     return client.get_workflow_handle(workflow_id(deal_id))
 
 
+async def ended(handle: WorkflowHandle[Any, Any], deal_id: str) -> str | None:
+    """Why a deal's lifecycle cannot take a change, when Temporal answered NOT_FOUND: it answers so for a lifecycle
+    that ended as for one that never existed. None: there is no such lifecycle."""
+    try:
+        described = await handle.describe()
+    except RPCError:
+        return None
+    with contextlib.suppress(RPCError, WorkflowQueryFailedError):
+        status: LifecycleStatus = await handle.query(ClientLifecycle.status)
+        if status.outcome:
+            return f"deal {deal_id} is closed ({status.outcome}) in stage '{status.stage}'"
+    state = described.status.name.lower() if described.status else "closed"
+    return f"deal {deal_id}'s lifecycle has ended ({state})"
+
+
 def update_command(deal_id: str, request: Request, output: Output, message: str, key: str | None, wait: float) -> None:
     """Send one change (an update) to a deal's lifecycle, once per key, and print where the deal is now."""
     chosen = update_key(key)
 
     async def go() -> LifecycleStatus:
         handle = await handle_of(deal_id)
-        return await send_update(handle, request, key=chosen, wait=wait, what=message)
+        try:
+            return await send_update(handle, request, key=chosen, wait=wait, what=message)
+        except RPCError as exc:
+            reason = await ended(handle, deal_id) if exc.status == RPCStatusCode.NOT_FOUND else None
+            if reason is None:
+                raise
+            fail(reason)
 
     status = run(go())
     if output == Output.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from sopflow.playbook import Playbook
 from starter.cli.deals import query_literal, visibility_query
 from starter.lifecycles import start_lifecycle
 from tests.conftest import DEAL, TEMPLATES
-from tests.starter.conftest import Cli, applied_updates, eventually
+from tests.starter.conftest import Cli, applied_updates, eventually, offline_cli
 from worker import build_worker
 
 TARGETING = [
@@ -174,6 +175,22 @@ async def test_rejected_advance_prints_one_line_naming_what_is_missing_and_exits
     assert code == 1 and "unknown event 'contract_sgned'" in stderr
 
 
+async def test_a_change_to_a_closed_deal_says_it_is_closed_and_to_an_unknown_deal_that_there_is_none(cli: Cli):
+    deal = f"T{uuid.uuid4().hex[:8]}"
+    await cli.start_deal(deal, "rep_email=rep@example.com")
+    await cli.ok("close", deal, "--lost", "--reason", "went with a competitor")
+    for command in (
+        ("task", "done", deal, "onsite_appointment"),
+        ("form", "submit", deal, "targeting", "-f", "company=X"),
+        ("close", deal, "--cancelled", "--reason", "again"),
+    ):
+        code, _, stderr = await cli(*command)
+        assert (code, stderr.strip()) == (1, f"error: deal {deal} is closed (lost) in stage 'closed_lost'"), command
+
+    code, _, stderr = await cli("task", "done", "NOSUCH-1", "onsite_appointment")
+    assert code == 1 and "no lifecycle found for that deal" in stderr
+
+
 async def test_each_update_command_sends_a_fresh_key_and_a_repeated_key_is_applied_once(
     cli: Cli, dev_env: WorkflowEnvironment
 ):
@@ -269,3 +286,7 @@ async def test_an_unsafe_mail_configuration_is_refused_in_one_line_without_the_s
         "error: invalid configuration: SOPFLOW_SMTP_USERNAME/PASSWORD are set for smtp.example.com without TLS: "
         "set SOPFLOW_SMTP_TLS=starttls (usually port 587) or implicit (port 465)"
     ]
+
+
+async def test_version_prints_the_installed_package_version(tmp_path: Path):
+    assert await offline_cli(tmp_path).ok("--version") == f"sopflow {version('sopflow')}\n"
