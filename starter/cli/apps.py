@@ -28,6 +28,8 @@ def _options(
     ] = False,
 ) -> None:
     """sopflow: client-lifecycle SOPs run as durable Temporal workflows."""
+
+
 deal_app = typer.Typer(help="Start deals and read their history.", no_args_is_help=True)
 form_app = typer.Typer(help="Submit forms.", no_args_is_help=True)
 task_app = typer.Typer(help="Complete checklist tasks.", no_args_is_help=True)

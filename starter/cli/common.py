@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+import difflib
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -147,8 +148,20 @@ def playbook_failure(exc: PlaybookError) -> str:
     return f"{exc.source}: {first}{more}"
 
 
+def nearest_first(typed: str, options: Iterable[str]) -> list[str]:
+    """The options a typo could have meant first, then the rest in order, for "no X (Xs: …)" answers."""
+    known = sorted(set(options))
+    near = difflib.get_close_matches(typed, known, n=len(known), cutoff=0.5)
+    return near + [k for k in known if k not in near]
+
+
 def load(playbook: str) -> Playbook:
+    """A playbook by id (`safe_balance`) or path; an id that names no playbook lists those that exist, nearest first."""
     config = settings()
+    path = config.playbook_path(playbook)
+    if not path.exists() and path.parent == config.playbooks_dir:
+        known = nearest_first(playbook, [p.stem for p in config.playbooks_dir.glob("*.yaml")])
+        fail(f"no playbook {playbook!r} (playbooks: {', '.join(known) or 'none'})")
     try:
         return load_playbook(config.playbook_path(playbook), config.templates_dir)
     except PlaybookError as exc:
@@ -257,3 +270,15 @@ def read_records(query: Callable[[Session], T]) -> T:
         db_fail(exc)
     finally:
         db.dispose()
+
+
+def shipped_playbooks() -> list[Playbook]:
+    """Every playbook file that loads, for stage order and stall thresholds. A file that fails to load is skipped:
+    a report on running deals must not depend on an unrelated YAML typo (`sopflow playbook validate` finds it)."""
+    playbooks = []
+    for path in sorted(settings().playbooks_dir.glob("*.yaml")):
+        try:
+            playbooks.append(load_playbook(path))
+        except PlaybookError:
+            continue
+    return playbooks

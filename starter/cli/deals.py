@@ -50,11 +50,13 @@ from starter.cli.common import (
     WaitOpt,
     handle_of,
     load,
+    nearest_first,
     parse_fields,
     read_records,
     run,
     send_update,
     settings,
+    shipped_playbooks,
     update_command,
     update_key,
 )
@@ -272,6 +274,12 @@ def list_deals(
     output: OutputOpt = Output.text,
 ) -> None:
     """List lifecycles from Temporal visibility (search attributes), filtered by stage/playbook/owner."""
+    if stage is not None:
+        books = [load(playbook)] if playbook else shipped_playbooks()
+        known = {s.id for book in books for s in book.stages}
+        if stage not in known:
+            where = f"playbook {playbook}" if playbook else "any playbook"
+            fail(f"no stage {stage!r} in {where} (stages: {', '.join(nearest_first(stage, known))})")
 
     async def go() -> list[dict[str, Any]]:
         client = await connect()

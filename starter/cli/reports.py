@@ -11,9 +11,8 @@ from pydantic import ValidationError
 
 from sopflow import reports
 from sopflow.durations import duration
-from sopflow.playbook import Playbook, PlaybookError, load_playbook
 from starter.cli.apps import report_app
-from starter.cli.common import read_records, settings
+from starter.cli.common import read_records, shipped_playbooks
 from starter.cli.render import CsvFlag, JsonFlag, ReportOutput, ReportOutputOpt, emit, fail, report_format
 
 # Reports read the `deals`, `stage_transitions` and `journal` tables the worker keeps (sopflow.reports); they never
@@ -28,18 +27,6 @@ class VisitsBy(StrEnum):
 ReportPlaybookOpt = Annotated[str | None, typer.Option("--playbook", "-p", help="only deals on this playbook id")]
 
 
-def _report_playbooks() -> list[Playbook]:
-    """Every playbook file that loads, for stage order and stall thresholds. A file that fails to load is skipped:
-    a report on running deals must not depend on an unrelated YAML typo (`sopflow playbook validate` finds it)."""
-    playbooks = []
-    for path in sorted(settings().playbooks_dir.glob("*.yaml")):
-        try:
-            playbooks.append(load_playbook(path))
-        except PlaybookError:
-            continue
-    return playbooks
-
-
 @report_app.command("pipeline")
 def report_pipeline(
     playbook: ReportPlaybookOpt = None,
@@ -50,7 +37,7 @@ def report_pipeline(
     """Open deals per playbook and stage (in the playbook's stage order), with median and longest time in stage."""
     output = report_format(output, as_json, as_csv)
     now = datetime.now(UTC)
-    order = reports.stage_orders(_report_playbooks())
+    order = reports.stage_orders(shipped_playbooks())
     rows = read_records(lambda session: reports.pipeline(session, now, playbook, order))
     emit(rows, reports.PipelineRow, output, title="Pipeline: open deals (days in stage)", noun="stage")
 
@@ -70,7 +57,7 @@ def report_stalled(
     """Open deals that have been in their stage too long, longest first."""
     output = report_format(output, as_json, as_csv)
     now = datetime.now(UTC)
-    thresholds = None if days is not None else reports.stall_thresholds(_report_playbooks())
+    thresholds = None if days is not None else reports.stall_thresholds(shipped_playbooks())
     rows = read_records(lambda session: reports.stalled(session, now, days, thresholds))
     rule = f"more than {days:g} days in a stage" if days is not None else "past the stage's stall_after"
     emit(rows, reports.StalledRow, output, title=f"Stalled deals ({rule})", noun="deal")
@@ -111,6 +98,6 @@ def report_time_in_stage(
 ) -> None:
     """How long completed stays in each stage took: count, median and p90 days (nearest-rank)."""
     output = report_format(output, as_json, as_csv)
-    order = reports.stage_orders(_report_playbooks())
+    order = reports.stage_orders(shipped_playbooks())
     rows = read_records(lambda session: reports.time_in_stage(session, playbook, order))
     emit(rows, reports.StageTimeRow, output, title="Time in stage (completed stays, days)", noun="stage")

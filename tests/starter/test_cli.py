@@ -290,3 +290,11 @@ async def test_an_unsafe_mail_configuration_is_refused_in_one_line_without_the_s
 
 async def test_version_prints_the_installed_package_version(tmp_path: Path):
     assert await offline_cli(tmp_path).ok("--version") == f"sopflow {version('sopflow')}\n"
+
+
+async def test_a_mistyped_playbook_or_stage_lists_what_exists_nearest_first(tmp_path: Path):
+    cli = offline_cli(tmp_path)
+    code, _, stderr = await cli("playbook", "show", "safe_balanse")
+    assert code == 1 and stderr.startswith("error: no playbook 'safe_balanse' (playbooks: safe_balance, ")
+    code, _, stderr = await cli("list", "--stage", "ongoin", "--playbook", "safe_balance")
+    assert code == 1 and stderr.startswith("error: no stage 'ongoin' in playbook safe_balance (stages: ongoing, ")
