@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 import yaml
 from temporalio import activity, workflow
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.email import SmtpConfig
 from sopflow.config import PROJECT_ROOT
-from sopflow.constants import SEARCH_ATTRIBUTES
+from sopflow.constants import SEARCH_ATTRIBUTES, WORKFLOW_ID_PREFIX
 from sopflow.db import Database
 from sopflow.mailsink import MailSink
 from sopflow.models import LifecycleInput
@@ -31,6 +31,7 @@ from sopflow.playbook import Playbook, load_playbook
 from starter.binaries import temporal_cli
 from starter.rehearse import Rehearsal, Scenario, load_scenario, rehearse, start_test_env
 from worker import build_worker
+from workflows.lifecycle import ClientLifecycle
 
 TEMPLATES = PROJECT_ROOT / "templates"
 PLAYBOOKS = PROJECT_ROOT / "playbooks"
@@ -181,6 +182,16 @@ def make_worker(client: Client, db: Database, sink: MailSink, task_queue: str | 
     `build_worker` (activity classes that misbehave on purpose, limits)."""
     smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
     return build_worker(client, db, smtp, TEMPLATES, task_queue=task_queue or f"tq-{uuid.uuid4()}", **options)
+
+
+async def start_deal(env: WorkflowEnvironment, worker: Worker, playbook: Playbook, deal_id: str) -> WorkflowHandle:
+    """A Safe Balance-shaped deal (`DEAL`) started straight on `worker`'s task queue."""
+    return await env.client.start_workflow(
+        ClientLifecycle.run,
+        LifecycleInput(deal_id=deal_id, playbook=playbook, fields=DEAL),
+        id=f"{WORKFLOW_ID_PREFIX}{deal_id}",
+        task_queue=worker.task_queue,
+    )
 
 
 @pytest.fixture

@@ -19,8 +19,7 @@ from sopflow.fields import shapes
 from sopflow.models import LifecycleInput, SetFields, SubmitForm, workflow_id
 from sopflow.playbook import load_playbook
 from sopflow.samples import sample_values
-from tests.conftest import CONTRACT_REQUEST, PLAYBOOKS, TARGETING, TEMPLATES, make_worker
-from tests.workflows.test_lifecycle import start_deal
+from tests.conftest import CONTRACT_REQUEST, PLAYBOOKS, TARGETING, TEMPLATES, make_worker, start_deal
 from workflows.lifecycle import ClientLifecycle
 
 # Raw payloads, as a script or a buggy integration would send them (by update name, untyped).

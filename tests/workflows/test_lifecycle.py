@@ -10,10 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError, WorkflowUpdateStage
+from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateStage
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from activities.records import RecordActivities
 from sopflow.constants import WORKFLOW_ID_PREFIX
@@ -28,28 +26,19 @@ from sopflow.models import (
     LifecycleStatus,
     SubmitForm,
 )
-from sopflow.playbook import Playbook, parse_playbook
+from sopflow.playbook import parse_playbook
 from starter.rehearse import Rehearsal
 from tests.conftest import (
     CONTRACT_REQUEST,
-    DEAL,
     PRELAUNCH_TASKS,
     TARGETING,
     launched_steps,
     make_worker,
     run,
     sales_steps,
+    start_deal,
 )
 from workflows.lifecycle import ClientLifecycle
-
-
-async def start_deal(env: WorkflowEnvironment, worker: Worker, playbook: Playbook, deal_id: str) -> WorkflowHandle:
-    return await env.client.start_workflow(
-        ClientLifecycle.run,
-        LifecycleInput(deal_id=deal_id, playbook=playbook, fields=DEAL),
-        id=f"{WORKFLOW_ID_PREFIX}{deal_id}",
-        task_queue=worker.task_queue,
-    )
 
 
 def cause_of(failure: pytest.ExceptionInfo[WorkflowUpdateFailedError]) -> ApplicationError:

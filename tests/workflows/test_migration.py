@@ -18,8 +18,7 @@ from temporalio.worker import Replayer
 
 from sopflow.models import CompleteTask, ExternalEvent, LifecycleStatus, MigratePlaybook, SubmitForm
 from sopflow.playbook import Playbook, parse_playbook
-from tests.conftest import CONTRACT_REQUEST, TARGETING, make_worker
-from tests.workflows.test_lifecycle import start_deal
+from tests.conftest import CONTRACT_REQUEST, TARGETING, make_worker, start_deal
 from workflows.lifecycle import ClientLifecycle
 
 INSURANCE_CHECK = {
