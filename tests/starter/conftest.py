@@ -25,7 +25,6 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.email import SmtpConfig
 from sopflow.config import PROJECT_ROOT, Settings
 from sopflow.constants import TASK_QUEUE
 from sopflow.db import Database, InboundEvent
@@ -33,8 +32,7 @@ from sopflow.mailsink import MailSink, free_port
 from sopflow.models import Advance, CompleteTask, ExternalEvent, LifecycleStatus, SetFields
 from sopflow.signatures import docusign_signature, form_token, hubspot_v3_signature
 from starter import webhooks
-from tests.conftest import CONTRACT_REQUEST, PRELAUNCH_TASKS, TARGETING, TEMPLATES
-from worker import build_worker
+from tests.conftest import CONTRACT_REQUEST, PRELAUNCH_TASKS, TARGETING, make_worker
 from workflows.lifecycle import ClientLifecycle
 
 SOPFLOW = str(Path(sys.executable).parent / "sopflow")
@@ -81,8 +79,7 @@ async def lifecycle_worker(dev_env: WorkflowEnvironment, tmp_path: Path) -> Asyn
     db = Database(f"sqlite:///{tmp_path / 'records.db'}")
     db.create_schema()
     with MailSink() as sink:
-        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
-        async with build_worker(dev_env.client, db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
+        async with make_worker(dev_env.client, db, sink, task_queue=TASK_QUEUE):
             yield db
     db.dispose()
 
@@ -252,8 +249,7 @@ async def offline(tmp_path: Path, app_state: None, dev_env: WorkflowEnvironment)
 async def live(offline: Intake) -> AsyncIterator[Intake]:
     """The intake plus a worker on the real task queue (the one the intake starts lifecycles on)."""
     with MailSink() as sink:
-        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
-        async with build_worker(offline.client, offline.db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
+        async with make_worker(offline.client, offline.db, sink, task_queue=TASK_QUEUE):
             yield offline
 
 

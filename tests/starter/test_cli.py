@@ -12,16 +12,14 @@ import pytest
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.testing import WorkflowEnvironment
 
-from activities.email import SmtpConfig
 from sopflow.constants import SA_NEXT_DUE, SA_OWNER, SA_PLAYBOOK, SA_STAGE, TASK_QUEUE
 from sopflow.db import Database
 from sopflow.mailsink import MailSink, free_port
 from sopflow.playbook import Playbook
 from starter.cli.deals import query_literal, visibility_query
 from starter.lifecycles import start_lifecycle
-from tests.conftest import DEAL, TEMPLATES
+from tests.conftest import DEAL, make_worker
 from tests.starter.conftest import Cli, applied_updates, eventually, offline_cli
-from worker import build_worker
 
 TARGETING = [
     "company=Lakeside Clinic {n}",
@@ -234,8 +232,7 @@ async def test_an_update_nobody_confirms_in_time_says_so_and_its_retry_with_the_
     db = Database(f"sqlite:///{tmp_path / 'records.db'}")
     db.create_schema()
     with MailSink() as sink:
-        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
-        async with build_worker(dev_env.client, db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
+        async with make_worker(dev_env.client, db, sink, task_queue=TASK_QUEUE):
             assert f"deal {deal} is in contract_request" in await cli.ok(*submit)
             assert await applied_updates(dev_env.client, deal, "submit_form") == ["cli:submit_form:wait-0123456789"]
     db.dispose()

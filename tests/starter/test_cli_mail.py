@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from activities.email import SmtpConfig
 from sopflow.constants import TASK_QUEUE
 from sopflow.db import Database
 from sopflow.mailsink import MailSink
-from tests.conftest import TEMPLATES
+from tests.conftest import TEMPLATES, make_worker
 from tests.starter.conftest import LINKS_URL, Cli, eventually, offline_cli
-from worker import build_worker
 
 PUBLIC_URL = LINKS_URL
 
@@ -30,8 +28,7 @@ async def stack(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[C
     db = Database(url)
     db.create_schema()
     with MailSink() as sink:
-        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
-        async with build_worker(dev_env.client, db, smtp, TEMPLATES, public_url=PUBLIC_URL, task_queue=TASK_QUEUE):
+        async with make_worker(dev_env.client, db, sink, public_url=PUBLIC_URL, task_queue=TASK_QUEUE):
             cli = Cli(dev_env.client.service_client.config.target_host)
             cli.env.update(
                 {

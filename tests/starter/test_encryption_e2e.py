@@ -27,7 +27,6 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.email import SmtpConfig
 from sopflow.codec import KEY_ID_METADATA, EncryptionCodec, data_converter, new_key, parse_key_ring
 from sopflow.config import Settings
 from sopflow.constants import SEARCH_ATTRIBUTES, TASK_QUEUE
@@ -39,8 +38,7 @@ from sopflow.playbook import Playbook
 from starter.binaries import temporal_cli
 from starter.codec_server import create_app
 from starter.lifecycles import start_lifecycle
-from tests.conftest import CONTRACT_REQUEST, TEMPLATES
-from worker import build_worker
+from tests.conftest import CONTRACT_REQUEST, make_worker
 from workflows.lifecycle import ClientLifecycle
 
 OLD, NEW = new_key(), new_key()
@@ -80,8 +78,7 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[WorkflowEnvironment, Pat
 
 @asynccontextmanager
 async def running_worker(client: Client, db: Database, sink: MailSink) -> AsyncIterator[None]:
-    smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
-    async with build_worker(client, db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
+    async with make_worker(client, db, sink, task_queue=TASK_QUEUE):
         yield
 
 

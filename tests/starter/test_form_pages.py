@@ -17,7 +17,6 @@ import pytest
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from activities.email import SmtpConfig
 from sopflow.config import PROJECT_ROOT
 from sopflow.constants import TASK_QUEUE
 from sopflow.db import FormSubmission, VisitRow
@@ -29,9 +28,8 @@ from starter import webhooks
 from starter.intake import context
 from starter.intake.context import IntakeError
 from starter.intake.form_pages import FormView, browser_fields, error_page, form_page, prefers_html
-from tests.conftest import TARGETING, TEMPLATES
+from tests.conftest import TARGETING, TEMPLATES, make_worker
 from tests.starter.conftest import FORM_SECRET, Intake, applied_updates, creation, eventually, launched, to_launch
-from worker import build_worker
 from workflows.lifecycle import ClientLifecycle
 
 SAFE_BALANCE = load_playbook(PROJECT_ROOT / "playbooks" / "safe_balance.yaml", TEMPLATES)
@@ -370,8 +368,7 @@ async def test_a_post_not_confirmed_in_time_says_so_and_retrying_that_submission
     assert submission_of(page) == submission and {c["name"] for c in page.controls if c.get("name")} >= set(TARGETING)
 
     with MailSink() as sink:
-        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
-        async with build_worker(offline.client, offline.db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
+        async with make_worker(offline.client, offline.db, sink, task_queue=TASK_QUEUE):
             monkeypatch.setattr(context, "TEMPORAL_TIMEOUT", 30.0)
             retried = await post_page(offline, deal, "targeting", page.submit({}))
             assert retried.status_code == 200, retried.text

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from temporalio.api.enums.v1 import EventType
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.email import SmtpConfig
 from sopflow.config import PROJECT_ROOT
 from sopflow.constants import SA_PLAYBOOK, SA_STAGE, TASK_QUEUE
 from sopflow.intake_config import IntakeConfigError, load_intake_config, parse_intake_config
@@ -33,7 +32,7 @@ from sopflow.telemetry import WEBHOOKS, prometheus_runtime
 from starter import webhooks
 from starter.cli.deals import visibility_query
 from starter.intake import context
-from tests.conftest import CONTRACT_REQUEST, TARGETING, TEMPLATES
+from tests.conftest import CONTRACT_REQUEST, TARGETING, TEMPLATES, make_worker
 from tests.prometheus import Sample, scrape_until, value
 from tests.starter.conftest import (
     DOCUSIGN_KEYS,
@@ -49,7 +48,6 @@ from tests.starter.conftest import (
     launched,
     make_settings,
 )
-from worker import build_worker
 from workflows.lifecycle import ClientLifecycle
 
 
@@ -521,8 +519,7 @@ async def test_a_post_not_confirmed_in_time_is_a_503_that_says_so_and_its_keyed_
     await offline.client.get_workflow_handle(f"deal-{unkeyed_deal}").terminate("test: never meant to run")
 
     with MailSink() as sink:
-        smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
-        async with build_worker(offline.client, offline.db, smtp, TEMPLATES, task_queue=TASK_QUEUE):
+        async with make_worker(offline.client, offline.db, sink, task_queue=TASK_QUEUE):
             monkeypatch.setattr(context, "TEMPORAL_TIMEOUT", 30.0)
             retried = await offline.form(deal, "targeting", TARGETING, headers=key)
             assert retried.status_code == 200, retried.text
