@@ -25,3 +25,20 @@ async def test_recorded_history_replays_deterministically(path: Path):
     replayer = Replayer(workflows=[ClientLifecycle], data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="temporalio 1.35 (sdk-python #1591 class): on a cold start an update that came with new events ran after "
+    "them live and before them on replay; when this replays, move the file up into tests/histories/",
+)
+async def test_a_history_where_an_update_reached_a_cold_worker_after_a_kill_replays():
+    """Caught by the PostgreSQL chaos run (2026-12-03): a worker was killed while processing a workflow task; the next
+    worker, cold, got the records activity's result and an update (complete_task) in one workflow task and scheduled
+    the next queued email (contract_sent) before accepting the update. Replaying gives the update first: a
+    nondeterminism error, and the lifecycle's workflow task fails on every worker until an operator resets it
+    (README: Production)."""
+    path = HISTORIES / "nondeterministic" / "cold_start_update_after_worker_kill.json"
+    history = WorkflowHistory.from_json("deal-CHAOS-0020", path.read_text())
+    replayer = Replayer(workflows=[ClientLifecycle], data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(history, raise_on_replay_failure=True)
