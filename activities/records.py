@@ -196,7 +196,7 @@ class RecordActivities:
                 "deal_id": req.deal_id,
                 "claimed_at": req.at,
             }
-            new = insert_new(session, AccountClaim, claim, ["playbook", "account_key"])
+            insert_new(session, AccountClaim, claim, ["playbook", "account_key"])
             session.commit()
             holder = session.scalars(
                 select(AccountClaim.deal_id).where(
@@ -204,7 +204,7 @@ class RecordActivities:
                 )
             ).one()
             if holder == req.deal_id:
-                return ClaimResult(granted=True, new=new)
+                return ClaimResult(granted=True)
             return ClaimResult(granted=False, holder_deal_id=holder)
 
     @activity.defn

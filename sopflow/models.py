@@ -357,6 +357,3 @@ class ClaimRequest(Payload):
 class ClaimResult(Payload):
     granted: bool
     holder_deal_id: str | None = None
-    # Whether this request took the claim (False: the deal already held it), so a refused submission gives back only
-    # what it took.
-    new: bool = False

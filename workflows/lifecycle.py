@@ -214,7 +214,7 @@ class ClientLifecycle:
         engine decides what the answer means."""
         with self._limits_of_the_time():
             checked = self._guarded("submit_form", lambda: self._engine.check_submit(req, self._now()))
-        claim, taken = checked.claim, False
+        claim = checked.claim
         if claim is not None:
             result = await workflow.execute_activity_method(
                 RecordActivities.claim_account,
@@ -224,13 +224,15 @@ class ClientLifecycle:
             )
             if not result.granted:
                 raise _reject(self._engine.claim_refused(claim, result))
-            taken = result.new
         try:
             return self._apply("submit_form", lambda now: self._engine.submit_form(req, now, checked))
         except ApplicationError:
-            # Refused after the claim was taken (the lifecycle moved on while the claim was asked for): give the
-            # account back, or no other deal could claim it until this one closes.
-            if claim is not None and taken and workflow.patched(PATCH_CLAIM_GIVEN_BACK):
+            # Refused after the claim was granted (the lifecycle moved on while the claim was asked for): give the
+            # account back unless an accepted submission claims it, or no other deal could claim it until this one
+            # closes. (Decided from the lifecycle's state, not the activity's answer: workers of the version before
+            # read that answer too while a deploy rolls.)
+            unheld = claim is not None and not self._engine.holds_claim(claim.account_key)
+            if unheld and claim is not None and workflow.patched(PATCH_CLAIM_GIVEN_BACK):
                 await self._release_claim(claim)
             raise
 

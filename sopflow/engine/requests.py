@@ -128,6 +128,16 @@ class Engine(Timers):
             claim = ClaimRequest(playbook=self.playbook.id, account_key=key, deal_id=self.state.deal_id, at=now)
         return Submission(values=values, claim=claim, seq=self.state.seq)
 
+    def holds_claim(self, key: str) -> bool:
+        """Whether a submission this lifecycle accepted claims the account `key` (a refused one must give back a
+        claim only no accepted one needs)."""
+        for form_id, record in self.state.forms.items():
+            spec = self.playbook.forms.get(form_id)
+            value = record.values.get(spec.claims) if spec is not None and spec.claims else None
+            if not is_blank(value) and account_key(value) == key:
+                return True
+        return False
+
     def claim_refused(self, claim: ClaimRequest, result: ClaimResult) -> Rejected:
         """Why a submission whose account another deal holds is refused: the SOP's way to settle it."""
         return Rejected(

@@ -879,3 +879,10 @@ def test_a_checked_submission_is_checked_again_when_the_lifecycle_moved_on_befor
     engine.close(Close(outcome="cancelled", reason="budget"), T0)  # while the workflow awaited something
     with pytest.raises(Rejected, match="is closed"):
         engine.submit_form(late, T0, checked)
+
+
+def test_a_lifecycle_holds_the_claims_of_the_submissions_it_accepted_only(playbook: Playbook) -> None:
+    engine = started(playbook)
+    assert not engine.holds_claim("acme clinic")
+    submit(engine, "targeting", TARGETING)
+    assert engine.holds_claim("acme clinic") and not engine.holds_claim("beta clinic")
