@@ -72,7 +72,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import SearchAttributeKey, WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from sopflow.config import PROJECT_ROOT, Settings
@@ -592,6 +592,20 @@ def completion_patience(config: ChaosConfig) -> float:
     return max(config.stall_timeout, (longest_quiet + ACTIVITY_TIMEOUT).total_seconds() + 60)
 
 
+# The server's own record of a workflow whose tasks keep failing (a nondeterminism, a bug in workflow code).
+REPORTED_PROBLEMS = SearchAttributeKey.for_keyword_list("TemporalReportedProblems")
+
+
+async def failing_tasks(client: Client) -> list[str]:
+    """Lifecycles whose workflow task fails, with the cause the server reports, so a nondeterminism is named in the
+    report and not only seen as a client that never got where it should."""
+    found = []
+    async for execution in client.list_workflows("TemporalReportedProblems IS NOT NULL"):
+        causes = execution.typed_search_attributes.get(REPORTED_PROBLEMS) or []
+        found.append(f"{execution.id}: its workflow task fails ({', '.join(causes)})")
+    return found
+
+
 def verify(
     db: Database, sink: MailSink, config: ChaosConfig, reached: dict[str, str], statuses: dict[str, Any]
 ) -> ChaosReport:
@@ -704,6 +718,7 @@ async def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosReport:
             await asyncio.sleep(config.settle_seconds)
             reached = await close_all(client, config.clients, counters)
             statuses = await wait_completed(client, config)
+            failing = await failing_tasks(client)
             if stack.database_name:
                 live = db_connections(stack.database_name)
         finally:
@@ -712,6 +727,7 @@ async def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosReport:
             if stack.database_name:
                 after_stop = db_connections(stack.database_name)
         report = verify(db, sink, config, reached, statuses)
+        report.problems = failing + report.problems
         if stack.database_name:
             workers = [w.name for w in stack.workers]
             report.problems += connection_problems(live, after_stop, workers)
