@@ -231,8 +231,11 @@ class ClientLifecycle:
             # account back unless an accepted submission claims it, or no other deal could claim it until this one
             # closes. (Decided from the lifecycle's state, not the activity's answer: workers of the version before
             # read that answer too while a deploy rolls.)
-            unheld = claim is not None and not self._engine.holds_claim(claim.account_key)
-            if unheld and claim is not None and workflow.patched(PATCH_CLAIM_GIVEN_BACK):
+            if (
+                claim is not None
+                and not self._engine.holds_claim(claim.account_key)
+                and workflow.patched(PATCH_CLAIM_GIVEN_BACK)
+            ):
                 await self._release_claim(claim)
             raise
 

@@ -122,21 +122,22 @@ class Engine(Timers):
                 f"form '{req.form}' is invalid: {cad.date_field}: cannot be in the future",
                 {cad.date_field: "cannot be in the future"},
             )
+        key = self._claimed_account(req.form, values)
         claim = None
-        if form.claims is not None and not is_blank(values.get(form.claims)):
-            key = account_key(values[form.claims])
+        if key is not None:
             claim = ClaimRequest(playbook=self.playbook.id, account_key=key, deal_id=self.state.deal_id, at=now)
         return Submission(values=values, claim=claim, seq=self.state.seq)
+
+    def _claimed_account(self, form_id: str, values: dict[str, Any]) -> str | None:
+        """The account a submission of `form_id` with `values` claims, normalised; None if it claims none."""
+        spec = self.playbook.forms.get(form_id)
+        value = values.get(spec.claims) if spec is not None and spec.claims is not None else None
+        return None if is_blank(value) else account_key(value)
 
     def holds_claim(self, key: str) -> bool:
         """Whether a submission this lifecycle accepted claims the account `key` (a refused one must give back a
         claim only no accepted one needs)."""
-        for form_id, record in self.state.forms.items():
-            spec = self.playbook.forms.get(form_id)
-            value = record.values.get(spec.claims) if spec is not None and spec.claims else None
-            if not is_blank(value) and account_key(value) == key:
-                return True
-        return False
+        return any(self._claimed_account(form_id, r.values) == key for form_id, r in self.state.forms.items())
 
     def claim_refused(self, claim: ClaimRequest, result: ClaimResult) -> Rejected:
         """Why a submission whose account another deal holds is refused: the SOP's way to settle it."""

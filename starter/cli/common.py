@@ -25,15 +25,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from sopflow.config import Settings
 from sopflow.connect import ConnectionFailed, connect
-from sopflow.constants import (
-    WORKFLOW_ID_PREFIX,
-)
+from sopflow.constants import WORKFLOW_ID_PREFIX
 from sopflow.db import Database
 from sopflow.errors import Rejected
-from sopflow.models import (
-    LifecycleStatus,
-    workflow_id,
-)
+from sopflow.models import LifecycleStatus, workflow_id
 from sopflow.playbook import Playbook, PlaybookError, load_playbook
 from starter.cli.render import Output, fail, out, print_status
 from starter.intake.idempotency import KEY_RULE, cli_update_id, new_key, valid_key
@@ -227,8 +222,8 @@ def records_at(revision: str) -> Database:
 
 
 def records() -> Database:
-    """The records store the worker writes to, migrated to the current schema first, so a fresh machine lists
-    nothing instead of failing on a missing table."""
+    """The records store the worker writes to, migrated to the current schema first, so a fresh machine lists or
+    reports nothing instead of failing on a missing table."""
     return records_at("head")
 
 
@@ -244,25 +239,8 @@ def write_file(path: Path, content: str) -> None:
         fail(f"cannot write {path}: {exc.strerror}")
 
 
-def report_db() -> Database:
-    """The records store, migrated to the current schema before reading: on a fresh machine every report is empty
-    instead of an error about a missing table."""
-    from alembic.util import CommandError
-
-    db = Database(settings().database_url)
-    try:
-        db.upgrade()
-    except SQLAlchemyError as exc:
-        db.dispose()
-        db_fail(exc)
-    except CommandError as exc:  # e.g. a database migrated by a newer sopflow: its revision is unknown here
-        db.dispose()
-        fail(f"cannot migrate the records database: {exc}")
-    return db
-
-
 def read_records(query: Callable[[Session], T]) -> T:
-    db = report_db()
+    db = records()
     try:
         with db.session() as session:
             return query(session)
