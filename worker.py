@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,26 +70,32 @@ def build_worker(
     """The worker; the `max_*` options default to the SDK's (None: 100 slots each), `worker_for` sets them from
     SOPFLOW_WORKER_*. `LifecycleObserver` logs and counts refused updates (`sopflow.telemetry`)."""
     emails = email_activities(db, TemplateRenderer(templates_dir), smtp, public_url, form_secret=form_secret)
-    records = record_activities(db)
     playbooks = PlaybookActivities(playbooks_dir, templates_dir)
     return Worker(
         client,
         task_queue=task_queue,
         graceful_shutdown_timeout=graceful_shutdown,
         workflows=[ClientLifecycle],
-        activities=[
-            emails.send_email,
-            records.record_journal,
-            records.claim_account,
-            records.release_claim,
-            records.release_claims,
-            playbooks.load_playbook,
-        ],
+        activities=lifecycle_activities(emails, record_activities(db), playbooks),
         interceptors=[LifecycleObserver()],
         max_cached_workflows=max_cached_workflows,
         max_concurrent_workflow_tasks=max_concurrent_workflow_tasks,
         max_concurrent_activities=max_concurrent_activities,
     )
+
+
+def lifecycle_activities(
+    emails: EmailActivities, records: RecordActivities, playbooks: PlaybookActivities
+) -> list[Callable[..., Any]]:
+    """Every activity `ClientLifecycle` calls; a test that runs them apart from the workflows takes the same set."""
+    return [
+        emails.send_email,
+        records.record_journal,
+        records.claim_account,
+        records.release_claim,
+        records.release_claims,
+        playbooks.load_playbook,
+    ]
 
 
 def worker_for(client: Client, db: Database, settings: Settings) -> Worker:

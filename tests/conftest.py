@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
@@ -192,6 +193,19 @@ async def start_deal(env: WorkflowEnvironment, worker: Worker, playbook: Playboo
         id=f"{WORKFLOW_ID_PREFIX}{deal_id}",
         task_queue=worker.task_queue,
     )
+
+
+async def until(check: Callable[[], Awaitable[bool] | bool], what: str, limit: float = 120) -> None:
+    """Poll a condition, sync or async (never a fixed sleep); the limit only catches a hang."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        done = check()
+        if isinstance(done, Awaitable):
+            done = await done
+        if done:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.2)
 
 
 @pytest.fixture

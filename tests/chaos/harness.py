@@ -596,13 +596,19 @@ def completion_patience(config: ChaosConfig) -> float:
 REPORTED_PROBLEMS = SearchAttributeKey.for_keyword_list("TemporalReportedProblems")
 
 
-async def failing_tasks(client: Client) -> list[str]:
+async def failing_tasks(client: Client, folder: Path) -> list[str]:
     """Lifecycles whose workflow task fails, with the cause the server reports, so a nondeterminism is named in the
-    report and not only seen as a client that never got where it should."""
+    report and not only seen as a client that never got where it should. Each one's history is saved in
+    `folder/histories/` as the SDK's replayer reads it: a failure that took a loaded hour to meet is then replayed
+    in a second (and can join `tests/histories/nondeterministic/`)."""
     found = []
     async for execution in client.list_workflows("TemporalReportedProblems IS NOT NULL"):
         causes = execution.typed_search_attributes.get(REPORTED_PROBLEMS) or []
-        found.append(f"{execution.id}: its workflow task fails ({', '.join(causes)})")
+        saved = folder / "histories" / f"{execution.id}.json"
+        saved.parent.mkdir(exist_ok=True)
+        history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
+        saved.write_text(history.to_json())
+        found.append(f"{execution.id}: its workflow task fails ({', '.join(causes)}); history in {saved}")
     return found
 
 
@@ -718,7 +724,7 @@ async def run_chaos(config: ChaosConfig, workdir: Path) -> ChaosReport:
             await asyncio.sleep(config.settle_seconds)
             reached = await close_all(client, config.clients, counters)
             statuses = await wait_completed(client, config)
-            failing = await failing_tasks(client)
+            failing = await failing_tasks(client, workdir)
             if stack.database_name:
                 live = db_connections(stack.database_name)
         finally:

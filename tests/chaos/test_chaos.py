@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
+from temporalio import workflow
+from temporalio.client import WorkflowHistory
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
-from tests.chaos.harness import ChaosConfig, ChaosReport, print_report, run_chaos, write_report
-from tests.conftest import postgres_database
+from tests.chaos.harness import ChaosConfig, ChaosReport, failing_tasks, print_report, run_chaos, write_report
+from tests.conftest import postgres_database, until
 
 
 async def test_worker_kills_a_server_restart_and_a_flaky_relay_lose_and_duplicate_nothing(tmp_path: Path):
@@ -78,3 +83,32 @@ def test_a_clean_run_keeps_an_empty_problem_list(tmp_path: Path) -> None:
     write_report(ChaosReport(clients=8), tmp_path)
     assert (tmp_path / "problems.txt").read_text() == ""
     assert json.loads((tmp_path / "report.json").read_text())["ok"] is True
+
+
+@workflow.defn(name="AlwaysFailingTask", sandboxed=False)
+class AlwaysFailingTask:
+    @workflow.run
+    async def run(self) -> None:
+        raise RuntimeError("a bug in workflow code")  # not a workflow failure: the task fails, again and again
+
+
+async def test_a_lifecycle_whose_workflow_task_fails_is_named_with_its_cause_and_its_history_kept(
+    dev_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    client = dev_env.client
+    task_queue = f"tq-{uuid.uuid4()}"
+    workflow_id = f"failing-{uuid.uuid4()}"
+    async with Worker(client, task_queue=task_queue, workflows=[AlwaysFailingTask]):
+        await client.start_workflow(AlwaysFailingTask.run, id=workflow_id, task_queue=task_queue)
+        found: list[str] = []
+
+        async def named() -> bool:  # the server reports it after a retry, and visibility is eventually consistent
+            found[:] = [line for line in await failing_tasks(client, tmp_path) if line.startswith(workflow_id)]
+            return bool(found)
+
+        await until(named, "the server to report the failing workflow task")
+
+    saved = tmp_path / "histories" / f"{workflow_id}.json"
+    assert str(saved) in found[0]
+    history = WorkflowHistory.from_json(workflow_id, saved.read_text())
+    assert any(e.HasField("workflow_task_failed_event_attributes") for e in history.events)

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import threading
-import time
 import uuid
 from email.message import EmailMessage
 from pathlib import Path
@@ -21,7 +20,7 @@ from sopflow.mailsink import MailSink
 from sopflow.models import SubmitForm
 from sopflow.playbook import Playbook
 from starter.lifecycles import start_lifecycle
-from tests.conftest import DEAL, TARGETING
+from tests.conftest import DEAL, TARGETING, until
 from tests.starter.conftest import SOPFLOW
 from workflows.lifecycle import ClientLifecycle
 
@@ -48,13 +47,6 @@ async def stop(worker: asyncio.subprocess.Process) -> str:
     _, stderr = await asyncio.wait_for(worker.communicate(), timeout=60)
     assert worker.returncode == 0, stderr.decode()
     return stderr.decode()
-
-
-async def until(check, what: str, seconds: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_sigterm_lets_the_email_in_flight_finish_and_the_next_worker_carries_on(

@@ -8,9 +8,7 @@ the expiry and across the visit's due date, well inside the day an email is retr
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +22,7 @@ from sopflow.db import Database, JournalRow, OutboxEmail, StageTransition, Visit
 from sopflow.mailsink import MailSink
 from sopflow.models import Advance, CompleteTask, ExternalEvent, LifecycleInput, SetFields, SubmitForm, workflow_id
 from sopflow.playbook import Playbook, parse_playbook
-from tests.conftest import CONTRACT_REQUEST, DEAL, PLAYBOOKS, PRELAUNCH_TASKS, TARGETING, TEMPLATES, make_worker
+from tests.conftest import CONTRACT_REQUEST, DEAL, PLAYBOOKS, PRELAUNCH_TASKS, TARGETING, TEMPLATES, make_worker, until
 from workflows.lifecycle import ClientLifecycle
 
 
@@ -188,11 +186,3 @@ async def after_the_contract(handle: WorkflowHandle[Any, Any], kind: EventType.V
 
 async def events_recorded(db: Database, handle: WorkflowHandle[Any, Any]) -> bool:
     return bool(journal(db, handle, "event"))
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, limit: float = 120) -> None:
-    """Poll a condition (never a fixed sleep); the limit only catches a hang."""
-    deadline = asyncio.get_running_loop().time() + limit
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.2)

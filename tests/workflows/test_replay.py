@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from temporalio.client import WorkflowHistory
+from temporalio import activity
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer, Worker
 
+from activities.email import EmailActivities, SmtpConfig
+from activities.playbooks import PlaybookActivities
+from activities.records import RecordActivities
+from sopflow.db import Database
+from sopflow.mailsink import MailSink
+from sopflow.models import EmailRequest, EmailResult, ExternalEvent, SubmitForm
+from sopflow.playbook import Playbook
+from sopflow.templates import TemplateRenderer
+from tests.conftest import CONTRACT_REQUEST, PLAYBOOKS, TARGETING, TEMPLATES, start_deal, until
 from tests.workflows.record_histories import HISTORIES
+from worker import lifecycle_activities
 from workflows.lifecycle import ClientLifecycle
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
@@ -33,12 +49,92 @@ async def test_recorded_history_replays_deterministically(path: Path):
     "them live and before them on replay; when this replays, move the file up into tests/histories/",
 )
 async def test_a_history_where_an_update_reached_a_cold_worker_after_a_kill_replays():
-    """Caught by the PostgreSQL chaos run (2026-12-03): a worker was killed while processing a workflow task; the next
-    worker, cold, got the records activity's result and an update (complete_task) in one workflow task and scheduled
-    the next queued email (contract_sent) before accepting the update. Replaying gives the update first: a
-    nondeterminism error, and the lifecycle's workflow task fails on every worker until an operator resets it
-    (README: Production)."""
+    """Caught by the PostgreSQL chaos run (2026-12-03): the worker the lifecycle was sticky to was killed, so its
+    next workflow task timed out unstarted (schedule-to-start); the next worker got the result of the email in flight
+    (account_claimed) and an update (complete_task) in one workflow task and scheduled the next queued email
+    (contract_sent) before accepting the update. Replaying gives the update first: a nondeterminism error, and the
+    lifecycle's workflow task fails on every worker until an operator resets it (README: Production)."""
     path = HISTORIES / "nondeterministic" / "cold_start_update_after_worker_kill.json"
     history = WorkflowHistory.from_json("deal-CHAOS-0020", path.read_text())
     replayer = Replayer(workflows=[ClientLifecycle], data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history, raise_on_replay_failure=True)
+
+
+class HeldEmails(EmailActivities):
+    """Emails wait for the test's go-ahead, so one is in flight while the workflow worker goes away."""
+
+    in_flight: asyncio.Event
+    go: asyncio.Event
+
+    @activity.defn(name="send_email")
+    async def send_email(self, req: EmailRequest) -> EmailResult:
+        self.in_flight.set()
+        await self.go.wait()
+        return await super().send_email(req)
+
+
+async def test_an_update_and_a_finished_email_reaching_a_cold_worker_after_its_sticky_worker_left_replay(
+    dev_env: WorkflowEnvironment, safe_balance: Playbook, db: Database, smtp_sink: MailSink
+):
+    """The chaos run's history shape, made on purpose: the sticky worker leaves while an email is in flight and after
+    a signal was handled, the email finishes (its workflow task times out on the empty sticky queue), an update comes,
+    a cold worker takes both. What it records replays, whichever of the two it handled first."""
+    client, task_queue = dev_env.client, f"tq-{uuid.uuid4()}"
+    HeldEmails.in_flight, HeldEmails.go = asyncio.Event(), asyncio.Event()
+    smtp = SmtpConfig(host=smtp_sink.host, port=smtp_sink.port, mail_from="sopflow <sopflow@example.com>")
+    emails = HeldEmails(db, TemplateRenderer(TEMPLATES), smtp, "http://127.0.0.1:8000")
+    playbooks = PlaybookActivities(PLAYBOOKS, TEMPLATES)
+    activities = Worker(
+        client, task_queue=task_queue, activities=lifecycle_activities(emails, RecordActivities(db), playbooks)
+    )
+
+    def workflows_only() -> Worker:
+        # A short sticky timeout: the task left on the departed worker's queue moves on in a second, not ten.
+        return Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[ClientLifecycle],
+            sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
+        )
+
+    async with activities:
+        sticky = workflows_only()
+        async with sticky:
+            handle = await start_deal(dev_env, sticky, safe_balance, "COLD-1")
+            await handle.execute_update(ClientLifecycle.submit_form, SubmitForm(form="targeting", fields=TARGETING))
+            await HeldEmails.in_flight.wait()
+            await handle.signal(ClientLifecycle.event, ExternalEvent(name="crm.note_added", event_id="e-1"))
+            await until(lambda: handled_since_the_signal(handle), "the signal to be handled")
+        HeldEmails.go.set()
+        await until(lambda: task_timed_out(handle), "the email's workflow task to time out on the empty sticky queue")
+        contract_request = SubmitForm(form="contract_request", fields=CONTRACT_REQUEST)
+        update = asyncio.create_task(handle.execute_update(ClientLifecycle.submit_form, contract_request))
+        async with workflows_only():
+            await update
+            history = await handle.fetch_history()
+
+    kinds = [e.event_type for e in history.events]
+    timed_out = kinds.index(EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT)
+    # The shape meant: the email's result and the update were handled by the cold worker's first workflow task.
+    assert kinds[timed_out + 1 : timed_out + 5] == [
+        EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
+    ]
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in kinds[timed_out - 3 : timed_out]
+    replayer = Replayer(workflows=[ClientLifecycle], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None
+
+
+async def handled_since_the_signal(handle: WorkflowHandle) -> bool:
+    events = (await handle.fetch_history()).events
+    signalled = [e.event_id for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED]
+    done = [e.event_id for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED]
+    return bool(signalled) and any(d > signalled[-1] for d in done)
+
+
+async def task_timed_out(handle: WorkflowHandle) -> bool:
+    events = (await handle.fetch_history()).events
+    return any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT for e in events)
