@@ -58,7 +58,7 @@ from sopflow.constants import EMAIL_CLAIM_LEASE, EMAIL_SEND_DEADLINE
 from sopflow.db import Database, OutboxEmail, insert_new
 from sopflow.errors import EMAIL_IN_FLIGHT, MESSAGE_UNBUILDABLE, RECIPIENT_REFUSED, SMTP_REJECTED, TEMPLATE_ERROR
 from sopflow.models import EmailRequest, EmailResult
-from sopflow.playbook import AttachmentRefused
+from sopflow.playbook_checks import AttachmentRefused
 from sopflow.telemetry import EMAIL_ATTEMPTS, count
 from sopflow.templates import Rendered, RenderError, TemplateRenderer, links_for, one_line
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from sopflow.playbook import Playbook, PlaybookError, load_playbook
+from sopflow.playbook import Playbook, PlaybookError
+from sopflow.playbook_checks import load_playbook
 
 
 class PlaybookActivities:

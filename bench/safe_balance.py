@@ -32,7 +32,8 @@ from sopflow.models import (
     SubmitForm,
     workflow_id,
 )
-from sopflow.playbook import Playbook, load_playbook
+from sopflow.playbook import Playbook
+from sopflow.playbook_checks import load_playbook
 from starter import lifecycles
 from starter.lifecycles import start_lifecycle
 

@@ -19,7 +19,7 @@ import jinja2
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
-from sopflow.playbook import attachment_file
+from sopflow.playbook_checks import attachment_file
 from sopflow.signatures import form_token
 
 

@@ -22,16 +22,20 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.email import SmtpConfig
+from activities.email import EmailActivities, SmtpConfig
+from activities.playbooks import PlaybookActivities
+from activities.records import RecordActivities
 from sopflow.config import PROJECT_ROOT
 from sopflow.constants import SEARCH_ATTRIBUTES, WORKFLOW_ID_PREFIX
 from sopflow.db import Database
 from sopflow.mailsink import MailSink
 from sopflow.models import LifecycleInput
-from sopflow.playbook import Playbook, load_playbook
+from sopflow.playbook import Playbook
+from sopflow.playbook_checks import load_playbook
+from sopflow.templates import TemplateRenderer
 from starter.binaries import temporal_cli
 from starter.rehearse import Rehearsal, Scenario, load_scenario, rehearse, start_test_env
-from worker import build_worker
+from worker import build_worker, lifecycle_activities
 from workflows.lifecycle import ClientLifecycle
 
 TEMPLATES = PROJECT_ROOT / "templates"
@@ -178,11 +182,36 @@ def safe_balance() -> Playbook:
     return load_playbook(PLAYBOOKS / "safe_balance.yaml", TEMPLATES)
 
 
+def smtp_of(sink: MailSink) -> SmtpConfig:
+    return SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
+
+
 def make_worker(client: Client, db: Database, sink: MailSink, task_queue: str | None = None, **options: Any) -> Worker:
     """A worker mailing to `sink`, on a task queue of its own unless it takes over another one's; `options` go to
     `build_worker` (activity classes that misbehave on purpose, limits)."""
-    smtp = SmtpConfig(host=sink.host, port=sink.port, mail_from="sopflow <sopflow@example.com>")
-    return build_worker(client, db, smtp, TEMPLATES, task_queue=task_queue or f"tq-{uuid.uuid4()}", **options)
+    return build_worker(client, db, smtp_of(sink), TEMPLATES, task_queue=task_queue or f"tq-{uuid.uuid4()}", **options)
+
+
+def activities_only(
+    client: Client,
+    db: Database,
+    sink: MailSink,
+    task_queue: str,
+    email_activities: type[EmailActivities] = EmailActivities,
+    record_activities: type[RecordActivities] = RecordActivities,
+) -> Worker:
+    """The lifecycle's activities without its workflow, for tests that take the workflow worker away (and bring a
+    cold one back) while activities go on."""
+    emails = email_activities(db, TemplateRenderer(TEMPLATES), smtp_of(sink), "http://127.0.0.1:8000")
+    playbooks = PlaybookActivities(PLAYBOOKS, TEMPLATES)
+    return Worker(
+        client, task_queue=task_queue, activities=lifecycle_activities(emails, record_activities(db), playbooks)
+    )
+
+
+def workflows_only(client: Client, task_queue: str, **options: Any) -> Worker:
+    """The lifecycle's workflow without activities (see `activities_only`)."""
+    return Worker(client, task_queue=task_queue, workflows=[ClientLifecycle], **options)
 
 
 async def start_deal(env: WorkflowEnvironment, worker: Worker, playbook: Playbook, deal_id: str) -> WorkflowHandle:

@@ -85,6 +85,9 @@ PATCH_REQUESTS_FIRST = "requests-before-timers-due-at-the-same-moment"
 REQUESTS_FIRST = timedelta(seconds=1)
 # A form refused after its account claim was granted gives the claim back; lifecycles recorded before kept it.
 PATCH_CLAIM_GIVEN_BACK = "refused-form-gives-its-claim-back"
+# Only the timer for the next wake-up stays pending, so the Temporal UI shows what the lifecycle waits for;
+# lifecycles recorded before kept superseded timers, which fired into no-op ticks.
+PATCH_LIVE_TIMERS = "only-live-timers"
 # Timer summaries quote playbook labels; the UI metadata stays short whatever a playbook author wrote.
 SUMMARY_MAX_CHARS = 200
 R = TypeVar("R")
@@ -151,14 +154,15 @@ class ClientLifecycle:
         self._unrecorded: list[JournalEntry] = list(inp.unrecorded)
         self._changed = True
         self._published: dict[str, object] = {}
-        # Pending wake-ups by fire time. Timers are never cancelled: a stale one fires into a no-op tick. Cancelling
-        # races with a timer firing at the same instant (the time-skipping server then rejects the workflow task).
+        # Pending wake-ups by fire time (playbook time), and the wake-up each was armed for (PATCH_LIVE_TIMERS).
         self._timers: dict[datetime, asyncio.Task[None]] = {}
+        self._armed_for: dict[datetime, tuple[datetime, datetime]] = {}
         # Emails waiting for `_deliver`, oldest first, and delivered ones whose timeline entries are still to record.
         self._outbox: list[Step] = []
         self._delivered: list[Step] = []
         self._apart = False  # decided once per run in `run` (PATCH_EMAIL_APART)
         self._tie = timedelta(0)  # likewise (PATCH_REQUESTS_FIRST)
+        self._live_timers = False  # likewise (PATCH_LIVE_TIMERS)
         self._courier: asyncio.Task[None] | None = None
 
     @workflow.run
@@ -167,6 +171,7 @@ class ClientLifecycle:
             raise _reject(self._start_error)
         self._apart = workflow.patched(PATCH_EMAIL_APART)
         self._tie = REQUESTS_FIRST if workflow.patched(PATCH_REQUESTS_FIRST) else timedelta(0)
+        self._live_timers = workflow.patched(PATCH_LIVE_TIMERS)
         if self._apart:
             # Lives as long as the run; completing or continuing as new cancels it once the outbox is empty.
             self._courier = asyncio.create_task(self._deliver())
@@ -185,6 +190,7 @@ class ClientLifecycle:
             self._arm_timer(self._next_wakeup())
             await workflow.wait_condition(lambda: self._changed or any(t.done() for t in self._timers.values()))
             self._timers = {at: t for at, t in self._timers.items() if not t.done()}
+            self._armed_for = {at: armed for at, armed in self._armed_for.items() if at in self._timers}
             engine.tick(self._now())
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._flush()
@@ -539,6 +545,8 @@ class ClientLifecycle:
     def _arm_timer(self, wake: Wakeup | None) -> None:
         """Make sure some timer fires no later than `wake` (plus the tie-break); an earlier pending timer already
         re-evaluates then. The engine fires what is due as of the wake-up, dated at each moment itself."""
+        if self._live_timers:
+            self._cancel_superseded(wake)
         if wake is None:
             return
         target = wake.at + self._tie
@@ -549,9 +557,25 @@ class ClientLifecycle:
         # may wake within milliseconds, or an hour-before reminder would come a simulated day late.
         floor = timedelta(seconds=1) if self._scale == 1 else timedelta(milliseconds=10) * self._scale
         delay = max(target - now, floor)
+        real_delay = delay / self._scale
         self._timers[now + delay] = asyncio.create_task(
-            workflow.sleep(delay / self._scale, summary=wake.summary[:SUMMARY_MAX_CHARS])
+            workflow.sleep(real_delay, summary=wake.summary[:SUMMARY_MAX_CHARS])
         )
+        self._armed_for[now + delay] = (target, workflow.now() + real_delay)
+
+    def _cancel_superseded(self, wake: Wakeup | None) -> None:
+        """Cancel the pending timers armed for another wake-up than `wake`, so the UI lists only what the lifecycle
+        waits for. A timer that may have fired before this workflow task started is left alone: its firing may be
+        applied after this code runs in the same activation, and cancelling a fired timer is what the time-skipping
+        server refused (why timers were once never cancelled). The server starts a timer only when the task asking
+        for it completes, after the moment noted here, so one noted as firing after this task's start has not fired."""
+        target = None if wake is None else wake.at + self._tie
+        now = workflow.now()
+        for at, task in list(self._timers.items()):
+            armed_for, fires_at = self._armed_for.get(at, (None, now))
+            if armed_for != target and fires_at > now and not task.done():
+                task.cancel()
+                del self._timers[at], self._armed_for[at]
 
     def _should_continue_as_new(self) -> bool:
         state = self._engine.state

@@ -29,7 +29,8 @@ from sopflow.constants import WORKFLOW_ID_PREFIX
 from sopflow.db import Database
 from sopflow.errors import Rejected
 from sopflow.models import LifecycleStatus, workflow_id
-from sopflow.playbook import Playbook, PlaybookError, load_playbook
+from sopflow.playbook import Playbook, PlaybookError
+from sopflow.playbook_checks import load_playbook
 from starter.cli.render import Output, fail, out, print_status
 from starter.intake.idempotency import KEY_RULE, cli_update_id, new_key, valid_key
 from starter.lifecycles import Request, send, update_name

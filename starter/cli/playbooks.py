@@ -13,7 +13,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from sopflow import graph
-from sopflow.playbook import PlaybookError, load_playbook, template_names
+from sopflow.playbook import PlaybookError
+from sopflow.playbook_checks import load_playbook, template_names
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
 from starter.cli.apps import playbook_app

@@ -13,7 +13,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from sopflow.playbook import template_names
+from sopflow.playbook_checks import template_names
 from sopflow.samples import email_uses, sample_context
 from sopflow.templates import RenderError, TemplateRenderer, links_for
 from starter.cli.apps import template_app

@@ -36,7 +36,8 @@ from sopflow.config import Settings
 from sopflow.connect import connect
 from sopflow.db import Database
 from sopflow.intake_config import IntakeConfig, IntakeConfigError, load_intake_config
-from sopflow.playbook import Playbook, PlaybookError, load_playbook
+from sopflow.playbook import Playbook, PlaybookError
+from sopflow.playbook_checks import load_playbook
 
 log = logging.getLogger("sopflow.intake")
 T = TypeVar("T")

@@ -80,7 +80,7 @@ from sopflow.constants import ACTIVITY_TIMEOUT
 from sopflow.db import Database, DealRow, JournalRow, OutboxEmail, StageTransition
 from sopflow.mailsink import MailSink, free_port
 from sopflow.models import Advance, Close, CompleteTask, ExternalEvent, SetFields, SubmitForm, workflow_id
-from sopflow.playbook import load_playbook
+from sopflow.playbook_checks import load_playbook
 from starter.devstack import HOST, _register_search_attributes, _spawn_server, _wait_until_serving
 from starter.lifecycles import Request, send, start_lifecycle
 from starter.rehearse import resolve_dates

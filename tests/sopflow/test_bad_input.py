@@ -15,7 +15,8 @@ from sopflow.config import PROJECT_ROOT
 from sopflow.engine import Engine
 from sopflow.errors import Rejected
 from sopflow.models import Advance, Close, CompleteTask, ExternalEvent, SetFields, SubmitForm
-from sopflow.playbook import FieldSpec, Playbook, PlaybookError, load_playbook, parse_playbook
+from sopflow.playbook import FieldSpec, Playbook, PlaybookError
+from sopflow.playbook_checks import load_playbook, parse_playbook
 from sopflow.samples import sample_values
 from tests.conftest import CONTRACT_REQUEST, DEAL, TARGETING
 from tests.sopflow.conftest import assert_readable_by_the_workflow

@@ -9,7 +9,8 @@ import pytest
 from sopflow.classify import classify
 from sopflow.conditions import make_context
 from sopflow.config import PROJECT_ROOT
-from sopflow.playbook import Playbook, load_playbook
+from sopflow.playbook import Playbook
+from sopflow.playbook_checks import load_playbook
 
 TIERS = ["A", "B", "C"]
 # One profile per tier, each row inside the seed's range for that tier.

@@ -8,7 +8,8 @@ import pytest
 
 from sopflow.conditions import Context, evaluate, make_context, resolve, role_address, role_owner_id
 from sopflow.config import PROJECT_ROOT
-from sopflow.playbook import Condition, Playbook, load_playbook
+from sopflow.playbook import Condition, Playbook
+from sopflow.playbook_checks import load_playbook
 
 
 @pytest.fixture(scope="module")

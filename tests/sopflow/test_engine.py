@@ -12,7 +12,8 @@ from sopflow.config import PROJECT_ROOT
 from sopflow.engine import Engine, Step, Wakeup
 from sopflow.errors import Rejected
 from sopflow.models import Advance, ClaimResult, Close, CompleteTask, ExternalEvent, SetFields, SubmitForm
-from sopflow.playbook import Playbook, load_playbook
+from sopflow.playbook import Playbook
+from sopflow.playbook_checks import load_playbook
 
 T0 = datetime(2025, 1, 31, 9, tzinfo=UTC)
 DEAL = {
@@ -783,7 +784,7 @@ def test_a_passing_check_never_changes_the_state_either(playbook: Playbook) -> N
 
 
 def test_attachments_are_chosen_by_conditions_on_the_deal() -> None:
-    from sopflow.playbook import parse_playbook
+    from sopflow.playbook_checks import parse_playbook
 
     rosters = parse_playbook(
         {

@@ -11,7 +11,8 @@ import pytest
 from sopflow.engine import Engine
 from sopflow.errors import Rejected
 from sopflow.models import Advance, CompleteTask, SetFields, SubmitForm
-from sopflow.playbook import Playbook, parse_playbook
+from sopflow.playbook import Playbook
+from sopflow.playbook_checks import parse_playbook
 
 T0 = datetime(2026, 3, 2, 9, tzinfo=UTC)
 EMAIL = {"template": "note", "to": ["owner"]}

@@ -28,7 +28,8 @@ from sopflow.models import (
     SetFields,
     SubmitForm,
 )
-from sopflow.playbook import FieldSpec, Playbook, load_playbook
+from sopflow.playbook import FieldSpec, Playbook
+from sopflow.playbook_checks import load_playbook
 from sopflow.samples import sample_values
 from tests.sopflow.conftest import assert_readable_by_the_workflow
 

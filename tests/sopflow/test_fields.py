@@ -17,7 +17,8 @@ from sopflow.fields import (
     shapes,
     validate_values,
 )
-from sopflow.playbook import FieldSpec, FieldType, load_playbook
+from sopflow.playbook import FieldSpec, FieldType
+from sopflow.playbook_checks import load_playbook
 
 TIERS = ["Basic", "Standard", "Premium"]
 SERVICES = ["Balance assessment", "Fall-risk screening", "Therapy program"]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from sopflow import graph
-from sopflow.playbook import Playbook, Stage, Transition, load_playbook, parse_playbook
+from sopflow.playbook import Playbook, Stage, Transition
+from sopflow.playbook_checks import load_playbook, parse_playbook
 from tests.conftest import PLAYBOOKS, TEMPLATES
 
 SHIPPED = sorted(PLAYBOOKS.glob("*.yaml"))

@@ -15,16 +15,8 @@ import yaml
 
 from sopflow.config import PROJECT_ROOT
 from sopflow.durations import duration
-from sopflow.playbook import (
-    TEMPLATE_PARTS,
-    Condition,
-    Deadline,
-    Playbook,
-    PlaybookError,
-    load_playbook,
-    parse_playbook,
-    template_names,
-)
+from sopflow.playbook import TEMPLATE_PARTS, Condition, Deadline, Playbook, PlaybookError
+from sopflow.playbook_checks import load_playbook, parse_playbook, template_names
 
 SAFE_BALANCE = PROJECT_ROOT / "playbooks" / "safe_balance.yaml"
 BROKEN = sorted((Path(__file__).parent / "broken").glob("*.yaml"))

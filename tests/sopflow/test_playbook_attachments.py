@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from sopflow.config import PROJECT_ROOT
-from sopflow.playbook import AttachmentRefused, PlaybookError, check_references, parse_playbook
+from sopflow.playbook import PlaybookError
+from sopflow.playbook_checks import AttachmentRefused, check_references, parse_playbook
 from sopflow.templates import TemplateRenderer
 
 SAFE_BALANCE = PROJECT_ROOT / "playbooks" / "safe_balance.yaml"

@@ -14,7 +14,8 @@ import pytest
 from sopflow.engine import Engine
 from sopflow.fields import coerce, shapes
 from sopflow.models import SubmitForm
-from sopflow.playbook import FieldSpec, Playbook, parse_playbook, template_names
+from sopflow.playbook import FieldSpec, Playbook
+from sopflow.playbook_checks import parse_playbook, template_names
 from sopflow.samples import (
     SAMPLE_DEAL_ID,
     SAMPLE_MOMENT,

@@ -14,7 +14,7 @@ from sopflow.conditions import make_context, role_address
 from sopflow.config import PROJECT_ROOT
 from sopflow.engine import Engine
 from sopflow.models import Advance, CompleteTask, ExternalEvent, SetFields, SubmitForm
-from sopflow.playbook import load_playbook, template_names
+from sopflow.playbook_checks import load_playbook, template_names
 from sopflow.signatures import form_token
 from sopflow.templates import FormLinks, Rendered, RenderError, TemplateRenderer, links_for, one_line
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sopflow import graph
-from sopflow.playbook import load_playbook
+from sopflow.playbook_checks import load_playbook
 from tests.conftest import PLAYBOOKS
 from tests.starter.conftest import Cli, offline_cli
 

@@ -269,7 +269,7 @@ async def test_with_encryption_keys_the_dev_stack_runs_a_codec_server_for_its_ui
     from temporalio.common import WorkflowIDConflictPolicy
 
     from sopflow.codec import ENCODING, data_converter, new_key
-    from sopflow.playbook import load_playbook
+    from sopflow.playbook_checks import load_playbook
     from starter.lifecycles import start_lifecycle
     from tests.conftest import PLAYBOOKS, TEMPLATES
 

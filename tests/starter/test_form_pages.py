@@ -22,7 +22,8 @@ from sopflow.constants import TASK_QUEUE
 from sopflow.db import FormSubmission, VisitRow
 from sopflow.mailsink import MailSink
 from sopflow.models import Close
-from sopflow.playbook import FieldSpec, FormSpec, load_playbook
+from sopflow.playbook import FieldSpec, FormSpec
+from sopflow.playbook_checks import load_playbook
 from sopflow.signatures import form_token
 from starter import webhooks
 from starter.intake import context

@@ -26,7 +26,7 @@ from sopflow.constants import SA_PLAYBOOK, SA_STAGE, TASK_QUEUE
 from sopflow.intake_config import IntakeConfigError, load_intake_config, parse_intake_config
 from sopflow.mailsink import MailSink, free_port
 from sopflow.models import Close
-from sopflow.playbook import load_playbook
+from sopflow.playbook_checks import load_playbook
 from sopflow.signatures import docusign_signature, form_token, hubspot_v1_signature, hubspot_v3_signature
 from sopflow.telemetry import WEBHOOKS, prometheus_runtime
 from starter import webhooks

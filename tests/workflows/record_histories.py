@@ -23,7 +23,7 @@ from sopflow.config import PROJECT_ROOT
 from sopflow.constants import WORKFLOW_ID_PREFIX
 from sopflow.engine import check_deal_fields
 from sopflow.models import LifecycleInput
-from sopflow.playbook import load_playbook
+from sopflow.playbook_checks import load_playbook
 from starter.rehearse import load_scenario, rehearse, start_test_env
 
 HISTORIES = PROJECT_ROOT / "tests" / "histories"

@@ -17,7 +17,7 @@ from sopflow.db import Database, JournalRow
 from sopflow.engine import Engine
 from sopflow.fields import shapes
 from sopflow.models import LifecycleInput, SetFields, SubmitForm, workflow_id
-from sopflow.playbook import load_playbook
+from sopflow.playbook_checks import load_playbook
 from sopflow.samples import sample_values
 from tests.conftest import CONTRACT_REQUEST, PLAYBOOKS, TARGETING, TEMPLATES, make_worker, start_deal
 from workflows.lifecycle import ClientLifecycle

@@ -21,7 +21,8 @@ from temporalio.testing import WorkflowEnvironment
 from sopflow.db import Database, JournalRow, OutboxEmail, StageTransition, VisitRow
 from sopflow.mailsink import MailSink
 from sopflow.models import Advance, CompleteTask, ExternalEvent, LifecycleInput, SetFields, SubmitForm, workflow_id
-from sopflow.playbook import Playbook, parse_playbook
+from sopflow.playbook import Playbook
+from sopflow.playbook_checks import parse_playbook
 from tests.conftest import CONTRACT_REQUEST, DEAL, PLAYBOOKS, PRELAUNCH_TASKS, TARGETING, TEMPLATES, make_worker, until
 from workflows.lifecycle import ClientLifecycle
 

@@ -10,7 +10,8 @@ import pytest
 
 from sopflow.config import PROJECT_ROOT
 from sopflow.durations import duration
-from sopflow.playbook import Playbook, load_playbook
+from sopflow.playbook import Playbook
+from sopflow.playbook_checks import load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
 from starter.rehearse import Rehearsal

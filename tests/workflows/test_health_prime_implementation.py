@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from sopflow.playbook import Playbook, load_playbook
+from sopflow.playbook import Playbook
+from sopflow.playbook_checks import load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
 from tests.conftest import PLAYBOOKS, TEMPLATES, body, checked_in_scenario, mail, run, stage_path

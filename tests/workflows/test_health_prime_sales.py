@@ -8,7 +8,8 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus
 
 from sopflow.config import PROJECT_ROOT
-from sopflow.playbook import Playbook, load_playbook
+from sopflow.playbook import Playbook
+from sopflow.playbook_checks import load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
 from tests.conftest import body, checked_in_scenario, mail, run, sent, stage_path

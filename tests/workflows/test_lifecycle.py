@@ -26,7 +26,7 @@ from sopflow.models import (
     LifecycleStatus,
     SubmitForm,
 )
-from sopflow.playbook import parse_playbook
+from sopflow.playbook_checks import parse_playbook
 from starter.rehearse import Rehearsal
 from tests.conftest import (
     CONTRACT_REQUEST,

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from sopflow.mailsink import MailSink
-from sopflow.playbook import Playbook, load_playbook
+from sopflow.playbook import Playbook
+from sopflow.playbook_checks import load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
 from starter.rehearse import Rehearsal

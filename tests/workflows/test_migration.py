@@ -17,7 +17,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from sopflow.models import CompleteTask, ExternalEvent, LifecycleStatus, MigratePlaybook, SubmitForm
-from sopflow.playbook import Playbook, parse_playbook
+from sopflow.playbook import Playbook
+from sopflow.playbook_checks import parse_playbook
 from tests.conftest import CONTRACT_REQUEST, TARGETING, make_worker, start_deal
 from workflows.lifecycle import ClientLifecycle
 

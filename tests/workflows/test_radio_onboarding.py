@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sopflow.config import PROJECT_ROOT
-from sopflow.playbook import Playbook, load_playbook
+from sopflow.playbook import Playbook
+from sopflow.playbook_checks import load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
 from tests.conftest import body, checked_in_scenario, mail, run, sent, stage_path

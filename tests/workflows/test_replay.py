@@ -15,17 +15,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
-from activities.email import EmailActivities, SmtpConfig
-from activities.playbooks import PlaybookActivities
-from activities.records import RecordActivities
+from activities.email import EmailActivities
 from sopflow.db import Database
 from sopflow.mailsink import MailSink
 from sopflow.models import EmailRequest, EmailResult, ExternalEvent, SubmitForm
 from sopflow.playbook import Playbook
-from sopflow.templates import TemplateRenderer
-from tests.conftest import CONTRACT_REQUEST, PLAYBOOKS, TARGETING, TEMPLATES, start_deal, until
+from tests.conftest import CONTRACT_REQUEST, TARGETING, activities_only, start_deal, until, workflows_only
 from tests.workflows.record_histories import HISTORIES
-from worker import lifecycle_activities
 from workflows.lifecycle import ClientLifecycle
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
@@ -81,24 +77,14 @@ async def test_an_update_and_a_finished_email_reaching_a_cold_worker_after_its_s
     a cold worker takes both. What it records replays, whichever of the two it handled first."""
     client, task_queue = dev_env.client, f"tq-{uuid.uuid4()}"
     HeldEmails.in_flight, HeldEmails.go = asyncio.Event(), asyncio.Event()
-    smtp = SmtpConfig(host=smtp_sink.host, port=smtp_sink.port, mail_from="sopflow <sopflow@example.com>")
-    emails = HeldEmails(db, TemplateRenderer(TEMPLATES), smtp, "http://127.0.0.1:8000")
-    playbooks = PlaybookActivities(PLAYBOOKS, TEMPLATES)
-    activities = Worker(
-        client, task_queue=task_queue, activities=lifecycle_activities(emails, RecordActivities(db), playbooks)
-    )
+    activities = activities_only(client, db, smtp_sink, task_queue, email_activities=HeldEmails)
 
-    def workflows_only() -> Worker:
+    def workflow_worker() -> Worker:
         # A short sticky timeout: the task left on the departed worker's queue moves on in a second, not ten.
-        return Worker(
-            client,
-            task_queue=task_queue,
-            workflows=[ClientLifecycle],
-            sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
-        )
+        return workflows_only(client, task_queue, sticky_queue_schedule_to_start_timeout=timedelta(seconds=1))
 
     async with activities:
-        sticky = workflows_only()
+        sticky = workflow_worker()
         async with sticky:
             handle = await start_deal(dev_env, sticky, safe_balance, "COLD-1")
             await handle.execute_update(ClientLifecycle.submit_form, SubmitForm(form="targeting", fields=TARGETING))
@@ -109,7 +95,7 @@ async def test_an_update_and_a_finished_email_reaching_a_cold_worker_after_its_s
         await until(lambda: task_timed_out(handle), "the email's workflow task to time out on the empty sticky queue")
         contract_request = SubmitForm(form="contract_request", fields=CONTRACT_REQUEST)
         update = asyncio.create_task(handle.execute_update(ClientLifecycle.submit_form, contract_request))
-        async with workflows_only():
+        async with workflow_worker():
             await update
             history = await handle.fetch_history()
 

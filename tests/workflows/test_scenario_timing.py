@@ -12,7 +12,7 @@ from datetime import datetime, time
 
 import pytest
 
-from sopflow.playbook import load_playbook
+from sopflow.playbook_checks import load_playbook
 from tests.conftest import SCENARIOS, TEMPLATES, checked_in_scenario, run
 from tests.workflows.record_histories import playbook_of
 
