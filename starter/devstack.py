@@ -128,52 +128,13 @@ async def run_dev(
             if encrypting
             else None
         )
-        mail_dir = home / "mail"
-        sink = MailSink(
-            host=settings.smtp_host, port=settings.smtp_port, store_dir=mail_dir, on_message=_mail_printer(console)
-        )
-        try:
-            await asyncio.to_thread(sink.start)
-        except Exception as exc:  # aiosmtpd reports a busy port in several ways
-            raise DevStackError(
-                f"cannot start the SMTP sink on {settings.smtp_host}:{settings.smtp_port}: "
-                f"{exc}; choose another port with SOPFLOW_SMTP_PORT"
-            ) from exc
-        stack.callback(sink.stop)
-
-        proc = await _spawn_server(settings)
-        stack.push_async_callback(_stop_process, proc)
-        if on_server_pid is not None:
-            on_server_pid(proc.pid)
-        started = time.monotonic()
-        client = await _wait_until_serving(proc, address, home / "temporal.log", settings)
-        await _register_search_attributes(address)
-        server_seconds = time.monotonic() - started
-
-        db = Database(settings.database_url)
-        stack.callback(db.dispose)
-        try:
-            await asyncio.to_thread(db.upgrade)
-        except Exception as exc:  # any driver's connection error: the message is what matters here
-            raise DevStackError(f"records database {_safe_url(settings.database_url)}: {exc}") from exc
-
+        await _start_mail_sink(settings, home / "mail", console, stack)
+        proc, client, server_seconds = await _start_temporal(settings, address, home, stack, on_server_pid)
+        db = await _start_records(settings, stack)
         worker = worker_for(client, db, settings)
         worker_task = asyncio.create_task(worker.run(), name="sopflow-worker")
         stack.push_async_callback(_stop_worker, worker, worker_task)
-
-        webhooks.use_client(client)
-        stack.callback(webhooks.use_client, None)
-        webhooks.use_settings(settings)  # the intake checks the same form tokens the worker puts in email links
-        stack.callback(webhooks.use_settings, None)
-        web, web_task = _start_intake(settings, intake_socket)
-        stack.push_async_callback(_stop_intake, web, web_task)
-        await _wait_until_started(web, web_task)
-        web_tasks = {"webhook intake": web_task}
-        if codec_socket is not None:
-            codec_web, codec_task = _start_codec_server(settings, codec_socket)
-            stack.push_async_callback(_stop_intake, codec_web, codec_task)
-            await _wait_until_started(codec_web, codec_task)
-            web_tasks["codec server"] = codec_task
+        web_tasks = await _start_web(settings, client, intake_socket, codec_socket, stack)
 
         console.print(_panel(settings, address, home, server_seconds))
         if ready is not None:
@@ -182,6 +143,74 @@ async def run_dev(
             await _supervise(proc, worker_task, web_tasks, stop, home / "temporal.log")
         finally:
             console.print(Text("stopping the local stack...", style="dim"))
+
+
+async def _start_mail_sink(settings: Settings, mail_dir: Path, console: Console, stack: AsyncExitStack) -> None:
+    """The SMTP sink every email goes to in development, printing one line per message it receives."""
+    sink = MailSink(
+        host=settings.smtp_host, port=settings.smtp_port, store_dir=mail_dir, on_message=_mail_printer(console)
+    )
+    try:
+        await asyncio.to_thread(sink.start)
+    except Exception as exc:  # aiosmtpd reports a busy port in several ways
+        raise DevStackError(
+            f"cannot start the SMTP sink on {settings.smtp_host}:{settings.smtp_port}: "
+            f"{exc}; choose another port with SOPFLOW_SMTP_PORT"
+        ) from exc
+    stack.callback(sink.stop)
+
+
+async def _start_temporal(
+    settings: Settings,
+    address: str,
+    home: Path,
+    stack: AsyncExitStack,
+    on_server_pid: Callable[[int], None] | None,
+) -> tuple[asyncio.subprocess.Process, Client, float]:
+    """The dev server, serving and with sopflow's search attributes, and how long it took to get there."""
+    proc = await _spawn_server(settings)
+    stack.push_async_callback(_stop_process, proc)
+    if on_server_pid is not None:
+        on_server_pid(proc.pid)
+    started = time.monotonic()
+    client = await _wait_until_serving(proc, address, home / "temporal.log", settings)
+    await _register_search_attributes(address)
+    return proc, client, time.monotonic() - started
+
+
+async def _start_records(settings: Settings, stack: AsyncExitStack) -> Database:
+    """The records database, migrated before the worker writes to it."""
+    db = Database(settings.database_url)
+    stack.callback(db.dispose)
+    try:
+        await asyncio.to_thread(db.upgrade)
+    except Exception as exc:  # any driver's connection error: the message is what matters here
+        raise DevStackError(f"records database {_safe_url(settings.database_url)}: {exc}") from exc
+    return db
+
+
+async def _start_web(
+    settings: Settings,
+    client: Client,
+    intake_socket: socket.socket,
+    codec_socket: socket.socket | None,
+    stack: AsyncExitStack,
+) -> dict[str, asyncio.Task[None]]:
+    """The webhook intake (and the codec server when payloads are encrypted), by name, once they answer."""
+    webhooks.use_client(client)
+    stack.callback(webhooks.use_client, None)
+    webhooks.use_settings(settings)  # the intake checks the same form tokens the worker puts in email links
+    stack.callback(webhooks.use_settings, None)
+    web, web_task = _start_intake(settings, intake_socket)
+    stack.push_async_callback(_stop_intake, web, web_task)
+    await _wait_until_started(web, web_task)
+    web_tasks = {"webhook intake": web_task}
+    if codec_socket is not None:
+        codec_web, codec_task = _start_codec_server(settings, codec_socket)
+        stack.push_async_callback(_stop_intake, codec_web, codec_task)
+        await _wait_until_started(codec_web, codec_task)
+        web_tasks["codec server"] = codec_task
+    return web_tasks
 
 
 def _check_ports_free(settings: Settings) -> None:
