@@ -43,7 +43,8 @@ from sopflow.constants import TASK_QUEUE
 from sopflow.db import Database, DealRow
 from sopflow.mailsink import MailSink
 from sopflow.models import LifecycleInput, SetFields
-from workflows.lifecycle import ClientLifecycle, start_options
+from workflows.lifecycle import ClientLifecycle
+from workflows.options import start_options
 
 SETTLE_TIMEOUT = 3600.0
 

@@ -26,7 +26,8 @@ from sopflow.models import (
     SubmitForm,
 )
 from sopflow.playbook import Playbook
-from workflows.lifecycle import ClientLifecycle, start_options
+from workflows.lifecycle import ClientLifecycle
+from workflows.options import start_options
 
 # A change a person or system asks of a lifecycle: an update, which is validated and answers with the new status.
 Request = SubmitForm | CompleteTask | Advance | SetFields | Close | MigratePlaybook

@@ -23,17 +23,12 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import (
-    RetryPolicy,
-    SearchAttributePair,
     SearchAttributeUpdate,
-    TypedSearchAttributes,
-    WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.email import EmailActivities
     from activities.playbooks import PlaybookActivities
     from activities.records import RecordActivities
     from sopflow.constants import (
@@ -46,14 +41,12 @@ with workflow.unsafe.imports_passed_through():
         SA_STAGE,
     )
     from sopflow.engine import Engine, Step, Wakeup, check_deal_fields
-    from sopflow.errors import ENGINE_FAULT, RECORD_REFUSED, REJECTED, UNDELIVERABLE, EngineFault, Rejected
+    from sopflow.errors import ENGINE_FAULT, REJECTED, EngineFault, Rejected
     from sopflow.models import (
         Advance,
-        ClaimRequest,
         Close,
         CompleteTask,
         ExternalEvent,
-        JournalBatch,
         JournalEntry,
         LifecycleInput,
         LifecycleStatus,
@@ -62,51 +55,21 @@ with workflow.unsafe.imports_passed_through():
         SubmitForm,
         workflow_id,
     )
-    from sopflow.playbook import Playbook
-    from sopflow.telemetry import observe_timeline
+    from workflows.calls import LifecycleCalls, refused_by_records
+    from workflows.options import (
+        PATCH_CLAIM_GIVEN_BACK,
+        PATCH_EMAIL_APART,
+        PATCH_FIELD_LIMITS,
+        PATCH_LIVE_TIMERS,
+        PATCH_REQUESTS_FIRST,
+        PATCH_YEARLY_WAKEUP,
+        RECORD_RETRY,
+        REQUESTS_FIRST,
+        SUMMARY_MAX_CHARS,
+        start_options,
+    )
 
-EMAIL_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=10))
-RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
-# An email that still fails after a day of retries is recorded as failed instead of holding the client's lifecycle.
-EMAIL_GIVE_UP = timedelta(days=1)
-# Lifecycles that hit a bounce before this behaviour existed replay without the task it opens (workflow.patched).
-PATCH_UNDELIVERABLE = "undeliverable-email-opens-task"
-# A quiet lifecycle wakes at its run's first anniversary to continue as new (one run per year), instead of at the
-# next business timer; lifecycles recorded before this replay without that timer.
-PATCH_YEARLY_WAKEUP = "yearly-continue-as-new-wakeup"
-# Emails are delivered by their own coroutine, apart from timers and records; lifecycles recorded before this
-# replay with each batch's emails sent before its timeline entries.
-PATCH_EMAIL_APART = "email-delivered-apart"
-# Field limits (`sopflow.fields`) in the handlers: a request accepted before them is re-applied without them.
-PATCH_FIELD_LIMITS = "field-limits"
-# A timer wakes a second after its moment, so a request made at that very moment (a task done when it falls due) is
-# applied first, whatever the machine's speed; lifecycles recorded before this woke at the moment itself.
-PATCH_REQUESTS_FIRST = "requests-before-timers-due-at-the-same-moment"
-REQUESTS_FIRST = timedelta(seconds=1)
-# A form refused after its account claim was granted gives the claim back; lifecycles recorded before kept it.
-PATCH_CLAIM_GIVEN_BACK = "refused-form-gives-its-claim-back"
-# Only the timer for the next wake-up stays pending, so the Temporal UI shows what the lifecycle waits for;
-# lifecycles recorded before kept superseded timers, which fired into no-op ticks.
-PATCH_LIVE_TIMERS = "only-live-timers"
-# Timer summaries quote playbook labels; the UI metadata stays short whatever a playbook author wrote.
-SUMMARY_MAX_CHARS = 200
 R = TypeVar("R")
-
-
-def start_options(playbook: Playbook, deal_id: str) -> dict[str, Any]:
-    """How every lifecycle starts, from a starter or as a hand-off child, so all look alike in the Temporal UI.
-
-    A deal id names one lifecycle for good (its timeline, records and email keys are per deal id), so a closed
-    lifecycle is never started again.
-    """
-    return {
-        "id": workflow_id(deal_id),
-        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        "static_summary": f"{playbook.title or playbook.id} (v{playbook.version}) · deal {deal_id}",
-        "search_attributes": TypedSearchAttributes(
-            [SearchAttributePair(SA_PLAYBOOK, playbook.id), SearchAttributePair(SA_STAGE, playbook.stages[0].id)]
-        ),
-    }
 
 
 def _keyword(value: str | None) -> str | None:
@@ -121,7 +84,7 @@ def _reject(exc: Rejected) -> ApplicationError:
 
 
 @workflow.defn
-class ClientLifecycle:
+class ClientLifecycle(LifecycleCalls):
     @workflow.init
     def __init__(self, inp: LifecycleInput) -> None:
         # Handlers can run before `run` starts: the engine must be complete here.
@@ -157,8 +120,7 @@ class ClientLifecycle:
         # Pending wake-ups by fire time (playbook time), and the wake-up each was armed for (PATCH_LIVE_TIMERS).
         self._timers: dict[datetime, asyncio.Task[None]] = {}
         self._armed_for: dict[datetime, tuple[datetime, datetime]] = {}
-        # Emails waiting for `_deliver`, oldest first, and delivered ones whose timeline entries are still to record.
-        self._outbox: list[Step] = []
+        self._outbox: list[Step] = []  # see LifecycleCalls
         self._delivered: list[Step] = []
         self._apart = False  # decided once per run in `run` (PATCH_EMAIL_APART)
         self._tie = timedelta(0)  # likewise (PATCH_REQUESTS_FIRST)
@@ -207,7 +169,7 @@ class ClientLifecycle:
                     retry_policy=RECORD_RETRY,
                 )
             except ActivityError as err:
-                if not _refused_by_records(err):
+                if not refused_by_records(err):
                     raise
                 workflow.logger.warning("the records store refused to release the deal's account claims")
         return engine.status(self._now())
@@ -244,19 +206,6 @@ class ClientLifecycle:
             ):
                 await self._release_claim(claim)
             raise
-
-    async def _release_claim(self, claim: ClaimRequest) -> None:
-        try:
-            await workflow.execute_activity_method(
-                RecordActivities.release_claim,
-                claim,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=RECORD_RETRY,
-            )
-        except ActivityError as err:
-            if not _refused_by_records(err):
-                raise
-            workflow.logger.warning("the records store refused to give back an account claim")
 
     @submit_form.validator
     def _check_submit_form(self, req: SubmitForm) -> None:
@@ -399,102 +348,6 @@ class ClientLifecycle:
         self._changed = True
         return self._guarded("status", lambda: engine.status(now))
 
-    async def _flush(self) -> None:
-        """Record the queued timeline entries; emails go to `_deliver`, or (lifecycles recorded before
-        PATCH_EMAIL_APART) are sent one by one, in order, before their batch is recorded."""
-        while self._engine.steps or (self._delivered and not self._outbox):
-            steps = self._engine.take_steps()
-            for step in steps:
-                if step.start is not None:
-                    await self._start_linked(step)
-                if step.email is not None and not self._apart:
-                    await self._send(step)
-            recorded = steps
-            if self._apart:
-                self._outbox.extend(step for step in steps if step.email is not None)
-                recorded = [step for step in steps if step.email is None]
-                # Delivered emails join the next record, or are recorded together once the outbox is empty: one
-                # activity for a stage's burst of emails, not one per email.
-                if recorded or not self._outbox:
-                    recorded, self._delivered = self._delivered + recorded, []
-            if recorded:
-                await self._record(sorted(recorded, key=lambda s: s.entry.seq))
-
-    async def _deliver(self) -> None:
-        """Send the outbox's emails one at a time, oldest first: in order per deal, once per step (the step's key).
-
-        Each send may retry for up to a day; meanwhile the main loop keeps firing timers and recording the timeline.
-        """
-        while True:
-            await workflow.wait_condition(lambda: bool(self._outbox))
-            step = self._outbox[0]
-            await self._send(step)
-            self._outbox.pop(0)
-            self._delivered.append(step)
-            self._changed = True  # the main loop records it (and any fix-the-address task it opened)
-
-    async def _send(self, step: Step) -> None:
-        """Send one email and put its outcome in its timeline entry; a permanent refusal opens a fix task."""
-        assert step.email is not None
-        try:
-            result = await workflow.execute_activity_method(
-                EmailActivities.send_email,
-                step.email,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                schedule_to_close_timeout=EMAIL_GIVE_UP,
-                retry_policy=EMAIL_RETRY,
-                summary=f"email {step.email.template}",
-            )
-            self._engine.email_sent(
-                step, result, fix_refused=bool(result.refused) and workflow.patched(PATCH_UNDELIVERABLE)
-            )
-        except ActivityError as err:
-            # Permanent failures a person fixes by correcting the deal (an address the server refused, a name that
-            # cannot be put in a header) become a fix-the-address task instead of being lost.
-            cause = err.cause
-            undeliverable = None
-            if (
-                isinstance(cause, ApplicationError)
-                and cause.type in UNDELIVERABLE
-                and workflow.patched(PATCH_UNDELIVERABLE)
-            ):
-                refused = [str(a) for a in cause.details[0]] if cause.details else []
-                undeliverable = (refused, cause.message)
-            self._engine.email_failed(step, str(cause or err), undeliverable)
-
-    async def _record(self, steps: list[Step]) -> None:
-        """Record the steps' timeline entries, after any the records store refused before.
-
-        A lost database connection is retried by the activity's policy, for as long as it takes. A refusal
-        (RecordRefused: the store cannot take a value, which only a fix to it can cure) must not stop the client:
-        the entries are kept and offered again with the next batch, and the lifecycle carries on."""
-        state = self._engine.state
-        observe_timeline(self._input.playbook.id, state.deal_id, [s.entry for s in steps])
-        entries = self._unrecorded + [s.entry for s in steps]
-        try:
-            await workflow.execute_activity_method(
-                RecordActivities.record_journal,
-                JournalBatch(
-                    workflow_id=self._engine.workflow_id,
-                    deal_id=state.deal_id,
-                    playbook=self._input.playbook.id,
-                    entries=entries,
-                    snapshot=self._engine.snapshot(),
-                ),
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=RECORD_RETRY,
-                summary="record timeline",
-            )
-        except ActivityError as err:
-            if not _refused_by_records(err):
-                raise
-            workflow.logger.warning(
-                "the records store refused %d timeline entries; kept for the next batch", len(entries)
-            )
-            self._unrecorded = entries
-        else:
-            self._unrecorded = []
-
     async def _start_linked(self, step: Step) -> None:
         """Start the hand-off lifecycle as a child that outlives this one; its deal id makes a second start a no-op."""
         start = step.start
@@ -623,8 +476,3 @@ class ClientLifecycle:
         if updates:
             workflow.upsert_search_attributes(updates)
         workflow.set_current_details(details)
-
-
-def _refused_by_records(err: ActivityError) -> bool:
-    """Whether the records store refused the write for good (RecordRefused), as opposed to any other failure."""
-    return isinstance(err.cause, ApplicationError) and err.cause.type == RECORD_REFUSED

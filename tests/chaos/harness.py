@@ -84,7 +84,8 @@ from sopflow.playbook_checks import load_playbook
 from starter.devstack import HOST, _register_search_attributes, _spawn_server, _wait_until_serving
 from starter.lifecycles import Request, send, start_lifecycle
 from starter.rehearse import resolve_dates
-from workflows.lifecycle import EMAIL_RETRY, ClientLifecycle
+from workflows.lifecycle import ClientLifecycle
+from workflows.options import EMAIL_RETRY
 
 SOPFLOW = str(Path(sys.executable).parent / "sopflow")
 DEAL = {"rep_email": "rep@example.com", "rep_id": "owner-7", "account_manager_email": "am@example.com"}

@@ -32,7 +32,8 @@ from sopflow.telemetry import (
 )
 from tests.conftest import DEAL, TARGETING, make_worker
 from tests.prometheus import Sample, free_port, scrape, scrape_until, value
-from workflows.lifecycle import ClientLifecycle, start_options
+from workflows.lifecycle import ClientLifecycle
+from workflows.options import start_options
 
 SOPFLOW = str(Path(sys.executable).parent / "sopflow")
 

@@ -1,0 +1,151 @@
+"""How `ClientLifecycle` reaches the outside world: emails, timeline records and account claims, through activities.
+
+A base class of the workflow, apart from its request handling and timers: what an activity's result or failure means
+is the engine's to decide (`email_sent`, `email_failed`), and what the store refuses for good (RecordRefused) never
+stops a client.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.email import EmailActivities
+    from activities.records import RecordActivities
+    from sopflow.constants import ACTIVITY_TIMEOUT
+    from sopflow.engine import Engine, Step
+    from sopflow.errors import RECORD_REFUSED, UNDELIVERABLE
+    from sopflow.models import ClaimRequest, JournalBatch, JournalEntry, LifecycleInput
+    from sopflow.telemetry import observe_timeline
+    from workflows.options import EMAIL_GIVE_UP, EMAIL_RETRY, PATCH_UNDELIVERABLE, RECORD_RETRY
+
+
+class LifecycleCalls:
+    """The activity side of the lifecycle; `ClientLifecycle` sets these attributes up in its `__init__`."""
+
+    _engine: Engine
+    _input: LifecycleInput
+    _unrecorded: list[JournalEntry]
+    # Emails waiting for `_deliver`, oldest first, and delivered ones whose timeline entries are still to record.
+    _outbox: list[Step]
+    _delivered: list[Step]
+    _apart: bool  # PATCH_EMAIL_APART, decided once per run
+    _changed: bool
+
+    async def _start_linked(self, step: Step) -> None:  # the workflow's: a child of its own type
+        raise NotImplementedError
+
+    async def _flush(self) -> None:
+        """Record the queued timeline entries; emails go to `_deliver`, or (lifecycles recorded before
+        PATCH_EMAIL_APART) are sent one by one, in order, before their batch is recorded."""
+        while self._engine.steps or (self._delivered and not self._outbox):
+            steps = self._engine.take_steps()
+            for step in steps:
+                if step.start is not None:
+                    await self._start_linked(step)
+                if step.email is not None and not self._apart:
+                    await self._send(step)
+            recorded = steps
+            if self._apart:
+                self._outbox.extend(step for step in steps if step.email is not None)
+                recorded = [step for step in steps if step.email is None]
+                # Delivered emails join the next record, or are recorded together once the outbox is empty: one
+                # activity for a stage's burst of emails, not one per email.
+                if recorded or not self._outbox:
+                    recorded, self._delivered = self._delivered + recorded, []
+            if recorded:
+                await self._record(sorted(recorded, key=lambda s: s.entry.seq))
+
+    async def _deliver(self) -> None:
+        """Send the outbox's emails one at a time, oldest first: in order per deal, once per step (the step's key).
+
+        Each send may retry for up to a day; meanwhile the main loop keeps firing timers and recording the timeline.
+        """
+        while True:
+            await workflow.wait_condition(lambda: bool(self._outbox))
+            step = self._outbox[0]
+            await self._send(step)
+            self._outbox.pop(0)
+            self._delivered.append(step)
+            self._changed = True  # the main loop records it (and any fix-the-address task it opened)
+
+    async def _send(self, step: Step) -> None:
+        """Send one email and put its outcome in its timeline entry; a permanent refusal opens a fix task."""
+        assert step.email is not None
+        try:
+            result = await workflow.execute_activity_method(
+                EmailActivities.send_email,
+                step.email,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                schedule_to_close_timeout=EMAIL_GIVE_UP,
+                retry_policy=EMAIL_RETRY,
+                summary=f"email {step.email.template}",
+            )
+            self._engine.email_sent(
+                step, result, fix_refused=bool(result.refused) and workflow.patched(PATCH_UNDELIVERABLE)
+            )
+        except ActivityError as err:
+            # Permanent failures a person fixes by correcting the deal (an address the server refused, a name that
+            # cannot be put in a header) become a fix-the-address task instead of being lost.
+            cause = err.cause
+            undeliverable = None
+            if (
+                isinstance(cause, ApplicationError)
+                and cause.type in UNDELIVERABLE
+                and workflow.patched(PATCH_UNDELIVERABLE)
+            ):
+                refused = [str(a) for a in cause.details[0]] if cause.details else []
+                undeliverable = (refused, cause.message)
+            self._engine.email_failed(step, str(cause or err), undeliverable)
+
+    async def _record(self, steps: list[Step]) -> None:
+        """Record the steps' timeline entries, after any the records store refused before.
+
+        A lost database connection is retried by the activity's policy, for as long as it takes. A refusal
+        (RecordRefused: the store cannot take a value, which only a fix to it can cure) must not stop the client:
+        the entries are kept and offered again with the next batch, and the lifecycle carries on."""
+        state = self._engine.state
+        observe_timeline(self._input.playbook.id, state.deal_id, [s.entry for s in steps])
+        entries = self._unrecorded + [s.entry for s in steps]
+        try:
+            await workflow.execute_activity_method(
+                RecordActivities.record_journal,
+                JournalBatch(
+                    workflow_id=self._engine.workflow_id,
+                    deal_id=state.deal_id,
+                    playbook=self._input.playbook.id,
+                    entries=entries,
+                    snapshot=self._engine.snapshot(),
+                ),
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+                summary="record timeline",
+            )
+        except ActivityError as err:
+            if not refused_by_records(err):
+                raise
+            workflow.logger.warning(
+                "the records store refused %d timeline entries; kept for the next batch", len(entries)
+            )
+            self._unrecorded = entries
+        else:
+            self._unrecorded = []
+
+    async def _release_claim(self, claim: ClaimRequest) -> None:
+        try:
+            await workflow.execute_activity_method(
+                RecordActivities.release_claim,
+                claim,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+            )
+        except ActivityError as err:
+            if not refused_by_records(err):
+                raise
+            workflow.logger.warning("the records store refused to give back an account claim")
+
+
+def refused_by_records(err: ActivityError) -> bool:
+    """Whether the records store refused the write for good (RecordRefused), as opposed to any other failure."""
+    return isinstance(err.cause, ApplicationError) and err.cause.type == RECORD_REFUSED
