@@ -36,6 +36,97 @@ def _moment(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
+def _deal_key(batch: JournalBatch) -> dict[str, Any]:
+    """The columns every projected row shares, so the reports can join a row to its deal and its workflow."""
+    return {"workflow_id": batch.workflow_id, "deal_id": batch.deal_id}
+
+
+def _stage_transition(batch: JournalBatch, entry: JournalEntry) -> StageTransition:
+    """A stage move as a row of its own: time-in-stage and the audit trail read consecutive transitions."""
+    detail = entry.detail
+    return StageTransition(
+        **_deal_key(batch),
+        playbook=batch.playbook,
+        seq=entry.seq,
+        from_stage=detail.get("from"),
+        to_stage=detail["to"],
+        at=entry.at,
+        actor=detail.get("by"),
+        trigger=detail.get("trigger", ""),
+        reason=detail.get("reason"),
+    )
+
+
+def _project_form(session: Session, batch: JournalBatch, entry: JournalEntry) -> None:
+    """A submitted form, and the visit it logs when it records a touchpoint: the visits report counts those."""
+    detail, key = entry.detail, _deal_key(batch)
+    session.add(
+        FormSubmission(
+            **key,
+            seq=entry.seq,
+            form=detail["form"],
+            stage=entry.stage,
+            fields=detail.get("values", {}),
+            actor=detail.get("by"),
+            at=entry.at,
+        )
+    )
+    if "touchpoint" in detail:
+        session.add(
+            VisitRow(
+                **key,
+                seq=entry.seq,
+                label=detail["touchpoint"],
+                status="logged",
+                logged_at=_moment(detail.get("logged_at")),
+                at=entry.at,
+            )
+        )
+
+
+def _opened_task(batch: JournalBatch, entry: JournalEntry) -> TaskRow:
+    """A task as it opens: later entries close it or move its due date in place, so one row tells its whole story."""
+    detail = entry.detail
+    return TaskRow(
+        **_deal_key(batch),
+        opened_seq=entry.seq,
+        task=detail["task"],
+        title=detail.get("title", ""),
+        stage=entry.stage,
+        owner=detail.get("owner", ""),
+        opened_at=entry.at,
+        due_at=_moment(detail.get("due_at")),
+    )
+
+
+def _project_task_update(session: Session, batch: JournalBatch, entry: JournalEntry) -> None:
+    """Close or reschedule the newest open task of that name: a task can open again after it is done."""
+    detail = entry.detail
+    session.flush()  # a task opened earlier in this same batch must be findable
+    task = session.scalars(
+        select(TaskRow)
+        .where(TaskRow.workflow_id == batch.workflow_id, TaskRow.task == detail["task"], TaskRow.done_at.is_(None))
+        .order_by(TaskRow.opened_seq.desc())
+    ).first()
+    if task is not None and detail["status"] == "done":
+        task.done_at, task.done_by = entry.at, detail.get("by")
+    elif task is not None:
+        task.due_at = _moment(detail.get("due_at"))
+
+
+def _cadence_visit(batch: JournalBatch, entry: JournalEntry) -> VisitRow:
+    """A cadence visit falling due, or one missed (its escalation), so the visits report sees overdue and upcoming."""
+    detail = entry.detail
+    return VisitRow(
+        **_deal_key(batch),
+        seq=entry.seq,
+        label=detail["cadence"],
+        status="due" if entry.kind == "visit_due" else "missed",
+        due_at=_moment(detail.get("due_at")),
+        at=entry.at,
+    )
+
+
 class RecordActivities:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -68,81 +159,17 @@ class RecordActivities:
 
     def _project(self, session: Session, batch: JournalBatch, entry: JournalEntry) -> None:
         """Derive the queryable rows an entry stands for (transitions, forms, tasks, visits)."""
-        detail, key = entry.detail, {"workflow_id": batch.workflow_id, "deal_id": batch.deal_id}
+        detail = entry.detail
         if entry.kind == "stage":
-            session.add(
-                StageTransition(
-                    **key,
-                    playbook=batch.playbook,
-                    seq=entry.seq,
-                    from_stage=detail.get("from"),
-                    to_stage=detail["to"],
-                    at=entry.at,
-                    actor=detail.get("by"),
-                    trigger=detail.get("trigger", ""),
-                    reason=detail.get("reason"),
-                )
-            )
+            session.add(_stage_transition(batch, entry))
         elif entry.kind == "form":
-            session.add(
-                FormSubmission(
-                    **key,
-                    seq=entry.seq,
-                    form=detail["form"],
-                    stage=entry.stage,
-                    fields=detail.get("values", {}),
-                    actor=detail.get("by"),
-                    at=entry.at,
-                )
-            )
-            if "touchpoint" in detail:
-                session.add(
-                    VisitRow(
-                        **key,
-                        seq=entry.seq,
-                        label=detail["touchpoint"],
-                        status="logged",
-                        logged_at=_moment(detail.get("logged_at")),
-                        at=entry.at,
-                    )
-                )
+            _project_form(session, batch, entry)
         elif entry.kind == "task" and detail.get("status") == "opened":
-            session.add(
-                TaskRow(
-                    **key,
-                    opened_seq=entry.seq,
-                    task=detail["task"],
-                    title=detail.get("title", ""),
-                    stage=entry.stage,
-                    owner=detail.get("owner", ""),
-                    opened_at=entry.at,
-                    due_at=_moment(detail.get("due_at")),
-                )
-            )
+            session.add(_opened_task(batch, entry))
         elif entry.kind == "task" and detail.get("status") in ("done", "rescheduled"):
-            session.flush()  # a task opened earlier in this same batch must be findable
-            task = session.scalars(
-                select(TaskRow)
-                .where(
-                    TaskRow.workflow_id == batch.workflow_id, TaskRow.task == detail["task"], TaskRow.done_at.is_(None)
-                )
-                .order_by(TaskRow.opened_seq.desc())
-            ).first()
-            if task is not None and detail["status"] == "done":
-                task.done_at, task.done_by = entry.at, detail.get("by")
-            elif task is not None:
-                task.due_at = _moment(detail.get("due_at"))
+            _project_task_update(session, batch, entry)
         elif entry.kind == "visit_due" or (entry.kind == "escalation" and "cadence" in detail):
-            session.add(
-                VisitRow(
-                    **key,
-                    seq=entry.seq,
-                    label=detail["cadence"],
-                    status="due" if entry.kind == "visit_due" else "missed",
-                    due_at=_moment(detail.get("due_at")),
-                    at=entry.at,
-                )
-            )
+            session.add(_cadence_visit(batch, entry))
 
     def _snapshot(self, session: Session, batch: JournalBatch, snap: DealSnapshot, seq: int) -> None:
         """The deal's row as of `seq`, never moved backwards; locked (FOR UPDATE, PostgreSQL) while it is compared

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -65,8 +66,41 @@ def create_app(
             "trusting the UI's origin cannot be combined with a codec token: any client can send that Origin "
             "header, so the token would protect nothing"
         )
-    origins = [origin.rstrip("/") for origin in ui_origins]
+    gate = _Gate(
+        token=token,
+        origins=[origin.rstrip("/") for origin in ui_origins],
+        namespace=namespace,
+        trust_ui_origin=trust_ui_origin,
+    )
     app = FastAPI(title="sopflow codec server", docs_url=None, redoc_url=None, openapi_url=None)
+    _allow_ui_origins(app, gate.origins)
+    _add_routes(app, codec, gate)
+    return app
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """Who may call, fixed when the app is built, so every route applies the same token, origin and namespace rules."""
+
+    token: str | None
+    origins: list[str]
+    namespace: str | None
+    trust_ui_origin: bool
+
+    def authorize(self, request: Request) -> None:
+        """Refuse (401/403) before reading the body: a caller that may not decode must learn nothing from it."""
+        origin = request.headers.get("origin")
+        if self.trust_ui_origin and origin is not None and origin.rstrip("/") in self.origins:
+            pass
+        elif self.token is None or not _token_matches(request.headers.get("authorization"), self.token):
+            raise HTTPException(401, "missing or wrong Authorization token", {"WWW-Authenticate": "Bearer"})
+        asked = request.headers.get("x-namespace")
+        if self.namespace is not None and asked and asked != self.namespace:
+            raise HTTPException(403, f"this codec server serves namespace {self.namespace!r}, not {asked!r}")
+
+
+def _allow_ui_origins(app: FastAPI, origins: list[str]) -> None:
+    """CORS for the UI's origin only, so another site open in the same browser cannot read decoded payloads."""
     app.add_middleware(
         CORSMiddleware,
         allow_origins=origins,
@@ -76,36 +110,20 @@ def create_app(
         max_age=600,
     )
 
-    def authorize(request: Request) -> None:
-        origin = request.headers.get("origin")
-        if trust_ui_origin and origin is not None and origin.rstrip("/") in origins:
-            pass
-        elif token is None or not _token_matches(request.headers.get("authorization"), token):
-            raise HTTPException(401, "missing or wrong Authorization token", {"WWW-Authenticate": "Bearer"})
-        asked = request.headers.get("x-namespace")
-        if namespace is not None and asked and asked != namespace:
-            raise HTTPException(403, f"this codec server serves namespace {namespace!r}, not {asked!r}")
 
-    async def payloads_of(request: Request) -> list[Payload]:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"body larger than {MAX_BODY_BYTES} bytes")
-        try:
-            message = json_format.Parse(body or b"{}", Payloads(), ignore_unknown_fields=True)
-        except (json_format.ParseError, UnicodeDecodeError) as exc:
-            raise HTTPException(400, f'expected {{"payloads": [...]}} in proto3 JSON: {exc}') from None
-        return list(message.payloads)
+def _add_routes(app: FastAPI, codec: PayloadCodec, gate: _Gate) -> None:
+    """The routes Temporal's UI and CLI call (`/encode`, `/decode`), each behind `gate`, and an open health check."""
 
     @app.post("/encode")
     async def encode(request: Request) -> JSONResponse:
-        authorize(request)
-        return _answer(await codec.encode(await payloads_of(request)))
+        gate.authorize(request)
+        return _answer(await codec.encode(await _payloads_of(request)))
 
     @app.post("/decode")
     async def decode(request: Request) -> JSONResponse:
-        authorize(request)
+        gate.authorize(request)
         try:
-            return _answer(await codec.decode(await payloads_of(request)))
+            return _answer(await codec.decode(await _payloads_of(request)))
         except PayloadDecryptionError as exc:
             raise HTTPException(422, str(exc)) from None
 
@@ -113,7 +131,17 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    return app
+
+async def _payloads_of(request: Request) -> list[Payload]:
+    """The request's payloads, refusing (413/400) bodies too large or not in Temporal's codec-server JSON."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        message = json_format.Parse(body or b"{}", Payloads(), ignore_unknown_fields=True)
+    except (json_format.ParseError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f'expected {{"payloads": [...]}} in proto3 JSON: {exc}') from None
+    return list(message.payloads)
 
 
 def _token_matches(header: str | None, token: str) -> bool:
