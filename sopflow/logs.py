@@ -184,14 +184,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str, ensure_ascii=False)
 
 
+# Libraries that narrate their work at INFO (the SMTP sink's every connection, each migration step): quiet unless
+# SOPFLOW_LOG_LEVEL=DEBUG, so a terminal shows what sopflow did (one line per email in `sopflow dev`).
+CHATTY = ("mail.log", "alembic")
+
+
 def configure_logging(
     log_format: LogFormat, level: str | int = "INFO", stream: TextIO | None = None
 ) -> logging.Handler:
     """Route every logger to one stderr (or `stream`) handler in `log_format`; returns that handler.
 
     Replaces handlers on the root logger, so calling it again (tests, `sopflow dev` after a command) reconfigures
-    instead of printing every line twice. The SDK's internals log at WARNING and above only; its workflow and
-    activity loggers (our log lines inside workflows and activities) at `level`. In JSON the SDK's context goes in
+    instead of printing every line twice. The SDK's internals and the CHATTY libraries log at WARNING and above only
+    (everything at DEBUG); the SDK's workflow and activity loggers (our log lines inside workflows and activities)
+    at `level`. In JSON the SDK's context goes in
     fields, not appended to the message as it is for a terminal.
     """
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -206,6 +212,8 @@ def configure_logging(
     logging.getLogger("temporalio").setLevel(logging.WARNING)
     for name in ("temporalio.workflow", "temporalio.activity"):
         logging.getLogger(name).setLevel(level)
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING)
     as_json = log_format == "json"
     workflow.logger.workflow_info_on_message = not as_json
     activity.logger.activity_info_on_message = not as_json

@@ -28,6 +28,7 @@ from activities.records import RecordActivities
 from sopflow.config import PROJECT_ROOT
 from sopflow.constants import SEARCH_ATTRIBUTES, WORKFLOW_ID_PREFIX
 from sopflow.db import Database
+from sopflow.logs import CHATTY
 from sopflow.mailsink import MailSink
 from sopflow.models import LifecycleInput
 from sopflow.playbook import Playbook
@@ -242,7 +243,7 @@ def restore_logging() -> Iterator[None]:
     """configure_logging changes process-wide state: put back what pytest and the SDK had."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    names = ("temporalio", "temporalio.workflow", "temporalio.activity")
+    names = ("temporalio", "temporalio.workflow", "temporalio.activity", *CHATTY)
     levels = {name: logging.getLogger(name).level for name in names}
     on_message = (workflow.logger.workflow_info_on_message, activity.logger.activity_info_on_message)
     yield

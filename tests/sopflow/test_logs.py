@@ -79,6 +79,19 @@ def test_text_keeps_the_sdk_context_on_the_message_and_quietens_sdk_internals(re
     assert "INFO temporalio.activity: our activity line" in stream.getvalue()
 
 
+@pytest.mark.parametrize("logger", ["mail.log", "alembic.runtime.migration"])
+def test_the_smtp_sink_and_migrations_narrate_only_at_debug(restore_logging: None, logger: str) -> None:
+    quiet, chatty = io.StringIO(), io.StringIO()
+    configure_logging("text", "INFO", stream=quiet)
+    logging.getLogger(logger).info("handling connection")
+    logging.getLogger(logger).warning("something went wrong")
+    configure_logging("text", "DEBUG", stream=chatty)
+    logging.getLogger(logger).info("handling connection")
+
+    assert "handling connection" not in quiet.getvalue() and "something went wrong" in quiet.getvalue()
+    assert "handling connection" in chatty.getvalue()
+
+
 def test_field_values_are_bounded_and_redacted_with_their_original_length(restore_logging: None) -> None:
     """A rejected update names the unknown fields someone posted: their names are whatever was typed."""
     stream = io.StringIO()
