@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import logging
@@ -178,9 +179,21 @@ def records_db(database_url: str) -> Iterator[Database]:
     database.dispose()
 
 
+@functools.cache
+def shipped_playbook(name: str) -> Playbook:
+    """A playbook of `playbooks/`, loaded (and checked against `templates/`) once per test session."""
+    return load_playbook(PLAYBOOKS / f"{name}.yaml", TEMPLATES)
+
+
+@pytest.fixture(scope="session")
+def playbook() -> Callable[[str], Playbook]:
+    """`playbook("safe_balance")`: a shipped playbook by name."""
+    return shipped_playbook
+
+
 @pytest.fixture(scope="session")
 def safe_balance() -> Playbook:
-    return load_playbook(PLAYBOOKS / "safe_balance.yaml", TEMPLATES)
+    return shipped_playbook("safe_balance")
 
 
 def smtp_of(sink: MailSink) -> SmtpConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,11 +90,11 @@ def test_every_stage_and_every_move_of_a_shipped_playbook_is_drawn(path: Path):
     assert f'    START(["start"]):::pseudo --> {pb.stages[0].id}' in text
 
 
-def test_each_kind_of_move_is_labelled_by_what_triggers_it():
+def test_each_kind_of_move_is_labelled_by_what_triggers_it(playbook: Callable[[str], Playbook]):
     labels = {
         (source, target): label
-        for playbook in ("safe_balance", "medtrainer_onboarding", "financial_servicing", "health_prime_sales")
-        for source, _, label, target in mermaid_edges(graph.mermaid(load_playbook(PLAYBOOKS / f"{playbook}.yaml")))
+        for name in ("safe_balance", "medtrainer_onboarding", "financial_servicing", "health_prime_sales")
+        for source, _, label, target in mermaid_edges(graph.mermaid(playbook(name)))
     }
     assert labels["targeting", "contract_request"] == "form targeting"
     assert labels["contract", "prelaunch"] == "event contract_signed"
@@ -202,8 +203,7 @@ def test_a_transition_field_the_graph_does_not_know_still_shows_on_its_edge():
     assert [move.label for move in graph.moves(pb)] == ["advance (note='x', skips the gate)", "advance", "close"]
 
 
-def test_a_hand_off_and_appointments_are_noted_on_their_stage():
-    sales = load_playbook(PLAYBOOKS / "health_prime_sales.yaml")
-    implementation = load_playbook(PLAYBOOKS / "health_prime_implementation.yaml")
+def test_a_hand_off_and_appointments_are_noted_on_their_stage(playbook: Callable[[str], Playbook]):
+    sales, implementation = playbook("health_prime_sales"), playbook("health_prime_implementation")
     assert "starts: health_prime_implementation" in graph.mermaid(sales)
     assert "appointments: Target go-live" in graph.dot(implementation)

@@ -17,9 +17,8 @@ from sopflow.db import Database, JournalRow
 from sopflow.engine import Engine
 from sopflow.fields import shapes
 from sopflow.models import LifecycleInput, SetFields, SubmitForm, workflow_id
-from sopflow.playbook_checks import load_playbook
 from sopflow.samples import sample_values
-from tests.conftest import CONTRACT_REQUEST, PLAYBOOKS, TARGETING, TEMPLATES, make_worker, start_deal
+from tests.conftest import CONTRACT_REQUEST, TARGETING, make_worker, shipped_playbook, start_deal
 from workflows.lifecycle import ClientLifecycle
 
 # Raw payloads, as a script or a buggy integration would send them (by update name, untyped).
@@ -99,7 +98,7 @@ async def test_hostile_requests_are_refused_with_reasons_and_no_workflow_task_fa
 async def test_a_go_live_date_out_of_range_is_refused_before_it_can_break_a_timer(ts_env, db, smtp_sink):
     """The red-team case: `go_live_confirmed=0001-01-02` was copied to the go-live date, and "7 days before" it
     raised OverflowError in every workflow task from then on."""
-    playbook = load_playbook(PLAYBOOKS / "health_prime_implementation.yaml", TEMPLATES)
+    playbook = shipped_playbook("health_prime_implementation")
     fields = sample_values(playbook.deal, minimal=False, roles=shapes(playbook, "deal"))
     async with make_worker(ts_env.client, db, smtp_sink) as worker:
         handle = await ts_env.client.start_workflow(

@@ -8,10 +8,9 @@ from typing import Any
 import pytest
 
 from sopflow.playbook import Playbook
-from sopflow.playbook_checks import load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
-from tests.conftest import PLAYBOOKS, TEMPLATES, body, checked_in_scenario, mail, run, stage_path
+from tests.conftest import TEMPLATES, body, checked_in_scenario, mail, run, shipped_playbook, stage_path
 
 DEAL = {
     "company_name": "Example Clinic",
@@ -22,7 +21,7 @@ DEAL = {
 
 @pytest.fixture(scope="module")
 def implementation() -> Playbook:
-    return load_playbook(PLAYBOOKS / "health_prime_implementation.yaml", TEMPLATES)
+    return shipped_playbook("health_prime_implementation")
 
 
 def on(value: str) -> date:
