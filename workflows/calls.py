@@ -7,6 +7,9 @@ stops a client.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
@@ -133,17 +136,18 @@ class LifecycleCalls:
             self._unrecorded = []
 
     async def _release_claim(self, claim: ClaimRequest) -> None:
+        await self._release(RecordActivities.release_claim, claim, "give back an account claim")
+
+    async def _release(self, activity: Callable[[Any, Any], Awaitable[Any]], arg: object, what: str) -> None:
+        """Give account claims back; the store refusing it for good is logged, never a reason to stop the client."""
         try:
             await workflow.execute_activity_method(
-                RecordActivities.release_claim,
-                claim,
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=RECORD_RETRY,
+                activity, arg, start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RECORD_RETRY
             )
         except ActivityError as err:
             if not refused_by_records(err):
                 raise
-            workflow.logger.warning("the records store refused to give back an account claim")
+            workflow.logger.warning("the records store refused to %s", what)
 
 
 def refused_by_records(err: ActivityError) -> bool:

@@ -55,7 +55,7 @@ with workflow.unsafe.imports_passed_through():
         SubmitForm,
         workflow_id,
     )
-    from workflows.calls import LifecycleCalls, refused_by_records
+    from workflows.calls import LifecycleCalls
     from workflows.options import (
         PATCH_CLAIM_GIVEN_BACK,
         PATCH_EMAIL_APART,
@@ -161,17 +161,9 @@ class ClientLifecycle(LifecycleCalls):
             await self._flush()
         self._publish()
         if engine.state.outcome != "won" and any(f.claims for f in engine.playbook.forms.values()):
-            try:
-                await workflow.execute_activity_method(
-                    RecordActivities.release_claims,
-                    engine.state.deal_id,
-                    start_to_close_timeout=ACTIVITY_TIMEOUT,
-                    retry_policy=RECORD_RETRY,
-                )
-            except ActivityError as err:
-                if not refused_by_records(err):
-                    raise
-                workflow.logger.warning("the records store refused to release the deal's account claims")
+            await self._release(
+                RecordActivities.release_claims, engine.state.deal_id, "release the deal's account claims"
+            )
         return engine.status(self._now())
 
     # --- updates ---------------------------------------------------------------------------------------------------
