@@ -30,10 +30,12 @@ from sopflow.db import (
     insert_new,
 )
 from sopflow.models import ClaimRequest, ClaimResult, DealSnapshot, JournalBatch, JournalEntry
+from sopflow.timeline import EscalationDetail, FormDetail, StageDetail, TaskDetail, VisitDueDetail, detail_of
 
 
-def _moment(value: Any) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) else None
+def _moment(value: str | None) -> datetime | None:
+    """A stored ISO moment (`sopflow.timeline.IsoMoment`) as a datetime, for a timestamp column."""
+    return datetime.fromisoformat(value) if value is not None else None
 
 
 def _deal_key(batch: JournalBatch) -> dict[str, Any]:
@@ -41,88 +43,84 @@ def _deal_key(batch: JournalBatch) -> dict[str, Any]:
     return {"workflow_id": batch.workflow_id, "deal_id": batch.deal_id}
 
 
-def _stage_transition(batch: JournalBatch, entry: JournalEntry) -> StageTransition:
+def _stage_transition(batch: JournalBatch, entry: JournalEntry, detail: StageDetail) -> StageTransition:
     """A stage move as a row of its own: time-in-stage and the audit trail read consecutive transitions."""
-    detail = entry.detail
     return StageTransition(
         **_deal_key(batch),
         playbook=batch.playbook,
         seq=entry.seq,
-        from_stage=detail.get("from"),
-        to_stage=detail["to"],
+        from_stage=detail.from_,
+        to_stage=detail.to,
         at=entry.at,
-        actor=detail.get("by"),
-        trigger=detail.get("trigger", ""),
-        reason=detail.get("reason"),
+        actor=detail.by,
+        trigger=detail.trigger,
+        reason=detail.reason,
     )
 
 
-def _project_form(session: Session, batch: JournalBatch, entry: JournalEntry) -> None:
+def _project_form(session: Session, batch: JournalBatch, entry: JournalEntry, detail: FormDetail) -> None:
     """A submitted form, and the visit it logs when it records a touchpoint: the visits report counts those."""
-    detail, key = entry.detail, _deal_key(batch)
+    key = _deal_key(batch)
     session.add(
         FormSubmission(
             **key,
             seq=entry.seq,
-            form=detail["form"],
+            form=detail.form,
             stage=entry.stage,
-            fields=detail.get("values", {}),
-            actor=detail.get("by"),
+            fields=detail.values or {},
+            actor=detail.by,
             at=entry.at,
         )
     )
-    if "touchpoint" in detail:
+    if detail.touchpoint is not None:
         session.add(
             VisitRow(
                 **key,
                 seq=entry.seq,
-                label=detail["touchpoint"],
+                label=detail.touchpoint,
                 status="logged",
-                logged_at=_moment(detail.get("logged_at")),
+                logged_at=_moment(detail.logged_at),
                 at=entry.at,
             )
         )
 
 
-def _opened_task(batch: JournalBatch, entry: JournalEntry) -> TaskRow:
+def _opened_task(batch: JournalBatch, entry: JournalEntry, detail: TaskDetail) -> TaskRow:
     """A task as it opens: later entries close it or move its due date in place, so one row tells its whole story."""
-    detail = entry.detail
     return TaskRow(
         **_deal_key(batch),
         opened_seq=entry.seq,
-        task=detail["task"],
-        title=detail.get("title", ""),
+        task=detail.task,
+        title=detail.title or "",
         stage=entry.stage,
-        owner=detail.get("owner", ""),
+        owner=detail.owner or "",
         opened_at=entry.at,
-        due_at=_moment(detail.get("due_at")),
+        due_at=_moment(detail.due_at),
     )
 
 
-def _project_task_update(session: Session, batch: JournalBatch, entry: JournalEntry) -> None:
+def _project_task_update(session: Session, batch: JournalBatch, entry: JournalEntry, detail: TaskDetail) -> None:
     """Close or reschedule the newest open task of that name: a task can open again after it is done."""
-    detail = entry.detail
     session.flush()  # a task opened earlier in this same batch must be findable
     task = session.scalars(
         select(TaskRow)
-        .where(TaskRow.workflow_id == batch.workflow_id, TaskRow.task == detail["task"], TaskRow.done_at.is_(None))
+        .where(TaskRow.workflow_id == batch.workflow_id, TaskRow.task == detail.task, TaskRow.done_at.is_(None))
         .order_by(TaskRow.opened_seq.desc())
     ).first()
-    if task is not None and detail["status"] == "done":
-        task.done_at, task.done_by = entry.at, detail.get("by")
+    if task is not None and detail.status == "done":
+        task.done_at, task.done_by = entry.at, detail.by
     elif task is not None:
-        task.due_at = _moment(detail.get("due_at"))
+        task.due_at = _moment(detail.due_at)
 
 
-def _cadence_visit(batch: JournalBatch, entry: JournalEntry) -> VisitRow:
+def _cadence_visit(batch: JournalBatch, entry: JournalEntry, label: str, due_at: str | None) -> VisitRow:
     """A cadence visit falling due, or one missed (its escalation), so the visits report sees overdue and upcoming."""
-    detail = entry.detail
     return VisitRow(
         **_deal_key(batch),
         seq=entry.seq,
-        label=detail["cadence"],
+        label=label,
         status="due" if entry.kind == "visit_due" else "missed",
-        due_at=_moment(detail.get("due_at")),
+        due_at=_moment(due_at),
         at=entry.at,
     )
 
@@ -158,18 +156,19 @@ class RecordActivities:
             return added
 
     def _project(self, session: Session, batch: JournalBatch, entry: JournalEntry) -> None:
-        """Derive the queryable rows an entry stands for (transitions, forms, tasks, visits)."""
-        detail = entry.detail
-        if entry.kind == "stage":
-            session.add(_stage_transition(batch, entry))
-        elif entry.kind == "form":
-            _project_form(session, batch, entry)
-        elif entry.kind == "task" and detail.get("status") == "opened":
-            session.add(_opened_task(batch, entry))
-        elif entry.kind == "task" and detail.get("status") in ("done", "rescheduled"):
-            _project_task_update(session, batch, entry)
-        elif entry.kind == "visit_due" or (entry.kind == "escalation" and "cadence" in detail):
-            session.add(_cadence_visit(batch, entry))
+        """Derive the queryable rows an entry stands for (transitions, forms, tasks, visits). Other kinds, and kinds
+        a newer version writes (`UnknownDetail`), derive none: the journal row keeps them whole."""
+        detail = detail_of(entry)
+        if isinstance(detail, StageDetail):
+            session.add(_stage_transition(batch, entry, detail))
+        elif isinstance(detail, FormDetail):
+            _project_form(session, batch, entry, detail)
+        elif isinstance(detail, TaskDetail) and detail.status == "opened":
+            session.add(_opened_task(batch, entry, detail))
+        elif isinstance(detail, TaskDetail) and detail.status in ("done", "rescheduled"):
+            _project_task_update(session, batch, entry, detail)
+        elif isinstance(detail, VisitDueDetail | EscalationDetail) and detail.cadence is not None:
+            session.add(_cadence_visit(batch, entry, detail.cadence, detail.due_at))  # due, or missed
 
     def _snapshot(self, session: Session, batch: JournalBatch, snap: DealSnapshot, seq: int) -> None:
         """The deal's row as of `seq`, never moved backwards; locked (FOR UPDATE, PostgreSQL) while it is compared

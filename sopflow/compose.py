@@ -13,6 +13,7 @@ from typing import Any
 from sopflow.conditions import Context, role_address
 from sopflow.models import EmailRequest, LifecycleState, Recipient, Resend, TaskState
 from sopflow.playbook import EmailAction, Playbook
+from sopflow.timeline import EmailDetail
 from sopflow.views import context, stage_of
 
 # Templates the engine itself sends (not a playbook's): templates/_system/<name>/.
@@ -28,16 +29,14 @@ class Addressed:
     reply_to: Recipient | None
     missing: list[str]
 
-    def detail(self, template: str) -> dict[str, Any]:
+    def detail(self, template: str) -> EmailDetail:
         """The timeline entry's detail: roles only, never addresses."""
-        detail: dict[str, Any] = {
-            "template": template,
-            "to": [r.role for r in self.to],
-            "cc": [r.role for r in self.cc],
-        }
-        if self.missing:
-            detail["missing_roles"] = self.missing
-        return detail
+        return EmailDetail(
+            template=template,
+            to=[r.role for r in self.to],
+            cc=[r.role for r in self.cc],
+            missing_roles=self.missing or None,
+        )
 
 
 def address(playbook: Playbook, ctx: Context, action: EmailAction) -> Addressed:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -26,6 +27,20 @@ from sopflow.db import DealRow, JournalRow, StageTransition
 from sopflow.durations import Duration
 from sopflow.models import workflow_id as lifecycle_workflow_id
 from sopflow.playbook import Playbook
+from sopflow.timeline import (
+    ContinuedAsNewDetail,
+    EmailDetail,
+    EscalationDetail,
+    EventDetail,
+    FieldsDetail,
+    FormDetail,
+    RejectedDetail,
+    ReminderDetail,
+    StageDetail,
+    TaskDetail,
+    VisitDueDetail,
+    parse_detail,
+)
 
 DAY = timedelta(days=1)
 # A stall threshold: a fixed span, or a playbook duration (calendar months are measured from the stage entry).
@@ -337,11 +352,52 @@ def deal_history(session: Session, deal_id: str) -> list[HistoryEntry]:
     ]
 
 
-def _by(detail: Mapping[str, Any]) -> str:
-    return f" by {detail['by']}" if detail.get("by") else ""
+def summarize(kind: str, detail: Mapping[str, Any]) -> str:
+    """One human line for a journal entry, read through its kind's model (`sopflow.timeline`).
+
+    A kind without a line of its own (an appointment, a hand-off, a migration, an error), a kind this version does
+    not know (a newer one wrote it), and a detail that does not fit its kind's model are still listed, as their keys
+    and values as written: the audit trail leaves nothing out and never fails on one row.
+    """
+    try:
+        parsed = parse_detail(kind, detail)
+    except ValidationError:
+        return _as_written(detail)
+    match parsed:
+        case StageDetail():
+            return _stage_line(parsed)
+        case FormDetail():
+            return _form_line(parsed)
+        case TaskDetail():
+            return _task_line(parsed)
+        case EmailDetail():
+            return _email_line(parsed)
+        case ReminderDetail() | EscalationDetail():
+            return _alert_line(parsed)
+        case VisitDueDetail():
+            return f"{parsed.cadence} due {_date(parsed.due_at)}"
+        case EventDetail():
+            source = f" from {parsed.source}" if parsed.source else ""
+            reason = f" ({parsed.reason})" if parsed.reason else ""
+            return f"event {parsed.event}{source}: {parsed.status}{reason}"
+        case FieldsDetail():
+            return f"fields set: {', '.join(parsed.changed)}{_by(parsed.by)}"
+        case ContinuedAsNewDetail():
+            return f"continued as new (run {parsed.run})"
+        case RejectedDetail():
+            return f"rejected: {parsed.reason}"
+    return _as_written(detail)
 
 
-def _date(value: Any) -> str:
+def _as_written(detail: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in detail.items())
+
+
+def _by(actor: str | None) -> str:
+    return f" by {actor}" if actor else ""
+
+
+def _date(value: str | None) -> str:
     """An ISO moment as a short UTC date-time, for a summary line; anything else as written."""
     if isinstance(value, str):
         try:
@@ -351,54 +407,52 @@ def _date(value: Any) -> str:
     return str(value)
 
 
-def summarize(kind: str, detail: Mapping[str, Any]) -> str:
-    """One human line for a journal entry (the detail keys are those `sopflow.engine` writes)."""
-    if kind == "stage":
-        text = f"{detail.get('from') or 'start'} → {detail.get('to')} ({detail.get('trigger') or '?'}){_by(detail)}"
-        return text + (f": {detail['reason']}" if detail.get("reason") else "")
-    if kind == "form":
-        text = f"form {detail.get('form')} submitted{_by(detail)}"
-        if (detail.get("count") or 1) > 1:
-            text += f" (#{detail['count']})"
-        if detail.get("touchpoint"):
-            text += f"; {detail['touchpoint']} logged {_date(detail.get('logged_at'))}"
-            if detail.get("next_due"):
-                text += f", next due {_date(detail['next_due'])}"
-        return text
-    if kind == "task":
-        status = detail.get("status")
-        if status == "opened":
-            due = f", due {_date(detail['due_at'])}" if detail.get("due_at") else ""
-            return f"task {detail.get('task')} opened for {detail.get('owner') or '?'}{due}"
-        return f"task {detail.get('task')} {status}{_by(detail)}"
-    if kind == "email":
-        to = ", ".join(detail.get("to") or [])
-        cc = f", cc {', '.join(detail['cc'])}" if detail.get("cc") else ""
-        subject = f" {detail['subject']!r}" if detail.get("subject") else ""
-        text = f"email {detail.get('template')}{subject} → {to or '-'}{cc} [{detail.get('status') or 'queued'}]"
-        problem = detail.get("reason") or detail.get("error")
-        return text + (f": {problem}" if problem else "")
-    if kind in ("reminder", "escalation"):
-        if detail.get("task") and detail.get("template"):  # an undeliverable email became a fix-it task
-            return f"{kind}: email {detail['template']} undeliverable ({detail.get('reason')}); task {detail['task']}"
-        if detail.get("task"):
-            return f"{kind}: task {detail['task']} ({detail.get('reason') or 'overdue'}), owner {detail.get('owner')}"
-        if detail.get("deadline"):
-            return f"{kind}: {detail['deadline']} on {_date(detail.get('due_at'))}"
-        if detail.get("cadence"):
-            missed = " missed" if detail.get("reason") == "missed" else ""
-            return f"{kind}: {detail['cadence']}{missed}, due {_date(detail.get('due_at'))}"
-        return f"{kind}: {detail.get('reason') or ''}".rstrip(": ")
-    if kind == "visit_due":
-        return f"{detail.get('cadence')} due {_date(detail.get('due_at'))}"
-    if kind == "event":
-        source = f" from {detail['source']}" if detail.get("source") else ""
-        reason = f" ({detail['reason']})" if detail.get("reason") else ""
-        return f"event {detail.get('event')}{source}: {detail.get('status')}{reason}"
-    if kind == "fields":
-        return f"fields set: {', '.join(detail.get('changed') or [])}{_by(detail)}"
-    if kind == "continued_as_new":
-        return f"continued as new (run {detail.get('run')})"
-    if kind == "rejected":
-        return f"rejected: {detail.get('reason')}"
-    return ", ".join(f"{key}={value}" for key, value in detail.items())
+def _stage_line(detail: StageDetail) -> str:
+    text = f"{detail.from_ or 'start'} → {detail.to} ({detail.trigger or '?'}){_by(detail.by)}"
+    return text + (f": {detail.reason}" if detail.reason else "")
+
+
+def _form_line(detail: FormDetail) -> str:
+    """The form and who sent it, never its values (they may hold names and addresses); the visit it logged."""
+    text = f"form {detail.form} submitted{_by(detail.by)}"
+    if detail.count > 1:
+        text += f" (#{detail.count})"
+    if detail.touchpoint:
+        text += f"; {detail.touchpoint} logged {_date(detail.logged_at)}"
+        if detail.next_due:
+            text += f", next due {_date(detail.next_due)}"
+    return text
+
+
+def _task_line(detail: TaskDetail) -> str:
+    if detail.status == "opened":
+        due = f", due {_date(detail.due_at)}" if detail.due_at else ""
+        return f"task {detail.task} opened for {detail.owner or '?'}{due}"
+    return f"task {detail.task} {detail.status}{_by(detail.by)}"
+
+
+def _email_line(detail: EmailDetail) -> str:
+    """Template, subject, roles (never addresses) and outcome; 'queued' while the email is in flight."""
+    to = ", ".join(detail.to)
+    cc = f", cc {', '.join(detail.cc)}" if detail.cc else ""
+    subject = f" {detail.subject!r}" if detail.subject else ""
+    text = f"email {detail.template}{subject} → {to or '-'}{cc} [{detail.status or 'queued'}]"
+    problem = detail.reason or detail.error
+    return text + (f": {problem}" if problem else "")
+
+
+def _alert_line(detail: ReminderDetail | EscalationDetail) -> str:
+    """A reminder or an escalation, by what it is about: an undeliverable email, a task, a deadline, a visit."""
+    kind = detail.kind
+    template = detail.template if isinstance(detail, EscalationDetail) else None
+    deadline = detail.deadline if isinstance(detail, ReminderDetail) else None
+    if detail.task and template:  # an undeliverable email became a fix-it task
+        return f"{kind}: email {template} undeliverable ({detail.reason}); task {detail.task}"
+    if detail.task:
+        return f"{kind}: task {detail.task} ({detail.reason or 'overdue'}), owner {detail.owner}"
+    if deadline:
+        return f"{kind}: {deadline} on {_date(detail.due_at)}"
+    if detail.cadence:
+        missed = " missed" if detail.reason == "missed" else ""
+        return f"{kind}: {detail.cadence}{missed}, due {_date(detail.due_at)}"
+    return f"{kind}: {detail.reason or ''}".rstrip(": ")

@@ -22,7 +22,6 @@ from sopflow.models import (
     EmailRequest,
     EmailResult,
     JournalEntry,
-    JournalKind,
     LifecycleState,
     LifecycleStatus,
     LinkedStart,
@@ -32,6 +31,7 @@ from sopflow.playbook import (
     Playbook,
     Stage,
 )
+from sopflow.timeline import EmailDetail, ErrorDetail, EscalationDetail, KnownDetail, LinkedDetail, detail_as
 
 # How much of an unexpected error's message the timeline keeps.
 FAULT_MESSAGE_KEPT = 300
@@ -100,7 +100,7 @@ class Journal:
 
     def _fault(self, now: datetime, what: str, exc: Exception) -> JournalEntry:
         message = str(exc)[:FAULT_MESSAGE_KEPT]
-        return self._log("error", now, during=what, error=type(exc).__name__, message=message or None)
+        return self._log(now, ErrorDetail(during=what, error=type(exc).__name__, message=message or None))
 
     def take_steps(self) -> list[Step]:
         steps, self.steps = self.steps, []
@@ -145,37 +145,47 @@ class Journal:
 
     # --- journal and email ---------------------------------------------------------------------------------------
 
-    def _log(self, kind: JournalKind, at: datetime, **detail: Any) -> JournalEntry:
+    def _log(self, at: datetime, detail: KnownDetail) -> JournalEntry:
+        """Queue a timeline entry of `detail`'s kind; history keeps `detail.stored()` (see `sopflow.timeline`)."""
         self.state.seq += 1
         entry = JournalEntry(
-            seq=self.state.seq,
-            at=at,
-            kind=kind,
-            stage=self.state.stage,
-            detail={k: v for k, v in detail.items() if v is not None},
+            seq=self.state.seq, at=at, kind=detail.kind, stage=self.state.stage, detail=detail.stored()
         )
         self.steps.append(Step(entry))
         return entry
 
     def email_sent(self, step: Step, result: EmailResult, fix_refused: bool) -> None:
         """The outcome of a queued email, into its timeline entry; addresses the server refused while accepting the
-        others become a fix-the-address task when `fix_refused` (lifecycles recorded before that kept them)."""
-        step.entry.detail.update(status=result.status, subject=result.subject, message_id=result.message_id)
-        if result.refused and fix_refused:
-            step.entry.detail["refused"] = len(result.refused)
+        others become a fix-the-address task when `fix_refused` (lifecycles recorded before that kept them).
+
+        The entry's stored detail is rebuilt from its model, so it has the keys, in the order, it always had."""
+        detail = detail_as(step.entry, EmailDetail)
+        detail.status, detail.subject, detail.message_id = result.status, result.subject, result.message_id
+        fix = bool(result.refused and fix_refused)
+        if fix:
+            detail.refused = len(result.refused)
+        step.entry.detail = detail.stored()
+        if fix:
             self._undeliverable(step, result.refused, "refused by the mail server")
 
     def email_failed(self, step: Step, error: str, undeliverable: tuple[list[str], str] | None = None) -> None:
         """A queued email that was not sent. `undeliverable` (the refused addresses and the reason) when a person can
         fix it: a bounce becomes a fix-the-address task for the stage owner, so it is fixed, not lost."""
-        step.entry.detail.update(status="failed", error=error)
+        detail = detail_as(step.entry, EmailDetail)
+        detail.status, detail.error = "failed", error
+        step.entry.detail = detail.stored()
         if undeliverable is not None:
             self._undeliverable(step, *undeliverable)
 
     def linked_started(self, step: Step, status: str, workflow_id: str | None = None, error: str | None = None) -> None:
         """The outcome of a queued hand-off (started, already started or failed), into its timeline entry."""
-        detail = {"status": status, "workflow_id": workflow_id, "error": error}
-        step.entry.detail.update({k: v for k, v in detail.items() if v is not None})
+        detail = detail_as(step.entry, LinkedDetail)
+        detail.status = status
+        if workflow_id is not None:
+            detail.workflow_id = workflow_id
+        if error is not None:
+            detail.error = error
+        step.entry.detail = detail.stored()
 
     def _undeliverable(self, step: Step, refused: list[str], reason: str) -> None:
         request, at = step.email, step.entry.at
@@ -183,15 +193,10 @@ class Journal:
             return
         fix = compose.undeliverable(self.playbook, self.state, request, step.entry.seq, refused, reason)
         self.state.tasks[fix.task.id] = fix.task
-        self._log(
-            "escalation",
-            at,
-            template=request.template,
-            roles=fix.roles,
-            owner=fix.owner,
-            task=fix.task.id,
-            reason=reason,
+        escalation = EscalationDetail(
+            template=request.template, roles=fix.roles, owner=fix.owner, task=fix.task.id, reason=reason
         )
+        self._log(at, escalation)
         if fix.notify:
             notice = EmailAction(template="email_undeliverable", to=[fix.owner])
             failed = {"template": request.template, "roles": fix.roles, "reason": reason, "task": fix.task.id}
@@ -208,9 +213,10 @@ class Journal:
         addressed = compose.address(self.playbook, ctx, action)
         detail = addressed.detail(action.template)
         if not addressed.to:
-            self._log("email", at, **detail, status="skipped", reason="no address for " + ", ".join(addressed.missing))
+            detail.status, detail.reason = "skipped", "no address for " + ", ".join(addressed.missing)
+            self._log(at, detail)
             return
-        entry = self._log("email", at, **detail)
+        entry = self._log(at, detail)
         self.steps[-1].email = EmailRequest(
             key=f"{self.workflow_id}/{entry.seq}/{name}",
             workflow_id=self.workflow_id,

@@ -34,6 +34,15 @@ from sopflow.playbook import (
     Playbook,
     Stage,
 )
+from sopflow.timeline import (
+    ContinuedAsNewDetail,
+    EventDetail,
+    FieldsDetail,
+    FormDetail,
+    MigratedDetail,
+    StageDetail,
+    TaskDetail,
+)
 
 SEEN_EVENT_IDS_KEPT = 200
 
@@ -90,7 +99,7 @@ class Engine(Timers):
         """Start a new run of a continued lifecycle: the run counter and the timeline both show it."""
         self.state.run += 1
         self.state.run_started_at = now
-        self._log("continued_as_new", now, run=self.state.run)
+        self._log(now, ContinuedAsNewDetail(run=self.state.run))
 
     # --- requests (check_* only read; mutators apply) ----------------------------------------------------------
 
@@ -156,7 +165,7 @@ class Engine(Timers):
         count = previous.count + 1 if previous else 1
         self.state.forms[req.form] = FormRecord(values=values, submitted_at=now, by=req.actor, count=count)
         self.state.stage_events[f"form:{req.form}"] = now
-        detail: dict[str, Any] = {"form": req.form, "count": count, "by": req.actor, "values": values}
+        detail = FormDetail(form=req.form, count=count, by=req.actor, values=values)
         cad, cad_state = self.stage.cadence, self.state.cadence
         if cad is not None and cad_state is not None and cad.touchpoint == req.form:
             logged_at = now
@@ -169,10 +178,10 @@ class Engine(Timers):
                 cad_state.base = logged_at
                 cad_state.next_due = cadence_rules.next_due(cad, cad_state.anchor, cad_state.base)
                 cad_state.reminded = cad_state.announced = False
-            detail["next_due"] = cad_state.next_due.isoformat()
-            detail["logged_at"] = logged_at.isoformat()
-            detail["touchpoint"] = cad.label
-        self._log("form", now, **detail)
+            detail.next_due = cad_state.next_due.isoformat()
+            detail.logged_at = logged_at.isoformat()
+            detail.touchpoint = cad.label
+        self._log(now, detail)
         self._run_actions(self.playbook.forms[req.form].on_submit, now, f"form-{req.form}", {"form": values})
         self._settle(now)
 
@@ -197,7 +206,7 @@ class Engine(Timers):
         self.check_task(req)
         task = self.state.tasks[req.task]
         task.done_at, task.done_by, task.note = now, req.actor, req.note
-        self._log("task", now, task=task.id, status="done", by=req.actor)
+        self._log(now, TaskDetail(task=task.id, status="done", by=req.actor))
         if task.resend is not None:
             again = task.resend
             action = EmailAction(template=again.template, to=again.to, cc=again.cc, from_role=again.from_role)
@@ -231,7 +240,7 @@ class Engine(Timers):
     def set_fields(self, req: SetFields, now: datetime) -> None:
         values = self.check_set_fields(req)
         self.state.fields.update(values)
-        self._log("fields", now, changed=sorted(values), by=req.actor)
+        self._log(now, FieldsDetail(changed=sorted(values), by=req.actor))
         self._settle(now)
 
     def check_close(self, req: Close) -> tuple[Stage, dict[str, Any]]:
@@ -295,7 +304,7 @@ class Engine(Timers):
                     from_stage=state.stage, to_stage=target, at=now, actor=req.actor, trigger="migration", reason=None
                 )
             )
-            self._log("stage", now, **{"from": state.stage, "to": target, "trigger": "migration", "by": req.actor})
+            self._log(now, StageDetail(from_=state.stage, to=target, trigger="migration", by=req.actor))
             state.stage, state.stage_entered_at = target, now
         stage = self.stage
         for task_id in [t for t in state.tasks if stage.task(t) is None and state.tasks[t].resend is None]:
@@ -306,7 +315,7 @@ class Engine(Timers):
                 self._open_task(spec.id, now, spec.due.after(now) if spec.due else None)
         state.deadline = (state.deadline or self._start_deadline(stage, now)) if stage.deadline else None
         state.cadence = (state.cadence or self._start_cadence(stage, now)) if stage.cadence else None
-        self._log("migrated", now, from_version=previous, to_version=self.playbook.version, by=req.actor)
+        self._log(now, MigratedDetail(from_version=previous, to_version=self.playbook.version, by=req.actor))
         self._settle(now)
 
     def event(self, event: ExternalEvent, now: datetime) -> None:
@@ -317,18 +326,18 @@ class Engine(Timers):
             if event.event_id in self.state.seen_event_ids:
                 return
             self.state.seen_event_ids = [*self.state.seen_event_ids, event.event_id][-SEEN_EVENT_IDS_KEPT:]
-        detail: dict[str, Any] = {"event": event.name, "source": event.source}
+        ignored: str | None = None
         if event.name not in self.playbook.events:
-            self._log("event", now, **detail, status="ignored", reason="unknown event")
-            return
-        if not any(t.event == event.name for t in self.stage.transitions):
-            self._log("event", now, **detail, status="ignored", reason=f"not expected in stage '{self.stage.id}'")
-            return
-        if event.name in self.state.stage_events:
-            self._log("event", now, **detail, status="ignored", reason="already received")
+            ignored = "unknown event"
+        elif not any(t.event == event.name for t in self.stage.transitions):
+            ignored = f"not expected in stage '{self.stage.id}'"
+        elif event.name in self.state.stage_events:
+            ignored = "already received"
+        status = "accepted" if ignored is None else "ignored"
+        self._log(now, EventDetail(event=event.name, source=event.source, status=status, reason=ignored))
+        if ignored is not None:
             return
         self.state.stage_events[event.name] = now
-        self._log("event", now, **detail, status="accepted")
         self._settle(now)
 
 

@@ -23,6 +23,7 @@ from sopflow.playbook import (
     Reminder,
     TaskSpec,
 )
+from sopflow.timeline import EscalationDetail, ReminderDetail, VisitDueDetail
 
 
 class Timers(Transitions):
@@ -102,13 +103,13 @@ class Timers(Transitions):
 
     def _task_overdue(self, task: TaskState, spec: TaskSpec, at: datetime) -> None:
         task.reminded = True
-        self._log("reminder", at, task=task.id, owner=task.owner, reason="task overdue")
+        self._log(at, ReminderDetail(task=task.id, owner=task.owner, reason="task overdue"))
         if spec.remind is not None:
             self._email(spec.remind, at, f"task-{task.id}-overdue", self._task_extra(task))
 
     def _task_escalates(self, task: TaskState, escalate: Escalation, at: datetime) -> None:
         task.escalated = True
-        self._log("escalation", at, task=task.id, owner=task.owner, reason="task overdue")
+        self._log(at, EscalationDetail(task=task.id, owner=task.owner, reason="task overdue"))
         self._email(escalate.email, at, f"task-{task.id}-escalation", self._task_extra(task))
 
     def _deadline_extra(self) -> dict[str, Any]:
@@ -120,7 +121,7 @@ class Timers(Transitions):
         deadline = self.state.deadline
         assert deadline is not None
         deadline.reminders_sent.append(i)
-        self._log("reminder", at, deadline=deadline.label, due_at=deadline.due_at.isoformat())
+        self._log(at, ReminderDetail(deadline=deadline.label, due_at=deadline.due_at.isoformat()))
         self._email(email, at, f"deadline-reminder-{i}", self._deadline_extra())
 
     def _deadline_expires(self, at: datetime) -> None:
@@ -142,26 +143,26 @@ class Timers(Transitions):
         cad = self.state.cadence
         assert cad is not None
         cad.reminded = True
-        self._log("reminder", at, cadence=cad.label, due_at=cad.next_due.isoformat())
+        self._log(at, ReminderDetail(cadence=cad.label, due_at=cad.next_due.isoformat()))
         self._email(email, at, "cadence-reminder", self._visit_extra())
 
     def _visit_due(self, at: datetime) -> None:
         cad = self.state.cadence
         assert cad is not None and self.stage.cadence is not None
         cad.announced = True
-        self._log("visit_due", at, cadence=cad.label, due_at=cad.next_due.isoformat())
+        self._log(at, VisitDueDetail(cadence=cad.label, due_at=cad.next_due.isoformat()))
         if self.stage.cadence.overdue is None:
             self._advance_cadence(missed=False)
 
     def _visit_missed(self, email: EmailAction, at: datetime) -> None:
         cad = self.state.cadence
         assert cad is not None
-        self._log("escalation", at, cadence=cad.label, due_at=cad.next_due.isoformat(), reason="missed")
+        self._log(at, EscalationDetail(cadence=cad.label, due_at=cad.next_due.isoformat(), reason="missed"))
         self._email(email, at, "cadence-overdue", self._visit_extra())
         self._advance_cadence(missed=True)
 
     def _appointment_reminder(self, planned: AppointmentState, i: int, reminder: Reminder, at: datetime) -> None:
         planned.sent.append(i)
-        self._log("reminder", at, appointment=planned.label, due_at=planned.at.isoformat())
+        self._log(at, ReminderDetail(appointment=planned.label, due_at=planned.at.isoformat()))
         when = {"label": planned.label, "at": planned.at.isoformat(), "before": str(reminder.before)}
         self._email(reminder.email, at, f"appointment-reminder-{i}", {"appointment": when})

@@ -27,6 +27,7 @@ from sopflow.playbook import (
     Stage,
     Transition,
 )
+from sopflow.timeline import AppointmentDetail, FieldsDetail, LinkedDetail, RejectedDetail, StageDetail, TaskDetail
 
 
 class Transitions(Journal):
@@ -64,10 +65,11 @@ class Transitions(Journal):
             )
             self._enter(transition.to, now, actor=None, trigger=trigger, reason=None)
         self._log(
-            "rejected",
             now,
-            reason=f"more than {MAX_CHAINED_TRANSITIONS} chained transitions: check the "
-            "playbook's 'when' transitions for a loop",
+            RejectedDetail(
+                reason=f"more than {MAX_CHAINED_TRANSITIONS} chained transitions: check the "
+                "playbook's 'when' transitions for a loop"
+            ),
         )
 
     def _enter(
@@ -92,7 +94,7 @@ class Transitions(Journal):
                 from_stage=previous, to_stage=stage.id, at=now, actor=actor, trigger=trigger, reason=reason
             )
         )
-        self._log("stage", now, **{"from": previous, "to": stage.id, "trigger": trigger, "reason": reason, "by": actor})
+        self._log(now, StageDetail(from_=previous, to=stage.id, trigger=trigger, reason=reason, by=actor))
         if stage.terminal:
             state.outcome, state.close_reason = stage.terminal, reason
         ctx = self.context()
@@ -137,14 +139,15 @@ class Transitions(Journal):
             occurrence=occurrence,
         )
         self._log(
-            "task",
             now,
-            task=spec.id,
-            title=spec.title,
-            status="opened",
-            owner=spec.owner,
-            due_at=due_at.isoformat() if due_at else None,
-            occurrence=occurrence if occurrence > 1 else None,
+            TaskDetail(
+                task=spec.id,
+                title=spec.title,
+                status="opened",
+                owner=spec.owner,
+                due_at=due_at.isoformat() if due_at else None,
+                occurrence=occurrence if occurrence > 1 else None,
+            ),
         )
 
     def _moment(self, ref: str, now: datetime) -> tuple[str, datetime] | None:
@@ -181,7 +184,8 @@ class Transitions(Journal):
             if task is not None and task.done_at is None:
                 task.anchor, task.due_at = value, due_at
                 task.reminded = task.escalated = False
-                self._log("task", now, task=spec.id, status="rescheduled", owner=spec.owner, due_at=due_at.isoformat())
+                moved = TaskDetail(task=spec.id, status="rescheduled", owner=spec.owner, due_at=due_at.isoformat())
+                self._log(now, moved)
             elif evaluate(spec.when, self.context()):
                 self._open_task(spec.id, now, due_at, anchor=value)
         for appointment in stage.appointments:
@@ -197,9 +201,10 @@ class Transitions(Journal):
             state.appointments[appointment.at] = AppointmentState(
                 label=appointment.label, value=value, at=at, planned_at=now, sent=passed
             )
-            self._log(
-                "appointment", now, label=appointment.label, starts_at=at.isoformat(), skipped_reminders=passed or None
+            planned = AppointmentDetail(
+                label=appointment.label, starts_at=at.isoformat(), skipped_reminders=passed or None
             )
+            self._log(now, planned)
 
     def _classify(self, now: datetime) -> None:
         """Keep classified fields (the A/B/C tier) in step with the profile they are computed from."""
@@ -215,7 +220,7 @@ class Transitions(Journal):
                     changed[key] = value
         if changed:
             self.state.fields.update(changed)
-            self._log("fields", now, changed=sorted(changed), by="playbook", values=changed)
+            self._log(now, FieldsDetail(changed=sorted(changed), by="playbook", values=changed))
 
     def _date_ref(self, ref: str, now: datetime) -> datetime:
         """A date field as a moment: that day at the current time of day; `now` when the field is not set."""
@@ -233,12 +238,12 @@ class Transitions(Journal):
                 self._email(action.email, now, f"{name}-{i}", extra)
             if action.set is not None:
                 self.state.fields.update(action.set)
-                self._log("fields", now, changed=sorted(action.set), by="playbook")
+                self._log(now, FieldsDetail(changed=sorted(action.set), by="playbook"))
             if action.copy_ is not None:
                 ctx = self.context()
                 copied = {key: resolve(ctx, ref) for key, ref in action.copy_.items()}
                 self.state.fields.update(copied)
-                self._log("fields", now, changed=sorted(copied), by="playbook")
+                self._log(now, FieldsDetail(changed=sorted(copied), by="playbook"))
             if action.start_lifecycle is not None:
                 self._start_linked(action.start_lifecycle.playbook, action.start_lifecycle.fields, now)
 
@@ -250,7 +255,7 @@ class Transitions(Journal):
         fields = {key: value for key, ref in mapping.items() if not is_blank(value := resolve(ctx, ref))}
         deal_id = f"{self.state.deal_id}.{playbook_id}"
         self.state.linked[playbook_id] = deal_id
-        self._log("linked", now, playbook=playbook_id, deal_id=deal_id, status="requested")
+        self._log(now, LinkedDetail(playbook=playbook_id, deal_id=deal_id, status="requested"))
         self.steps[-1].start = LinkedStart(playbook=playbook_id, deal_id=deal_id, fields=fields)
 
     def _advance_cadence(self, missed: bool) -> None:

@@ -114,6 +114,8 @@ def batch(*entries: JournalEntry, stage: str = "contract_request") -> JournalBat
 
 
 def entry(seq: int, kind: str, stage: str, **detail: Any) -> JournalEntry:
+    """An entry with `detail` as given: the records read it through its kind's model (`sopflow.timeline`), so it
+    holds what the engine always writes for that kind."""
     return JournalEntry(seq=seq, at=T0 + timedelta(minutes=seq), kind=kind, stage=stage, detail=detail)  # type: ignore[arg-type]
 
 
@@ -122,7 +124,7 @@ def test_a_retried_journal_batch_writes_every_row_once(records_db: Database):
     first = batch(
         entry(1, "stage", "targeting", to="targeting", trigger="start", by="cli"),
         entry(2, "task", "targeting", task="check_crm", title="Check the CRM", status="opened", owner="rep"),
-        entry(3, "form", "targeting", form="targeting", by="cli", values={"company": "Example Clinic"}),
+        entry(3, "form", "targeting", form="targeting", count=1, by="cli", values={"company": "Example Clinic"}),
         entry(4, "task", "targeting", task="check_crm", status="done", by="cli"),
         entry(5, "stage", "contract_request", **{"from": "targeting", "to": "contract_request", "trigger": "form"}),
     )
@@ -207,7 +209,7 @@ def test_two_attempts_of_one_batch_at_once_write_every_row_once_without_an_error
     first = batch(
         entry(1, "stage", "targeting", to="targeting", trigger="start", by="cli"),
         entry(2, "task", "targeting", task="check_crm", title="Check the CRM", status="opened", owner="rep"),
-        entry(3, "form", "targeting", form="targeting", by="cli", values={"company": "Example Clinic"}),
+        entry(3, "form", "targeting", form="targeting", count=1, by="cli", values={"company": "Example Clinic"}),
     )
     for _ in range(5):
         added = at_once(lambda: records._record_journal(first), lambda: records._record_journal(first))
@@ -263,7 +265,7 @@ def test_pooled_connections_recover_after_postgresql_drops_them_all():
         db = Database(url)
         db.upgrade()
         records = RecordActivities(db)
-        assert records._record_journal(batch(entry(1, "stage", "targeting", to="targeting"))) == 1
+        assert records._record_journal(batch(entry(1, "stage", "targeting", to="targeting", trigger="start"))) == 1
         with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
             dropped = admin.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
@@ -271,7 +273,8 @@ def test_pooled_connections_recover_after_postgresql_drops_them_all():
             ).fetchone()
         assert dropped is not None and dropped[0] >= 1
 
-        assert records._record_journal(batch(entry(2, "stage", "contract_request", to="contract_request"))) == 1
+        moved = entry(2, "stage", "contract_request", to="contract_request", trigger="form")
+        assert records._record_journal(batch(moved)) == 1
         db.dispose()
 
 

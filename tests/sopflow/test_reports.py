@@ -324,3 +324,28 @@ def test_nearest_rank_percentile():
     assert reports.percentile(list(map(float, range(1, 11))), 70) == 7.0  # no floating-point rank drift
     with pytest.raises(ValueError):
         reports.percentile([], 50)
+
+
+def test_an_audit_trail_line_reads_the_detail_through_its_kinds_model():
+    assert reports.summarize("stage", {"to": "targeting", "trigger": "start", "by": "cli"}) == (
+        "start → targeting (start) by cli"
+    )
+    bounced = {"template": "welcome", "roles": ["signer"], "owner": "rep", "task": "fix_email_welcome", "reason": "550"}
+    assert (
+        reports.summarize("escalation", bounced)
+        == "escalation: email welcome undeliverable (550); task fix_email_welcome"
+    )
+    visit = {"form": "site_visit", "count": 2, "by": "riley", "values": {"visited_on": "2025-02-12"}}
+    visit |= {"next_due": "2025-02-26T09:00:00+00:00", "logged_at": "2025-02-12T09:00:00+00:00", "touchpoint": "visit"}
+    assert reports.summarize("form", visit) == (
+        "form site_visit submitted by riley (#2); visit logged 2025-02-12 09:00, next due 2025-02-26 09:00"
+    )
+
+
+def test_a_row_of_a_kind_this_version_does_not_know_is_listed_as_written():
+    """A newer version's rows (read after a rollback) still show in the audit trail, never fail it."""
+    assert reports.summarize("call_logged", {"who": "rep", "minutes": 12}) == "who=rep, minutes=12"
+
+
+def test_a_row_whose_detail_does_not_fit_its_kind_is_listed_as_written():
+    assert reports.summarize("stage", {"to": "targeting"}) == "to=targeting"
