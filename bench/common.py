@@ -33,14 +33,14 @@ from temporalio.client import Client, WorkflowHandle
 
 from sopflow.config import PROJECT_ROOT, Settings
 from sopflow.mailsink import free_port
-from starter.devstack import (
+from starter.devserver import (
     HOST,
     NAMESPACE,
     SQLITE_PRAGMAS,
-    _register_search_attributes,
-    _spawn_server,
-    _stop_process,
-    _wait_until_serving,
+    register_search_attributes,
+    spawn_server,
+    stop_process,
+    wait_until_serving,
 )
 
 WorkerKind = Literal["engine", "bare"]
@@ -90,18 +90,18 @@ async def dev_server(sqlite_pragmas: Sequence[str] = SQLITE_PRAGMAS) -> AsyncIte
     with tempfile.TemporaryDirectory(prefix="sopflow-bench-") as tmp:
         home = Path(tmp)
         settings = Settings(home=home, dev_temporal_port=free_port(HOST), dev_ui_port=free_port(HOST))
-        proc = await _spawn_server(settings, tuple(sqlite_pragmas))
+        proc = await spawn_server(settings, tuple(sqlite_pragmas))
         try:
             address = f"{HOST}:{settings.dev_temporal_port}"
-            client = await _wait_until_serving(proc, address, home / "temporal.log", settings)
-            await _register_search_attributes(address)
+            client = await wait_until_serving(proc, address, home / "temporal.log", settings)
+            await register_search_attributes(address)
             yield DevServer(client, address, proc.pid, home, tuple(sqlite_pragmas))
         finally:
             # Killed, not stopped: an orderly stop takes the dev server 3-6 s (shared notes) and its db file is
             # thrown away with the directory anyway.
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            await _stop_process(proc)
+            await stop_process(proc)
 
 
 @dataclass

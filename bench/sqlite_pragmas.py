@@ -19,7 +19,7 @@ from typing import Any
 from bench.common import emit, exit_now, machine, table
 from bench.safe_balance import bare_plan, lifecycle, playbook, today
 from bench.throughput import bare_phase, engine_phase
-from starter.devstack import SQLITE_PRAGMAS
+from starter.devserver import SQLITE_PRAGMAS
 
 TARGET_RATIO = 1.8
 

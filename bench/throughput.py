@@ -44,7 +44,7 @@ from bench.common import (
 from bench.safe_balance import EMAILS_TO_ONGOING, bare_plan, in_parallel, lifecycle, playbook, send, start, today
 from sopflow.constants import TASK_QUEUE
 from sopflow.mailsink import MailSink
-from starter.devstack import SQLITE_PRAGMAS
+from starter.devserver import SQLITE_PRAGMAS
 
 BARE_TASK_QUEUE = "bench-bare"
 TARGET_RATIO = 0.9

@@ -10,7 +10,7 @@ same runtime's meter, so they need no dependency and no second port:
   workflow calls `observe_timeline` with each batch of timeline entries it records (stage changes, email outcomes),
   and `LifecycleObserver`, a worker interceptor, counts refused updates;
 - in activities, `activity.metric_meter()` (`activities.email`);
-- in the intake, `meter()`, the process runtime's meter (`starter.webhooks`).
+- in the intake, `meter()`, the process runtime's meter (`starter.intake.metrics`).
 
 Labels are ids and names from the playbook (playbook, stage, template, update name), outcomes and HTTP statuses:
 never an address or a person's name, so a metric can be shown to anyone who can see the dashboards. Without

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
-from datetime import datetime, timedelta
+from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -28,40 +27,25 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.engine import make_url
-from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
-from temporalio.common import SearchAttributeIndexedValueType
 from temporalio.worker import Worker
 
-from sopflow import telemetry
-from sopflow.codec import EncryptionCodec, data_converter
+from sopflow.codec import EncryptionCodec
 from sopflow.config import Settings
-from sopflow.constants import SEARCH_ATTRIBUTES
 from sopflow.db import Database
 from sopflow.mailsink import MailSink
 from starter import codec_server, webhooks
-from starter.binaries import temporal_cli
+from starter.devserver import (
+    HOST,
+    NAMESPACE,
+    DevStackError,
+    register_search_attributes,
+    spawn_server,
+    stop_process,
+    tail,
+    wait_until_serving,
+)
 from worker import stop_on_signals, worker_for
-
-HOST = "127.0.0.1"
-NAMESPACE = "default"
-READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-CLI_TIMEOUT = 20.0
-# WAL + synchronous=normal about doubled throughput (shared notes; `python -m bench.sqlite_pragmas` measures it on
-# this stack): SQLite syncs are the limit.
-SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
-
-# The CLI spells search attribute types its own way; a type missing here fails at startup, not in a workflow.
-_CLI_TYPES = {
-    SearchAttributeIndexedValueType.KEYWORD: "Keyword",
-    SearchAttributeIndexedValueType.DATETIME: "Datetime",
-    SearchAttributeIndexedValueType.TEXT: "Text",
-    SearchAttributeIndexedValueType.INT: "Int",
-    SearchAttributeIndexedValueType.DOUBLE: "Double",
-    SearchAttributeIndexedValueType.BOOL: "Bool",
-    SearchAttributeIndexedValueType.KEYWORD_LIST: "KeywordList",
-}
 
 
 def with_dev_form_secret(settings: Settings, home: Path) -> Settings:
@@ -74,10 +58,6 @@ def with_dev_form_secret(settings: Settings, home: Path) -> Settings:
         path.write_text(secrets.token_hex(32))
         path.chmod(0o600)
     return settings.model_copy(update={"form_secret": SecretStr(path.read_text().strip())})
-
-
-class DevStackError(RuntimeError):
-    """A failure of the local stack, worded for the terminal: the CLI prints it without a traceback."""
 
 
 class _QuietServer(uvicorn.Server):
@@ -168,13 +148,13 @@ async def _start_temporal(
     on_server_pid: Callable[[int], None] | None,
 ) -> tuple[asyncio.subprocess.Process, Client, float]:
     """The dev server, serving and with sopflow's search attributes, and how long it took to get there."""
-    proc = await _spawn_server(settings)
-    stack.push_async_callback(_stop_process, proc)
+    proc = await spawn_server(settings)
+    stack.push_async_callback(stop_process, proc)
     if on_server_pid is not None:
         on_server_pid(proc.pid)
     started = time.monotonic()
-    client = await _wait_until_serving(proc, address, home / "temporal.log", settings)
-    await _register_search_attributes(address)
+    client = await wait_until_serving(proc, address, home / "temporal.log", settings)
+    await register_search_attributes(address)
     return proc, client, time.monotonic() - started
 
 
@@ -197,11 +177,7 @@ async def _start_web(
     stack: AsyncExitStack,
 ) -> dict[str, asyncio.Task[None]]:
     """The webhook intake (and the codec server when payloads are encrypted), by name, once they answer."""
-    webhooks.use_client(client)
-    stack.callback(webhooks.use_client, None)
-    webhooks.use_settings(settings)  # the intake checks the same form tokens the worker puts in email links
-    stack.callback(webhooks.use_settings, None)
-    web, web_task = _start_intake(settings, intake_socket)
+    web, web_task = _start_intake(settings, client, intake_socket)
     stack.push_async_callback(_stop_intake, web, web_task)
     await _wait_until_started(web, web_task)
     web_tasks = {"webhook intake": web_task}
@@ -247,131 +223,6 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def server_args(settings: Settings, sqlite_pragmas: Sequence[str] = SQLITE_PRAGMAS) -> list[str]:
-    """The dev server's command line; `sqlite_pragmas` is a parameter only so `bench.sqlite_pragmas` can measure
-    what the pragmas are worth against the server's defaults with everything else equal."""
-    home = settings.home.resolve()
-    args = [
-        "server",
-        "start-dev",
-        "--db-filename",
-        str(home / "temporal.db"),
-        "--port",
-        str(settings.dev_temporal_port),
-        "--ui-port",
-        str(settings.dev_ui_port),
-        "--ip",
-        HOST,
-        "--namespace",
-        NAMESPACE,
-        "--log-level",
-        "warn",
-    ]
-    for pragma in sqlite_pragmas:
-        args += ["--sqlite-pragma", pragma]
-    if settings.encryption_key_ring() is not None:
-        # The UI sends the ciphertext it shows to our codec server (the browser calls it, hence 127.0.0.1).
-        args += ["--ui-codec-endpoint", f"http://{HOST}:{settings.dev_codec_port}"]
-    return args
-
-
-async def _spawn_server(
-    settings: Settings, sqlite_pragmas: Sequence[str] = SQLITE_PRAGMAS
-) -> asyncio.subprocess.Process:
-    home = settings.home.resolve()
-    log_path = home / "temporal.log"
-    args = server_args(settings, sqlite_pragmas)
-    with log_path.open("a", encoding="utf-8") as log:
-        stamp = datetime.now().isoformat(timespec="seconds")
-        log.write(f"\n--- sopflow dev: starting Temporal at {stamp} ---\n")
-        log.flush()
-        # Own session: Ctrl-C reaches only us, so the worker stops before the server it talks to.
-        return await asyncio.create_subprocess_exec(
-            temporal_cli(),
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-async def _wait_until_serving(
-    proc: asyncio.subprocess.Process, address: str, log_path: Path, settings: Settings
-) -> Client:
-    """Poll until the namespace answers: a listening port alone does not mean `default` exists yet.
-
-    The client gets the same data converter as every other sopflow client, so the dev stack's worker encrypts
-    exactly as a production worker with the same SOPFLOW_ENCRYPTION_KEYS would.
-    """
-    converter = data_converter(settings)
-    deadline = time.monotonic() + READY_TIMEOUT
-    last_error = "no attempt"
-    while time.monotonic() < deadline:
-        if proc.returncode is not None:
-            raise DevStackError(
-                f"the Temporal dev server exited with code {proc.returncode} while starting; "
-                f"end of {log_path}:\n{_tail(log_path)}"
-            )
-        try:
-            connecting = Client.connect(
-                address, namespace=NAMESPACE, data_converter=converter, runtime=telemetry.runtime()
-            )
-            client = await asyncio.wait_for(connecting, 5)
-            await client.workflow_service.describe_namespace(
-                DescribeNamespaceRequest(namespace=NAMESPACE), timeout=timedelta(seconds=5)
-            )
-            return client
-        except (RuntimeError, TimeoutError) as exc:  # RPCError and connect errors alike: not up yet
-            last_error = str(exc)
-        await asyncio.sleep(0.1)
-    raise DevStackError(
-        f"the Temporal dev server did not answer at {address} within {READY_TIMEOUT:.0f} s "
-        f"({last_error}); end of {log_path}:\n{_tail(log_path)}"
-    )
-
-
-async def _register_search_attributes(address: str) -> None:
-    """Register at every start: start-dev ignores `--search-attribute` once its db file exists (shared notes).
-
-    Registering an existing attribute of the same type succeeds; the same name with another type is an error
-    worth stopping for, since every workflow upserting it would fail.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
-    for key in SEARCH_ATTRIBUTES:
-        kind = _CLI_TYPES[key.indexed_value_type]
-        cli = await asyncio.create_subprocess_exec(
-            temporal_cli(),
-            "operator",
-            "search-attribute",
-            "create",
-            "--name",
-            key.name,
-            "--type",
-            kind,
-            "--address",
-            address,
-            "--namespace",
-            NAMESPACE,
-            "--disable-config-file",
-            "--disable-config-env",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
-        try:
-            output, _ = await asyncio.wait_for(cli.communicate(), CLI_TIMEOUT)
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                cli.kill()
-            raise
-        text = output.decode(errors="replace").strip()
-        if cli.returncode == 0 or ("already exists" in text and "different type" not in text):
-            continue
-        raise DevStackError(f"registering search attribute {key.name} ({kind}) failed: {text}")
 
 
 def _mail_printer(console: Console) -> Callable[[EmailMessage, list[str]], None]:
@@ -445,9 +296,12 @@ def _start_codec_server(settings: Settings, sock: socket.socket) -> tuple[uvicor
     return server, asyncio.create_task(serve(), name="sopflow-codec-server")
 
 
-def _start_intake(settings: Settings, sock: socket.socket) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+def _start_intake(settings: Settings, client: Client, sock: socket.socket) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """The webhook intake on the loopback socket `_bind` took. It shares the stack's client (Temporal runs on a port
+    TEMPORAL_ADDRESS may not name) and its settings (it checks the same form tokens the worker puts in email links);
+    it opens the records database itself, on first use, like a standalone intake."""
     config = uvicorn.Config(
-        webhooks.app,
+        webhooks.create_app(settings, client),
         host=HOST,
         port=settings.dev_intake_port,
         log_level="warning",
@@ -494,7 +348,7 @@ async def _supervise(
         return
     if server_task in done:
         raise DevStackError(
-            f"the Temporal dev server exited with code {proc.returncode}; end of {log_path}:\n{_tail(log_path)}"
+            f"the Temporal dev server exited with code {proc.returncode}; end of {log_path}:\n{tail(log_path)}"
         )
     parts = {"worker": worker_task, **web_tasks}
     part, finished = next((name, task) for name, task in parts.items() if task in done)
@@ -515,27 +369,6 @@ async def _stop_intake(server: uvicorn.Server, task: asyncio.Task[None]) -> None
     server.should_exit = True
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await task
-
-
-async def _stop_process(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT; kill at once if our own shutdown is cancelled (2nd Ctrl-C).
-
-    The server runs in its own session, so nothing else would ever stop it: every path out of here ends it.
-    """
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        raise
 
 
 def _panel(settings: Settings, address: str, home: Path, server_seconds: float) -> Panel:
@@ -571,11 +404,3 @@ def _safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable database URL>"
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
-    return "\n".join(text.splitlines()[-lines:])

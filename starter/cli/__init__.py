@@ -1,7 +1,15 @@
-"""`sopflow`: the staff CLI. Shaped like the `temporal` CLI: nouns and verbs, `-o json` for scripts.
+"""`sopflow`: the staff CLI, shaped like the `temporal` CLI.
 
-Every failure a person can cause (a rejected move, a typo in a field, no server running) prints one readable line
-and exits 1; tracebacks are for bugs only.
+The rule: nouns are groups, verbs act on them; services are top-level. `sopflow deal status D-1`, `sopflow deal
+close D-2 lost --reason …`, `sopflow playbook migrate P --to-version 2`: the noun (deal, form, task, playbook, mail,
+template, db, report) is a group, the verb acts on one of its things, named by the first argument. What runs the
+system (`dev`, `worker`, `intake`, `codec-server`) and `rehearse`, which brings its own server, are commands of
+their own. Spellings from before this rule still work for one release, hidden (aliases.py).
+
+Every command that prints data takes `-o text|json|jsonl|csv`; every command that talks to Temporal takes
+`--address`, `--namespace` and `--profile` over TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE and TEMPORAL_PROFILE. Every
+failure a person can cause (a rejected move, a typo in a field, no server running) prints one readable line and exits
+1; tracebacks are for bugs only.
 """
 
 from __future__ import annotations
@@ -12,8 +20,21 @@ import sys
 
 from starter.cli.apps import app
 
-# One module per noun adds its commands to `app` when imported, in the order `sopflow --help` lists them.
-COMMANDS = ("stack", "deals", "rehearsal", "forms", "tasks", "playbooks", "mail", "templates", "reports")
+# One module per noun adds its commands to `app` when imported, in the order `sopflow --help` lists them; the
+# hidden old spellings come last.
+COMMANDS = (
+    "stack",
+    "rehearsal",
+    "deals",
+    "deal_changes",
+    "forms",
+    "tasks",
+    "playbooks",
+    "mail",
+    "templates",
+    "reports",
+    "aliases",
+)
 for _module in COMMANDS:
     importlib.import_module(f"starter.cli.{_module}")
 

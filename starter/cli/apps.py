@@ -1,15 +1,40 @@
-"""The command tree: `sopflow NOUN VERB` groups, one typer app per noun; each command module adds its commands."""
+"""The command tree: `sopflow NOUN VERB` groups, one typer app per noun; each command module adds its commands.
+
+Every app is a `Commands`, so every command and group labels its parameters the same way (`usage.py`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import version
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
+from typer.models import CommandFunctionType
 
-app = typer.Typer(
-    help="sopflow: client-lifecycle SOPs run as durable Temporal workflows.",
-    no_args_is_help=True,
+from starter.cli.usage import LabelledCommand, LabelledGroup
+
+# The top-level help lists nouns (groups of verbs) apart from the services that run the system.
+SERVICES = "Services"
+
+
+class Commands(typer.Typer):
+    """A typer app whose groups and commands name their parameters `DEAL_ID`, `KEY=VALUE`, `TEXT` in help and
+    usage lines, and which shows its help when called without a command."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(cls=LabelledGroup, no_args_is_help=True, **options)
+
+    def command(
+        self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **options: Any
+    ) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        return super().command(name, cls=cls or LabelledCommand, **options)
+
+
+app = Commands(
+    help="sopflow: client-lifecycle SOPs run as durable Temporal workflows.\n\nNouns are groups and verbs act on them "
+    "(`sopflow deal status D-1`); the services that run the system are top-level (`sopflow worker`).",
     pretty_exceptions_enable=False,
 )
 
@@ -30,24 +55,19 @@ def _options(
     """sopflow: client-lifecycle SOPs run as durable Temporal workflows."""
 
 
-deal_app = typer.Typer(help="Start deals and read their history.", no_args_is_help=True)
-form_app = typer.Typer(help="Submit forms.", no_args_is_help=True)
-task_app = typer.Typer(help="Complete checklist tasks.", no_args_is_help=True)
-playbook_app = typer.Typer(help="Validate and inspect playbooks.", no_args_is_help=True)
-mail_app = typer.Typer(help="Inspect the email outbox (what was sent, what failed).", no_args_is_help=True)
-template_app = typer.Typer(help="Preview email templates.", no_args_is_help=True)
+deal_app = Commands(help="Start, move, close and read deals (one lifecycle each).")
+form_app = Commands(help="Submit forms.")
+task_app = Commands(help="Complete checklist tasks.")
+playbook_app = Commands(help="Validate, inspect and draw playbooks; migrate running deals to a new version.")
+mail_app = Commands(help="Inspect the email outbox (what was sent, what failed).")
+template_app = Commands(help="Preview email templates.")
+db_app = Commands(help="The records database (SQLite by default, PostgreSQL via SOPFLOW_DATABASE_URL).")
+report_app = Commands(help="Reports from the records database: pipeline, stalled deals, site visits, time in stage.")
 app.add_typer(deal_app, name="deal")
 app.add_typer(form_app, name="form")
 app.add_typer(task_app, name="task")
 app.add_typer(playbook_app, name="playbook")
 app.add_typer(mail_app, name="mail")
 app.add_typer(template_app, name="template")
-db_app = typer.Typer(help="The records database (SQLite by default, PostgreSQL via SOPFLOW_DATABASE_URL).")
 app.add_typer(db_app, name="db")
-
-
-report_app = typer.Typer(
-    help="Reports from the records database: pipeline, stalled deals, site visits, time in stage.",
-    no_args_is_help=True,
-)
 app.add_typer(report_app, name="report")

@@ -1,11 +1,15 @@
-"""What every command shares: output format options, one-line failures, sending a change and waiting for it."""
+"""What every command shares: the Temporal connection options, one-line failures, sending a change and waiting
+for it. (Output formats are in render.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import difflib
-from collections.abc import Callable, Coroutine, Iterable
+import functools
+import inspect
+import os
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -39,10 +43,13 @@ from workflows.lifecycle import ClientLifecycle
 T = TypeVar("T")
 
 
+DealIdArg = Annotated[str, typer.Argument(metavar="DEAL_ID", help="the CRM's deal id", show_default=False)]
+
 KeyOpt = Annotated[
     str | None,
     typer.Option(
         "--idempotency-key",
+        metavar="KEY",
         help=f"apply this change at most once: reuse the key a 'not confirmed' error printed to retry safely "
         f"({KEY_RULE}; default: a fresh key per run)",
     ),
@@ -51,10 +58,106 @@ KeyOpt = Annotated[
 # missing one (the update then waits on the server until a worker comes) is reported instead of hanging forever.
 UPDATE_WAIT = 60.0
 WaitOpt = Annotated[
-    float, typer.Option("--wait", min=1, help="seconds to wait for the lifecycle to confirm the change")
+    float,
+    typer.Option("--wait", min=1, metavar="SECONDS", help="seconds to wait for the lifecycle to confirm the change"),
 ]
-FieldOpt = Annotated[list[str] | None, typer.Option("--field", "-f", help="key=value; repeat for more fields")]
-ActorOpt = Annotated[str, typer.Option("--actor", envvar="SOPFLOW_ACTOR", help="who is acting (an id or role)")]
+FieldOpt = Annotated[
+    list[str] | None, typer.Option("--field", "-f", metavar="KEY=VALUE", help="a field; repeat for more fields")
+]
+ActorOpt = Annotated[
+    str, typer.Option("--actor", envvar="SOPFLOW_ACTOR", metavar="ID", help="who is acting (an id or role)")
+]
+
+
+# --- the Temporal connection: the `temporal` CLI's flags, over its environment variables and temporal.toml ----------
+
+CONNECTION = "Temporal connection"
+# Option name -> the environment variable `temporalio.envconfig` (sopflow.connect) reads for the same setting.
+CONNECTION_ENV = {
+    "address": "TEMPORAL_ADDRESS",
+    "namespace": "TEMPORAL_NAMESPACE",
+    "profile": "TEMPORAL_PROFILE",
+}
+_CONNECTION_OPTIONS = {
+    "address": Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            envvar="TEMPORAL_ADDRESS",
+            metavar="HOST:PORT",
+            help="Temporal's gRPC endpoint (default: the profile's, else localhost:7233)",
+            rich_help_panel=CONNECTION,
+            show_default=False,
+        ),
+    ],
+    "namespace": Annotated[
+        str | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            envvar="TEMPORAL_NAMESPACE",
+            metavar="NAMESPACE",
+            help="Temporal namespace (default: the profile's, else default)",
+            rich_help_panel=CONNECTION,
+            show_default=False,
+        ),
+    ],
+    "profile": Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            envvar="TEMPORAL_PROFILE",
+            metavar="NAME",
+            help="the temporal.toml profile to connect with (the file: TEMPORAL_CONFIG_FILE; default profile: default)",
+            rich_help_panel=CONNECTION,
+            show_default=False,
+        ),
+    ],
+}
+
+
+@contextlib.contextmanager
+def temporal_environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """The given TEMPORAL_* variables set while the command runs, restored after. The flags become the environment
+    `sopflow.connect` already reads (flag > environment > temporal.toml, the `temporal` CLI's order), so the CLI,
+    the worker and the intake a command runs all connect the same way."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update({name: value for name, value in values.items() if value is not None})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def connects(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command that talks to Temporal the connection options `--address`, `--namespace/-n` and `--profile`.
+
+    Declared once here instead of on every command: the options are appended to the command's signature (which is
+    what typer reads) and taken off again before the command runs, inside `temporal_environment`.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        for name, annotation in _CONNECTION_OPTIONS.items()
+    ]
+    taken = set(signature.parameters) & set(_CONNECTION_OPTIONS)
+    if taken:
+        raise TypeError(f"{command.__name__} already has parameters named {sorted(taken)}")
+
+    @functools.wraps(command)
+    def with_connection(*args: Any, **kwargs: Any) -> None:
+        values = {CONNECTION_ENV[name]: kwargs.pop(name, None) for name in _CONNECTION_OPTIONS}
+        with temporal_environment(values):
+            command(*args, **kwargs)
+
+    parameters = [*signature.parameters.values(), *added]
+    with_connection.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    with_connection.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
+    return with_connection
 
 
 class Unconfirmed(Exception):
@@ -103,8 +206,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         cause = exc.cause
         fail(cause.message if isinstance(cause, ApplicationError) else str(cause))
     except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND and "namespace" in exc.message.lower():
+            fail(f"Temporal refused the request: {exc.message} (check --namespace or TEMPORAL_NAMESPACE)")
         if exc.status == RPCStatusCode.NOT_FOUND:
-            fail("no lifecycle found for that deal (check the deal id with `sopflow list`)")
+            fail("no lifecycle found for that deal (check the deal id with `sopflow deal list`)")
         fail(f"Temporal refused the request: {exc.message}")
     except PlaybookError as exc:
         fail(playbook_failure(exc))
@@ -199,7 +304,7 @@ def update_command(deal_id: str, request: Request, output: Output, message: str,
             fail(reason)
 
     status = run(go())
-    if output == Output.json:
+    if output != Output.text:
         print_status(status, output)
     else:
         out.print(f"[green]✓[/green] {message} → deal {deal_id} is in [cyan]{status.stage}[/cyan]", highlight=False)

@@ -11,18 +11,29 @@ from sopflow.models import (
     SubmitForm,
 )
 from starter.cli.apps import form_app
-from starter.cli.common import UPDATE_WAIT, ActorOpt, FieldOpt, KeyOpt, WaitOpt, parse_fields, update_command
-from starter.cli.render import Output, OutputOpt
+from starter.cli.common import (
+    UPDATE_WAIT,
+    ActorOpt,
+    DealIdArg,
+    FieldOpt,
+    KeyOpt,
+    WaitOpt,
+    connects,
+    parse_fields,
+    update_command,
+)
+from starter.cli.render import ObjectOutputOpt, Output
 
 
 @form_app.command("submit")
+@connects
 def form_submit(
-    deal_id: str,
-    form: str,
+    deal_id: DealIdArg,
+    form: Annotated[str, typer.Argument(metavar="FORM", help="the form's id in the playbook, e.g. targeting")],
     field: FieldOpt = None,
-    file: Annotated[Path | None, typer.Option("--file", help="JSON/YAML file of form fields")] = None,
+    file: Annotated[Path | None, typer.Option("--file", metavar="FILE", help="JSON/YAML file of form fields")] = None,
     actor: ActorOpt = "cli",
-    output: OutputOpt = Output.text,
+    output: ObjectOutputOpt = Output.text,
     idempotency_key: KeyOpt = None,
     wait: WaitOpt = UPDATE_WAIT,
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sopflow.db import OutboxEmail
 from starter.cli.apps import mail_app
 from starter.cli.common import db_fail, records, write_file
-from starter.cli.render import Output, OutputOpt, fail, iso, out
+from starter.cli.render import ObjectOutputOpt, Output, RowsOutputOpt, fail, iso, out, plural, print_object, print_rows
 
 
 class MailStatus(StrEnum):
@@ -24,6 +23,26 @@ class MailStatus(StrEnum):
     sent = "sent"
     partial = "partial"
     failed = "failed"
+
+
+MAIL_COLUMNS = (
+    "id",
+    "key",
+    "workflow_id",
+    "deal_id",
+    "playbook",
+    "template",
+    "to",
+    "cc",
+    "subject",
+    "attachments",
+    "message_id",
+    "status",
+    "attempts",
+    "error",
+    "scheduled_at",
+    "sent_at",
+)
 
 
 def _mail_row(row: OutboxEmail, *, bodies: bool) -> dict[str, Any]:
@@ -52,10 +71,10 @@ def _mail_row(row: OutboxEmail, *, bodies: bool) -> dict[str, Any]:
 
 @mail_app.command("list")
 def mail_list(
-    deal: Annotated[str | None, typer.Option("--deal", help="only this deal's emails")] = None,
+    deal: Annotated[str | None, typer.Option("--deal", metavar="DEAL_ID", help="only this deal's emails")] = None,
     status: Annotated[MailStatus | None, typer.Option("--status", help="only emails in this state")] = None,
-    limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50,
-    output: OutputOpt = Output.text,
+    limit: Annotated[int, typer.Option(metavar="N", help="at most this many, newest first")] = 50,
+    output: RowsOutputOpt = Output.text,
 ) -> None:
     """List outbox emails, newest first: what went out, to whom, and what failed."""
     query = select(OutboxEmail).order_by(OutboxEmail.scheduled_at.desc(), OutboxEmail.id.desc()).limit(limit)
@@ -71,8 +90,7 @@ def mail_list(
         db_fail(exc)
     finally:
         db.dispose()
-    if output == Output.json:
-        out.print_json(json.dumps([_mail_row(row, bodies=False) for row in rows]))
+    if print_rows([_mail_row(row, bodies=False) for row in rows], output, MAIL_COLUMNS):
         return
     table = Table("id", "when", "deal", "template", "to", "status", "subject")
     colours = {"sent": "green", "failed": "red", "partial": "yellow"}
@@ -87,14 +105,16 @@ def mail_list(
             Text(row.subject),
         )
     out.print(table)
-    out.print(f"{len(rows)} email(s)", style="dim")
+    out.print(plural(len(rows), "email"), style="dim", highlight=False)
 
 
 @mail_app.command("show")
 def mail_show(
     email_id: Annotated[int, typer.Argument(metavar="ID", help="the id `sopflow mail list` shows")],
-    html: Annotated[Path | None, typer.Option("--html", help="write the HTML body to this file")] = None,
-    output: OutputOpt = Output.text,
+    html: Annotated[
+        Path | None, typer.Option("--html", metavar="FILE", help="write the HTML body to this file")
+    ] = None,
+    output: ObjectOutputOpt = Output.text,
 ) -> None:
     """Show one outbox email: every column and the text body (`--html FILE` saves the HTML body)."""
     db = records()
@@ -112,8 +132,7 @@ def mail_show(
             fail(f"email {email_id} has no HTML body (status {row.status}: it was never rendered)")
         write_file(html, row.body_html)
     data = _mail_row(row, bodies=True)
-    if output == Output.json:
-        out.print_json(json.dumps(data))
+    if print_object(data, output):
         return
     grid = Table.grid(padding=(0, 2))
     for key, value in data.items():

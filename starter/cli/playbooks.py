@@ -6,24 +6,45 @@ import shutil
 import subprocess
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
 from rich.tree import Tree
+from temporalio.client import WorkflowUpdateFailedError
 
 from sopflow import graph
-from sopflow.playbook import PlaybookError
+from sopflow.connect import connect
+from sopflow.models import MigratePlaybook, workflow_id
+from sopflow.playbook import Playbook, PlaybookError
 from sopflow.playbook_checks import load_playbook, template_names
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
 from starter.cli.apps import playbook_app
-from starter.cli.common import load, settings, write_file
-from starter.cli.render import Output, OutputOpt, err, fail, out
+from starter.cli.common import (
+    UPDATE_WAIT,
+    ActorOpt,
+    KeyOpt,
+    Unconfirmed,
+    WaitOpt,
+    connects,
+    load,
+    run,
+    send_update,
+    settings,
+    update_key,
+    write_file,
+)
+from starter.cli.deals import list_lifecycles, list_query
+from starter.cli.render import Output, RowsOutputOpt, err, fail, out, plural, print_rows
+
+PlaybookArg = Annotated[str, typer.Argument(metavar="PLAYBOOK", help="playbook id (safe_balance) or YAML file")]
 
 
 @playbook_app.command("validate")
-def playbook_validate(files: list[Path]) -> None:
+def playbook_validate(
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="playbook YAML files")],
+) -> None:
     """Check playbooks: schema, every reference (forms, roles, stages, tasks), that templates exist and render."""
     config, failed = settings(), False
     renderer = TemplateRenderer(config.templates_dir)
@@ -43,20 +64,68 @@ def playbook_validate(files: list[Path]) -> None:
                 err.print(f"{file}: {line}", highlight=False, soft_wrap=True, markup=False)
             continue
         out.print(
-            f"[green]✓[/green] {file}: {pb.id} v{pb.version}, {len(pb.stages)} stages, {len(pb.forms)} forms, "
-            f"{len(template_names(pb))} templates",
+            f"[green]✓[/green] {file}: {pb.id} v{pb.version}, {plural(len(pb.stages), 'stage')}, "
+            f"{plural(len(pb.forms), 'form')}, {plural(len(template_names(pb)), 'template')}",
             highlight=False,
         )
     if failed:
         raise typer.Exit(1)
 
 
+def _gate(pb: Playbook, stage_id: str) -> list[str]:
+    gate = pb.stage(stage_id).gate
+    return [
+        *(f"form {form}" for form in gate.forms),
+        *gate.fields,
+        *(["all tasks"] if gate.tasks == "all" else [f"task {task}" for task in gate.tasks]),
+        *([plural(len(gate.checks), "check")] if gate.checks else []),
+    ]
+
+
+STAGE_COLUMNS = ("stage", "title", "owner", "terminal", "tasks", "gate", "leads_to")
+
+
+def stage_rows(pb: Playbook) -> list[dict[str, Any]]:
+    """One row per stage, for `playbook show -o csv`: a playbook is a tree, its stages are the table in it."""
+    leads: dict[str | None, list[graph.Move]] = {}
+    for move in graph.moves(pb):
+        leads.setdefault(move.source, []).append(move)
+    return [
+        {
+            "stage": stage.id,
+            "title": stage.title,
+            "owner": stage.owner,
+            "terminal": stage.terminal,
+            "tasks": [task.id for task in stage.tasks],
+            "gate": _gate(pb, stage.id),
+            "leads_to": [move.target for move in leads.get(stage.id, [])],
+        }
+        for stage in pb.stages
+    ]
+
+
 @playbook_app.command("show")
-def playbook_show(playbook: str, output: OutputOpt = Output.text) -> None:
+def playbook_show(
+    playbook: PlaybookArg,
+    output: Annotated[
+        Output,
+        typer.Option(
+            "--output",
+            "-o",
+            help="text: an outline; json: the whole playbook; jsonl: it on one line; csv: one row per stage (lists "
+            "joined by ';')",
+        ),
+    ] = Output.text,
+) -> None:
     """Outline a playbook: each stage's owner, tasks and gate, where it leads and on what, and how it ends."""
     pb = load(playbook)
     if output == Output.json:
         out.print_json(pb.model_dump_json())
+        return
+    if output == Output.jsonl:
+        typer.echo(pb.model_dump_json())
+        return
+    if print_rows(stage_rows(pb), output, STAGE_COLUMNS):
         return
     leads: dict[str | None, list[graph.Move]] = {}
     for move in graph.moves(pb):
@@ -73,13 +142,7 @@ def playbook_show(playbook: str, output: OutputOpt = Output.text) -> None:
             node.add(Text(f"ends: {stage.terminal}{needs}", style="bold"))
         if stage.tasks:
             node.add(Text("tasks: " + ", ".join(task.id for task in stage.tasks)))
-        gate = stage.gate
-        requires = [
-            *(f"form {form}" for form in gate.forms),
-            *gate.fields,
-            *(["all tasks"] if gate.tasks == "all" else [f"task {task}" for task in gate.tasks]),
-            *([f"{len(gate.checks)} check(s)"] if gate.checks else []),
-        ]
+        requires = _gate(pb, stage.id)
         if requires:
             node.add(Text("gate: " + ", ".join(requires)))
         if stage.cadence:
@@ -106,9 +169,10 @@ class GraphFormat(StrEnum):
 
 @playbook_app.command("graph")
 def playbook_graph(
-    playbook: str,
+    playbook: PlaybookArg,
     to: Annotated[
-        str | None, typer.Option("--out", "-o", help="the Mermaid file, a folder for it, or - for stdout")
+        str | None,
+        typer.Option("--out", "-o", metavar="PATH", help="the Mermaid file, a folder for it, or - for stdout"),
     ] = None,
     fmt: Annotated[
         GraphFormat | None,
@@ -157,3 +221,79 @@ def playbook_graph(
         )
         fail(f"graphviz `dot` failed to write {image}: {reason}")
     out.print(str(image), markup=False, highlight=False, soft_wrap=True)
+
+
+# --- migrate: a newer version of a playbook reaches the deals that run it ---------------------------------------------
+
+MIGRATE_COLUMNS = ("deal_id", "ok", "outcome")
+
+
+@playbook_app.command("migrate")
+@connects
+def playbook_migrate(
+    playbook: Annotated[
+        str, typer.Argument(metavar="PLAYBOOK", help="playbook id or file: its current version on disk")
+    ],
+    to_version: Annotated[
+        int, typer.Option("--to-version", metavar="N", help="the version the file must be (a safety check)")
+    ],
+    deal: Annotated[
+        list[str] | None,
+        typer.Option(metavar="DEAL_ID", help="only these deals (repeatable); default: every running one"),
+    ] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", metavar="OLD=NEW", help="old_stage=new_stage for stages the new version dropped"),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="list the deals that would move, change nothing")] = False,
+    actor: ActorOpt = "cli",
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = UPDATE_WAIT,
+    output: RowsOutputOpt = Output.text,
+) -> None:
+    """Move the running deals of a playbook onto its newer version (see README: versioning policy).
+
+    One key for the run, sent to every deal (update ids are per lifecycle): re-running with the key a "not
+    confirmed" line printed moves each deal at most once. Exits 1 when any deal was not moved.
+    """
+    key = update_key(idempotency_key)
+    pb = load(playbook)
+    if pb.version != to_version:
+        fail(f"{playbook} is v{pb.version} on disk, not v{to_version}: edit the file's version or the option")
+    stage_map: dict[str, str] = {}
+    for pair in map_ or []:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            fail(f"--map takes old_stage=new_stage, not {pair!r}")
+        stage_map[old] = new
+
+    async def go() -> list[dict[str, Any]]:
+        client = await connect()
+        deals = deal or [
+            row["deal_id"] for row in await list_lifecycles(client, list_query(None, pb.id, None, False), 10_000)
+        ]
+        results = []
+        for deal_id in deals:
+            if dry_run:
+                results.append({"deal_id": deal_id, "ok": True, "outcome": "would migrate"})
+                continue
+            request = MigratePlaybook(playbook=pb, stage_map=stage_map, actor=actor)
+            handle = client.get_workflow_handle(workflow_id(deal_id))
+            try:
+                status = await send_update(handle, request, key=key, wait=wait, what="the migration")
+                outcome, ok = f"v{status.playbook_version}, stage {status.stage}", True
+            except WorkflowUpdateFailedError as exc:
+                outcome, ok = f"refused: {getattr(exc.cause, 'message', exc.cause)}", False
+            except Unconfirmed as exc:
+                outcome, ok = f"not confirmed: {exc}", False
+            results.append({"deal_id": deal_id, "ok": ok, "outcome": outcome})
+        return results
+
+    results = run(go())
+    if not print_rows(results, output, MIGRATE_COLUMNS):
+        for row in results:
+            marker = "[green]✓[/green]" if row["ok"] else "[red]✗[/red]"
+            out.print(f"{marker} {row['deal_id']}: {row['outcome']}", highlight=False, soft_wrap=True)
+        out.print(f"{plural(len(results), 'deal')} on {pb.id}", style="dim", highlight=False)
+    if not all(row["ok"] for row in results):
+        raise typer.Exit(1)

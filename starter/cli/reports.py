@@ -13,7 +13,7 @@ from sopflow import reports
 from sopflow.durations import duration
 from starter.cli.apps import report_app
 from starter.cli.common import read_records, shipped_playbooks
-from starter.cli.render import CsvFlag, JsonFlag, ReportOutput, ReportOutputOpt, emit, fail, report_format
+from starter.cli.render import CsvFlag, JsonFlag, Output, RowsOutputOpt, emit, fail, report_format
 
 # Reports read the `deals`, `stage_transitions` and `journal` tables the worker keeps (sopflow.reports); they never
 # talk to Temporal, so they work while the server is down and cost it nothing.
@@ -30,7 +30,7 @@ ReportPlaybookOpt = Annotated[str | None, typer.Option("--playbook", "-p", help=
 @report_app.command("pipeline")
 def report_pipeline(
     playbook: ReportPlaybookOpt = None,
-    output: ReportOutputOpt = ReportOutput.text,
+    output: RowsOutputOpt = Output.text,
     as_json: JsonFlag = False,
     as_csv: CsvFlag = False,
 ) -> None:
@@ -50,7 +50,7 @@ def report_stalled(
             "--days", min=0, help="stalled after this many days in a stage (default: each stage's stall_after)"
         ),
     ] = None,
-    output: ReportOutputOpt = ReportOutput.text,
+    output: RowsOutputOpt = Output.text,
     as_json: JsonFlag = False,
     as_csv: CsvFlag = False,
 ) -> None:
@@ -69,7 +69,7 @@ def report_visits(
     by: Annotated[VisitsBy, typer.Option("--by", help="owner: counts per owner (+ deals in text); deal: deals")] = (
         VisitsBy.owner
     ),
-    output: ReportOutputOpt = ReportOutput.text,
+    output: RowsOutputOpt = Output.text,
     as_json: JsonFlag = False,
     as_csv: CsvFlag = False,
 ) -> None:
@@ -85,14 +85,14 @@ def report_visits(
     if by == VisitsBy.owner:
         emit(result.summary, reports.VisitSummary, output, title=f"Visits per owner (next {within})", noun="owner")
     # json and csv hold one list of one kind of row; a person reading text also wants the deals behind the counts.
-    if by == VisitsBy.deal or output == ReportOutput.text:
+    if by == VisitsBy.deal or output == Output.text:
         emit(result.deals, reports.VisitDue, output, title=f"Visits overdue or due within {within}", noun="visit")
 
 
 @report_app.command("time-in-stage")
 def report_time_in_stage(
     playbook: ReportPlaybookOpt = None,
-    output: ReportOutputOpt = ReportOutput.text,
+    output: RowsOutputOpt = Output.text,
     as_json: JsonFlag = False,
     as_csv: CsvFlag = False,
 ) -> None:

@@ -12,13 +12,15 @@ from sopflow.config import Settings
 from sopflow.connect import ConnectionFailed
 from sopflow.logs import LogFormat, configure_logging
 from sopflow.telemetry import MetricsError, install_metrics
-from starter.cli.apps import app, db_app
-from starter.cli.common import records_at, run, settings
+from starter.cli.apps import SERVICES, app, db_app
+from starter.cli.common import connects, records_at, run, settings
 from starter.cli.render import err, fail, out
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(metavar="REVISION", help="target revision")] = "head",
+) -> None:
     """Apply the Alembic migrations (sopflow dev and the worker do this at start)."""
     db = records_at(revision)
     db.dispose()
@@ -58,7 +60,7 @@ def observability(log_format: LogFormatChoice | None, default: LogFormat, metric
     return config.model_copy(update={"metrics_port": port})
 
 
-@app.command()
+@app.command(rich_help_panel=SERVICES)
 def dev(
     log_format: Annotated[LogFormatChoice | None, typer.Option("--log-format", help="text (default) or json")] = None,
     metrics_port: MetricsPortOpt = None,
@@ -75,7 +77,8 @@ def dev(
         fail(str(exc))
 
 
-@app.command()
+@app.command(rich_help_panel=SERVICES)
+@connects
 def worker(
     log_format: Annotated[LogFormatChoice | None, typer.Option("--log-format", help="json (default) or text")] = None,
     metrics_port: MetricsPortOpt = None,
@@ -90,7 +93,8 @@ def worker(
         err.print("stopped")
 
 
-@app.command()
+@app.command(rich_help_panel=SERVICES)
+@connects
 def intake(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
@@ -100,17 +104,20 @@ def intake(
     """Run the webhook intake (HubSpot, DocuSign, web forms) against the configured Temporal server."""
     import uvicorn
 
+    from starter.webhooks import create_app
+
     # An invalid SOPFLOW_* configuration fails here, in one line, not on the first webhook. One line per handled
     # event (ids and outcomes only: bodies, headers and secrets are never logged); log_config=None: uvicorn's lines
     # go through the same handler (access lines without query strings: form tokens travel in them).
-    observability(log_format, "json", metrics_port)
-    uvicorn.run("starter.webhooks:app", host=host, port=port, log_level="info", log_config=None)
+    config = observability(log_format, "json", metrics_port)
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info", log_config=None)
 
 
 # --- codec server: decrypts payloads for the Temporal UI and CLI ------------------------------------------------------
 
 
-@app.command("codec-server")
+@app.command("codec-server", rich_help_panel=SERVICES)
+@connects
 def codec_server(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8081,

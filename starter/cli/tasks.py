@@ -10,17 +10,18 @@ from sopflow.models import (
     CompleteTask,
 )
 from starter.cli.apps import task_app
-from starter.cli.common import UPDATE_WAIT, ActorOpt, KeyOpt, WaitOpt, update_command
-from starter.cli.render import Output, OutputOpt
+from starter.cli.common import UPDATE_WAIT, ActorOpt, DealIdArg, KeyOpt, WaitOpt, connects, update_command
+from starter.cli.render import ObjectOutputOpt, Output
 
 
 @task_app.command("done")
+@connects
 def task_done(
-    deal_id: str,
-    task: str,
-    note: Annotated[str | None, typer.Option(help="a note for the record")] = None,
+    deal_id: DealIdArg,
+    task: Annotated[str, typer.Argument(metavar="TASK", help="the task's id, e.g. onsite_appointment")],
+    note: Annotated[str | None, typer.Option(metavar="TEXT", help="a note for the record")] = None,
     actor: ActorOpt = "cli",
-    output: OutputOpt = Output.text,
+    output: ObjectOutputOpt = Output.text,
     idempotency_key: KeyOpt = None,
     wait: WaitOpt = UPDATE_WAIT,
 ) -> None:

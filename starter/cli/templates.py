@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,21 +16,27 @@ from sopflow.playbook_checks import template_names
 from sopflow.samples import email_uses, sample_context
 from sopflow.templates import RenderError, TemplateRenderer, links_for
 from starter.cli.apps import template_app
-from starter.cli.common import handle_of, load, run, settings, write_file
-from starter.cli.render import Output, OutputOpt, err, fail, out
+from starter.cli.common import connects, handle_of, load, run, settings, write_file
+from starter.cli.render import ObjectOutputOpt, Output, err, fail, out, print_object
 from worker import form_secret_of
 from workflows.lifecycle import ClientLifecycle
 
 
 @template_app.command("preview")
+@connects
 def template_preview(
-    playbook: str,
-    template: str,
-    deal: Annotated[str | None, typer.Option("--deal", help="render with this running deal's live data")] = None,
-    html: Annotated[Path | None, typer.Option("--html", help="write the HTML body to this file")] = None,
-    output: OutputOpt = Output.text,
+    playbook: Annotated[str, typer.Argument(metavar="PLAYBOOK", help="playbook id or YAML file")],
+    template: Annotated[str, typer.Argument(metavar="TEMPLATE", help="the template's name, e.g. welcome")],
+    deal: Annotated[
+        str | None, typer.Option("--deal", metavar="DEAL_ID", help="render with this running deal's live data")
+    ] = None,
+    html: Annotated[
+        Path | None, typer.Option("--html", metavar="FILE", help="write the HTML body to this file")
+    ] = None,
+    output: ObjectOutputOpt = Output.text,
 ) -> None:
-    """Render a template's subject and text body, with sample data or with a deal's live context."""
+    """Render a template's subject and text body, with sample data or with a deal's live context (which needs
+    Temporal)."""
     pb = load(playbook)
     uses = [use for use in email_uses(pb) if use.template == template]
     if not uses:
@@ -58,7 +63,7 @@ def template_preview(
         fail(str(exc))
     if html is not None:
         write_file(html, rendered.html)
-    if output == Output.json:
+    if output != Output.text:
         data = {
             "playbook": pb.id,
             "template": template,
@@ -68,7 +73,7 @@ def template_preview(
             "text": rendered.text,
             "html": rendered.html,
         }
-        out.print_json(json.dumps(data))
+        print_object(data, output)
         return
     out.print(f"Subject: {rendered.subject}", markup=False, highlight=False, soft_wrap=True)
     out.print()

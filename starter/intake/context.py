@@ -1,4 +1,6 @@
-"""What every intake endpoint shares: its answers, the body limit, strict JSON, and the app's long-lived pieces.
+"""What every intake endpoint shares: its answers, the body limit, strict JSON, the mapping and playbooks, and how a
+Temporal call's failure becomes an answer. The app's long-lived pieces (settings, client, database) are reached
+through `starter.intake.dependencies`.
 
 Answer codes are part of the contract with senders that retry: 4xx means "this request will never succeed, stop",
 503 means "try again later". So every input problem is a 4xx raised as `IntakeError`, and only an unreachable or
@@ -14,7 +16,6 @@ import logging
 import math
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -22,9 +23,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from temporalio.client import (
-    Client,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
@@ -33,8 +32,6 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from sopflow.config import Settings
-from sopflow.connect import connect
-from sopflow.db import Database
 from sopflow.intake_config import IntakeConfig, IntakeConfigError, load_intake_config
 from sopflow.playbook import Playbook, PlaybookError
 from sopflow.playbook_checks import load_playbook
@@ -144,7 +141,7 @@ def parse_json(body: bytes) -> Any:
         value = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
         json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (UnicodeError, ValueError, RecursionError) as exc:
-        raise IntakeError(400, f"body is not valid JSON: {_short(exc)}") from None
+        raise IntakeError(400, f"body is not valid JSON: {short(exc)}") from None
     return value
 
 
@@ -168,79 +165,13 @@ def huge_number(value: Any) -> bool:
     return False
 
 
-def _short(exc: BaseException) -> str:
+def short(exc: BaseException) -> str:
+    """An error's message cut to 200 characters, for an answer or a log line (a driver's message can be long)."""
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 200 else text[:200] + "…"
 
 
-# --- the app's long-lived pieces -------------------------------------------------------------------------------------
-
-
-def settings(request: Request) -> Settings:
-    """The app's Settings (the dev stack's, a test's, or SOPFLOW_* read once). Never echoes values: secrets."""
-    state = request.app.state
-    current: Settings | None = getattr(state, "settings", None)
-    if current is None:
-        try:
-            current = Settings()
-        except ValidationError as exc:
-            reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-            log.error("intake configuration is invalid: %s", reasons)
-            raise Unavailable(f"intake misconfigured: {reasons}") from None
-        state.settings = current
-    return current
-
-
-async def database(request: Request) -> Database:
-    """The records database, migrated on first use: the intake may start before the worker ever ran."""
-    state = request.app.state
-    db: Database | None = getattr(state, "database", None)
-    if db is not None:
-        return db
-    config = settings(request)
-    lock: asyncio.Lock = _lock(request)
-    async with lock:
-        db = getattr(state, "database", None)
-        if db is None:
-            db = Database(config.database_url)
-            try:
-                await asyncio.to_thread(db.upgrade)
-            except Exception as exc:  # any driver's error: the records store is down or misconfigured
-                db.dispose()
-                log.error("records database unavailable: %s", type(exc).__name__)
-                raise Unavailable("records database unavailable") from None
-            state.database = db
-            state.owned_database = db
-    return db
-
-
-def _lock(request: Request) -> asyncio.Lock:
-    state = request.app.state
-    lock: asyncio.Lock | None = getattr(state, "database_lock", None)
-    if lock is None:
-        lock = state.database_lock = asyncio.Lock()
-    return lock
-
-
-async def temporal_client(request: Request) -> Client:
-    """The app's single client, connected on first use: one connection for all requests, none at import time.
-
-    Two first requests racing may both connect; the loser's client is simply dropped, which costs nothing.
-    """
-    client: Client | None = getattr(request.app.state, "temporal_client", None)
-    if client is None:
-        client = await asyncio.wait_for(connect(), CONNECT_TIMEOUT)
-        request.app.state.temporal_client = client
-    return client
-
-
-async def client_or_unavailable(request: Request) -> Client:
-    try:
-        return await temporal_client(request)
-    except TimeoutError:
-        raise Unavailable(f"no answer from Temporal within {CONNECT_TIMEOUT:.0f} s") from None
-    except (RuntimeError, RPCError) as exc:  # ConnectionFailed is a RuntimeError
-        raise Unavailable(_short(exc)) from None
+# --- the intake mapping and the playbooks ---------------------------------------------------------------------------
 
 
 _config_cache: dict[tuple[Path, int, int], IntakeConfig] = {}
@@ -286,29 +217,6 @@ def playbook(config: Settings, name: str) -> Playbook:
     return cached
 
 
-@dataclass
-class Intake:
-    """One request's view of the shared pieces, so the per-sender code takes one argument instead of five."""
-
-    request: Request
-    settings: Settings
-    db: Database
-
-    @classmethod
-    async def of(cls, request: Request) -> Intake:
-        return cls(request, settings(request), await database(request))
-
-    @property
-    def config(self) -> IntakeConfig:
-        return intake_config(self.settings)
-
-    def playbook(self, name: str) -> Playbook:
-        return playbook(self.settings, name)
-
-    async def client(self) -> Client:
-        return await client_or_unavailable(self.request)
-
-
 # --- Temporal calls --------------------------------------------------------------------------------------------------
 
 
@@ -335,19 +243,19 @@ async def temporal(call: Awaitable[T], what: str) -> T:
             raise UpdateRejected(cause.message, errors) from None
         raise UpdateRejected(str(cause or exc), {}) from None
     except WorkflowQueryFailedError as exc:
-        raise Unavailable(f"the lifecycle could not answer ({what}): {_short(exc)}") from None
+        raise Unavailable(f"the lifecycle could not answer ({what}): {short(exc)}") from None
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             if "completed" in exc.message or "closed" in exc.message:
                 raise LifecycleClosed("this deal's lifecycle has ended") from None
             raise LifecycleMissing(exc.message) from None
         if exc.status in _TRANSIENT:
-            raise Unavailable(f"Temporal unavailable ({what}): {_short(exc)}") from None
+            raise Unavailable(f"Temporal unavailable ({what}): {short(exc)}") from None
         if exc.status == RPCStatusCode.INVALID_ARGUMENT:
-            raise IntakeError(400, f"Temporal refused the {what}: {_short(exc)}") from None
+            raise IntakeError(400, f"Temporal refused the {what}: {short(exc)}") from None
         # Permissions, namespace, precondition: fixed by an operator, after which the sender's retry succeeds.
-        log.error("Temporal refused the %s: %s (%s)", what, exc.status.name if exc.status else "?", _short(exc))
-        raise Unavailable(f"Temporal refused the {what}: {_short(exc)}") from None
+        log.error("Temporal refused the %s: %s (%s)", what, exc.status.name if exc.status else "?", short(exc))
+        raise Unavailable(f"Temporal refused the {what}: {short(exc)}") from None
 
 
 def now_ms() -> int:

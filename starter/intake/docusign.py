@@ -22,15 +22,14 @@ from sopflow.models import ExternalEvent, valid_deal_id, workflow_id
 from sopflow.signatures import verify_docusign
 from starter.intake import records
 from starter.intake.context import (
-    Intake,
     IntakeError,
     LifecycleClosed,
     LifecycleMissing,
     parse_json,
     read_body,
-    settings,
     temporal,
 )
+from starter.intake.dependencies import IntakeDep, SettingsDep
 from starter.lifecycles import send
 
 log = logging.getLogger("sopflow.intake")
@@ -67,10 +66,11 @@ class DocuSignAnswer(BaseModel):
 )
 async def docusign_webhook(
     request: Request,
+    config: SettingsDep,
+    open_intake: IntakeDep,
     x_docusign_signature_1: Annotated[str | None, Header(alias="X-DocuSign-Signature-1")] = None,
 ) -> DocuSignAnswer:
     """Verify the HMAC over the exact bytes (any key, any header), then signal the envelope's deal."""
-    config = settings(request)
     body = await read_body(request, config.max_body_bytes)
     keys = config.docusign_keys()
     if not keys:
@@ -87,7 +87,7 @@ async def docusign_webhook(
 
     message = parse_json(body)
     event, envelope_id, data = _parse(message)
-    intake = await Intake.of(request)
+    intake = await open_intake()
     name = intake.config.docusign.events.get(event)
     if name is None:
         return DocuSignAnswer(outcome="ignored", event=event, envelope_id=envelope_id)

@@ -3,8 +3,9 @@
 A link in an email (`links.forms.<form>`, see `sopflow.templates.FormLinks`) is opened by a person, not a program,
 so `GET /forms/{deal_id}/{form}?token=…` answers with a plain HTML form generated from the playbook's form spec,
 and a browser's post of that form gets HTML back (a thank-you page, the form again with the field messages, or an
-error page). Server-rendered, no JavaScript, autoescaped; labels, fieldsets and `aria-describedby` messages make it
-usable with a screen reader and a keyboard.
+error page). Server-rendered from the Jinja templates in `templates/_intake/` (autoescaped), no JavaScript; labels,
+fieldsets and `aria-describedby` messages make it usable with a screen reader and a keyboard. This module decides
+what a page says; the templates only lay it out.
 
 Two hidden-field conventions make a browser's post mean what the person saw (`browser_fields` applies them):
 
@@ -30,6 +31,7 @@ from urllib.parse import urlencode
 import jinja2
 from fastapi.responses import HTMLResponse
 
+from sopflow.config import PROJECT_ROOT
 from sopflow.playbook import FieldSpec, FormSpec
 from starter.intake.context import RETRY_AFTER_SECONDS, IntakeError
 from starter.intake.idempotency import new_key
@@ -199,151 +201,11 @@ def _humane(ident: str) -> str:
 
 # --- pages ------------------------------------------------------------------------------------------------------------
 
-_LAYOUT = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex">
-<title>{% block title %}{% endblock %}</title>
-<style>
-body { margin: 0; background: #f4f5f7; color: #1d1d1f; font: 16px/1.5 Arial, Helvetica, sans-serif; }
-main { max-width: 40rem; margin: 0 auto; padding: 1.5rem 1rem 3rem; background: #fff; }
-h1 { font-size: 1.6rem; margin: 0 0 .25rem; }
-.context { color: #4b5563; margin: 0 0 1.5rem; }
-.field { margin: 0 0 1.25rem; }
-label, legend { display: block; font-weight: bold; margin: 0 0 .25rem; }
-.required { font-weight: normal; color: #4b5563; }
-input[type=text], input[type=email], input[type=date], input[type=datetime-local], input[type=number], select {
-  box-sizing: border-box; width: 100%; padding: .5rem; font: inherit; border: 2px solid #6b7280; border-radius: 4px; }
-fieldset { border: 0; margin: 0; padding: 0; }
-.choice { display: flex; gap: .5rem; align-items: center; margin: .25rem 0; }
-.choice label { display: inline; font-weight: normal; margin: 0; }
-.choice input { width: 1.25rem; height: 1.25rem; margin: 0; }
-.invalid input, .invalid select { border-color: #b00020; }
-.error { color: #b00020; font-weight: bold; margin: 0 0 .25rem; }
-.summary { border: 3px solid #b00020; padding: .75rem 1rem; margin: 0 0 1.5rem; }
-.summary h2 { font-size: 1.1rem; margin: 0 0 .5rem; }
-.summary a { color: #b00020; }
-button { font: inherit; font-weight: bold; color: #fff; background: #1f4e79; border: 0; border-radius: 4px;
-  padding: .65rem 1.25rem; cursor: pointer; }
-:focus-visible { outline: 3px solid #f0a020; outline-offset: 2px; }
-</style>
-</head>
-<body>
-<main>
-{% block content %}{% endblock %}
-</main>
-</body>
-</html>
-"""
-
-_FORM = """{% extends "layout.html" %}
-{% block title %}{% if errors %}Error: {% endif %}{{ view.title }} | {{ view.playbook_title }}{% endblock %}
-{% block content %}
-<h1>{{ view.title }}</h1>
-<p class="context">{{ view.playbook_title }} · deal {{ view.deal_id }} · {{ view.stage_title }}</p>
-{% if errors %}
-<div class="summary" role="alert" aria-labelledby="summary-title">
-<h2 id="summary-title">Please correct {{ "this answer" if errors | length == 1 else "these answers" }}</h2>
-<ul>
-{% for name, message in errors.items() %}
-{% if name in fields %}
-<li><a href="#field-{{ name }}">{{ fields[name].label }}: {{ message }}</a></li>
-{% else %}
-<li>{{ name }}: {{ message }}</li>
-{% endif %}
-{% endfor %}
-</ul>
-</div>
-{% endif %}
-{% macro described(c) %}{% if c.error %} aria-describedby="{{ c.id }}-error"{% endif %}{% endmacro %}
-{% macro invalid(c) %}{% if c.error %} aria-describedby="{{ c.id }}-error" aria-invalid="true"{% endif %}{% endmacro %}
-<form method="post" action="{{ action }}" accept-charset="utf-8">
-<input type="hidden" name="_submission" value="{{ submission }}">
-{% for c in controls %}
-<div class="field{% if c.error %} invalid{% endif %}">
-{% if c.kind == "checkbox" %}
-<input type="hidden" name="_checkbox" value="{{ c.name }}">
-{% if c.error %}<p class="error" id="{{ c.id }}-error">{{ c.error }}</p>{% endif %}
-<div class="choice">
-<input type="checkbox" id="{{ c.id }}" name="{{ c.name }}" value="yes"
-{%- if c.checked %} checked{% endif %}{{ invalid(c) }}>
-<label for="{{ c.id }}">{{ c.label }}</label>
-</div>
-{% elif c.kind == "checkboxes" %}
-<input type="hidden" name="_multiple" value="{{ c.name }}">
-<fieldset id="{{ c.id }}" tabindex="-1"{{ described(c) }}>
-<legend>{{ c.label }}{% if c.required %} <span class="required">(required)</span>{% endif %}</legend>
-{% if c.error %}<p class="error" id="{{ c.id }}-error">{{ c.error }}</p>{% endif %}
-{% for option in c.options %}
-<div class="choice">
-<input type="checkbox" id="{{ c.id }}-{{ loop.index }}" name="{{ c.name }}" value="{{ option.value }}"
-{%- if option.selected %} checked{% endif %}>
-<label for="{{ c.id }}-{{ loop.index }}">{{ option.value }}</label>
-</div>
-{% endfor %}
-</fieldset>
-{% elif c.kind == "select" %}
-<label for="{{ c.id }}">{{ c.label }}{% if c.required %} <span class="required">(required)</span>{% endif %}</label>
-{% if c.error %}<p class="error" id="{{ c.id }}-error">{{ c.error }}</p>{% endif %}
-<select id="{{ c.id }}" name="{{ c.name }}"{% if c.required %} required{% endif %}{{ invalid(c) }}>
-<option value="">Choose…</option>
-{% for option in c.options %}
-<option value="{{ option.value }}"{% if option.selected %} selected{% endif %}>{{ option.value }}</option>
-{% endfor %}
-</select>
-{% else %}
-<label for="{{ c.id }}">{{ c.label }}{% if c.required %} <span class="required">(required)</span>{% endif %}</label>
-{% if c.error %}<p class="error" id="{{ c.id }}-error">{{ c.error }}</p>{% endif %}
-<input type="{{ c.input_type }}" id="{{ c.id }}" name="{{ c.name }}" value="{{ c.value }}"
-{%- if c.inputmode %} inputmode="{{ c.inputmode }}"{% endif %}
-{%- if c.step %} step="{{ c.step }}"{% endif %}
-{%- if c.required %} required{% endif %}{{ invalid(c) }}>
-{% endif %}
-</div>
-{% endfor %}
-<button type="submit">Submit</button>
-</form>
-{% endblock %}
-"""
-
-_MESSAGE = """{% extends "layout.html" %}
-{% block title %}{{ title }}{% endblock %}
-{% block content %}
-<h1>{{ title }}</h1>
-{% for paragraph in paragraphs %}
-<p>{{ paragraph }}</p>
-{% endfor %}
-{% if items %}
-<ul>
-{% for item in items %}
-<li>{{ item }}</li>
-{% endfor %}
-</ul>
-{% endif %}
-{% endblock %}
-"""
-
-_RESEND = """{% extends "message.html" %}
-{% block content %}
-{{ super() }}
-{% if pairs is not none %}
-<form method="post" action="{{ action }}" accept-charset="utf-8">
-{% for name, value in pairs %}
-<input type="hidden" name="{{ name }}" value="{{ value }}">
-{% endfor %}
-<button type="submit">Submit again</button>
-</form>
-{% endif %}
-{% endblock %}
-"""
-
-# Our own templates (not playbook authors'): a plain autoescaping environment, undefined names fail.
+# Our own pages (not playbook authors' templates), shipped with the code in `templates/_intake/`: a plain
+# autoescaping environment (not sandboxed: nothing in them is written by a user), undefined names fail.
+PAGES_DIR = PROJECT_ROOT / "templates" / "_intake"
 _env = jinja2.Environment(
-    loader=jinja2.DictLoader(
-        {"layout.html": _LAYOUT, "form.html": _FORM, "message.html": _MESSAGE, "resend.html": _RESEND}
-    ),
+    loader=jinja2.FileSystemLoader(PAGES_DIR),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,

@@ -40,20 +40,18 @@ from sopflow.models import LifecycleStatus, SubmitForm, valid_deal_id, workflow_
 from sopflow.signatures import verify_form_token
 from starter.intake import form_pages
 from starter.intake.context import (
-    Intake,
     IntakeError,
     LifecycleClosed,
     LifecycleMissing,
     Unavailable,
     UpdateRejected,
-    client_or_unavailable,
     huge_number,
     parse_json,
     playbook,
     read_body,
-    settings,
     temporal,
 )
+from starter.intake.dependencies import IntakeDep, IntakeSource, SettingsDep, TemporalDep
 from starter.intake.idempotency import (
     KEY_HEADER,
     KEY_RULE,
@@ -104,7 +102,8 @@ _KEY_HEADER = Header(
     },
 )
 async def form_page(
-    request: Request,
+    config: SettingsDep,
+    temporal_source: TemporalDep,
     deal_id: str,
     form: str,
     token: Annotated[str | None, _TOKEN_QUERY] = None,
@@ -115,9 +114,8 @@ async def form_page(
     (lifecycle ended, form not open in the deal's stage), so nobody fills in a form that cannot be accepted.
     """
     try:
-        config = settings(request)
         _authorize(config, deal_id, form, token)
-        view = await _open_form(await client_or_unavailable(request), config, deal_id, form)
+        view = await _open_form(await temporal_source(), config, deal_id, form)
     except IntakeError as exc:
         return form_pages.error_page(exc)
     return form_pages.form_page(view, token, submission=new_key())
@@ -154,6 +152,8 @@ async def form_page(
 )
 async def submit_form(
     request: Request,
+    config: SettingsDep,
+    open_intake: IntakeDep,
     deal_id: str,
     form: str,
     token: Annotated[str | None, _TOKEN_QUERY] = None,
@@ -172,17 +172,16 @@ async def submit_form(
     body = b""
     key: str | None = None
     try:
-        config = settings(request)
         body = await read_body(request, min(config.max_body_bytes, FORM_MAX_BYTES))
         _authorize(config, deal_id, form, given)
         fields = _fields(request.headers.get("content-type"), body)
         key = _key(request, fields)
-        status = await _submit(request, deal_id, form, fields, key)
+        status = await _submit(request, open_intake, deal_id, form, fields, key)
     except IntakeError as exc:
         if not html:
             raise
         if exc.status == 422 and fields is not None:
-            return await _form_again(request, deal_id, form, given, fields, exc)
+            return await _form_again(open_intake, deal_id, form, given, fields, exc)
         if exc.extra.get("confirmed") is False:  # the update was sent: say what is true of it (`_unconfirmed`)
             return form_pages.unconfirmed_page(form, given, _resent(request, body, key), safe=key is not None)
         return form_pages.error_page(exc)
@@ -246,13 +245,13 @@ def _resent(request: Request, body: bytes, key: str | None) -> list[tuple[str, s
 
 
 async def _submit(
-    request: Request, deal_id: str, form: str, fields: dict[str, Any], key: str | None
+    request: Request, open_intake: IntakeSource, deal_id: str, form: str, fields: dict[str, Any], key: str | None
 ) -> LifecycleStatus:
     """The submit_form update, with the key as its update id (Temporal applies an id once per run and answers a
     repeat with the first result). A 503 from the update itself says what is true: not confirmed yet."""
     if huge_number(fields):
         raise IntakeError(422, f"form '{form}' is invalid", fields={"*": "a number out of range"})
-    intake = await Intake.of(request)
+    intake = await open_intake()
     client = await intake.client()
     handle = client.get_workflow_handle(workflow_id(deal_id))
     update_id = form_update_id(deal_id, form, key) if key is not None else None
@@ -329,12 +328,12 @@ async def _open_form(client: Client, config: Settings, deal_id: str, form: str) 
 
 
 async def _form_again(
-    request: Request, deal_id: str, form: str, token: str | None, fields: dict[str, Any], refusal: IntakeError
+    open_intake: IntakeSource, deal_id: str, form: str, token: str | None, fields: dict[str, Any], refusal: IntakeError
 ) -> HTMLResponse:
     """After a 422 from a browser: the form again, as typed, with each message next to its field."""
     errors = refusal.extra.get("fields")
     try:
-        view = await _open_form(await client_or_unavailable(request), settings(request), deal_id, form)
+        view = await _open_form(await open_intake.temporal(), open_intake.settings, deal_id, form)
     except IntakeError:
         return form_pages.error_page(refusal)  # the form cannot be drawn: at least list the messages
     messages = {str(k): str(v) for k, v in errors.items()} if isinstance(errors, dict) else {"*": refusal.message}

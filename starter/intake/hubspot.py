@@ -37,7 +37,6 @@ from sopflow.playbook import Playbook
 from sopflow.signatures import hubspot_timestamp_fresh, verify_hubspot_legacy, verify_hubspot_v3
 from starter.intake import records
 from starter.intake.context import (
-    Intake,
     IntakeError,
     LifecycleClosed,
     LifecycleMissing,
@@ -47,9 +46,9 @@ from starter.intake.context import (
     now_ms,
     parse_json,
     read_body,
-    settings,
     temporal,
 )
+from starter.intake.dependencies import Intake, IntakeDep, SettingsDep
 from starter.lifecycles import send, start_lifecycle
 from workflows.lifecycle import ClientLifecycle
 
@@ -165,13 +164,14 @@ class HubSpotAnswer(BaseModel):
 )
 async def hubspot_webhook(
     request: Request,
+    config: SettingsDep,
+    open_intake: IntakeDep,
     x_hubspot_signature_v3: Annotated[str | None, Header(alias="X-HubSpot-Signature-v3")] = None,
     x_hubspot_request_timestamp: Annotated[str | None, Header(alias="X-HubSpot-Request-Timestamp")] = None,
     x_hubspot_signature: Annotated[str | None, Header(alias="X-HubSpot-Signature")] = None,
     x_hubspot_signature_version: Annotated[str | None, Header(alias="X-HubSpot-Signature-Version")] = None,
 ) -> HubSpotAnswer:
     """Verify the signature over the exact bytes, then handle each deal event on its own (see module doc)."""
-    config = settings(request)
     body = await read_body(request, config.max_body_bytes)
     secret = config.hubspot_client_secret.get_secret_value() if config.hubspot_client_secret else ""
     if not secret:
@@ -195,7 +195,7 @@ async def hubspot_webhook(
     events = parse_json(body)
     if not isinstance(events, list):
         raise IntakeError(400, "expected a JSON array of HubSpot events")
-    intake = await Intake.of(request)
+    intake = await open_intake()
     intake.config  # noqa: B018 - a broken mapping file is a 503 before anything is done, not halfway through
     return HubSpotAnswer(results=await handle_batch(intake, events))
 

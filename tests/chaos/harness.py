@@ -81,7 +81,7 @@ from sopflow.db import Database, DealRow, JournalRow, OutboxEmail, StageTransiti
 from sopflow.mailsink import MailSink, free_port
 from sopflow.models import Advance, Close, CompleteTask, ExternalEvent, SetFields, SubmitForm, workflow_id
 from sopflow.playbook_checks import load_playbook
-from starter.devstack import HOST, _register_search_attributes, _spawn_server, _wait_until_serving
+from starter.devserver import HOST, register_search_attributes, spawn_server, wait_until_serving
 from starter.lifecycles import Request, send, start_lifecycle
 from starter.rehearse import resolve_dates
 from workflows.lifecycle import ClientLifecycle
@@ -259,10 +259,10 @@ class Stack:
                 admin.execute(f'DROP DATABASE IF EXISTS "{self.database_name}" WITH (FORCE)')
 
     async def start_server(self) -> Client:
-        self.server = await _spawn_server(self.settings)
+        self.server = await spawn_server(self.settings)
         log = self.settings.home.resolve() / "temporal.log"
-        client = await _wait_until_serving(self.server, self.address, log, self.settings)
-        await _register_search_attributes(self.address)
+        client = await wait_until_serving(self.server, self.address, log, self.settings)
+        await register_search_attributes(self.address)
         return client
 
     async def kill_server(self) -> None:

@@ -11,8 +11,9 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -20,6 +21,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import yaml
+from fastapi import FastAPI
 from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
@@ -31,7 +33,7 @@ from sopflow.db import Database, InboundEvent
 from sopflow.mailsink import MailSink, free_port
 from sopflow.models import Advance, CompleteTask, ExternalEvent, LifecycleStatus, SetFields
 from sopflow.signatures import docusign_signature, form_token, hubspot_v3_signature
-from starter import webhooks
+from starter.webhooks import create_app
 from tests.conftest import CONTRACT_REQUEST, PRELAUNCH_TASKS, TARGETING, make_worker
 from workflows.lifecycle import ClientLifecycle
 
@@ -125,6 +127,9 @@ def intake_yaml(tmp_path: Path, defaults: dict[str, Any] | None = None) -> Path:
 
 @dataclass
 class Intake:
+    """An intake app (`app`, created for the test) with signed senders talking to it over `http`."""
+
+    app: FastAPI
     http: httpx.AsyncClient
     client: Client
     db: Database
@@ -208,14 +213,18 @@ def creation(portal: int, object_id: int, occurred_at: int = 1_760_000_000_000, 
     }
 
 
-@pytest.fixture
-def app_state() -> Iterator[None]:
-    """The app is a module global (the dev stack serves it): leave it as found."""
-    yield
-    webhooks.use_client(None)
-    webhooks.use_settings(None)
-    webhooks.use_database(None)
-    webhooks.use_metric_meter(None)
+@asynccontextmanager
+async def http_to(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to `app` in process (no server, no lifespan: the app's pieces are the test's)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake") as http:
+        yield http
+
+
+@asynccontextmanager
+async def served(intake: Intake, app: FastAPI) -> AsyncIterator[Intake]:
+    """The same senders, talking to another app: one created with other pieces (no client, another meter)."""
+    async with http_to(app) as http:
+        yield replace(intake, app=app, http=http)
 
 
 def make_settings(tmp_path: Path, db_url: str, config: Path) -> Settings:
@@ -232,16 +241,15 @@ def make_settings(tmp_path: Path, db_url: str, config: Path) -> Settings:
 
 
 @pytest.fixture
-async def offline(tmp_path: Path, app_state: None, dev_env: WorkflowEnvironment) -> AsyncIterator[Intake]:
-    """The intake without a worker: for everything refused before a workflow is touched."""
+async def offline(tmp_path: Path, dev_env: WorkflowEnvironment) -> AsyncIterator[Intake]:
+    """The intake without a worker: for everything refused before a workflow is touched. An app of the test's own,
+    with the session's client and a fresh records database."""
     db = Database(f"sqlite:///{tmp_path / 'records.db'}")
     db.create_schema()
     config = make_settings(tmp_path, f"sqlite:///{tmp_path / 'records.db'}", intake_yaml(tmp_path))
-    webhooks.use_settings(config)
-    webhooks.use_database(db)
-    webhooks.use_client(dev_env.client)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=webhooks.app), base_url="http://intake") as http:
-        yield Intake(http, dev_env.client, db, config, random.randint(10**6, 10**9))
+    app = create_app(config, dev_env.client, db)
+    async with http_to(app) as http:
+        yield Intake(app, http, dev_env.client, db, config, random.randint(10**6, 10**9))
     db.dispose()
 
 

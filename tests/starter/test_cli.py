@@ -38,7 +38,7 @@ async def test_list_filters_by_stage_and_playbook_through_search_attributes(cli:
     await cli.ok("form", "submit", deals[0], "targeting", *fields)
 
     async def listed(stage: str) -> list[str]:
-        rows = json.loads(await cli.ok("list", "--stage", stage, "--playbook", "safe_balance", "-o", "json"))
+        rows = json.loads(await cli.ok("deal", "list", "--stage", stage, "--playbook", "safe_balance", "-o", "json"))
         return sorted(row["deal_id"] for row in rows if row["deal_id"].startswith(f"T{run_id}"))
 
     async def check_stages() -> None:
@@ -81,7 +81,7 @@ async def test_list_filter_values_with_quotes_and_backslashes_stay_one_literal_a
     try:
 
         async def listed(*filters: str) -> list[str]:
-            code, stdout, stderr = await cli("list", *filters, "-o", "json")
+            code, stdout, stderr = await cli("deal", "list", *filters, "-o", "json")
             assert code == 0, stderr
             return sorted(row["deal_id"] for row in json.loads(stdout))
 
@@ -147,14 +147,14 @@ async def test_contract_stage_publishes_next_due_and_ui_details(cli: Cli, dev_en
         assert "contract expires due" in metadata.current_details
 
     await eventually(check)
-    status = json.loads(await cli.ok("status", deal, "-o", "json"))
+    status = json.loads(await cli.ok("deal", "status", deal, "-o", "json"))
     assert status["stage"] == "contract" and status["due"][0]["label"] == "contract expires"
 
 
 async def test_rejected_advance_prints_one_line_naming_what_is_missing_and_exits_1(cli: Cli):
     deal = f"T{uuid.uuid4().hex[:8]}"
     await cli.start_deal(deal, "rep_email=rep@example.com")
-    code, stdout, stderr = await cli("advance", deal, "launch")
+    code, stdout, stderr = await cli("deal", "advance", deal, "launch")
     assert code == 1 and stdout == ""
     assert stderr.strip().splitlines() == [
         "error: cannot advance from 'targeting' to 'launch' (allowed: none: it moves on by itself, or close it)"
@@ -169,18 +169,18 @@ async def test_rejected_advance_prints_one_line_naming_what_is_missing_and_exits
     )
     assert code == 1 and "already has a lifecycle" in stderr
 
-    code, _, stderr = await cli("event", deal, "contract_sgned")
+    code, _, stderr = await cli("deal", "event", deal, "contract_sgned")
     assert code == 1 and "unknown event 'contract_sgned'" in stderr
 
 
 async def test_a_change_to_a_closed_deal_says_it_is_closed_and_to_an_unknown_deal_that_there_is_none(cli: Cli):
     deal = f"T{uuid.uuid4().hex[:8]}"
     await cli.start_deal(deal, "rep_email=rep@example.com")
-    await cli.ok("close", deal, "--lost", "--reason", "went with a competitor")
+    await cli.ok("deal", "close", deal, "lost", "--reason", "went with a competitor")
     for command in (
         ("task", "done", deal, "onsite_appointment"),
         ("form", "submit", deal, "targeting", "-f", "company=X"),
-        ("close", deal, "--cancelled", "--reason", "again"),
+        ("deal", "close", deal, "cancelled", "--reason", "again"),
     ):
         code, _, stderr = await cli(*command)
         assert (code, stderr.strip()) == (1, f"error: deal {deal} is closed (lost) in stage 'closed_lost'"), command
@@ -195,7 +195,7 @@ async def test_each_update_command_sends_a_fresh_key_and_a_repeated_key_is_appli
     deal = f"K{uuid.uuid4().hex[:8]}"
     await cli.start_deal(deal, "rep_email=rep@example.com", "rep_id=owner-42")
     for _ in range(2):
-        await cli.ok("set", deal, "-f", "rep_id=owner-43")
+        await cli.ok("deal", "set", deal, "-f", "rep_id=owner-43")
     fresh = await applied_updates(dev_env.client, deal, "set_fields")
     assert len(fresh) == 2 and fresh[0] != fresh[1]
     assert all(re.fullmatch(r"cli:set_fields:[0-9a-f]{32}", update_id) for update_id in fresh)
@@ -208,7 +208,7 @@ async def test_each_update_command_sends_a_fresh_key_and_a_repeated_key_is_appli
     assert all(f"deal {deal} is in contract_request" in output for output in outputs)
     assert await applied_updates(dev_env.client, deal, "submit_form") == ["cli:submit_form:retry-0123456789"]
 
-    code, stdout, stderr = await cli("advance", deal, "contract", "--idempotency-key", "bad key!")
+    code, stdout, stderr = await cli("deal", "advance", deal, "contract", "--idempotency-key", "bad key!")
     assert code == 1 and stdout == "" and len(stderr.strip().splitlines()) == 1
     assert "--idempotency-key" in stderr and "8 to 64 characters" in stderr
 
@@ -254,7 +254,7 @@ async def test_deal_ids_that_look_like_personal_data_are_refused(cli: Cli):
 
 async def test_without_a_server_the_cli_says_how_to_start_one():
     cli = Cli(f"127.0.0.1:{free_port()}")
-    code, stdout, stderr = await cli("status", "D-404")
+    code, stdout, stderr = await cli("deal", "status", "D-404")
     assert code == 1 and stdout == ""
     assert "make dev" in stderr and len(stderr.strip().splitlines()) == 1
 
@@ -293,5 +293,5 @@ async def test_a_mistyped_playbook_or_stage_lists_what_exists_nearest_first(tmp_
     cli = offline_cli(tmp_path)
     code, _, stderr = await cli("playbook", "show", "safe_balanse")
     assert code == 1 and stderr.startswith("error: no playbook 'safe_balanse' (playbooks: safe_balance, ")
-    code, _, stderr = await cli("list", "--stage", "ongoin", "--playbook", "safe_balance")
+    code, _, stderr = await cli("deal", "list", "--stage", "ongoin", "--playbook", "safe_balance")
     assert code == 1 and stderr.startswith("error: no stage 'ongoin' in playbook safe_balance (stages: ongoing, ")

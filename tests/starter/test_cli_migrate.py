@@ -1,4 +1,4 @@
-"""`sopflow migrate`: a newer playbook version reaches running clients only by this explicit command."""
+"""`sopflow playbook migrate`: a newer playbook version reaches running clients only by this explicit command."""
 
 from __future__ import annotations
 
@@ -26,15 +26,15 @@ async def test_migrate_moves_the_named_deal_to_the_new_version_and_refuses_a_wro
     await cli.start_deal(deal, "rep_email=rep@example.com", "account_manager_email=am@example.com")
     v2 = str(write_v2(tmp_path))
 
-    dry = await cli.ok("migrate", v2, "--to-version", "2", "--deal", deal, "--dry-run")
+    dry = await cli.ok("playbook", "migrate", v2, "--to-version", "2", "--deal", deal, "--dry-run")
     assert f"{deal}: would migrate" in dry
-    code, _, stderr = await cli("migrate", v2, "--to-version", "3", "--deal", deal)
+    code, _, stderr = await cli("playbook", "migrate", v2, "--to-version", "3", "--deal", deal)
     assert code == 1 and stderr.strip().endswith("is v2 on disk, not v3: edit the file's version or the option")
 
-    moved = await cli.ok("migrate", v2, "--to-version", "2", "--deal", deal)
+    moved = await cli.ok("playbook", "migrate", v2, "--to-version", "2", "--deal", deal)
     assert f"✓ {deal}: v2, stage targeting" in moved
-    status = await cli.ok("status", deal)
+    status = await cli.ok("deal", "status", deal)
     assert "v2" in status and "check_references" in status
 
-    code, stdout, _ = await cli("migrate", v2, "--to-version", "2", "--deal", deal)  # again: not newer
+    code, stdout, _ = await cli("playbook", "migrate", v2, "--to-version", "2", "--deal", deal)  # again: not newer
     assert code == 1 and f"✗ {deal}: refused: v2 is not newer than the v2 this deal runs" in stdout

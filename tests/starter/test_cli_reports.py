@@ -87,6 +87,12 @@ async def test_pipeline_as_json_and_csv(reports_cli: Cli):
     assert await reports_cli.ok("report", "pipeline", "--csv") == text  # the spreadsheet spelling of -o csv
 
 
+async def test_pipeline_as_json_lines_is_one_row_per_line(reports_cli: Cli):
+    rows = json.loads(await reports_cli.ok("report", "pipeline", "-o", "json"))
+    lines = (await reports_cli.ok("report", "pipeline", "-o", "jsonl")).splitlines()
+    assert len(lines) == len(rows) == 2 and [json.loads(line) for line in lines] == rows
+
+
 async def test_deal_history_prints_the_audit_trail(reports_cli: Cli):
     text = await reports_cli.ok("deal", "history", "D-1")
     expected = [

@@ -25,7 +25,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from sopflow.config import Settings
 from sopflow.mailsink import MailSink, free_port
-from starter import webhooks
 from starter.devstack import DevStackError, run_dev
 
 # What `sopflow dev` does, without depending on the CLI module. SIGINT gets its default handler back because a
@@ -249,20 +248,6 @@ async def test_standalone_process_stops_its_dev_server_on_signal(tmp_path: Path,
     if sig == signal.SIGINT:
         assert "stopped" in out.read_text().splitlines()[-1]
     assert seconds < 20
-
-
-async def test_intake_reports_unready_while_temporal_is_down(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A CRM retries a webhook on 503: say "not ready" clearly instead of failing to come up."""
-    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{free_port()}")
-    webhooks.use_client(None)
-    transport = httpx.ASGITransport(app=webhooks.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as http:
-        health = await http.get("/healthz")
-        readiness = await http.get("/readyz")
-    assert health.status_code == 200
-    assert readiness.status_code == 503
-    assert readiness.json()["status"] == "unavailable"
-    assert "cannot reach Temporal" in readiness.json()["reason"]
 
 
 async def test_with_encryption_keys_the_dev_stack_runs_a_codec_server_for_its_ui(tmp_path: Path) -> None:

@@ -25,9 +25,9 @@ from sopflow.models import Close
 from sopflow.playbook import FieldSpec, FormSpec
 from sopflow.playbook_checks import load_playbook
 from sopflow.signatures import form_token
-from starter import webhooks
 from starter.intake import context
 from starter.intake.context import IntakeError
+from starter.intake.dependencies import get_settings
 from starter.intake.form_pages import FormView, browser_fields, error_page, form_page, prefers_html
 from tests.conftest import TARGETING, TEMPLATES, make_worker
 from tests.starter.conftest import FORM_SECRET, Intake, applied_updates, creation, eventually, launched, to_launch
@@ -411,7 +411,8 @@ async def test_wrong_tokens_and_unknown_deals_are_pages_that_give_nothing_away(o
     bad_form = await offline.http.get(form_url(deal, "Bad-Form"), headers=BROWSER)
     assert bad_form.status_code == 404
 
-    webhooks.use_settings(offline.settings.model_copy(update={"form_secret": None}))
+    without_secret = offline.settings.model_copy(update={"form_secret": None})
+    offline.app.dependency_overrides[get_settings] = lambda: without_secret
     disabled = await offline.http.get(form_url(deal, "targeting"), headers=BROWSER)
     assert disabled.status_code == 401
 

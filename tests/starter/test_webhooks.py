@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,20 +19,23 @@ import pytest
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
 from temporalio.service import RPCError, RPCStatusCode
 
-from sopflow.config import PROJECT_ROOT
+from sopflow.config import PROJECT_ROOT, Settings
 from sopflow.constants import SA_PLAYBOOK, SA_STAGE, TASK_QUEUE
+from sopflow.db import Database, InboundEvent
 from sopflow.intake_config import IntakeConfigError, load_intake_config, parse_intake_config
 from sopflow.mailsink import MailSink, free_port
 from sopflow.models import Close
 from sopflow.playbook_checks import load_playbook
 from sopflow.signatures import docusign_signature, form_token, hubspot_v1_signature, hubspot_v3_signature
 from sopflow.telemetry import WEBHOOKS, prometheus_runtime
-from starter import webhooks
 from starter.cli.deals import visibility_query
 from starter.intake import context
+from starter.intake.dependencies import get_settings, intake_state
+from starter.webhooks import DOCS_ASSETS_URL, create_app
 from tests.conftest import CONTRACT_REQUEST, TARGETING, TEMPLATES, make_worker
 from tests.prometheus import Sample, scrape_until, value
 from tests.starter.conftest import (
@@ -44,9 +48,11 @@ from tests.starter.conftest import (
     applied_updates,
     creation,
     eventually,
+    http_to,
     intake_yaml,
     launched,
     make_settings,
+    served,
 )
 from workflows.lifecycle import ClientLifecycle
 
@@ -123,12 +129,14 @@ def test_a_broken_mapping_names_each_problem():
 async def test_webhook_and_form_answers_are_counted_by_source_and_status_and_probes_are_not(offline: Intake):
     port = free_port()
     runtime = prometheus_runtime(f"127.0.0.1:{port}")  # referenced until the end: it serves the endpoint
-    webhooks.use_metric_meter(runtime.metric_meter)
-    assert (await offline.http.post("/webhooks/hubspot", json=[creation(offline.portal, 1)])).status_code == 401
-    assert (await offline.http.post("/webhooks/hubspot", json=[])).status_code == 401
-    assert (await offline.http.post("/webhooks/docusign", json={})).status_code == 401
-    assert (await offline.http.get("/forms/D-1/site_visit?token=wrong")).status_code == 401
-    assert (await offline.http.get("/healthz")).status_code == 200
+    app = create_app(offline.settings, offline.client, offline.db, metric_meter=runtime.metric_meter)
+    async with served(offline, app) as metered:
+        assert (await metered.http.post("/webhooks/hubspot", json=[creation(offline.portal, 1)])).status_code == 401
+        assert (await metered.http.post("/webhooks/hubspot", json=[])).status_code == 401
+        assert (await metered.http.post("/webhooks/docusign", json={})).status_code == 401
+        assert (await metered.http.get("/forms/D-1/site_visit?token=wrong")).status_code == 401
+        assert (await metered.http.get("/healthz")).status_code == 200
+        assert (await metered.http.get("/docs")).status_code == 200
 
     def counted(samples: list[Sample]) -> bool:
         return value(samples, WEBHOOKS, source="form_page") is not None
@@ -170,7 +178,7 @@ async def test_bad_missing_stale_or_future_hubspot_signatures_are_401(offline: I
 
 async def test_without_a_public_url_the_signed_uri_is_the_one_the_request_arrived_at(offline: Intake, tmp_path: Path):
     config = make_settings(tmp_path, offline.settings.database_url, offline.settings.intake_config)
-    webhooks.use_settings(config.model_copy(update={"public_intake_url": None}))
+    offline.app.dependency_overrides[get_settings] = lambda: config.model_copy(update={"public_intake_url": None})
     content = b"[]"
     timestamp = str(int(time.time() * 1000))
     for path in ("/webhooks/hubspot", "/webhooks/hubspot?portal=1&x=%3A"):
@@ -188,7 +196,8 @@ async def test_legacy_signatures_only_when_enabled(offline: Intake, tmp_path: Pa
         "X-HubSpot-Signature-Version": "v1",
     }
     assert (await offline.http.post("/webhooks/hubspot", content=content, headers=headers)).status_code == 401
-    webhooks.use_settings(offline.settings.model_copy(update={"hubspot_accept_legacy_signatures": True}))
+    legacy = offline.settings.model_copy(update={"hubspot_accept_legacy_signatures": True})
+    offline.app.dependency_overrides[get_settings] = lambda: legacy
     assert (await offline.http.post("/webhooks/hubspot", content=content, headers=headers)).status_code == 200
     wrong = {**headers, "X-HubSpot-Signature": hubspot_v1_signature("other", content)}
     assert (await offline.http.post("/webhooks/hubspot", content=content, headers=wrong)).status_code == 401
@@ -263,14 +272,75 @@ async def test_openapi_documents_every_endpoint(offline: Intake):
     assert (await offline.http.get("/docs")).status_code == 200
 
 
+# Every place a docs page names something to load: attributes, and the spec URL Swagger UI's script is given.
+_LOADED = re.compile(r"""(?:src|href|spec-url)="([^"]*)"|\burl: '([^']*)'""")
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_the_api_docs_load_every_asset_from_the_intake_itself(offline: Intake, page: str):
+    """Offline (no CDN reachable, as on many operators' networks) the docs still draw: every script, style, icon and
+    the spec come from the intake, and each of them answers."""
+    answer = await offline.http.get(page)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/html")
+    assert "://" not in answer.text  # no other host, not even a font
+    urls = {a or b for a, b in _LOADED.findall(answer.text)}
+    assert f"{DOCS_ASSETS_URL}/favicon.png" in urls and "/openapi.json" in urls
+    assert any(url.endswith(".js") for url in urls)
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url
+        asset = await offline.http.get(url)
+        assert asset.status_code == 200 and asset.content, url
+
+
+async def test_the_intake_starts_and_says_it_is_not_ready_while_temporal_is_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A CRM retries a webhook on 503: say "not ready" clearly instead of failing to come up. Liveness never asks
+    Temporal, so an outage there does not get the intake restarted."""
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{free_port()}")
+    async with http_to(create_app(Settings(home=tmp_path / "home"))) as http:
+        health = await http.get("/healthz")
+        readiness = await http.get("/readyz")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert readiness.status_code == 503
+    assert readiness.json()["status"] == "unavailable"
+    assert "cannot reach Temporal" in readiness.json()["reason"]
+
+
+async def test_readiness_is_reported_with_the_apps_own_client(offline: Intake):
+    readiness = await offline.http.get("/readyz")
+    assert readiness.status_code == 200 and readiness.json() == {"status": "ready"}
+
+
+async def test_an_app_without_a_database_opens_and_migrates_its_own_and_closes_it_when_it_stops(
+    offline: Intake, tmp_path: Path
+):
+    """`sopflow intake` is given no database: the first request that needs one opens SOPFLOW_DATABASE_URL and
+    migrates it (the intake may start before any worker did), and the app closes what it opened."""
+    url = f"sqlite:///{tmp_path / 'own.db'}"
+    app = create_app(offline.settings.model_copy(update={"database_url": url}), offline.client)
+    envelope_id = "env-own-" + uuid.uuid4().hex
+    async with app.router.lifespan_context(app), served(offline, app) as own:
+        answer = await own.docusign(envelope("envelope-completed", envelope_id, None))
+        assert answer.status_code == 200 and answer.json()["outcome"] == "unmapped"
+        state = intake_state(app)
+        assert state.db is not None and state.owned_db is state.db
+    assert intake_state(app).db is None and intake_state(app).owned_db is None
+    assert offline.rows() == []  # the test's database was not the app's
+    stored = Database(url)
+    with stored.session() as session:
+        assert list(session.scalars(select(InboundEvent.dedupe_key))) == [f"docusign:{envelope_id}:completed"]
+    stored.dispose()
+
+
 async def test_temporal_unreachable_is_503_and_nothing_is_recorded(offline: Intake, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{free_port()}")
-    webhooks.use_client(None)
-    answer = await offline.hubspot([creation(offline.portal, 1)])
-    assert answer.status_code == 503 and answer.headers["Retry-After"]
-    assert offline.rows() == []
-    form = await offline.form(offline.deal(1), "targeting", TARGETING)
-    assert form.status_code == 503
+    async with served(offline, create_app(offline.settings, client=None, db=offline.db)) as unreachable:
+        answer = await unreachable.hubspot([creation(offline.portal, 1)])
+        assert answer.status_code == 503 and answer.headers["Retry-After"]
+        assert offline.rows() == []
+        form = await unreachable.form(offline.deal(1), "targeting", TARGETING)
+        assert form.status_code == 503
 
 
 # --- real lifecycles --------------------------------------------------------------------------------------------------
@@ -326,7 +396,8 @@ async def test_the_same_creation_sent_five_times_at_once_yields_one_lifecycle(li
 async def test_a_deal_missing_required_fields_is_reported_then_started_by_its_property_changes(
     live: Intake, tmp_path: Path
 ):
-    webhooks.use_settings(make_settings(tmp_path, live.settings.database_url, intake_yaml(tmp_path, defaults={})))
+    without_defaults = make_settings(tmp_path, live.settings.database_url, intake_yaml(tmp_path, defaults={}))
+    live.app.dependency_overrides[get_settings] = lambda: without_defaults
     deal = live.deal(303)
     t0 = 1_760_000_000_000
     waiting = await live.hubspot([creation(live.portal, 303, t0)])
