@@ -260,36 +260,9 @@ def playbook_migrate(
     pb = load(playbook)
     if pb.version != to_version:
         fail(f"{playbook} is v{pb.version} on disk, not v{to_version}: edit the file's version or the option")
-    stage_map: dict[str, str] = {}
-    for pair in map_ or []:
-        old, sep, new = pair.partition("=")
-        if not sep or not old or not new:
-            fail(f"--map takes old_stage=new_stage, not {pair!r}")
-        stage_map[old] = new
-
-    async def go() -> list[dict[str, Any]]:
-        client = await connect()
-        deals = deal or [
-            row["deal_id"] for row in await list_lifecycles(client, list_query(None, pb.id, None, False), 10_000)
-        ]
-        results = []
-        for deal_id in deals:
-            if dry_run:
-                results.append({"deal_id": deal_id, "ok": True, "outcome": "would migrate"})
-                continue
-            request = MigratePlaybook(playbook=pb, stage_map=stage_map, actor=actor)
-            handle = client.get_workflow_handle(workflow_id(deal_id))
-            try:
-                status = await send_update(handle, request, key=key, wait=wait, what="the migration")
-                outcome, ok = f"v{status.playbook_version}, stage {status.stage}", True
-            except WorkflowUpdateFailedError as exc:
-                outcome, ok = f"refused: {getattr(exc.cause, 'message', exc.cause)}", False
-            except Unconfirmed as exc:
-                outcome, ok = f"not confirmed: {exc}", False
-            results.append({"deal_id": deal_id, "ok": ok, "outcome": outcome})
-        return results
-
-    results = run(go())
+    stage_map = _stage_map(map_ or [])
+    request = MigratePlaybook(playbook=pb, stage_map=stage_map, actor=actor)
+    results = run(_migrate_each(request, deal, dry_run, key, wait))
     if not print_rows(results, output, MIGRATE_COLUMNS):
         for row in results:
             marker = "[green]✓[/green]" if row["ok"] else "[red]✗[/red]"
@@ -297,3 +270,40 @@ def playbook_migrate(
         out.print(f"{plural(len(results), 'deal')} on {pb.id}", style="dim", highlight=False)
     if not all(row["ok"] for row in results):
         raise typer.Exit(1)
+
+
+def _stage_map(pairs: list[str]) -> dict[str, str]:
+    """`--map old=new` pairs: where deals in a stage the new version dropped go."""
+    stage_map: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            fail(f"--map takes old_stage=new_stage, not {pair!r}")
+        stage_map[old] = new
+    return stage_map
+
+
+async def _migrate_each(
+    request: MigratePlaybook, deals: list[str] | None, dry_run: bool, key: str, wait: float
+) -> list[dict[str, Any]]:
+    """Send the migration to each deal (every running one of the playbook by default), one result row per deal:
+    a refusal or an unconfirmed update is that deal's outcome, never the end of the run."""
+    client = await connect()
+    if not deals:
+        query = list_query(None, request.playbook.id, None, False)
+        deals = [row["deal_id"] for row in await list_lifecycles(client, query, 10_000)]
+    results = []
+    for deal_id in deals:
+        if dry_run:
+            results.append({"deal_id": deal_id, "ok": True, "outcome": "would migrate"})
+            continue
+        handle = client.get_workflow_handle(workflow_id(deal_id))
+        try:
+            status = await send_update(handle, request, key=key, wait=wait, what="the migration")
+            outcome, ok = f"v{status.playbook_version}, stage {status.stage}", True
+        except WorkflowUpdateFailedError as exc:
+            outcome, ok = f"refused: {getattr(exc.cause, 'message', exc.cause)}", False
+        except Unconfirmed as exc:
+            outcome, ok = f"not confirmed: {exc}", False
+        results.append({"deal_id": deal_id, "ok": ok, "outcome": outcome})
+    return results
