@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sopflow.engine import Engine
 from sopflow.models import LifecycleState
@@ -26,3 +26,21 @@ def assert_readable_by_the_workflow(engine: Engine, now: datetime) -> None:
     dumped = engine.state.model_dump(mode="json")
     json.dumps(dumped, allow_nan=False)
     assert LifecycleState.model_validate(dumped) == engine.state
+
+
+# One engine-level sample deal, shared by the engine and timeline specs.
+T0 = datetime(2025, 1, 31, 9, tzinfo=UTC)
+DEAL = {
+    "rep_email": "rep@example.com",
+    "rep_name": "Field Rep",
+    "rep_id": "hs-17",
+    "account_manager_email": "am@example.com",
+    "account_manager_name": "Account Manager",
+}
+TARGETING = {
+    "company": "Acme Clinic",
+    "signer_name": "Client Signer",
+    "signer_email": "signer@example.com",
+    "service_tier": "basic",
+    "services": "Balance assessment, therapy program",
+}

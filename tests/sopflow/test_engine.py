@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,22 +14,8 @@ from sopflow.errors import Rejected
 from sopflow.models import Advance, ClaimResult, Close, CompleteTask, ExternalEvent, SetFields, SubmitForm
 from sopflow.playbook import Playbook
 from sopflow.playbook_checks import load_playbook
+from tests.sopflow.conftest import DEAL, T0, TARGETING
 
-T0 = datetime(2025, 1, 31, 9, tzinfo=UTC)
-DEAL = {
-    "rep_email": "rep@example.com",
-    "rep_name": "Field Rep",
-    "rep_id": "hs-17",
-    "account_manager_email": "am@example.com",
-    "account_manager_name": "Account Manager",
-}
-TARGETING = {
-    "company": "Acme Clinic",
-    "signer_name": "Client Signer",
-    "signer_email": "signer@example.com",
-    "service_tier": "basic",
-    "services": "Balance assessment, therapy program",
-}
 CONTRACT_REQUEST = {
     "agreement": "safe balance",
     "term_months": "12",

@@ -27,7 +27,7 @@ from sopflow.timeline import (
     detail_of,
     parse_detail,
 )
-from tests.sopflow.test_engine import DEAL, T0, TARGETING
+from tests.sopflow.conftest import DEAL, T0, TARGETING
 
 HISTORIES = PROJECT_ROOT / "tests" / "histories"
 
