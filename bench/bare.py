@@ -6,7 +6,7 @@ signal) carries the Temporal work it must cause (a `BareStep`, computed from the
 `bench.safe_balance.bare_plan`), and the workflow does that work with a trivial activity, following the same
 loop as `ClientLifecycle`: the account claim inside the update handler; then, in the main loop, one timeline record
 per batch of requests, the queued emails one by one and one record of the delivered emails; then one timer if
-nothing pending fires earlier. So when
+cancelling a timer armed for another wake-up (as the engine does). So when
 requests arrive faster than their work completes, both batch their records and skip timers the same way, and the
 per-client counts (checked from the histories) stay equal. Whatever the engine costs above this is the price of the
 engine; whatever both cost is Temporal's (and SQLite's).
@@ -33,6 +33,7 @@ class BareStep:
     emails: int = 0  # activities run one by one after the request (then one record activity for all of them)
     records: bool = True  # whether it adds timeline entries besides emails (one record activity per batch)
     wake_seconds: float | None = None  # the engine's next wake-up after this request, from now
+    wake_id: str | None = None  # which moment that is (its time and label): a timer is kept while this stays
 
 
 @dataclass
@@ -41,13 +42,12 @@ class BarePlan:
 
     def totals(self) -> dict[str, int]:
         """What one lifecycle does when each request's work completes before the next request arrives."""
-        pending: list[float] = []
+        live: str | None = None  # like the engine, one live timer: for the next wake-up, the others cancelled
         timers = 0
         for step in self.steps:
-            wake = step.wake_seconds
-            if wake is not None and not any(at <= wake for at in pending):
-                pending.append(wake)
+            if step.wake_id is not None and step.wake_id != live:
                 timers += 1
+            live = step.wake_id
         return {
             "updates": sum(s.kind == "update" for s in self.steps),
             "signals": sum(s.kind == "signal" for s in self.steps),
@@ -67,7 +67,8 @@ class BareLifecycle:
     @workflow.init
     def __init__(self, start: BareStep) -> None:
         self._queued: list[BareStep] = []
-        self._timers: dict[datetime, asyncio.Task[None]] = {}
+        self._timer: tuple[str, asyncio.Task[None]] | None = None  # the live timer and the wake-up it is for
+        self._wake: str | None = None  # which moment the next wake-up is (BareStep.wake_id)
         self._wake_at: datetime | None = None
         self._changed = False
         self._done = 0
@@ -80,8 +81,9 @@ class BareLifecycle:
             await self._flush()
             self._changed = False
             self._arm_timer()
-            await workflow.wait_condition(lambda: self._changed or any(t.done() for t in self._timers.values()))
-            self._timers = {at: t for at, t in self._timers.items() if not t.done()}
+            await workflow.wait_condition(lambda: self._changed or (self._timer is not None and self._timer[1].done()))
+            if self._timer is not None and self._timer[1].done():
+                self._timer = None
 
     @workflow.update
     async def request(self, step: BareStep) -> int:
@@ -96,6 +98,7 @@ class BareLifecycle:
 
     def _apply(self, step: BareStep) -> None:
         self._queued.append(step)
+        self._wake = step.wake_id
         self._wake_at = None if step.wake_seconds is None else workflow.now() + timedelta(seconds=step.wake_seconds)
         self._changed = True
 
@@ -114,8 +117,11 @@ class BareLifecycle:
         self._done = await workflow.execute_activity(bare_step, self._done, start_to_close_timeout=BARE_TIMEOUT)
 
     def _arm_timer(self) -> None:
-        wake = self._wake_at
-        if wake is None or any(at <= wake for at in self._timers):
+        """As the engine does (PATCH_LIVE_TIMERS): the timer for another wake-up is cancelled, one for this one kept."""
+        if self._timer is not None and self._timer[0] != self._wake:
+            self._timer[1].cancel()
+            self._timer = None
+        if self._wake is None or self._wake_at is None or self._timer is not None:
             return
-        delay = max(wake - workflow.now(), timedelta(seconds=1))
-        self._timers[workflow.now() + delay] = asyncio.create_task(workflow.sleep(delay))
+        delay = max(self._wake_at - workflow.now(), timedelta(seconds=1))
+        self._timer = (self._wake, asyncio.create_task(workflow.sleep(delay)))

@@ -150,7 +150,7 @@ def bare_plan(book: Playbook, requests: list[Request], now: datetime) -> BarePla
     """
     engine = Engine.start(book, "PLAN-0", DEAL, now, workflow_id("PLAN-0"), "bench")
 
-    def step(name: str, kind: str, claims: int = 0) -> BareStep:
+    def step(name: str, kind: str, now: datetime, claims: int = 0) -> BareStep:
         queued = engine.take_steps()
         if any(s.start is not None for s in queued):
             raise BenchError("the bare plan does not model hand-offs (child lifecycles)")
@@ -162,16 +162,20 @@ def bare_plan(book: Playbook, requests: list[Request], now: datetime) -> BarePla
             emails=sum(s.email is not None for s in queued),
             records=any(s.email is None for s in queued),
             wake_seconds=None if wake is None else (wake.at - now).total_seconds(),
+            wake_id=None if wake is None else f"{wake.at.isoformat()} {wake.summary}",
         )
 
-    steps = [step("start", "start")]
-    for request in requests:
+    steps = [step("start", "start", now)]
+    for n, request in enumerate(requests, start=1):
+        # A second apart, as the real requests come: a moment set by a request (a task due a week after it) is
+        # another moment than the same offset from an earlier one, so its timer is another timer.
+        at = now + timedelta(seconds=n)
         arg = request.arg
         claims = 0
-        if isinstance(arg, SubmitForm) and engine.check_submit(arg, now).claim is not None:
+        if isinstance(arg, SubmitForm) and engine.check_submit(arg, at).claim is not None:
             claims = 1
-        apply(engine, request, now)
-        steps.append(step(request.name, request.kind, claims))
+        apply(engine, request, at)
+        steps.append(step(request.name, request.kind, at, claims))
     return BarePlan(steps)
 
 

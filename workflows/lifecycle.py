@@ -119,7 +119,7 @@ class ClientLifecycle(LifecycleCalls):
         self._published: dict[str, object] = {}
         # Pending wake-ups by fire time (playbook time), and the wake-up each was armed for (PATCH_LIVE_TIMERS).
         self._timers: dict[datetime, asyncio.Task[None]] = {}
-        self._armed_for: dict[datetime, tuple[datetime, datetime]] = {}
+        self._armed_for: dict[datetime, tuple[tuple[datetime, str], datetime]] = {}
         self._outbox: list[Step] = []  # see LifecycleCalls
         self._delivered: list[Step] = []
         self._apart = False  # decided once per run in `run` (PATCH_EMAIL_APART)
@@ -406,15 +406,17 @@ class ClientLifecycle(LifecycleCalls):
         self._timers[now + delay] = asyncio.create_task(
             workflow.sleep(real_delay, summary=wake.summary[:SUMMARY_MAX_CHARS])
         )
-        self._armed_for[now + delay] = (target, workflow.now() + real_delay)
+        self._armed_for[now + delay] = ((target, wake.summary), workflow.now() + real_delay)
 
     def _cancel_superseded(self, wake: Wakeup | None) -> None:
-        """Cancel the pending timers armed for another wake-up than `wake`, so the UI lists only what the lifecycle
-        waits for. A timer that may have fired before this workflow task started is left alone: its firing may be
-        applied after this code runs in the same activation, and cancelling a fired timer is what the time-skipping
-        server refused (why timers were once never cancelled). The server starts a timer only when the task asking
-        for it completes, after the moment noted here, so one noted as firing after this task's start has not fired."""
-        target = None if wake is None else wake.at + self._tie
+        """Cancel the pending timers armed for another wake-up than `wake` (another moment, or another thing due at
+        the same moment: the UI shows the timer's label), so the UI lists only what the lifecycle waits for.
+
+        A timer that may have fired before this workflow task started is left alone: its firing may be applied after
+        this code runs in the same activation, and cancelling a fired timer is what the time-skipping server refused
+        (why timers were once never cancelled). The server starts a timer only when the task asking for it
+        completes, after the moment noted here, so one noted as firing after this task's start has not fired."""
+        target = None if wake is None else (wake.at + self._tie, wake.summary)
         now = workflow.now()
         for at, task in list(self._timers.items()):
             armed_for, fires_at = self._armed_for.get(at, (None, now))
