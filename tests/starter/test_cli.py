@@ -18,15 +18,14 @@ from sopflow.mailsink import MailSink, free_port
 from sopflow.playbook import Playbook
 from starter.cli.deals import query_literal, visibility_query
 from starter.lifecycles import start_lifecycle
-from tests.conftest import DEAL, make_worker
+from tests.conftest import DEAL, TARGETING, make_worker
 from tests.starter.conftest import Cli, applied_updates, eventually, offline_cli
 
-TARGETING = [
-    "company=Lakeside Clinic {n}",
-    "signer_name=Client Signer",
-    "signer_email=signer@example.com",
-    "service_tier=Premium",
-]
+
+def targeting_args(n: str) -> list[str]:
+    """The shared targeting form as `-f key=value` arguments, for an account of its own (`n`: claims are unique)."""
+    fields = {**TARGETING, "company": f"{TARGETING['company']} {n}"}
+    return [arg for key, value in fields.items() for arg in ("-f", f"{key}={value}")]
 
 
 async def test_list_filters_by_stage_and_playbook_through_search_attributes(cli: Cli, dev_env: WorkflowEnvironment):
@@ -34,7 +33,7 @@ async def test_list_filters_by_stage_and_playbook_through_search_attributes(cli:
     deals = [f"T{run_id}-{n}" for n in range(3)]
     for deal in deals:
         await cli.start_deal(deal, "rep_email=rep@example.com", "rep_id=owner-42")
-    fields = [arg for pair in TARGETING for arg in ("-f", pair.format(n=run_id))]
+    fields = targeting_args(run_id)
     await cli.ok("form", "submit", deals[0], "targeting", *fields)
 
     async def listed(stage: str) -> list[str]:
@@ -121,7 +120,7 @@ def test_query_literals_escape_backslashes_before_quotes_and_the_query_names_onl
 async def test_contract_stage_publishes_next_due_and_ui_details(cli: Cli, dev_env: WorkflowEnvironment):
     deal = f"T{uuid.uuid4().hex[:8]}"
     await cli.start_deal(deal, "rep_email=rep@example.com")
-    await cli.ok("form", "submit", deal, "targeting", *[a for p in TARGETING for a in ("-f", p.format(n=deal))])
+    await cli.ok("form", "submit", deal, "targeting", *targeting_args(deal))
     await cli.ok(
         "form",
         "submit",
@@ -202,7 +201,7 @@ async def test_each_update_command_sends_a_fresh_key_and_a_repeated_key_is_appli
 
     # The same command twice with one key (a retry after "not confirmed"): applied once, and both runs say how it
     # went; without the key the second targeting form would be refused (the deal has moved on).
-    fields = [arg for pair in TARGETING for arg in ("-f", pair.format(n=deal))]
+    fields = targeting_args(deal)
     submit = ("form", "submit", deal, "targeting", *fields, "--idempotency-key", "retry-0123456789")
     outputs = [await cli.ok(*submit) for _ in range(2)]
     assert all(f"deal {deal} is in contract_request" in output for output in outputs)
@@ -221,7 +220,7 @@ async def test_an_update_nobody_confirms_in_time_says_so_and_its_retry_with_the_
     cli = Cli(dev_env.client.service_client.config.target_host)
     deal = f"W{uuid.uuid4().hex[:8]}"
     await start_lifecycle(dev_env.client, safe_balance, deal, dict(DEAL), "test", WorkflowIDConflictPolicy.FAIL)
-    fields = [arg for pair in TARGETING for arg in ("-f", pair.format(n=deal))]
+    fields = targeting_args(deal)
     submit = ("form", "submit", deal, "targeting", *fields, "--idempotency-key", "wait-0123456789")
 
     code, stdout, stderr = await cli(*submit, "--wait", "1")
