@@ -238,6 +238,8 @@ class LifecycleStatus(Payload):
     advance_to: list[str] = []
     open_forms: list[str] = []
     events: list[str] = []
+    # The events the current stage moves on (None: answered by a worker from before this field existed).
+    awaited_events: list[str] | None = None
     forms_submitted: dict[str, datetime] = {}
     due: list[DueView] = []
     fields: dict[str, Any] = {}

@@ -122,6 +122,7 @@ def status(playbook: Playbook, state: LifecycleState, now: datetime) -> Lifecycl
         advance_to=[t.to for t in stage.transitions if t.advance and evaluate(t.when, ctx)],
         open_forms=list(stage.forms),
         events=list(playbook.events),
+        awaited_events=[t.event for t in stage.transitions if t.event is not None],
         forms_submitted={form_id: rec.submitted_at for form_id, rec in state.forms.items()},
         due=due_items(state),
         fields=state.fields,

@@ -11,8 +11,6 @@ from temporalio.client import WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from sopflow.models import Advance, Close, ExternalEvent, LifecycleStatus, SetFields
-from sopflow.playbook import Playbook, PlaybookError
-from sopflow.playbook_checks import load_playbook
 from starter.cli.apps import deal_app
 from starter.cli.common import (
     UPDATE_WAIT,
@@ -26,7 +24,6 @@ from starter.cli.common import (
     nearest_first,
     parse_fields,
     run,
-    settings,
     update_command,
 )
 from starter.cli.render import ObjectOutputOpt, Output, fail, out, print_object
@@ -142,14 +139,14 @@ class EventResult:
     message: str
 
 
-def event_result(name: str, before: LifecycleStatus, after: LifecycleStatus, playbook: Playbook | None) -> EventResult:
+def event_result(name: str, before: LifecycleStatus, after: LifecycleStatus) -> EventResult:
     """What became of event `name`, from the deal's status before and after it was delivered.
 
     The engine journals an event the stage does not wait for as ignored, one it already received in this stage as
     "already received", and drops a repeated event id without a word; none of that is in the answer to a signal, so
-    it is read from the status: a stage move the event triggered is `accepted`; otherwise the playbook the deal runs
-    says whether its stage waits for the event at all. `playbook` is None when the file on disk is not the version
-    the deal runs: then the CLI cannot tell more than "delivered".
+    it is read from the status: a stage move the event triggered is `accepted`; otherwise the events the deal's
+    stage waits for (`awaited_events`, from the playbook the lifecycle runs) say whether it could move on at all. A
+    worker of the version before that field cannot tell: then the answer is "delivered".
     """
     deal, stage, trigger = after.deal_id, after.stage, f"event:{name}"
     moves = [record for record in after.history[len(before.history) :] if record.trigger == trigger]
@@ -163,7 +160,7 @@ def event_result(name: str, before: LifecycleStatus, after: LifecycleStatus, pla
             move.from_stage,
             f"event {name} accepted: deal {deal} moved from {move.from_stage} to {stage}",
         )
-    waits = None if playbook is None or not playbook.has_stage(stage) else _waits_for(playbook, stage, name)
+    waits = None if after.awaited_events is None else name in after.awaited_events
     earlier = [record for record in after.history if record.trigger == trigger]
     if earlier:
         last = earlier[-1]
@@ -181,21 +178,6 @@ def event_result(name: str, before: LifecycleStatus, after: LifecycleStatus, pla
     pending = f" until: {'; '.join(after.unmet_gate)}" if after.unmet_gate else ""
     message = f"event {name} delivered: deal {deal} stays in {stage}{pending}"
     return EventResult(deal, name, EventOutcome.delivered, stage, None, message)
-
-
-def _waits_for(playbook: Playbook, stage: str, name: str) -> bool:
-    return any(transition.event == name for transition in playbook.stage(stage).transitions)
-
-
-def running_playbook(status: LifecycleStatus) -> Playbook | None:
-    """The playbook file the deal runs, when the one on disk is that version (it is what says which events a stage
-    waits for); None otherwise, or when it does not load."""
-    path = settings().playbook_path(status.playbook)
-    try:
-        playbook = load_playbook(path)
-    except (PlaybookError, OSError):
-        return None
-    return playbook if playbook.version == status.playbook_version else None
 
 
 async def _status(handle: WorkflowHandle[Any, Any]) -> LifecycleStatus:
@@ -234,7 +216,7 @@ def deal_event(
         except (RPCError, WorkflowQueryFailedError) as exc:
             message = f"event {name} sent to deal {deal_id}; what became of it is not known yet ({exc})"
             return EventResult(deal_id, name, EventOutcome.delivered, before.stage, None, message)
-        return event_result(name, before, after, running_playbook(after))
+        return event_result(name, before, after)
 
     result = run(go())
     if print_object(asdict(result), output):

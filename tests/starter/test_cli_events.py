@@ -9,7 +9,6 @@ import uuid
 from datetime import UTC, datetime
 
 from sopflow.models import LifecycleStatus, TransitionRecord
-from sopflow.playbook import Playbook
 from starter.cli.deal_changes import EventOutcome, event_result
 from tests.starter.conftest import Cli
 
@@ -60,7 +59,7 @@ async def test_an_event_the_stage_does_not_wait_for_is_reported_as_ignored(cli: 
     )
 
 
-def status(stage: str, *moves: tuple[str, str, str]) -> LifecycleStatus:
+def status(stage: str, *moves: tuple[str, str, str], awaits: list[str] | None = None) -> LifecycleStatus:
     at = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
     history = [TransitionRecord(from_stage=None, to_stage="targeting", at=at, trigger="start")]
     history += [TransitionRecord(from_stage=a, to_stage=b, at=at, trigger=trigger) for a, b, trigger in moves]
@@ -72,25 +71,26 @@ def status(stage: str, *moves: tuple[str, str, str]) -> LifecycleStatus:
         stage_title=stage,
         stage_entered_at=at,
         history=history,
+        awaited_events=awaits,
     )
 
 
-def test_an_event_awaited_by_the_stage_that_moved_nothing_is_delivered_not_accepted(safe_balance: Playbook):
-    before = after = status("contract")
-    result = event_result("contract_signed", before, after, safe_balance)
+def test_an_event_awaited_by_the_stage_that_moved_nothing_is_delivered_not_accepted():
+    before = after = status("contract", awaits=["contract_signed", "contract_declined", "contract_voided"])
+    result = event_result("contract_signed", before, after)
     assert result.outcome == EventOutcome.delivered
     assert result.message == "event contract_signed delivered: deal D-1 stays in contract"
 
 
-def test_without_the_playbook_the_deal_runs_an_unmoved_deal_is_only_delivered():
+def test_from_a_worker_that_does_not_say_what_the_stage_awaits_an_unmoved_deal_is_only_delivered():
     moved = ("contract", "prelaunch", "event:contract_signed")
-    result = event_result("contract_signed", status("prelaunch", moved), status("prelaunch", moved), None)
+    result = event_result("contract_signed", status("prelaunch", moved), status("prelaunch", moved))
     assert result.outcome == EventOutcome.delivered
 
 
-def test_a_move_the_event_triggered_is_accepted_naming_where_the_deal_came_from(safe_balance: Playbook):
-    before = status("contract")
-    after = status("closed_lost", ("contract", "closed_lost", "event:contract_declined"))
-    result = event_result("contract_declined", before, after, safe_balance)
+def test_a_move_the_event_triggered_is_accepted_naming_where_the_deal_came_from():
+    before = status("contract", awaits=["contract_signed", "contract_declined", "contract_voided"])
+    after = status("closed_lost", ("contract", "closed_lost", "event:contract_declined"), awaits=[])
+    result = event_result("contract_declined", before, after)
     assert (result.outcome, result.from_stage) == (EventOutcome.accepted, "contract")
     assert result.message == "event contract_declined accepted: deal D-1 moved from contract to closed_lost"
