@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sopflow.business_calendar import Clock
 from sopflow.conditions import Context, role_address
 from sopflow.models import EmailRequest, LifecycleState, Recipient, Resend, TaskState
 from sopflow.playbook import EmailAction, Playbook
@@ -77,6 +78,8 @@ def template_context(playbook: Playbook, state: LifecycleState, extra: dict[str,
         "deadline": (
             {"label": state.deadline.label, "due_at": state.deadline.due_at.isoformat()} if state.deadline else None
         ),
+        # The deal's zone, so the `date` filter shows its local times (absent for a playbook without a zone: UTC).
+        **({"timezone": Clock.of(playbook, state.fields).name} if playbook.timezone else {}),
         **extra,
     }
 

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sopflow import zones
 from sopflow.codec import KeyRing, parse_key_ring
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,9 @@ class Settings(BaseSettings):
     # New lifecycles run this many times faster than real time (86400: a playbook day per second), for demos and
     # fault-injection runs. Pinned per lifecycle at its start; production leaves it at 1.
     time_scale: float = Field(default=1, ge=1)
+
+    # The zone the CLI shows times in where no one deal's zone applies (lists, reports, mail): an IANA name.
+    timezone: str = "UTC"
 
     public_url: str = "http://127.0.0.1:8000"
     ui_url: str = "http://localhost:8233"
@@ -94,6 +98,13 @@ class Settings(BaseSettings):
     worker_max_concurrent_workflow_tasks: int = Field(default=100, ge=2)
     # Emails and record writes; keep it within what the SMTP relay accepts in parallel connections.
     worker_max_concurrent_activities: int = Field(default=100, ge=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if not zones.is_known(value):
+            raise ValueError(f"SOPFLOW_TIMEZONE: {zones.unknown_zone_message(value)}")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
+from sopflow import zones
 from sopflow.playbook import FieldSpec, Playbook
 
 # Limits on every value a person or a CRM can send. A lifecycle lives for years on what it accepted once, so a value
@@ -173,15 +174,23 @@ def _date(value: Any, limits: bool) -> str:
     return day.isoformat()
 
 
-def _datetime(value: Any, limits: bool) -> str:
+def _datetime(value: Any, limits: bool, tz: tzinfo | None) -> str:
+    """Canonical UTC text. A date-time typed without an offset is local to `tz`, the deal's zone (UTC for a
+    playbook without one); one inside a daylight-saving gap is refused rather than guessed."""
     try:
         moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).strip())
     except ValueError:
         raise ValueError(f"{shown(str(value))} is not a date-time (ISO 8601)") from None
     _in_range(moment.date(), shown(str(value)), limits)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        moment = moment.replace(tzinfo=UTC) if tz is None else zones.localize(moment, tz)
     return moment.astimezone(UTC).isoformat()
+
+
+def _timezone(value: Any) -> str:
+    name = str(value).strip()
+    zones.zone(name)  # raises UnknownZone (a ValueError) with the nearest names
+    return name
 
 
 def _bool(value: Any) -> bool:
@@ -195,7 +204,9 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"{shown(str(value))} is not yes/no")
 
 
-def coerce(spec: FieldSpec, value: Any, shape: Shape | None = None, limits: bool = True) -> Any:
+def coerce(
+    spec: FieldSpec, value: Any, shape: Shape | None = None, limits: bool = True, tz: tzinfo | None = None
+) -> Any:
     """Return the canonical value or raise ValueError with a message meant for the person who typed it.
 
     `limits=False` keeps only the canonical conversion, as before the limits existed: a workflow replaying a request
@@ -215,7 +226,9 @@ def coerce(spec: FieldSpec, value: Any, shape: Shape | None = None, limits: bool
     if kind == "date":
         return _date(value, limits)
     if kind == "datetime":
-        return _datetime(value, limits)
+        return _datetime(value, limits, tz)
+    if kind == "timezone":
+        return _timezone(value)
     options = spec.options or []
     if kind == "choice":
         return _option(options, value)
@@ -241,10 +254,12 @@ def validate_values(
     previous: dict[str, Any] | None = None,
     roles: dict[str, Shape] | None = None,
     limits: bool = True,
+    tz: tzinfo | None = None,
 ) -> dict[str, Any]:
     """Coerce every value; reject unknown fields and, unless partial, missing required ones. All errors at once.
 
-    `roles` names the fields that feed owner ids or display names (`shapes`), which get the stricter rules.
+    `roles` names the fields that feed owner ids or display names (`shapes`), which get the stricter rules. `tz`
+    is the zone date-times without an offset are read in (None: UTC, the rule of playbooks without a zone).
     """
     if limits and len(values) > MAX_FIELDS_PER_REQUEST:
         raise FieldErrors({"fields": f"{len(values)} fields in one request; at most {MAX_FIELDS_PER_REQUEST}"})
@@ -261,7 +276,7 @@ def validate_values(
             clean[name] = None
             continue
         try:
-            clean[name] = coerce(spec, value, (roles or {}).get(name), limits)
+            clean[name] = coerce(spec, value, (roles or {}).get(name), limits, tz)
         except ValueError as exc:
             errors[name] = str(exc)
     merged = {**(previous or {}), **clean}

@@ -115,7 +115,8 @@ def moves(playbook: Playbook) -> list[Move]:
             found.append(Move(stage.id, transition.to, kind, transition_label(transition)))
         if stage.deadline is not None:
             deadline = stage.deadline
-            when = f"after {deadline.within}" if deadline.from_ is None else f"{deadline.within} after {deadline.from_}"
+            within = deadline.within.words
+            when = f"after {within}" if deadline.from_ is None else f"{within} after {deadline.from_}"
             label = f"expires {when}" + (f" ({deadline.label})" if deadline.label != "deadline" else "")
             found.append(Move(stage.id, deadline.on_expiry.to, "deadline", label))
     # The engine lets staff close an open deal into any terminal stage, whatever stage it is in.

@@ -246,6 +246,8 @@ class LifecycleStatus(Payload):
     history: list[TransitionRecord] = []
     linked: dict[str, str] = {}
     run: int = 1
+    # The deal's IANA zone, in which people read its times (None: the playbook has none, times are UTC).
+    timezone: str | None = None
 
 
 # --- activities ------------------------------------------------------------------------------------------------

@@ -12,21 +12,30 @@ an SOP author can find the line at fault.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from datetime import date, time
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_serializer,
     model_validator,
 )
 
-from sopflow.durations import Duration
+from sopflow.durations import Duration, parse_duration
 
-FieldType = Literal["text", "email", "date", "datetime", "number", "money", "choice", "multi_choice", "bool"]
+FieldType = Literal[
+    "text", "email", "date", "datetime", "number", "money", "choice", "multi_choice", "bool", "timezone"
+]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# A task's due moment stated as a day rather than a span: the end of the day it opens on ("same day"), or of the
+# business day (after hours or on a day off: the end of the next business day).
+DueForm = Literal["end_of_day", "end_of_business_day"]
 Outcome = Literal["won", "lost", "expired", "cancelled"]
 TEMPLATE_PARTS = ("subject.txt", "body.txt", "body.html")
 
@@ -202,12 +211,23 @@ class TaskSpec(Model):
     id: Ident
     title: str
     owner: Ident
-    due: Duration | None = None
+    due: DueForm | Duration | None = None
     due_at: Moment | None = None
     when: Condition | None = None
     requires: list[Ident] = []
     remind: EmailAction | None = None
     escalate: Escalation | None = None
+
+    @field_validator("due", mode="wrap")
+    @classmethod
+    def _due_form_or_span(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """One message for a bad `due`, naming both accepted forms, instead of one per member of the union."""
+        if isinstance(value, str) and value.strip() not in get_args(DueForm):
+            try:
+                parse_duration(value)
+            except ValueError as exc:
+                raise ValueError(f"{exc}; or end_of_day, end_of_business_day") from None
+        return handler(value)
 
     @model_validator(mode="after")
     def _one_due(self) -> TaskSpec:
@@ -364,11 +384,65 @@ class Stage(Model):
         return next((task for task in self.tasks if task.id == task_id), None)
 
 
+class Hours(Model):
+    """A daily span of local time, `{start: "09:00", end: "17:00"}`."""
+
+    start: time
+    end: time
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Hours:
+        if self.start >= self.end:
+            raise ValueError(f"start {self.start:%H:%M} must be before end {self.end:%H:%M}")
+        return self
+
+
+class Holidays(Model):
+    """Days off besides the weekend: a country's public holidays from the pinned `holidays` package (by ISO code
+    and subdivision, `{country: US, subdivision: NY}`), plus the company's own `extra` dates. A `file:` of dates,
+    one per line, is read into `extra` when the playbook is loaded, so the pinned playbook carries the dates."""
+
+    country: str | None = Field(default=None, pattern=r"^[A-Z]{2,3}$")
+    subdivision: str | None = Field(default=None, max_length=16)
+    extra: list[date] = []
+
+
+class SendWindow(Model):
+    """When reminders, escalations and overdue notices may go out, in the deal's local time: one falling outside is
+    held to the next opening (on business days, unless `days: every_day`)."""
+
+    start: time
+    end: time
+    days: Literal["business", "every_day"] = "business"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SendWindow:
+        if self.start >= self.end:
+            raise ValueError(f"start {self.start:%H:%M} must be before end {self.end:%H:%M}")
+        return self
+
+
+class BusinessCalendar(Model):
+    """Working days, working hours and holidays: what business days (`3bd`), business hours (`4bh`) and
+    `end_of_business_day` count, in the deal's time zone."""
+
+    working_days: list[Weekday] = Field(default=["mon", "tue", "wed", "thu", "fri"], min_length=1)
+    working_hours: Hours = Hours(start=time(9), end=time(17))
+    holidays: Holidays = Holidays()
+    send_window: SendWindow | None = None
+
+
 class Playbook(Model):
     id: Ident
     version: int = Field(ge=1)
     title: str | None = None
     description: str | None = None
+    # An IANA zone (America/New_York): with it, days are the client's local calendar days, dates are dates, and
+    # business time counts; without it (playbooks written before zones), every rule keeps its UTC meaning.
+    timezone: str | None = Field(default=None, max_length=64)
+    # A deal field (type timezone) that overrides the playbook's zone for one client, e.g. set from the CRM.
+    timezone_field: Ref | None = None
+    calendar: BusinessCalendar | None = None
     settings: dict[Ident, str] = {}
     roles: dict[Ident, RoleSpec] = {}
     deal: dict[Ident, FieldSpec] = {}

@@ -9,12 +9,15 @@ Everything public here is also importable from `sopflow.playbook`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from sopflow import zones
+from sopflow.business_calendar import check_holidays
 from sopflow.durations import Duration
 from sopflow.playbook import (
     TEMPLATE_PARTS,
@@ -79,7 +82,7 @@ def parse_playbook(data: Any, source: str = "<playbook>", templates_dir: Path | 
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
             errors.append(f"{format_loc(loc)}: {err['msg'].removeprefix('Value error, ')}")
         raise PlaybookError(source, errors) from None
-    problems = check_references(playbook, templates_dir) + check_limits(playbook)
+    problems = check_references(playbook, templates_dir) + check_limits(playbook) + check_calendar(playbook)
     if problems:
         raise PlaybookError(source, problems)
     return playbook
@@ -93,6 +96,7 @@ def load_playbook(path: Path, templates_dir: Path | None = None) -> Playbook:
         raise PlaybookError(str(path), [f"cannot read: {exc.strerror}"]) from None
     except yaml.YAMLError as exc:
         raise PlaybookError(str(path), [f"not valid YAML: {exc}"]) from None
+    read_holiday_file(data, path.parent, str(path))
     playbook = parse_playbook(data, str(path), templates_dir)
     problems = check_links(playbook, path.parent)
     if problems:
@@ -377,7 +381,11 @@ def field_spec(playbook: Playbook, ref: str) -> FieldSpec | None:
 def check_limits(playbook: Playbook) -> list[str]:
     """Bounds a playbook must keep so no lifecycle can overflow a date or a UI field, checked at load time only:
     the models themselves stay as permissive as before, because pinned copies are decoded again on every replay."""
-    errors = list(_too_long_durations("", playbook))
+    errors = [
+        f"{path}: {span} is longer than 100 years"
+        for path, span in _durations("", playbook)
+        if isinstance(span, Duration) and span.too_long
+    ]
     titles = [("title", playbook.title), *((f"stages[{i}].title", s.title) for i, s in enumerate(playbook.stages))]
     for path, text in titles:
         if text is not None and len(text) > MAX_TITLE_LENGTH:
@@ -385,22 +393,75 @@ def check_limits(playbook: Playbook) -> list[str]:
     return errors
 
 
-def _too_long_durations(path: str, node: Any) -> Iterator[str]:
-    """Every duration over 100 years anywhere in the playbook, in document order."""
-    if isinstance(node, Duration):
-        if node.too_long:
-            yield f"{path}: {node} is longer than 100 years"
+def _durations(path: str, node: Any) -> Iterator[tuple[str, Any]]:
+    """Every duration (and task due form) anywhere in the playbook with its path, in document order."""
+    if isinstance(node, Duration) or (path.endswith(".due") and isinstance(node, str)):
+        yield path, node
     elif isinstance(node, BaseModel):
         for name in type(node).model_fields:
-            yield from _too_long_durations(
-                f"{path}.{name.rstrip('_')}" if path else name.rstrip("_"), getattr(node, name)
-            )
+            yield from _durations(f"{path}.{name.rstrip('_')}" if path else name.rstrip("_"), getattr(node, name))
     elif isinstance(node, list):
         for i, item in enumerate(node):
-            yield from _too_long_durations(f"{path}[{i}]", item)
+            yield from _durations(f"{path}[{i}]", item)
     elif isinstance(node, dict):
         for key, item in node.items():
-            yield from _too_long_durations(f"{path}.{key}", item)
+            yield from _durations(f"{path}.{key}", item)
+
+
+def check_calendar(playbook: Playbook) -> list[str]:
+    """Zones, holidays and business time: a zone tzdata knows (with the nearest names when not), a per-deal zone
+    field of type timezone, holidays the `holidays` package has, and business units or day-based due forms only
+    where there is a zone for them to count in."""
+    errors: list[str] = []
+    if playbook.timezone is not None and not zones.is_known(playbook.timezone):
+        errors.append(f"timezone: {zones.unknown_zone_message(playbook.timezone)}")
+    if playbook.timezone is None:
+        for name in ("timezone_field", "calendar"):
+            if getattr(playbook, name) is not None:
+                errors.append(f"{name}: needs the playbook's timezone (e.g. timezone: America/New_York)")
+    if playbook.timezone_field is not None:
+        spec = field_spec(playbook, playbook.timezone_field)
+        if spec is None or not playbook.timezone_field.startswith("deal.") or spec.type != "timezone":
+            errors.append(f"timezone_field: {playbook.timezone_field} must be a deal field of type timezone")
+    holidays = playbook.calendar.holidays if playbook.calendar else None
+    if holidays is not None and holidays.country is not None:
+        problem = check_holidays(holidays.country, holidays.subdivision)
+        if problem:
+            errors.append(f"calendar.holidays: {problem}")
+    elif holidays is not None and holidays.subdivision is not None:
+        errors.append("calendar.holidays.subdivision: needs a country")
+    for path, span in _durations("", playbook):
+        business = isinstance(span, str) or span.is_business
+        if business and playbook.timezone is None:
+            errors.append(f"{path}: {span} needs the playbook's timezone and business calendar")
+        elif business and path.endswith("stall_after"):
+            errors.append(f"{path}: {span}: reports count calendar time; use d, w or mo")
+    return errors
+
+
+def read_holiday_file(data: Any, folder: Path, source: str) -> None:
+    """Replace `calendar.holidays.file` (dates, one per line, `#` comments) with its dates in `extra`, so the pinned
+    playbook carries the dates, not a path a worker may not have; PlaybookError naming the line of a bad date."""
+    holidays = data.get("calendar", {}).get("holidays") if isinstance(data, dict) else None
+    if not isinstance(holidays, dict) or "file" not in holidays:
+        return
+    name = str(holidays.pop("file"))
+    try:
+        lines = (folder / name).read_text().splitlines()
+    except OSError as exc:
+        raise PlaybookError(source, [f"calendar.holidays.file: cannot read {name!r}: {exc.strerror}"]) from None
+    found, errors = list(holidays.get("extra") or []), []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            found.append(date.fromisoformat(text))
+        except ValueError:
+            errors.append(f"calendar.holidays.file: {name} line {number}: {text[:40]!r} is not a date (YYYY-MM-DD)")
+    if errors:
+        raise PlaybookError(source, errors)
+    holidays["extra"] = found
 
 
 def check_links(playbook: Playbook, playbooks_dir: Path) -> list[str]:

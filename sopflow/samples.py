@@ -21,6 +21,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sopflow.business_calendar import Clock
 from sopflow.conditions import evaluate, make_context, role_address
 from sopflow.fields import Shape, is_blank, shapes
 from sopflow.playbook import Action, Condition, EmailAction, FieldSpec, Playbook, Stage
@@ -83,6 +84,8 @@ def sample_value(spec: FieldSpec, name: str, shape: Shape | None = None) -> Any:
         return (spec.options or [""])[0]
     if kind == "multi_choice":
         return (spec.options or [])[:1]
+    if kind == "timezone":
+        return "America/Chicago"
     return True  # bool
 
 
@@ -215,6 +218,8 @@ def _build_context(
         "playbook": {"id": playbook.id, "title": playbook.title or playbook.id},
         "deadline": deadline,
     }
+    if playbook.timezone is not None:
+        context["timezone"] = Clock.of(playbook, deal).name
     context.update(_extras(use, stage, forms, deadline))
     # Only the playbook's own forms: a template linking to a misspelt form fails the check instead of a live email.
     # No form secret here, so sample URLs carry no token (previews and checks never hand out working links).

@@ -16,9 +16,11 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import jinja2
-from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2 import FileSystemLoader, StrictUndefined, pass_context
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
+from sopflow import zones
 from sopflow.playbook_checks import attachment_file
 from sopflow.signatures import form_token
 
@@ -30,11 +32,16 @@ class Rendered:
     html: str
 
 
-def _date(value: Any, fmt: str = "%b %d, %Y") -> str:
-    """Format ISO dates/datetimes the way people read them in an email."""
+@pass_context
+def _date(ctx: Context, value: Any, fmt: str = "%b %d, %Y") -> str:
+    """Format ISO dates/datetimes the way people read them in an email: a moment in the deal's local time when the
+    context names its zone (`%Z` gives the abbreviation, EST or EDT), a date as the date it is."""
     if value is None or value == "":
         return ""
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    zone_name = ctx.get("timezone")
+    if moment.tzinfo is not None and isinstance(zone_name, str) and zones.is_known(zone_name):
+        moment = moment.astimezone(zones.zone(zone_name))
     return moment.strftime(fmt)
 
 

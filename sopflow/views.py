@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sopflow import zones
+from sopflow.business_calendar import Clock
 from sopflow.conditions import Context, evaluate, make_context, resolve, role_address, role_owner_id
 from sopflow.fields import is_blank
 from sopflow.models import ContactView, DealSnapshot, DueView, LifecycleState, LifecycleStatus, TaskView
@@ -129,6 +131,7 @@ def status(playbook: Playbook, state: LifecycleState, now: datetime) -> Lifecycl
         history=state.history,
         linked=state.linked,
         run=state.run,
+        timezone=Clock.of(playbook, state.fields).name if playbook.timezone else None,
     )
 
 
@@ -170,12 +173,21 @@ def details_markdown(playbook: Playbook, state: LifecycleState, now: datetime) -
         lines.append(
             "**Open tasks:** "
             + ", ".join(
-                f"`{t.id}` ({t.owner}{', due ' + t.due_at.date().isoformat() if t.due_at else ''})" for t in open_tasks
+                f"`{t.id}` ({t.owner}{', due ' + _day(playbook, state, t.due_at) if t.due_at else ''})"
+                for t in open_tasks
             )
         )
     missing = unmet(playbook, state)
     if missing and stage.transitions:
         lines.append("**Before leaving:** " + "; ".join(missing))
     for item in due_items(state)[:3]:
-        lines.append(f"**Next:** {item.label} due {item.due_at.date().isoformat()}")
+        lines.append(f"**Next:** {item.label} due {_day(playbook, state, item.due_at)}")
     return "\n\n".join(lines)
+
+
+def _day(playbook: Playbook, state: LifecycleState, moment: datetime) -> str:
+    """A due moment for the Temporal UI: the UTC date for a playbook without a zone (as before zones), else the
+    deal's local date and time with the zone's abbreviation."""
+    if playbook.timezone is None:
+        return moment.date().isoformat()
+    return zones.show(moment, Clock.of(playbook, state.fields).tz)

@@ -13,7 +13,7 @@ import re
 import tempfile
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.email import EmailActivities, SmtpConfig
 from activities.records import RecordActivities
+from sopflow import zones
+from sopflow.business_calendar import UTC_CLOCK, Clock
 from sopflow.constants import SEARCH_ATTRIBUTES
 from sopflow.db import Database, JournalRow
 from sopflow.durations import Duration
@@ -46,7 +48,7 @@ from sopflow.models import (
     SubmitForm,
     workflow_id,
 )
-from sopflow.playbook import PlaybookError, format_loc
+from sopflow.playbook import Playbook, PlaybookError, format_loc
 from starter.binaries import test_server
 from starter.lifecycles import Request, send
 from worker import build_worker
@@ -63,9 +65,12 @@ class ScenarioDeal(_Strict):
 
 
 class ScenarioStep(_Strict):
-    """One thing a person or system does at a moment: exactly one of form, event, task, advance, set, close."""
+    """One thing a person or system does at a moment: exactly one of form, event, task, advance, set, close.
 
-    at: Duration
+    `at` is a span after the rehearsal's start (`10d`, `88d16h`, `3bd`) or a local date-time (`2027-07-02T16:00`,
+    in the scenario's zone)."""
+
+    at: Duration | datetime
     form: str | None = None
     fields: dict[str, Any] = {}
     event: str | None = None
@@ -95,9 +100,32 @@ class ScenarioStep(_Strict):
 class Scenario(_Strict):
     name: str | None = None
     description: str | None = None
+    # The zone the scenario's times are written in (default: the playbook's, else UTC).
+    timezone: str | None = None
+    # When the lifecycle starts: a local date (at midnight) or date-time (an account assigned at 16:00); default:
+    # the next local midnight on the test server's clock.
+    start: date | datetime | None = None
     deal: ScenarioDeal = ScenarioDeal()
     steps: list[ScenarioStep] = []
     until: Duration
+
+    @model_validator(mode="after")
+    def _known_zone(self) -> Scenario:
+        if self.timezone is not None and not zones.is_known(self.timezone):
+            raise ValueError(zones.unknown_zone_message(self.timezone))
+        return self
+
+    def clock(self, playbook: Playbook, fields: dict[str, Any]) -> Clock:
+        """The clock the scenario's spans and times are read on: the deal's, or the scenario's own zone with the
+        playbook's business calendar."""
+        if self.timezone is None:
+            return Clock.of(playbook, fields)
+        return Clock.of(playbook.model_copy(update={"timezone": self.timezone, "timezone_field": None}), fields)
+
+    def moment(self, at: Duration | datetime, start: datetime, clock: Clock) -> datetime:
+        if isinstance(at, Duration):
+            return clock.after(at, start)
+        return at if at.tzinfo else zones.localize(at, clock.tz)
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -175,27 +203,30 @@ async def start_test_env(server_log: Path | None = None) -> WorkflowEnvironment:
 _RELATIVE_DAY = re.compile(r"^\$today(?:([+-])(\d+)d)?(?:@(\d\d):(\d\d))?$")
 
 
-def resolve_dates(values: dict[str, Any], now: datetime) -> dict[str, Any]:
+def resolve_dates(values: dict[str, Any], now: datetime, clock: Clock = UTC_CLOCK) -> dict[str, Any]:
     """Scenario values `$today`, `$today-3d`, `$today+2d` become ISO dates on the rehearsal's virtual clock, and
-    `$today+30d@14:00` a UTC date-time, so a scenario written once stays valid whatever day it is rehearsed on."""
+    `$today+30d@14:00` a date-time, so a scenario written once stays valid whatever day it is rehearsed on. Dates
+    are the deal's local dates; a date-time is local time in the deal's zone (written without an offset, which the
+    lifecycle reads in that zone), or UTC for a playbook without one."""
     resolved = {}
     for key, value in values.items():
         match = _RELATIVE_DAY.match(value) if isinstance(value, str) else None
         if match:
             sign, days, hour, minute = match.groups()
-            day = now + timedelta(days=-int(days) if sign == "-" else int(days or 0))
+            day = clock.local(now) + timedelta(days=-int(days) if sign == "-" else int(days or 0))
             if hour is None:
                 value = day.date().isoformat()
             else:
-                value = day.replace(hour=int(hour), minute=int(minute), second=0, microsecond=0).isoformat()
+                moment = day.replace(hour=int(hour), minute=int(minute), second=0, microsecond=0)
+                value = moment.replace(tzinfo=None).isoformat() if clock.zoned else moment.isoformat()
         resolved[key] = value
     return resolved
 
 
-def request_of(step: ScenarioStep, now: datetime) -> Request | ExternalEvent:
+def request_of(step: ScenarioStep, now: datetime, clock: Clock = UTC_CLOCK) -> Request | ExternalEvent:
     """The request a scenario step makes, its relative dates resolved on the rehearsal's clock."""
     if step.form is not None:
-        return SubmitForm(form=step.form, fields=resolve_dates(step.fields, now), actor=step.actor)
+        return SubmitForm(form=step.form, fields=resolve_dates(step.fields, now, clock), actor=step.actor)
     if step.event is not None:
         return ExternalEvent(name=step.event, event_id=step.event_id, source="rehearsal")
     if step.task is not None:
@@ -203,7 +234,7 @@ def request_of(step: ScenarioStep, now: datetime) -> Request | ExternalEvent:
     if step.advance is not None:
         return Advance(to=step.advance, actor=step.actor)
     if step.set is not None:
-        return SetFields(fields=resolve_dates(step.set, now), actor=step.actor)
+        return SetFields(fields=resolve_dates(step.set, now, clock), actor=step.actor)
     outcome = step.close
     if outcome not in ("lost", "cancelled"):
         raise ValueError(f"close must be 'lost' or 'cancelled', not {outcome!r}")
@@ -267,9 +298,10 @@ async def _drive(
     db: Database,
     sink: MailSink,
 ) -> Rehearsal:
-    start = await _next_midnight(env)
+    clock = scenario.clock(inp.playbook, inp.fields)
+    start = await _start_of(env, scenario.start, clock)
     # Deal fields may be relative too (a go-live date 45 days out), resolved against the rehearsal's start.
-    inp = inp.model_copy(update={"fields": resolve_dates(inp.fields, start)})
+    inp = inp.model_copy(update={"fields": resolve_dates(inp.fields, start, clock)})
     handle = await env.client.start_workflow(
         ClientLifecycle.run,
         inp,
@@ -278,16 +310,16 @@ async def _drive(
         static_summary=f"rehearsal of {inp.playbook.id}",
     )
     rejected: list[dict[str, Any]] = []
-    steps = sorted(scenario.steps, key=lambda s: s.at.after(start))
+    steps = sorted(scenario.steps, key=lambda s: scenario.moment(s.at, start, clock))
     for step in steps:
-        await _sleep_until(env, step.at.after(start))
+        await _sleep_until(env, scenario.moment(step.at, start, clock))
         try:
-            await send(handle, request_of(step, _aware(await env.get_current_time())))
+            await send(handle, request_of(step, _aware(await env.get_current_time()), clock))
         except WorkflowUpdateFailedError as exc:
             now = _aware(await env.get_current_time())
             message = str(exc.cause.message if hasattr(exc.cause, "message") else exc.cause)
             rejected.append({"at": now, "kind": "rejected", "stage": None, **step.describe(), "reason": message})
-    await _sleep_until(env, scenario.until.after(start))
+    await _sleep_until(env, clock.after(scenario.until, start))
     status = await _stop_at_horizon(handle)
     with db.session() as session:
         rows = session.scalars(
@@ -305,6 +337,7 @@ async def _drive(
         {
             "at": e["at"].isoformat(),
             "day": round((e["at"] - start).total_seconds() / 86400, 3),
+            **({"local": zones.show(e["at"], clock.tz)} if clock.zoned else {}),
             **{k: v for k, v in e.items() if k != "at"},
         }
         for e in merged
@@ -327,13 +360,22 @@ async def _stop_at_horizon(handle: WorkflowHandle[Any, Any]) -> LifecycleStatus:
     return status
 
 
-async def _next_midnight(env: WorkflowEnvironment) -> datetime:
-    """A rehearsal starts at the next midnight UTC on the virtual clock, so a scenario whose steps meet times of day
-    (a meeting booked for 15:00, logged in the afternoon) gives the same timeline whatever hour it is run at."""
+async def _start_of(env: WorkflowEnvironment, start: date | datetime | None, clock: Clock) -> datetime:
+    """A rehearsal starts at a local midnight (UTC for a playbook without a zone): the next one on the virtual clock,
+    or the scenario's `start`. So a scenario whose steps meet times of day (a meeting booked for 15:00, logged in
+    the afternoon) gives the same timeline whatever hour it is run at."""
     now = _aware(await env.get_current_time())
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    await _sleep_until(env, midnight)
-    return midnight
+    if start is None:
+        start = clock.local_date(now) + timedelta(days=1)
+    if isinstance(start, datetime):
+        moment = start if start.tzinfo else zones.localize(start, clock.tz)
+    else:
+        moment = zones.wall(start, time(0), clock.tz)
+    moment = moment.astimezone(UTC)
+    if moment < now:
+        raise ValueError(f"the scenario starts at {start}, before the rehearsal server's clock ({now:%Y-%m-%d})")
+    await _sleep_until(env, moment)
+    return moment
 
 
 async def _sleep_until(env: WorkflowEnvironment, target: datetime) -> None:

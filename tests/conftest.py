@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import date, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from temporalio.worker import Worker
 from activities.email import EmailActivities, SmtpConfig
 from activities.playbooks import PlaybookActivities
 from activities.records import RecordActivities
+from sopflow.business_calendar import public_holidays
 from sopflow.config import PROJECT_ROOT
 from sopflow.constants import SEARCH_ATTRIBUTES, WORKFLOW_ID_PREFIX
 from sopflow.db import Database
@@ -91,11 +93,15 @@ async def run(
     until: str,
     deal_id: str = "D-1",
     deal: dict[str, Any] | None = None,
+    start: str | None = None,
     **options: Any,
 ) -> Rehearsal:
-    """Rehearse steps for one deal through the real workflow and activities (see `starter.rehearse`)."""
+    """Rehearse steps for one deal through the real workflow and activities (see `starter.rehearse`); `start` is
+    the scenario's local start date or date-time."""
     fields = DEAL if deal is None else deal
-    scenario = Scenario.model_validate({"deal": {"id": deal_id, "fields": fields}, "steps": steps, "until": until})
+    scenario = Scenario.model_validate(
+        {"deal": {"id": deal_id, "fields": fields}, "steps": steps, "until": until, "start": start}
+    )
     inp = LifecycleInput(deal_id=deal_id, playbook=playbook, fields=fields)
     return await rehearse(inp, scenario, options.pop("templates_dir", TEMPLATES), env, **options)
 
@@ -180,6 +186,26 @@ def records_db(database_url: str) -> Iterator[Database]:
 
 
 @functools.cache
+def friday_before_a_monday_holiday(after: date, country: str = "US") -> date:
+    """The first Friday after `after` whose Monday is a public holiday: a real long weekend, found from the date the
+    test runs so a test never expires."""
+    day = after + timedelta(days=1)
+    while not (day.weekday() == 4 and day + timedelta(days=3) in public_holidays(country, None, day.year)):
+        day += timedelta(days=1)
+    return day
+
+
+def quiet_start(weekday: int, days: int = 40) -> str:
+    """The first date after today that falls on `weekday` (0 = Monday) and has no US public holiday in the `days`
+    after it: a rehearsal of a US playbook starting there meets weekends where its test says, and no holiday."""
+    day = date.today() + timedelta(days=2)
+    while day.weekday() != weekday or any(
+        day + timedelta(days=n) in public_holidays("US", None, (day + timedelta(days=n)).year) for n in range(days)
+    ):
+        day += timedelta(days=1)
+    return day.isoformat()
+
+
 def shipped_playbook(name: str) -> Playbook:
     """A playbook of `playbooks/`, loaded (and checked against `templates/`) once per test session."""
     return load_playbook(PLAYBOOKS / f"{name}.yaml", TEMPLATES)
@@ -194,6 +220,17 @@ def playbook() -> Callable[[str], Playbook]:
 @pytest.fixture(scope="session")
 def safe_balance() -> Playbook:
     return shipped_playbook("safe_balance")
+
+
+def utc_rules(playbook: Playbook) -> Playbook:
+    """The playbook without its time zone: the UTC rules lifecycles started before zones run on (exact instants,
+    no send window). For tests of something else (reports, outages) whose figures count UTC days."""
+    return playbook.model_copy(update={"timezone": None, "timezone_field": None, "calendar": None})
+
+
+@pytest.fixture(scope="session")
+def safe_balance_utc(safe_balance: Playbook) -> Playbook:
+    return utc_rules(safe_balance)
 
 
 def smtp_of(sink: MailSink) -> SmtpConfig:

@@ -31,6 +31,7 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from activities.playbooks import PlaybookActivities
     from activities.records import RecordActivities
+    from sopflow import business_calendar
     from sopflow.constants import (
         ACTIVITY_TIMEOUT,
         MAX_RUN_AGE,
@@ -70,6 +71,18 @@ with workflow.unsafe.imports_passed_through():
     )
 
 R = TypeVar("R")
+
+
+@contextmanager
+def _holiday_data() -> Iterator[None]:
+    """The `holidays` package imports a country's module the first time it is asked for it, and reads its (pinned)
+    translation files: both belong outside the sandbox (one copy per worker, not one per workflow run; `open()` is
+    refused inside it). The data is pinned with the code, so this stays deterministic."""
+    with workflow.unsafe.sandbox_unrestricted(), workflow.unsafe.imports_passed_through():
+        yield
+
+
+business_calendar.holiday_guard = _holiday_data
 
 
 def _keyword(value: str | None) -> str | None:

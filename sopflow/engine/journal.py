@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sopflow import compose, views
+from sopflow.business_calendar import Clock
 from sopflow.compose import SYSTEM_TEMPLATES
 from sopflow.conditions import Context, evaluate
 from sopflow.errors import EngineFault, Rejected
@@ -111,6 +112,11 @@ class Journal:
     @property
     def stage(self) -> Stage:
         return self.playbook.stage(self.state.stage)
+
+    @property
+    def clock(self) -> Clock:
+        """The deal's clock: its zone and business calendar (the UTC rules for a playbook without a zone)."""
+        return Clock.of(self.playbook, self.state.fields)
 
     @property
     def closed(self) -> bool:

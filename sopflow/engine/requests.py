@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sopflow import cadence as cadence_rules
 from sopflow import views
+from sopflow.business_calendar import Clock
 from sopflow.conditions import evaluate
 from sopflow.engine.timers import Timers
 from sopflow.errors import Rejected
@@ -120,13 +121,18 @@ class Engine(Timers):
             raise Rejected(f"form '{req.form}' is not open in stage '{stage.id}' (open: {open_forms})")
         try:
             values = validate_values(
-                form.fields, req.fields, roles=shapes(self.playbook, f"forms.{req.form}"), limits=self.limits
+                form.fields,
+                req.fields,
+                roles=shapes(self.playbook, f"forms.{req.form}"),
+                limits=self.limits,
+                tz=Clock.input_zone(self.playbook, self.state.fields, {}),
             )
         except FieldErrors as exc:
             raise Rejected(f"form '{req.form}' is invalid: {exc}", exc.errors) from None
         cad = stage.cadence
         dated = cad is not None and cad.touchpoint == req.form and cad.date_field and values.get(cad.date_field)
-        if cad is not None and cad.date_field and dated and values[cad.date_field] > now.date().isoformat():
+        today = self.clock.local_date(now).isoformat()
+        if cad is not None and cad.date_field and dated and values[cad.date_field] > today:
             raise Rejected(
                 f"form '{req.form}' is invalid: {cad.date_field}: cannot be in the future",
                 {cad.date_field: "cannot be in the future"},
@@ -168,15 +174,15 @@ class Engine(Timers):
         detail = FormDetail(form=req.form, count=count, by=req.actor, values=values)
         cad, cad_state = self.stage.cadence, self.state.cadence
         if cad is not None and cad_state is not None and cad.touchpoint == req.form:
-            logged_at = now
+            logged_at = self.clock.on_date(self.clock.local_date(now), now) if self.clock.zoned else now
             if cad.date_field and values.get(cad.date_field):
-                logged_at = datetime.combine(datetime.fromisoformat(values[cad.date_field]).date(), now.timetz())
+                logged_at = self.clock.on_date(date.fromisoformat(values[cad.date_field]), now)
             cad_state.logged += 1
             cad_state.last_logged_at = max(logged_at, cad_state.last_logged_at or logged_at)
             # A visit logged late for an earlier date never moves the schedule back.
             if logged_at > cad_state.base:
                 cad_state.base = logged_at
-                cad_state.next_due = cadence_rules.next_due(cad, cad_state.anchor, cad_state.base)
+                cad_state.next_due = cadence_rules.next_due(cad, cad_state.anchor, cad_state.base, self.clock)
                 cad_state.reminded = cad_state.announced = False
             detail.next_due = cad_state.next_due.isoformat()
             detail.logged_at = logged_at.isoformat()
@@ -235,7 +241,7 @@ class Engine(Timers):
 
     def check_set_fields(self, req: SetFields) -> dict[str, Any]:
         self._require_open()
-        return _deal_values(self.playbook, req.fields, partial=True, limits=self.limits)
+        return _deal_values(self.playbook, req.fields, partial=True, limits=self.limits, current=self.state.fields)
 
     def set_fields(self, req: SetFields, now: datetime) -> None:
         values = self.check_set_fields(req)
@@ -254,7 +260,7 @@ class Engine(Timers):
         if len(candidates) > 1:
             raise Rejected(f"choose the stage to close into: {', '.join(s.id for s in candidates)}")
         target = candidates[0]
-        values = _deal_values(self.playbook, req.fields, partial=True, limits=self.limits)
+        values = _deal_values(self.playbook, req.fields, partial=True, limits=self.limits, current=self.state.fields)
         merged = {**self.state.fields, **values}
         missing = [name for name in target.reason_fields if is_blank(merged.get(name))]
         if missing:
@@ -284,7 +290,7 @@ class Engine(Timers):
             raise Rejected(f"stage '{target}' ends the lifecycle: close the deal instead of migrating it there")
         kept = {key: value for key, value in self.state.fields.items() if key in new.deal}
         try:
-            validate_values(new.deal, kept, roles=shapes(new, "deal"), limits=self.limits)
+            validate_values(new.deal, kept, roles=shapes(new, "deal"), limits=self.limits, tz=self.clock.tz)
         except FieldErrors as exc:
             raise Rejected(f"the deal's fields do not fit v{new.version}: {exc}", exc.errors) from None
         return target
@@ -312,7 +318,7 @@ class Engine(Timers):
         ctx = self.context()
         for spec in stage.tasks:
             if spec.id not in state.tasks and spec.due_at is None and evaluate(spec.when, ctx):
-                self._open_task(spec.id, now, spec.due.after(now) if spec.due else None)
+                self._open_task(spec.id, now, self._task_due(spec, now))
         state.deadline = (state.deadline or self._start_deadline(stage, now)) if stage.deadline else None
         state.cadence = (state.cadence or self._start_cadence(stage, now)) if stage.cadence else None
         self._log(now, MigratedDetail(from_version=previous, to_version=self.playbook.version, by=req.actor))
@@ -346,8 +352,13 @@ def check_deal_fields(playbook: Playbook, fields: dict[str, Any], limits: bool =
     return _deal_values(playbook, fields, partial=False, limits=limits)
 
 
-def _deal_values(playbook: Playbook, fields: dict[str, Any], *, partial: bool, limits: bool) -> dict[str, Any]:
+def _deal_values(
+    playbook: Playbook, fields: dict[str, Any], *, partial: bool, limits: bool, current: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    tz = Clock.input_zone(playbook, current or {}, fields)
     try:
-        return validate_values(playbook.deal, fields, partial=partial, roles=shapes(playbook, "deal"), limits=limits)
+        return validate_values(
+            playbook.deal, fields, partial=partial, roles=shapes(playbook, "deal"), limits=limits, tz=tz
+        )
     except FieldErrors as exc:
         raise Rejected(f"invalid deal fields: {exc}", exc.errors) from None

@@ -32,41 +32,48 @@ class Timers(Transitions):
 
     def timers(self) -> Iterator[Wakeup]:
         """Every pending moment of the current stage, each with the rule it fires. Ties fire in the order listed
-        here (tasks, deadline, cadence, appointments), which recorded histories depend on."""
-        stage, state = self.stage, self.state
+        here (tasks, deadline, cadence, appointments), which recorded histories depend on.
+
+        Notices (reminders, overdue notices, escalations) wait for the send window (`Clock.hold`); a reminder that
+        would then go out at or after the moment it announces is dropped. Deadlines and due moments never wait.
+        """
+        stage, state, clock = self.stage, self.state, self.clock
         for task in state.tasks.values():
             spec = stage.task(task.id)
             if task.done_at is not None or task.due_at is None or spec is None:
                 continue
             if not task.reminded:
-                yield Wakeup(task.due_at, f"task {task.id} due", partial(self._task_overdue, task, spec))
+                at = clock.hold(task.due_at)
+                yield Wakeup(at, f"task {task.id} due", partial(self._task_overdue, task, spec))
             elif spec.escalate is not None and not task.escalated:
-                at = spec.escalate.after.after(task.due_at)
+                at = clock.hold(clock.after(spec.escalate.after, task.due_at))
                 yield Wakeup(at, f"task {task.id} escalates", partial(self._task_escalates, task, spec.escalate))
         deadline, dl_spec = state.deadline, stage.deadline
         if deadline is not None and dl_spec is not None:
             for i, reminder in enumerate(dl_spec.remind):
-                if i not in deadline.reminders_sent:
-                    at = reminder.before.before(deadline.due_at)
+                at = self._notice(clock.before(reminder.before, deadline.due_at), deadline.due_at)
+                if i not in deadline.reminders_sent and at is not None:
                     yield Wakeup(at, f"{deadline.label}: reminder", partial(self._deadline_reminder, i, reminder.email))
             yield Wakeup(deadline.due_at, deadline.label, self._deadline_expires)
         cad, cad_spec = state.cadence, stage.cadence
         if cad is not None and cad_spec is not None:
             if cad_spec.remind is not None and not cad.reminded:
-                at = cad_spec.remind.before.before(cad.next_due)
-                yield Wakeup(at, f"{cad.label}: reminder", partial(self._visit_reminder, cad_spec.remind.email))
+                at = self._notice(clock.before(cad_spec.remind.before, cad.next_due), cad.next_due)
+                if at is not None:
+                    yield Wakeup(at, f"{cad.label}: reminder", partial(self._visit_reminder, cad_spec.remind.email))
             if not cad.announced:
                 yield Wakeup(cad.next_due, f"{cad.label} due", self._visit_due)
             if cad_spec.overdue is not None:
-                at = cad_spec.overdue.grace.after(cad.next_due)
+                at = clock.hold(clock.after(cad_spec.overdue.grace, cad.next_due))
                 yield Wakeup(at, f"{cad.label} overdue", partial(self._visit_missed, cad_spec.overdue.email))
         for appointment in stage.appointments:
             planned = state.appointments.get(appointment.at)
             for i, reminder in enumerate(appointment.remind if planned else []):
                 if planned is not None and i not in planned.sent:
-                    at = reminder.before.before(planned.at)
+                    when = self._appointment_reminder_at(reminder, planned.at)
                     fire = partial(self._appointment_reminder, planned, i, reminder)
-                    yield Wakeup(at, f"{planned.label}: reminder {reminder.before} before", fire)
+                    if when is not None:
+                        yield Wakeup(when, f"{planned.label}: reminder {reminder.before} before", fire)
 
     def next_wakeup(self) -> Wakeup | None:
         """The earliest pending moment (the first listed among equals); none once closed. A timer set aside after

@@ -24,7 +24,9 @@ from sopflow.models import (
 from sopflow.playbook import (
     Action,
     Moment,
+    Reminder,
     Stage,
+    TaskSpec,
     Transition,
 )
 from sopflow.timeline import AppointmentDetail, FieldsDetail, LinkedDetail, RejectedDetail, StageDetail, TaskDetail
@@ -100,7 +102,7 @@ class Transitions(Journal):
         ctx = self.context()
         for spec in stage.tasks:
             if spec.due_at is None and evaluate(spec.when, ctx):
-                self._open_task(spec.id, now, spec.due.after(now) if spec.due else None)
+                self._open_task(spec.id, now, self._task_due(spec, now))
         state.deadline = self._start_deadline(stage, now)
         state.cadence = self._start_cadence(stage, now)
         self._replan(now)
@@ -111,7 +113,7 @@ class Transitions(Journal):
         if stage.deadline is None:
             return None
         start = self._date_ref(stage.deadline.from_, now) if stage.deadline.from_ else now
-        return DeadlineState(label=stage.deadline.label, due_at=stage.deadline.within.after(start))
+        return DeadlineState(label=stage.deadline.label, due_at=self.clock.after(stage.deadline.within, start))
 
     def _start_cadence(self, stage: Stage, now: datetime) -> CadenceState | None:
         if stage.cadence is None:
@@ -121,8 +123,18 @@ class Transitions(Journal):
             label=stage.cadence.label,
             anchor=anchor,
             base=anchor,
-            next_due=cadence_rules.next_due(stage.cadence, anchor, anchor),
+            next_due=cadence_rules.next_due(stage.cadence, anchor, anchor, self.clock),
         )
+
+    def _task_due(self, spec: TaskSpec, now: datetime) -> datetime | None:
+        """When a task opened now is due: a span after now, or the end of today's (business) day."""
+        if spec.due is None:
+            return None
+        if spec.due == "end_of_day":
+            return self.clock.end_of_day(now)
+        if spec.due == "end_of_business_day":
+            return self.clock.end_of_business_day(now)
+        return self.clock.after(spec.due, now)
 
     def _open_task(self, task_id: str, now: datetime, due_at: datetime | None, anchor: str | None = None) -> None:
         spec = self.stage.task(task_id)
@@ -161,9 +173,9 @@ class Transitions(Journal):
             return None
         value, at = found
         if moment.before is not None:
-            at = moment.before.before(at)
+            at = self.clock.before(moment.before, at)
         elif moment.after is not None:
-            at = moment.after.after(at)
+            at = self.clock.after(moment.after, at)
         return value, at
 
     def _replan(self, now: datetime) -> None:
@@ -197,7 +209,7 @@ class Transitions(Journal):
             if current is not None and current.value == found[0]:
                 continue
             value, at = found
-            passed = [i for i, r in enumerate(appointment.remind) if r.before.before(at) <= now]
+            passed = [i for i, r in enumerate(appointment.remind) if self._appointment_reminder_passed(r, at, now)]
             state.appointments[appointment.at] = AppointmentState(
                 label=appointment.label, value=value, at=at, planned_at=now, sent=passed
             )
@@ -205,6 +217,20 @@ class Transitions(Journal):
                 label=appointment.label, starts_at=at.isoformat(), skipped_reminders=passed or None
             )
             self._log(now, planned)
+
+    def _notice(self, at: datetime, announces: datetime) -> datetime | None:
+        """When a reminder due `at` goes out: at once inside the send window, else at the window's next opening, or
+        never when that is at or after the moment it announces (a reminder is never sent for a moment that has
+        passed). Without a send window (and for every playbook without a zone) it is `at`, as before zones."""
+        held = self.clock.hold(at)
+        return held if held == at or held < announces else None
+
+    def _appointment_reminder_at(self, reminder: Reminder, starts_at: datetime) -> datetime | None:
+        return self._notice(self.clock.before(reminder.before, starts_at), starts_at)
+
+    def _appointment_reminder_passed(self, reminder: Reminder, starts_at: datetime, now: datetime) -> bool:
+        at = self._appointment_reminder_at(reminder, starts_at)
+        return at is None or at <= now
 
     def _classify(self, now: datetime) -> None:
         """Keep classified fields (the A/B/C tier) in step with the profile they are computed from."""
@@ -223,12 +249,12 @@ class Transitions(Journal):
             self._log(now, FieldsDetail(changed=sorted(changed), by="playbook", values=changed))
 
     def _date_ref(self, ref: str, now: datetime) -> datetime:
-        """A date field as a moment: that day at the current time of day; `now` when the field is not set."""
+        """A date field as a moment (`Clock.on_date` for a date alone); `now` when the field is not set."""
         value = resolve(self.context(), ref)
         if is_blank(value):
             return now
         moment = datetime.fromisoformat(str(value))
-        return moment if "T" in str(value) else datetime.combine(moment.date(), now.timetz())
+        return moment if "T" in str(value) else self.clock.on_date(moment.date(), now)
 
     def _run_actions(self, actions: list[Action], now: datetime, name: str, extra: dict[str, Any]) -> None:
         for i, action in enumerate(actions):
@@ -263,5 +289,5 @@ class Transitions(Journal):
         assert cad is not None and spec is not None
         cad.missed += int(missed)
         cad.base = cad.next_due
-        cad.next_due = cadence_rules.next_due(spec, cad.anchor, cad.base)
+        cad.next_due = cadence_rules.next_due(spec, cad.anchor, cad.base, self.clock)
         cad.reminded = cad.announced = False

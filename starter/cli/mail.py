@@ -12,10 +12,22 @@ from rich.text import Text
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from sopflow import reports, zones
 from sopflow.db import OutboxEmail
 from starter.cli.apps import mail_app
 from starter.cli.common import db_fail, records, write_file
-from starter.cli.render import ObjectOutputOpt, Output, RowsOutputOpt, fail, iso, out, plural, print_object, print_rows
+from starter.cli.render import (
+    ObjectOutputOpt,
+    Output,
+    RowsOutputOpt,
+    display_zone,
+    fail,
+    iso,
+    out,
+    plural,
+    print_object,
+    print_rows,
+)
 
 
 class MailStatus(StrEnum):
@@ -97,7 +109,7 @@ def mail_list(
     for row in rows:
         table.add_row(
             str(row.id),
-            row.scheduled_at.strftime("%Y-%m-%d %H:%M"),
+            zones.show(reports.utc(row.scheduled_at), display_zone()),
             Text(row.deal_id),
             Text(row.template),
             Text(row.to),

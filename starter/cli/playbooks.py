@@ -15,8 +15,9 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from sopflow import graph
 from sopflow.connect import connect
+from sopflow.durations import Duration
 from sopflow.models import MigratePlaybook, workflow_id
-from sopflow.playbook import Playbook, PlaybookError
+from sopflow.playbook import BusinessCalendar, Playbook, PlaybookError, TaskSpec
 from sopflow.playbook_checks import load_playbook, template_names
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
@@ -132,6 +133,8 @@ def playbook_show(
         leads.setdefault(move.source, []).append(move)
     # A tree, not a table: ids and conditions wrap under their stage instead of being cut off in a narrow terminal.
     tree = Tree(Text.assemble((pb.title or pb.id, "bold"), f"  {pb.id} v{pb.version}"))
+    if pb.timezone is not None:
+        tree.add(Text(_calendar_words(pb), style="dim"))
     for stage in pb.stages:
         head = Text.assemble((stage.id, "bold cyan"), f"  {stage.title}" if stage.title else "")
         if stage.owner:
@@ -141,15 +144,15 @@ def playbook_show(
             needs = f"; closing here needs {', '.join(stage.reason_fields)}" if stage.reason_fields else ""
             node.add(Text(f"ends: {stage.terminal}{needs}", style="bold"))
         if stage.tasks:
-            node.add(Text("tasks: " + ", ".join(task.id for task in stage.tasks)))
+            node.add(Text("tasks: " + ", ".join(_task_words(task) for task in stage.tasks)))
         requires = _gate(pb, stage.id)
         if requires:
             node.add(Text("gate: " + ", ".join(requires)))
         if stage.cadence:
-            every = ", then ".join(str(phase.every) for phase in stage.cadence.phases)
+            every = ", then ".join(phase.every.words for phase in stage.cadence.phases)
             node.add(Text(f"{stage.cadence.label} every {every}"))
         for appointment in stage.appointments:
-            before = ", ".join(str(r.before) for r in appointment.remind)
+            before = ", ".join(r.before.words for r in appointment.remind)
             node.add(Text(f"{appointment.label} ({appointment.at}): reminders {before} before"))
         for action in stage.on_enter:
             if action.start_lifecycle is not None:
@@ -159,6 +162,35 @@ def playbook_show(
     if closes := leads.get(None):
         tree.add(Text("close, from any open stage → " + ", ".join(move.target for move in closes)))
     out.print(tree)
+
+
+def _task_words(task: TaskSpec) -> str:
+    """`intro_call (due at the end of the business day; escalates 1 business hour later)`."""
+    notes = []
+    if isinstance(task.due, Duration):
+        notes.append(f"due {task.due.words} after it opens")
+    elif task.due is not None:
+        notes.append("due at the " + task.due.replace("_", " "))
+    if task.escalate is not None:
+        notes.append(f"escalates {task.escalate.after.words} after that")
+    return f"{task.id} ({'; '.join(notes)})" if notes else task.id
+
+
+def _calendar_words(pb: Playbook) -> str:
+    """The playbook's clock in one line: zone, working week and hours, holidays, send window."""
+    cal = pb.calendar or BusinessCalendar()
+    own = f" (a deal's own: {pb.timezone_field})" if pb.timezone_field else ""
+    hours = f"{cal.working_hours.start:%H:%M}-{cal.working_hours.end:%H:%M}"
+    days = ", ".join(day.capitalize() for day in cal.working_days)
+    text = f"times in {pb.timezone}{own}; business days {days} {hours}"
+    if cal.holidays.country:
+        text += f", {cal.holidays.country}{'-' + cal.holidays.subdivision if cal.holidays.subdivision else ''} holidays"
+    if cal.holidays.extra:
+        text += f" and {len(cal.holidays.extra)} company days off"
+    if cal.send_window:
+        days_shown = "business days" if cal.send_window.days == "business" else "every day"
+        text += f"; notices {cal.send_window.start:%H:%M}-{cal.send_window.end:%H:%M} on {days_shown}"
+    return text
 
 
 class GraphFormat(StrEnum):

@@ -64,9 +64,13 @@ def rehearse(
         rows = [{**entry, "day": f"{entry['day']:.3f}", "what": _describe(entry)} for entry in result.timeline]
         print_rows(rows, output, TIMELINE_COLUMNS)
     else:
-        table = Table("day", "kind", "stage", "what", title=f"{pb.id}: {sc.name or scenario.name}")
+        # With a time zone, each entry also shows its local time (`2027-03-15 09:00 EDT`).
+        zoned = any("local" in entry for entry in result.timeline)
+        columns = ("day", "local time") if zoned else ("day",)
+        table = Table(*columns, "kind", "stage", "what", title=f"{pb.id}: {sc.name or scenario.name}")
         for entry in result.timeline:
-            table.add_row(f"{entry['day']:.1f}", entry["kind"], entry.get("stage") or "", _describe(entry))
+            when = (f"{entry['day']:.1f}", entry["local"]) if zoned else (f"{entry['day']:.1f}",)
+            table.add_row(*when, entry["kind"], entry.get("stage") or "", _describe(entry))
         out.print(table)
         out.print(
             f"final stage: [cyan]{result.status.stage}[/cyan]"
@@ -84,5 +88,5 @@ def _describe(entry: dict[str, Any]) -> str:
         return f"{what} → {', '.join(entry.get('to', []))} [{entry.get('status', '')}]"
     if kind == "rejected":
         return f"{entry.get('step')}: {entry.get('reason')}"
-    parts = [f"{k}={v}" for k, v in entry.items() if k not in ("at", "day", "kind", "stage")]
+    parts = [f"{k}={v}" for k, v in entry.items() if k not in ("at", "day", "local", "kind", "stage")]
     return ", ".join(parts)

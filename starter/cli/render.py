@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
@@ -23,7 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from sopflow import reports
+from sopflow import reports, zones
 from sopflow.models import (
     LifecycleStatus,
 )
@@ -177,10 +178,11 @@ def print_status(status: LifecycleStatus, output: Output) -> None:
     for playbook_id, linked_deal in status.linked.items():
         head.append(f"handed off to [cyan]{linked_deal}[/cyan] ({playbook_id}): `sopflow deal status {linked_deal}`")
     out.print(Panel("\n".join(head), title=f"deal {status.deal_id}", expand=False))
+    tz = zones.zone(status.timezone) if status.timezone and zones.is_known(status.timezone) else UTC
     if status.open_tasks:
         tasks = Table("task", "title", "owner", "due", title="Open tasks", title_justify="left")
         for task in status.open_tasks:
-            due = task.due_at.date().isoformat() if task.due_at else ""
+            due = zones.show(task.due_at, tz) if task.due_at else ""
             due = f"[red]{due} overdue[/red]" if task.overdue else due
             blocked = f" (after {', '.join(task.blocked_by)})" if task.blocked_by else ""
             tasks.add_row(task.id, task.title + blocked, task.owner, due)
@@ -192,7 +194,7 @@ def print_status(status: LifecycleStatus, output: Output) -> None:
     if status.due:
         due_table = Table("what", "due", title="Coming up", title_justify="left")
         for due_item in status.due:
-            due_table.add_row(f"{due_item.label} ({due_item.kind})", due_item.due_at.strftime("%Y-%m-%d %H:%M UTC"))
+            due_table.add_row(f"{due_item.label} ({due_item.kind})", zones.show(due_item.due_at, tz))
         out.print(due_table)
     hints = []
     if status.open_forms:
@@ -204,7 +206,7 @@ def print_status(status: LifecycleStatus, output: Output) -> None:
     history = Table("when", "from", "to", "by", "trigger / reason", title="History", title_justify="left")
     for record in status.history[-8:]:
         history.add_row(
-            record.at.strftime("%Y-%m-%d %H:%M"),
+            zones.show(record.at, tz),
             record.from_stage or "",
             record.to_stage,
             record.actor or "",
@@ -240,11 +242,17 @@ def plain(row: Any) -> dict[str, Any]:
     return data
 
 
+def display_zone() -> tzinfo:
+    """Where no one deal's zone applies (lists, reports, mail), times are shown in SOPFLOW_TIMEZONE (default UTC)."""
+    name = os.environ.get("SOPFLOW_TIMEZONE", "UTC")
+    return zones.zone(name) if zones.is_known(name) else UTC
+
+
 def text_cell(value: Any) -> Text:
     if value is None:
         return Text("-", style="dim")
     if isinstance(value, datetime):
-        return Text(reports.utc(value).strftime("%Y-%m-%d %H:%M"))
+        return Text(zones.show(reports.utc(value), display_zone()))
     if isinstance(value, float):
         return Text(f"{value:.1f}")
     return Text(str(value))  # Text, not markup: stage titles and reasons are data

@@ -132,6 +132,14 @@ class FormView:
     spec: FormSpec
     playbook_title: str
     stage_title: str
+    # The deal's zone: date-times typed on the page are its local times (None: UTC, a playbook without a zone).
+    timezone: str | None = None
+
+    @property
+    def zone_hint(self) -> str:
+        """What a date-time typed on this page means (the zone, not an abbreviation: EST or EDT depends on the date
+        typed, which the page does not know yet)."""
+        return f"local time in {self.timezone or 'UTC'}"
 
     @property
     def title(self) -> str:
@@ -160,6 +168,7 @@ class Control:
     checked: bool = False
     options: list[Option] = field(default_factory=list)
     error: str | None = None
+    hint: str | None = None
 
 
 # Field type -> (input type, inputmode, step) for the fields shown as a single <input>.
@@ -167,8 +176,9 @@ _INPUTS: dict[str, tuple[str, str | None, str | None]] = {
     "text": ("text", None, None),
     "email": ("email", None, None),
     "date": ("date", None, None),
-    # The browser sends local wall-clock time without an offset; the field reads that as UTC.
+    # The browser sends wall-clock time without an offset; the deal reads it in its zone (the page says which).
     "datetime": ("datetime-local", None, None),
+    "timezone": ("text", None, None),
     "number": ("number", None, "any"),
     # Text, not type=number: "1,250.00" and "$1250" are amounts the field accepts, and number inputs refuse them.
     "money": ("text", "decimal", None),
@@ -234,7 +244,10 @@ def form_page(
 ) -> HTMLResponse:
     """The form, empty or as typed with one message per invalid field (422), posting to its own URL. `submission`
     is the page's one-time submission id (a fresh one when not given): each rendering is a submission of its own."""
-    fields = controls(view.spec, values or {}, errors or {})
+    fields = [
+        replace(c, hint=view.zone_hint) if view.spec.fields[c.name].type == "datetime" else c
+        for c in controls(view.spec, values or {}, errors or {})
+    ]
     return _page(
         "form.html",
         status,

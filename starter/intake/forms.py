@@ -324,7 +324,7 @@ async def _open_form(client: Client, config: Settings, deal_id: str, form: str) 
         raise IntakeError(
             409, f"the {spec.title or form} is not open while the deal is in {status.stage_title} (open: {open_now})"
         )
-    return form_pages.FormView(deal_id, form, spec, pb.title or pb.id, status.stage_title)
+    return form_pages.FormView(deal_id, form, spec, pb.title or pb.id, status.stage_title, status.timezone)
 
 
 async def _form_again(

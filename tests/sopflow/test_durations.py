@@ -9,32 +9,65 @@ from pydantic import BaseModel
 
 from sopflow.durations import Duration, add_months, duration
 
-DAY = 86400
-
 
 @pytest.mark.parametrize(
-    ("text", "months", "seconds"),
+    ("text", "months", "days", "seconds"),
     [
-        ("14d", 0, 14 * DAY),
-        ("2w", 0, 14 * DAY),
-        ("1mo", 1, 0),
-        ("36h", 0, 36 * 3600),
-        ("1y", 12, 0),
-        ("1y2mo", 14, 0),
-        ("1mo2d", 1, 2 * DAY),
-        ("90m", 0, 90 * 60),
-        ("45s", 0, 45),
-        (" 1y 2mo ", 14, 0),
+        ("14d", 0, 14, 0),
+        ("2w", 0, 14, 0),
+        ("1mo", 1, 0, 0),
+        ("36h", 0, 0, 36 * 3600),
+        ("1y", 12, 0, 0),
+        ("1y2mo", 14, 0, 0),
+        ("1mo2d", 1, 2, 0),
+        ("1d12h", 0, 1, 12 * 3600),
+        ("90m", 0, 0, 90 * 60),
+        ("45s", 0, 0, 45),
+        (" 1y 2mo ", 14, 0, 0),
     ],
 )
-def test_duration_text_parses_into_calendar_months_and_fixed_seconds(text: str, months: int, seconds: int) -> None:
+def test_duration_text_parses_into_calendar_months_and_days_and_fixed_seconds(
+    text: str, months: int, days: int, seconds: int
+) -> None:
     parsed = duration(text)
-    assert (parsed.months, parsed.seconds) == (months, seconds)
+    assert (parsed.months, parsed.days, parsed.seconds) == (months, days, seconds)
+
+
+@pytest.mark.parametrize(("text", "business_days", "business_hours"), [("3bd", 3, 0), ("4bh", 0, 4), ("1bd2bh", 1, 2)])
+def test_business_days_and_hours_parse_apart_from_calendar_units(
+    text: str, business_days: int, business_hours: int
+) -> None:
+    parsed = duration(text)
+    assert (parsed.business_days, parsed.business_hours) == (business_days, business_hours)
+    assert parsed.is_business
+    assert str(parsed) == text
+
+
+@pytest.mark.parametrize("text", ["0bd", "0bh"])
+def test_zero_business_days_or_hours_is_refused_naming_the_value(text: str) -> None:
+    with pytest.raises(ValueError, match=rf"invalid duration '{text}': zero business"):
+        duration(text)
+
+
+def test_business_units_cannot_be_mixed_with_calendar_units() -> None:
+    with pytest.raises(ValueError, match="cannot be mixed with calendar units"):
+        duration("1bd2h")
+
+
+def test_business_time_needs_a_calendar_to_become_a_moment() -> None:
+    with pytest.raises(ValueError, match="3bd counts business time"):
+        duration("3bd").after(datetime(2027, 1, 4, tzinfo=UTC))
 
 
 def test_m_means_minutes_and_mo_means_months() -> None:
     assert duration("1m") == Duration(seconds=60)
     assert duration("1mo") == Duration(months=1)
+
+
+def test_a_day_and_a_half_written_in_hours_stays_in_hours_because_a_day_can_have_23_or_25() -> None:
+    assert duration("36h") != duration("1d12h")
+    start = datetime(2025, 1, 31, 9, tzinfo=UTC)
+    assert duration("36h").after(start) == duration("1d12h").after(start)  # in UTC every day has 24 hours
 
 
 def test_two_weeks_and_fourteen_days_are_the_same_duration() -> None:
@@ -52,7 +85,8 @@ def test_invalid_duration_is_rejected_with_a_message_showing_the_accepted_form(t
     [
         ("14d", "14d"),
         ("2w", "14d"),
-        ("36h", "1d12h"),
+        ("36h", "36h"),
+        ("1d12h", "1d12h"),
         ("1mo", "1mo"),
         ("14mo", "1y2mo"),
         ("1y2mo", "1y2mo"),

@@ -46,6 +46,7 @@ EDGES: dict[str, list[Any]] = {
     "text": ["", " ", "x" * 1000, "x" * 1001, "owner-1", "a\nb", "=?utf-8?b?ZQ==?=", "\u202e", "Ünïcødé 💥"],
     "email": ["a@b.co", "a>,<eve@evil.example", "x" * 250 + "@example.com"],
     "bool": ["yes", "no", "maybe"],
+    "timezone": ["UTC", "Pacific/Kiritimati", "Etc/GMT+12", "America/NewYork", "../../etc/passwd", "x" * 300],
 }
 JUNK = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20), st.lists(st.integers()))
 

@@ -99,8 +99,10 @@ def test_each_kind_of_move_is_labelled_by_what_triggers_it(playbook: Callable[[s
     assert labels["targeting", "contract_request"] == "form targeting"
     assert labels["contract", "prelaunch"] == "event contract_signed"
     assert labels["contract_expired", "contract"] == "advance"
-    assert labels["contract_expired", "closed_expired"] == "expires after 30d (re-send window closes)"
-    assert labels["preparation", "escalated"] == "expires 1d after deal.onboarding_call_scheduled_for (onboarding call)"
+    assert labels["contract_expired", "closed_expired"] == "expires after 30 days (re-send window closes)"
+    assert labels["preparation", "escalated"] == (
+        "expires 1 day after deal.onboarding_call_scheduled_for (onboarding call)"
+    )
     assert labels["categorisation", "servicing_a"] == "when deal.category = 'A'"
     assert labels["servicing_a", "servicing_b"] == "advance when deal.category = 'B'"
     assert labels["sql", "closed_lost"] == (
@@ -160,7 +162,7 @@ def test_special_characters_survive_dot_quoting_unchanged():
     text = graph.dot(pb)
     assert_dot_structure(text)
     labels = [dot_unquote(label) for _, _, label in dot_edges(text)]
-    assert labels == ["when deal.x in ['a|\"b\"', '<c>']", 'expires after 14d (late "<|>")', "advance", "close"]
+    assert labels == ["when deal.x in ['a|\"b\"', '<c>']", 'expires after 14 days (late "<|>")', "advance", "close"]
     node_labels = re.findall(r'^    "style" \[label=("(?:[^"\\]|\\.)*")', text, re.M)
     assert [dot_unquote(label) for label in node_labels] == ["back\\slash\nnew line"]
 

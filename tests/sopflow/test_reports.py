@@ -78,12 +78,13 @@ PLAN: list[tuple[str, list[dict[str, Any]], str, dict[str, Any]]] = [
 
 
 @pytest.fixture
-async def data(ts_env, records_db: Database, safe_balance: Playbook) -> DataSet:
+async def data(ts_env, records_db: Database, safe_balance_utc: Playbook) -> DataSet:
+    """Deals rehearsed on Safe Balance's UTC rules, so the figures below count whole UTC days."""
     runs = {}
     for deal_id, steps, until, fields in PLAN:
         runs[deal_id] = await run(
             ts_env,
-            safe_balance,
+            safe_balance_utc,
             claiming(steps, f"Facility {deal_id}"),
             until,
             deal_id=deal_id,

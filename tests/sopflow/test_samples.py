@@ -5,12 +5,14 @@ optional field) fails `playbook validate` instead, naming where the email is wri
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sopflow.business_calendar import Clock
+from sopflow.durations import duration
 from sopflow.engine import Engine
 from sopflow.fields import coerce, shapes
 from sopflow.models import SubmitForm
@@ -147,8 +149,9 @@ def test_sample_context_is_built_like_the_engines(safe_balance: Playbook) -> Non
     """Drive the real engine with the same sample data: the contract email's context is the sample context."""
     use = use_at(safe_balance, "stages[2].on_enter[0].email")
     expected = sample_context(safe_balance, use, minimal=False)
-    now = datetime.fromisoformat(SAMPLE_MOMENT) - timedelta(days=14)  # the contract deadline is due at the sample
     deal = sample_values(safe_balance.deal, minimal=False, roles=shapes(safe_balance, "deal"))
+    # The contract deadline (14 local days) is due at the sample moment.
+    now = Clock.of(safe_balance, deal).before(duration("14d"), datetime.fromisoformat(SAMPLE_MOMENT))
     engine = Engine.start(safe_balance, SAMPLE_DEAL_ID, deal, now, "wf")
     for form_id in ("targeting", "contract_request"):
         fields = sample_values(safe_balance.forms[form_id].fields, minimal=False)

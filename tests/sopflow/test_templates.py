@@ -288,11 +288,13 @@ def test_emails_the_engine_queues_all_render(renderer: TemplateRenderer) -> None
                 out = render(renderer, step.email.template, ctx)
                 rendered.setdefault(step.email.template, []).append(out)
 
-    # The contract is not signed: two reminders, then it expires.
-    lapsed = Engine.start(PLAYBOOK, "D-2", dict(FULL_DEAL), start, "wf-2")
-    lapsed.submit_form(targeting, start)
-    lapsed.submit_form(contract, start)
-    lapsed.tick(start + timedelta(days=15))
+    # The contract is not signed: two reminders (sent on weekdays, 09:00 Eastern, inside the send window), then it
+    # expires.
+    sent_at = datetime(2025, 3, 5, 14, tzinfo=UTC)
+    lapsed = Engine.start(PLAYBOOK, "D-2", dict(FULL_DEAL), sent_at, "wf-2")
+    lapsed.submit_form(targeting, sent_at)
+    lapsed.submit_form(contract, sent_at)
+    lapsed.tick(sent_at + timedelta(days=15))
     drain(lapsed)
     assert len(rendered["contract_reminder"]) == 2 and "contract_expired" in rendered
 

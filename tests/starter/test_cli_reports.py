@@ -42,7 +42,7 @@ def age_records(db: Database, by: timedelta) -> None:
 
 
 @pytest.fixture
-async def reports_cli(ts_env: WorkflowEnvironment, safe_balance: Playbook, tmp_path: Path) -> AsyncIterator[Cli]:
+async def reports_cli(ts_env: WorkflowEnvironment, safe_balance_utc: Playbook, tmp_path: Path) -> AsyncIterator[Cli]:
     """D-1 launched (ongoing from day 6, rehearsed 50 days), then D-2 whose contract expired on day 15 (rehearsed
     20 days), recorded in a migrated SQLite file whose last moment (the end of D-2) is `AGO` before now."""
     url = f"sqlite:///{tmp_path / 'records.db'}"
@@ -55,7 +55,7 @@ async def reports_cli(ts_env: WorkflowEnvironment, safe_balance: Playbook, tmp_p
             {**s, "fields": {**s["fields"], "company": f"Clinic {deal_id}"}} if s.get("form") == "targeting" else s
             for s in steps
         ]
-        await run(ts_env, safe_balance, claimed, until, deal_id=deal_id, db=db)
+        await run(ts_env, safe_balance_utc, claimed, until, deal_id=deal_id, db=db)
     virtual_now = await ts_env.get_current_time()
     age_records(db, virtual_now - datetime.now(UTC) + AGO)
     db.dispose()

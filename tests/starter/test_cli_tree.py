@@ -79,8 +79,8 @@ async def test_old_spellings_still_work_as_before(cli: Cli, tmp_path: Path):
 
     data = yaml.safe_load((PROJECT_ROOT / "playbooks" / "safe_balance.yaml").read_text())
     v2 = tmp_path / "safe_balance.yaml"
-    v2.write_text(yaml.safe_dump({**data, "version": 2}, sort_keys=False))
-    dry = await cli.ok("migrate", str(v2), "--to-version", "2", "--deal", deal, "--dry-run")
+    v2.write_text(yaml.safe_dump({**data, "version": data["version"] + 1}, sort_keys=False))
+    dry = await cli.ok("migrate", str(v2), "--to-version", str(data["version"] + 1), "--deal", deal, "--dry-run")
     assert f"{deal}: would migrate" in dry
 
     code, _, stderr = await cli("close", deal, "--reason", "no outcome")

@@ -3,11 +3,12 @@ tasks and the category cadences, through the real workflow on the time-skipping 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 
 import pytest
 
+from sopflow.business_calendar import Clock
 from sopflow.config import PROJECT_ROOT
 from sopflow.durations import duration
 from sopflow.playbook import Playbook
@@ -15,7 +16,7 @@ from sopflow.playbook_checks import load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
 from starter.rehearse import Rehearsal
-from tests.conftest import checked_in_scenario, mail, run
+from tests.conftest import checked_in_scenario, mail, quiet_start, run
 
 PLAYBOOK_FILE = PROJECT_ROOT / "playbooks" / "financial_servicing.yaml"
 TEMPLATES = PROJECT_ROOT / "templates"
@@ -66,11 +67,28 @@ def dues(result: Rehearsal) -> list[datetime]:
     return [moment(e["due_at"]) for e in result.of_kind("visit_due")]
 
 
+# The playbook's clock (US Eastern): meetings on a cadence are dates, due at the close of business (17:00 local).
+CLOCK = Clock.of(load_playbook(PLAYBOOK_FILE), DEAL)
+
+
+def after(span: str, moment: datetime) -> datetime:
+    """`span` after a moment in the client's local calendar (a month later is the same local time)."""
+    return CLOCK.after(duration(span), moment)
+
+
+def notice(at: datetime, announces: datetime) -> datetime | None:
+    """A reminder due `at` waits for the send window, and is dropped if it would then go out at or after the moment
+    it announces (a 1h reminder of a Saturday meeting)."""
+    held = CLOCK.hold(at)
+    return held if held == at or held < announces else None
+
+
 def chain(start: datetime, every: str, count: int) -> list[datetime]:
-    step, out = duration(every), []
+    """The due dates of a cadence nobody logs: every `every` from the local date of `start`, at the close."""
+    due, out = CLOCK.due_on(CLOCK.local_date(start)), []
     for _ in range(count):
-        start = step.after(start)
-        out.append(start)
+        due = after(every, due)
+        out.append(due)
     return out
 
 
@@ -106,7 +124,8 @@ async def test_meetings_fall_due_on_the_category_cadence_over_two_years(
     reminders = [moment(e["due_at"]) for e in result.of_kind("reminder") if "cadence" in e]
     missed = [moment(e["due_at"]) for e in result.of_kind("escalation") if e.get("reason") == "missed"]
     assert reminders == dues(result)
-    assert missed == [d for d in dues(result) if duration("14d").after(d) <= duration("732d").after(result.started_at)]
+    horizon = after("732d", result.started_at)
+    assert missed == [d for d in dues(result) if CLOCK.hold(after("14d", d)) <= horizon]
 
 
 async def test_a_client_happy_path_logged_meetings_reset_the_schedule_and_never_escalate(ts_env, servicing):
@@ -116,27 +135,29 @@ async def test_a_client_happy_path_logged_meetings_reset_the_schedule_and_never_
     start = entered(result, "servicing_a")
     forms = [e for e in result.of_kind("form") if e["form"] == "meeting_log"]
     assert len(forms) == 4
-    for form in forms:  # each logged meeting: next due = meeting date + 3 months
-        assert moment(form["next_due"]) == duration("3mo").after(moment(form["logged_at"]))
+    for form in forms:  # each logged meeting: next due = meeting date + 3 months (a date, due at the close)
+        assert moment(form["next_due"]) == after("3mo", moment(form["logged_at"]))
     assert not result.of_kind("escalation") and not result.of_kind("visit_due")
     templates = [e["template"] for e in result.of_kind("email")]
     assert templates.count("meeting_recap") == 4 and templates.count("design_center_request") == 2
     assert templates.count("meeting_due") == 4
     # The first "book it" reminder is for the first due date: 3 months after the category was confirmed.
     first = next(e for e in result.of_kind("reminder") if "cadence" in e)
-    assert moment(first["due_at"]) == duration("3mo").after(start)
+    assert moment(first["due_at"]) == chain(start, "3mo", 1)[0]
     assert result.status.stage == "servicing_a"
     assert result.status.fields["suggested_category"] == "A"
 
     # Every booked meeting: the client one week, one day and one hour before; the advisor's checklist a week before.
+    # Booked at 15:00 local; a week and a day before are 15:00 local (held to the send window on a day off), an
+    # hour before is exactly an hour.
     meetings = [moment(e["starts_at"]) for e in result.of_kind("appointment")]
-    assert len(meetings) == 5 and all(m.hour == 15 and m.minute == 0 for m in meetings)
-    held = [m for m in meetings if m <= duration("400d").after(result.started_at)]
+    assert len(meetings) == 5 and all(CLOCK.local(m).time() == time(15) for m in meetings)
+    held = [m for m in meetings if m <= after("400d", result.started_at)]
     client_reminders = [moment(e["at"]) for e in result.of_kind("email") if e["template"] == "client_meeting_reminder"]
-    assert client_reminders == [
-        m - before for m in held[:4] for before in (timedelta(days=7), timedelta(days=1), timedelta(hours=1))
-    ]
-    assert len(mail(result, "client_meeting_reminder")) == 12 and len(mail(result, "meeting_prep")) == 4
+    expected = [notice(CLOCK.before(duration(before), m), m) for m in held[:4] for before in ("7d", "1d", "1h")]
+    assert client_reminders == [at for at in expected if at is not None]
+    assert len(mail(result, "client_meeting_reminder")) == len(client_reminders)
+    assert len(mail(result, "meeting_prep")) == 4
     (reminder,) = [m for m in mail(result, "client_meeting_reminder") if "in one hour" in str(m["Subject"])][:1]
     assert reminder["To"] == "Example Household <client@example.com>"
 
@@ -156,17 +177,17 @@ async def test_a_logged_meeting_moves_the_next_due_date(ts_env, servicing):
 
     (form,) = [e for e in result.of_kind("form") if e["form"] == "meeting_log"]
     logged = moment(form["logged_at"])
-    assert dues(result) == [duration("3mo").after(logged)]
-    assert duration("3mo").after(entered(result, "servicing_a")) not in dues(result)
+    assert dues(result) == [after("3mo", logged)]
+    assert chain(entered(result, "servicing_a"), "3mo", 1)[0] not in dues(result)
 
 
 async def test_a_missed_meeting_escalates_to_the_practice_lead(ts_env, servicing):
     result = await run(ts_env, servicing, confirm("B"), until="140d", deal_id="CS-B-1", deal={**DEAL, **B_PROFILE})
 
-    due = duration("4mo").after(entered(result, "servicing_b"))
+    (due,) = chain(entered(result, "servicing_b"), "4mo", 1)
     (escalation,) = [e for e in result.of_kind("escalation") if e.get("reason") == "missed"]
     assert moment(escalation["due_at"]) == due
-    assert moment(escalation["at"]) == duration("14d").after(due)
+    assert moment(escalation["at"]) == CLOCK.hold(after("14d", due))  # 14 days later, in the send window
     overdue = [m for m in result.emails if m["X-Sopflow-Template"] == "financial_servicing/meeting_overdue"]
     assert len(overdue) == 1
     assert "advisor@example.com" in overdue[0]["To"] and "practice-lead@example.com" in overdue[0]["Cc"]
@@ -182,14 +203,15 @@ async def test_recategorisation_is_checked_against_the_profile_and_re_plans_the_
     suggested = [e["values"]["suggested_category"] for e in result.of_kind("fields") if "values" in e]
     assert suggested == ["C", "A"]  # at the start, then once the profile grew
     c_start, a_start = entered(result, "servicing_c"), entered(result, "servicing_a")
-    assert dues(result) == [duration("6mo").after(c_start), duration("3mo").after(a_start)]
+    assert dues(result) == [chain(c_start, "6mo", 1)[0], chain(a_start, "3mo", 1)[0]]
     missed = [moment(e["due_at"]) for e in result.of_kind("escalation") if e.get("reason") == "missed"]
     assert missed == dues(result)
 
 
 async def test_a_neglected_meeting_reminds_and_escalates_its_tasks_then_the_client_leaves(ts_env, servicing):
     deal, steps, until = checked_in_scenario("financial_servicing_neglected")
-    result = await run(ts_env, servicing, steps, until=until, deal_id="FS-B-1", deal=deal)
+    # Started on a Wednesday with no holiday ahead: every due moment below falls on a working day.
+    result = await run(ts_env, servicing, steps, until=until, deal_id="FS-B-1", deal=deal, start=quiet_start(2, 70))
 
     # A straddling profile gets one answer, with the rows that pulled each way.
     assert result.status.fields["suggested_category"] == "B"
@@ -203,11 +225,13 @@ async def test_a_neglected_meeting_reminds_and_escalates_its_tasks_then_the_clie
     assert (
         task_reminders["verify_accounts"] == task_reminders["trusted_advisor_outreach"] == meeting - timedelta(days=2)
     )
-    # The A360 update after the logged meeting: reminded 3 days later, escalated a week after that.
+    # The A360 update after the logged meeting: due 3 days after the meeting's date at the close, reminded then,
+    # escalated a week after that.
     logged = moment(next(e["at"] for e in result.of_kind("form") if e["form"] == "meeting_log"))
-    assert task_reminders["update_a360_household"] == logged + timedelta(days=3)
+    due = after("3d", CLOCK.due_on(CLOCK.local_date(logged)))
+    assert task_reminders["update_a360_household"] == due
     (escalation,) = [e for e in result.of_kind("escalation") if e.get("task") == "update_a360_household"]
-    assert moment(escalation["at"]) == logged + timedelta(days=10)
+    assert moment(escalation["at"]) == after("7d", due)
     (escalated,) = mail(result, "task_escalation")
     assert "practice-lead@example.com" in escalated["To"]
     assert [e["to"] for e in result.of_kind("stage")][-1] == "client_departed"

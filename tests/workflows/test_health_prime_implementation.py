@@ -10,7 +10,7 @@ import pytest
 from sopflow.playbook import Playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
-from tests.conftest import TEMPLATES, body, checked_in_scenario, mail, run, shipped_playbook, stage_path
+from tests.conftest import TEMPLATES, body, checked_in_scenario, mail, quiet_start, run, shipped_playbook, stage_path
 
 DEAL = {
     "company_name": "Example Clinic",
@@ -35,8 +35,15 @@ def test_playbook_validates_and_every_template_renders(implementation):
 
 async def test_happy_path_moves_training_and_reminders_with_the_confirmed_go_live_date(ts_env, implementation):
     deal, steps, until = checked_in_scenario("health_prime_implementation_happy_path")
+    # Started on a Monday: the go-live is a Thursday, its reminders fall on a Thursday and a Tuesday at 17:00.
     result = await run(
-        ts_env, implementation, steps, until=until, deal_id="HP-1.health_prime_implementation", deal=deal
+        ts_env,
+        implementation,
+        steps,
+        until=until,
+        deal_id="HP-1.health_prime_implementation",
+        deal=deal,
+        start=quiet_start(0, 62),
     )
 
     assert stage_path(result) == ["kickoff", "configuration", "live"]
@@ -53,10 +60,11 @@ async def test_happy_path_moves_training_and_reminders_with_the_confirmed_go_liv
 
 
 async def test_a_kickoff_never_scheduled_escalates_to_the_sales_vp(ts_env, implementation):
-    result = await run(ts_env, implementation, [], until="6d", deal_id="HP-5.impl", deal=DEAL)
+    # Started on a Friday: due at midnight on day 3 (a Monday), escalated 2 days later when the window opens.
+    result = await run(ts_env, implementation, [], until="6d", deal_id="HP-5.impl", deal=DEAL, start=quiet_start(4))
 
     escalation = next(e for e in result.of_kind("escalation") if e.get("task") == "schedule_kickoff")
-    assert float(escalation["day"]) == pytest.approx(5.0, abs=0.01)  # due on day 3, escalated 2 days later
+    assert float(escalation["day"]) == pytest.approx(5 + 9 / 24, abs=0.05)  # due on day 3, escalated 2 days later
     (mail_sent,) = mail(result, "task_escalation")
     assert "sales-vp@example.com" in mail_sent["To"]
     assert result.status.stage == "kickoff"

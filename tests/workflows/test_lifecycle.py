@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -34,11 +34,14 @@ from tests.conftest import (
     TARGETING,
     launched_steps,
     make_worker,
+    quiet_start,
     run,
     sales_steps,
     start_deal,
 )
 from workflows.lifecycle import ClientLifecycle
+
+WEDNESDAY, FRIDAY = 2, 4
 
 
 def cause_of(failure: pytest.ExceptionInfo[WorkflowUpdateFailedError]) -> ApplicationError:
@@ -60,14 +63,16 @@ def days_between(a: str, b: str) -> float:
 
 
 async def test_unsigned_contract_expires_exactly_14_days_after_sending_with_reminders_before(ts_env, safe_balance):
-    result = await run(ts_env, safe_balance, sales_steps(signed_on=None), until="20d")
+    """Sent at midnight on a Thursday; the reminders fall at midnight too, so each waits for the send window's 09:00
+    opening (both on weekdays); the expiry never waits."""
+    result = await run(ts_env, safe_balance, sales_steps(signed_on=None), until="20d", start=quiet_start(WEDNESDAY))
 
     moves = stage_moves(result)
     assert ("contract", 1.0) in moves
     expiry = next(e for e in result.of_kind("stage") if e["to"] == "contract_expired")
     assert expiry["trigger"] == "deadline" and day_of(expiry) == pytest.approx(15.0, abs=0.01)
     reminders = [day_of(e) for e in result.of_kind("reminder") if e.get("deadline") == "contract expires"]
-    assert reminders == pytest.approx([8.0, 13.0], abs=0.01)  # 7 and 2 days before the day-15 expiry
+    assert reminders == pytest.approx([8.375, 13.375], abs=0.05)  # 7 and 2 days before the day-15 expiry, at 09:00
     sent = {(e["template"], e["status"]) for e in result.of_kind("email")}
     assert {("contract_sent", "sent"), ("contract_reminder", "sent"), ("contract_expired", "sent")} <= sent
     assert result.status.stage == "contract_expired"
@@ -131,10 +136,11 @@ async def test_launch_is_rejected_until_prelaunch_is_complete_naming_what_is_mis
 async def test_site_visits_over_three_years_follow_the_14_day_monthly_and_two_monthly_phases(ts_env, safe_balance):
     result = await run(ts_env, safe_balance, launched_steps(), until=f"{6 + 3 * 365}d")
 
-    dues = [e["due_at"] for e in result.of_kind("visit_due")]
-    gaps = [days_between(a, b) for a, b in itertools.pairwise(dues)]
+    # Visits are dates (due at the close of business, 17:00 local): count local calendar days.
+    dues = [date.fromisoformat(e["local"][:10]) for e in result.of_kind("visit_due")]
+    gaps = [(b - a).days for a, b in itertools.pairwise(dues)]
     ongoing_entry = next(e for e in result.of_kind("stage") if e["to"] == "ongoing")
-    offsets = [days_between(ongoing_entry["at"], due) for due in dues]
+    offsets = [(due - date.fromisoformat(ongoing_entry["local"][:10])).days for due in dues]
     assert offsets[:5] == pytest.approx([14, 28, 42, 56, 70])
     first_year = [g for g, o in zip(gaps, offsets[1:], strict=False) if 70 < o <= 365]
     later = [g for g, o in zip(gaps, offsets[1:], strict=False) if o > 365 + 62]
@@ -144,14 +150,16 @@ async def test_site_visits_over_three_years_follow_the_14_day_monthly_and_two_mo
 
 
 async def test_overdue_site_visit_escalates_after_the_grace_period(ts_env, safe_balance):
-    result = await run(ts_env, safe_balance, launched_steps(), until="30d")
+    """Launched on day 6 of a Friday start: the visit is due on day 20 (a Thursday) at 17:00, reminded 3 days before
+    and escalated 7 days after, each at 17:00 (inside the send window: weekdays)."""
+    result = await run(ts_env, safe_balance, launched_steps(), until="30d", start=quiet_start(FRIDAY))
 
     reminder = next(e for e in result.of_kind("reminder") if e.get("cadence") == "site visit")
     due = next(e for e in result.of_kind("visit_due"))
     escalation = next(e for e in result.of_kind("escalation") if e.get("cadence") == "site visit")
-    assert day_of(reminder) == pytest.approx(17.0, abs=0.01)
-    assert day_of(due) == pytest.approx(20.0, abs=0.01)
-    assert day_of(escalation) == pytest.approx(27.0, abs=0.01)
+    assert day_of(reminder) == pytest.approx(17 + 17 / 24, abs=0.05)
+    assert day_of(due) == pytest.approx(20 + 17 / 24, abs=0.05)
+    assert day_of(escalation) == pytest.approx(27 + 17 / 24, abs=0.05)
     overdue = [m for m in result.emails if m["X-Sopflow-Template"] == "safe_balance/visit_overdue"]
     assert len(overdue) == 1 and "am@example.com" in overdue[0]["Cc"]
 
@@ -161,9 +169,9 @@ async def test_a_logged_visit_resets_the_next_due_date(ts_env, safe_balance):
     result = await run(ts_env, safe_balance, [*launched_steps(), visit], until="36d")
 
     logged = next(e for e in result.of_kind("form") if e["form"] == "site_visit")
-    assert days_between(logged["at"], logged["next_due"]) == pytest.approx(14.0, abs=0.01)
+    assert days_between(logged["at"], logged["next_due"]) == pytest.approx(14 + 17 / 24, abs=0.05)  # a date: 17:00
     dues = [day_of(e) for e in result.of_kind("visit_due")]
-    assert dues[0] == pytest.approx(30.0, abs=0.01)  # 16 + 14, not the scheduled day 20
+    assert dues[0] == pytest.approx(30 + 17 / 24, abs=0.05)  # 16 + 14, not the scheduled day 20
     assert not result.of_kind("escalation")  # the day-20 slot was met by the visit; day 30 escalates on 37
 
 

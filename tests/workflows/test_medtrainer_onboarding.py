@@ -20,11 +20,12 @@ from sopflow.playbook_checks import load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
 from starter.rehearse import Rehearsal
-from tests.conftest import PLAYBOOKS, TEMPLATES, checked_in_scenario, run
+from tests.conftest import PLAYBOOKS, TEMPLATES, checked_in_scenario, quiet_start, run
 
 PLAYBOOK_FILE = PLAYBOOKS / "medtrainer_onboarding.yaml"
 SCENARIOS = PLAYBOOKS / "scenarios"
 TEMPLATE = "medtrainer_onboarding/{}"
+MONDAY, WEDNESDAY = 0, 2
 
 STANDARD_SETUP = ["Initial Account Configuration Roster.xlsx", "Initial Organization Management Setup.pdf"]
 BASIC_CREDENTIALING = ["Payor Roster.xlsx", "Verification & Documents Roster.xlsx"]
@@ -111,12 +112,15 @@ async def test_the_welcome_email_carries_the_rosters_of_the_tier_and_credentiali
 
 
 async def test_the_same_day_call_reminds_the_csm_and_escalates_to_the_team_lead_when_overdue(ts_env, medtrainer):
-    result = await run(ts_env, medtrainer, [], until="12h", deal=deal("Standard", False))
+    """Assigned on a Monday (at midnight, before opening): due at that day's 17:00 close, the CSM reminded then,
+    and the Team Lead told one business hour later, at 10:00 on Tuesday."""
+    result = await run(ts_env, medtrainer, [], until="2d", deal=deal("Standard", False), start=quiet_start(MONDAY))
 
     reminder = next(e for e in result.of_kind("reminder") if e.get("task") == "intro_call")
     escalation = next(e for e in result.of_kind("escalation") if e.get("task") == "intro_call")
-    assert float(reminder["day"]) * 24 == pytest.approx(8.0, abs=0.05)
-    assert float(escalation["day"]) * 24 == pytest.approx(9.0, abs=0.05)
+    assert float(reminder["day"]) * 24 == pytest.approx(17.0, abs=1.05)  # 17:00 local (the hour: DST-safe bound)
+    assert reminder["local"][11:16] == "17:00" and escalation["local"][11:16] == "10:00"
+    assert float(escalation["day"]) == pytest.approx(1 + 10 / 24, abs=0.05)
     (escalated,) = sent(result.emails, "task_escalation")
     assert "lead@example.com" in escalated["To"] and "csm@example.com" in escalated["Cc"]
     assert len(sent(result.emails, "task_overdue")) == 1
@@ -131,7 +135,15 @@ async def test_a_call_made_in_time_is_never_escalated(ts_env, medtrainer):
 
 async def test_the_happy_path_reaches_onboarded_and_the_recap_carries_the_cpr_files(ts_env, medtrainer):
     with MailSink() as sink:
-        result = await run(ts_env, medtrainer, happy_steps(), until="8d", deal=deal("Premium", True), sink=sink)
+        result = await run(
+            ts_env,
+            medtrainer,
+            happy_steps(),
+            until="8d",
+            deal=deal("Premium", True),
+            sink=sink,
+            start=quiet_start(MONDAY),
+        )
         received = list(sink.messages)
 
     moves = stage_moves(result)
@@ -151,7 +163,7 @@ async def test_the_happy_path_reaches_onboarded_and_the_recap_carries_the_cpr_fi
     (prep,) = sent(received, "prep_reminder")
     assert "rsm@example.com" in prep["Cc"]
     prep_day = next(float(e["day"]) for e in result.of_kind("email") if e["template"] == "prep_reminder")
-    assert prep_day == pytest.approx(4 + 3 / 24, abs=0.01)
+    assert prep_day == pytest.approx(4 + 17 / 24, abs=0.05)  # two days before the call's deadline, at the close
 
 
 async def test_the_call_form_waits_until_the_discovery_sync_and_presentation_are_done(ts_env, medtrainer):
@@ -177,13 +189,15 @@ async def test_an_admin_who_never_schedules_is_reminded_then_escalated_and_the_a
         until=scenario["until"],
         deal=scenario["deal"]["fields"],
         deal_id=scenario["deal"]["id"],
+        start=quiet_start(WEDNESDAY),
     )
 
     reminders = [m for m in result.emails if m["X-Sopflow-Template"] == TEMPLATE.format("scheduling_reminder")]
     assert len(reminders) == 2
     assert all(attachment_names(m) == sorted(BASIC_CREDENTIALING) for m in reminders)
     reminder_days = [float(e["day"]) for e in result.of_kind("email") if e["template"] == "scheduling_reminder"]
-    assert reminder_days == pytest.approx([2.0, 5.0], abs=0.01)
+    # Days 2 and 5 (Friday and Monday) at midnight, each held to the send window's 09:00 opening.
+    assert reminder_days == pytest.approx([2 + 9 / 24, 5 + 9 / 24], abs=0.05)
     escalated = next(e for e in result.of_kind("stage") if e["to"] == "escalated")
     assert escalated["trigger"] == "deadline" and float(escalated["day"]) == pytest.approx(7.0, abs=0.01)
     (unresponsive,) = sent(result.emails, "not_scheduled")
@@ -200,7 +214,7 @@ async def test_a_missed_onboarding_call_opens_an_escalation_case_and_a_reschedul
 
     escalated = next(e for e in result.of_kind("stage") if e["to"] == "escalated")
     assert escalated["trigger"] == "deadline" and "not held" in escalated["reason"]
-    assert float(escalated["day"]) == pytest.approx(4 + 1 / 24, abs=0.01)  # the day after the scheduled call
+    assert float(escalated["day"]) == pytest.approx(4 + 17 / 24, abs=0.05)  # the day after the call, at the close
     assert len(sent(result.emails, "call_missed")) == 1
     assert any("escalation_case" in e["reason"] for e in result.of_kind("rejected"))
     assert [to for to, _ in stage_moves(result)][-2:] == ["escalated", "preparation"]

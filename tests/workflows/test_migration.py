@@ -77,7 +77,7 @@ async def test_a_running_client_moves_to_the_new_version_keeping_its_progress(ts
         status: LifecycleStatus = await handle.query(ClientLifecycle.status)
         history = await handle.fetch_history()
 
-    assert (status.playbook_version, status.stage) == (2, "prelaunch")
+    assert (status.playbook_version, status.stage) == (safe_balance.version + 1, "prelaunch")
     assert "onsite_appointment" in status.done_tasks and "insurance_check" in status.done_tasks  # kept, and added
     open_tasks = {t.id for t in status.open_tasks}
     assert "prelaunch_call" not in open_tasks and "services_onboarded" in open_tasks
@@ -111,8 +111,9 @@ async def test_migrations_that_would_strand_or_break_a_client_are_refused(ts_env
         mapped = MigratePlaybook(playbook=next_version(safe_balance, drop_prelaunch), stage_map={"prelaunch": "launch"})
         status = await handle.execute_update(ClientLifecycle.migrate_playbook, mapped)
 
-    assert refusals[0] == "Rejected: v1 is not newer than the v1 this deal runs"
-    assert "stage 'prelaunch' is not in v2: map it" in refusals[1] and "--map prelaunch=<stage>" in refusals[1]
+    v, new = safe_balance.version, safe_balance.version + 1
+    assert refusals[0] == f"Rejected: v{v} is not newer than the v{v} this deal runs"
+    assert f"stage 'prelaunch' is not in v{new}: map it" in refusals[1] and "--map prelaunch=<stage>" in refusals[1]
     assert "ends the lifecycle" in refusals[2]
-    assert (status.playbook_version, status.stage) == (2, "launch")
+    assert (status.playbook_version, status.stage) == (new, "launch")
     assert status.history[-1].trigger == "migration"

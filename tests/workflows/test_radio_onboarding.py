@@ -9,7 +9,7 @@ from sopflow.playbook import Playbook
 from sopflow.playbook_checks import load_playbook
 from sopflow.samples import render_check
 from sopflow.templates import TemplateRenderer
-from tests.conftest import body, checked_in_scenario, mail, run, sent, stage_path
+from tests.conftest import body, checked_in_scenario, mail, quiet_start, run, sent, stage_path
 
 PLAYBOOK_FILE = PROJECT_ROOT / "playbooks" / "radio_onboarding.yaml"
 TEMPLATES = PROJECT_ROOT / "templates"
@@ -147,7 +147,8 @@ async def test_brief_with_missing_contract_information_cannot_leave_customer_bri
 
 async def test_stalled_training_reminds_the_csm_escalates_to_the_lead_and_the_client_cancels(ts_env, radio):
     deal, steps, until = checked_in_scenario("radio_onboarding_training_stalls")
-    result = await run(ts_env, radio, steps, until=until, deal_id="RADIO-2", deal=deal)
+    # Started on a Monday: the tasks fall due at midnight on Mondays, so their notices wait for the 09:00 window.
+    result = await run(ts_env, radio, steps, until=until, deal_id="RADIO-2", deal=deal, start=quiet_start(0, 60))
 
     training = next(e for e in result.of_kind("stage") if e["to"] == "training")
     entered = float(training["day"])
@@ -155,12 +156,12 @@ async def test_stalled_training_reminds_the_csm_escalates_to_the_lead_and_the_cl
 
     reminders = [(e["task"], float(e["day"])) for e in result.of_kind("reminder")]
     assert reminders == [
-        ("conduct_training", pytest.approx(entered + 21, abs=0.01)),
-        ("training_follow_ups", pytest.approx(entered + 28, abs=0.01)),
+        ("conduct_training", pytest.approx(entered + 21 + 9 / 24, abs=0.05)),
+        ("training_follow_ups", pytest.approx(entered + 28 + 9 / 24, abs=0.05)),
     ]
     (escalation,) = result.of_kind("escalation")
     assert escalation["task"] == "conduct_training"
-    assert float(escalation["day"]) == pytest.approx(entered + 21 + 7, abs=0.01)
+    assert float(escalation["day"]) == pytest.approx(entered + 21 + 7 + 9 / 24, abs=0.05)
     escalated = mail(result, "task_escalation")
     assert len(escalated) == 1
     assert "onboarding@example.com" in escalated[0]["To"] and "sales@example.com" in escalated[0]["Cc"]
