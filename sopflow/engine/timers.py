@@ -51,16 +51,17 @@ class Timers(Transitions):
         deadline, dl_spec = state.deadline, stage.deadline
         if deadline is not None and dl_spec is not None:
             for i, reminder in enumerate(dl_spec.remind):
-                at = self._notice(clock.before(reminder.before, deadline.due_at), deadline.due_at)
-                if i not in deadline.reminders_sent and at is not None:
-                    yield Wakeup(at, f"{deadline.label}: reminder", partial(self._deadline_reminder, i, reminder.email))
+                when = self._notice(clock.before(reminder.before, deadline.due_at), deadline.due_at)
+                if i not in deadline.reminders_sent and when is not None:
+                    fire = partial(self._deadline_reminder, i, reminder.email)
+                    yield Wakeup(when, f"{deadline.label}: reminder", fire)
             yield Wakeup(deadline.due_at, deadline.label, self._deadline_expires)
         cad, cad_spec = state.cadence, stage.cadence
         if cad is not None and cad_spec is not None:
             if cad_spec.remind is not None and not cad.reminded:
-                at = self._notice(clock.before(cad_spec.remind.before, cad.next_due), cad.next_due)
-                if at is not None:
-                    yield Wakeup(at, f"{cad.label}: reminder", partial(self._visit_reminder, cad_spec.remind.email))
+                when = self._notice(clock.before(cad_spec.remind.before, cad.next_due), cad.next_due)
+                if when is not None:
+                    yield Wakeup(when, f"{cad.label}: reminder", partial(self._visit_reminder, cad_spec.remind.email))
             if not cad.announced:
                 yield Wakeup(cad.next_due, f"{cad.label} due", self._visit_due)
             if cad_spec.overdue is not None:
