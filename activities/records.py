@@ -184,6 +184,7 @@ class RecordActivities:
             "next_due": snap.next_due,
             "next_visit_due": snap.next_visit_due,
             "visit_label": snap.visit_label,
+            "timezone": snap.timezone,
             "started_at": snap.started_at,
             "updated_at": now,
         }

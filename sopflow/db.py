@@ -99,6 +99,8 @@ class DealRow(Base):
     outcome: Mapped[str | None] = mapped_column(String(20), nullable=True)
     started_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # The deal's IANA zone (NULL: UTC, a playbook without one): reports show its times as its people read them.
+    timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The journal sequence the row reflects: a retried or out-of-order batch never moves it backwards.
     last_seq: Mapped[int]
 

@@ -341,6 +341,8 @@ class DealSnapshot(Payload):
     outcome: str | None = None
     started_at: datetime
     contacts: list[ContactView] = []
+    # The deal's IANA zone (None: a playbook without one, UTC), so reports show each deal's local times.
+    timezone: str | None = None
 
 
 class JournalBatch(Payload):

@@ -407,19 +407,11 @@ class Holidays(Model):
     extra: list[date] = []
 
 
-class SendWindow(Model):
+class SendWindow(Hours):
     """When reminders, escalations and overdue notices may go out, in the deal's local time: one falling outside is
     held to the next opening (on business days, unless `days: every_day`)."""
 
-    start: time
-    end: time
     days: Literal["business", "every_day"] = "business"
-
-    @model_validator(mode="after")
-    def _ordered(self) -> SendWindow:
-        if self.start >= self.end:
-            raise ValueError(f"start {self.start:%H:%M} must be before end {self.end:%H:%M}")
-        return self
 
 
 class BusinessCalendar(Model):

@@ -206,6 +206,8 @@ class VisitDue:
     due_at: datetime
     status: VisitStatus
     days_until_due: float
+    # The deal's zone: the CLI shows `due_at` in it (None: UTC).
+    timezone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -233,13 +235,19 @@ def visits(session: Session, now: datetime, within: timedelta, by_owner: bool = 
     horizon = now + within
     query = (
         select(
-            DealRow.deal_id, DealRow.playbook, DealRow.owner, DealRow.stage, DealRow.visit_label, DealRow.next_visit_due
+            DealRow.deal_id,
+            DealRow.playbook,
+            DealRow.owner,
+            DealRow.stage,
+            DealRow.visit_label,
+            DealRow.next_visit_due,
+            DealRow.timezone,
         )
         .where(DealRow.outcome.is_(None), DealRow.next_visit_due.is_not(None))
         .order_by(DealRow.next_visit_due, DealRow.deal_id)
     )
     details = []
-    for deal_id, pb, owner, stage, label, next_due in session.execute(query):
+    for deal_id, pb, owner, stage, label, next_due, zone_name in session.execute(query):
         if next_due is None:  # filtered out above; kept for the type checker
             continue
         due = utc(next_due)
@@ -255,6 +263,7 @@ def visits(session: Session, now: datetime, within: timedelta, by_owner: bool = 
                 due_at=due,
                 status="overdue" if due < now else "upcoming",
                 days_until_due=in_days(due - now),
+                timezone=zone_name,
             )
         )
     # Overdue first (most overdue at the top), then upcoming soonest first.

@@ -154,6 +154,7 @@ def snapshot(playbook: Playbook, state: LifecycleState) -> DealSnapshot:
         outcome=state.outcome,
         started_at=state.started_at,
         contacts=contacts,
+        timezone=Clock.of(playbook, state.fields).name if playbook.timezone else None,
     )
 
 

@@ -242,17 +242,18 @@ def plain(row: Any) -> dict[str, Any]:
     return data
 
 
-def display_zone() -> tzinfo:
-    """Where no one deal's zone applies (lists, reports, mail), times are shown in SOPFLOW_TIMEZONE (default UTC)."""
-    name = os.environ.get("SOPFLOW_TIMEZONE", "UTC")
+def display_zone(deal_zone: str | None = None) -> tzinfo:
+    """A deal's times in its own zone; where no one deal's zone applies (lists, mail), in SOPFLOW_TIMEZONE (default
+    UTC)."""
+    name = deal_zone or os.environ.get("SOPFLOW_TIMEZONE", "UTC")
     return zones.zone(name) if zones.is_known(name) else UTC
 
 
-def text_cell(value: Any) -> Text:
+def text_cell(value: Any, deal_zone: str | None = None) -> Text:
     if value is None:
         return Text("-", style="dim")
     if isinstance(value, datetime):
-        return Text(zones.show(reports.utc(value), display_zone()))
+        return Text(zones.show(reports.utc(value), display_zone(deal_zone)))
     if isinstance(value, float):
         return Text(f"{value:.1f}")
     return Text(str(value))  # Text, not markup: stage titles and reasons are data
@@ -275,7 +276,7 @@ def emit(
     shown = list(columns or names)
     table = Table(*(name.replace("_", " ") for name in shown), title=title, title_justify="left")
     for row in rows:
-        table.add_row(*(text_cell(getattr(row, name)) for name in shown))
+        table.add_row(*(text_cell(getattr(row, name), getattr(row, "timezone", None)) for name in shown))
     out.print(table)
     out.print(plural(len(rows), noun), style="dim", highlight=False)
 

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from sopflow import views
 from sopflow.engine import Engine
 from sopflow.errors import Rejected
 from sopflow.models import Advance, SetFields, SubmitForm
@@ -197,3 +198,11 @@ def test_a_clients_own_zone_reads_its_local_times_and_due_dates_in_that_zone(pla
     assert engine.state.tasks["intro_call"].due_at == local(2027, 3, 3, 17, 0, tz=london)
     engine.set_fields(SetFields(fields={"meeting_at": "2027-03-20 11:00"}, actor="advisor"), local(2027, 3, 3, 15, 0))
     assert engine.state.fields["meeting_at"] == "2027-03-20T11:00:00+00:00"
+
+
+def test_the_deals_zone_is_recorded_with_its_status_and_snapshot_for_the_cli_and_reports(playbook: Playbook) -> None:
+    engine = started(playbook, local(2027, 3, 1, 10, 0), timezone="Europe/London")
+    assert engine.status(local(2027, 3, 1, 10, 0)).timezone == "Europe/London"
+    assert views.snapshot(engine.playbook, engine.state).timezone == "Europe/London"
+    without_zone = playbook.model_copy(update={"timezone": None, "timezone_field": None, "calendar": None})
+    assert views.snapshot(without_zone, engine.state).timezone is None
