@@ -78,10 +78,6 @@ def wall(day: date, at: time, tz: tzinfo) -> datetime:
     return moment.astimezone(UTC).astimezone(tz)
 
 
-def abbreviation(moment: datetime, tz: tzinfo) -> str:
-    return moment.astimezone(tz).strftime("%Z")
-
-
 def show(moment: datetime, tz: tzinfo, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:
     """A moment as the people in `tz` read it: `2027-03-15 09:00 EDT`."""
     return moment.astimezone(tz).strftime(fmt)

@@ -145,8 +145,9 @@ async def test_a_rule_that_raises_fails_only_its_request_changes_nothing_and_is_
 
 
 async def test_a_timer_whose_rule_raises_is_journaled_and_set_aside_while_the_lifecycle_runs_on(
-    ts_env, safe_balance, db, smtp_sink, monkeypatch
+    ts_env, safe_balance_utc, db, smtp_sink, monkeypatch
 ):
+    """On the UTC rules: started at the test's real hour, a send window could hold the reminder past day 8."""
     original_rule = Engine._deadline_reminder
 
     def buggy_rule(self: Engine, *args: Any) -> None:
@@ -155,7 +156,7 @@ async def test_a_timer_whose_rule_raises_is_journaled_and_set_aside_while_the_li
         original_rule(self, *args)
 
     async with make_worker(ts_env.client, db, smtp_sink) as worker:
-        handle = await start_deal(ts_env, worker, safe_balance, "BUG-2")
+        handle = await start_deal(ts_env, worker, safe_balance_utc, "BUG-2")
         await handle.execute_update(ClientLifecycle.submit_form, SubmitForm(form="targeting", fields=TARGETING))
         await handle.execute_update(
             ClientLifecycle.submit_form, SubmitForm(form="contract_request", fields=CONTRACT_REQUEST)

@@ -34,11 +34,12 @@ def days(rows: list[JournalRow], start: datetime) -> list[tuple[str, float]]:
 
 
 async def test_a_compressed_contract_expires_after_fourteen_playbook_days_with_its_reminders(
-    dev_env, safe_balance: Playbook, smtp_sink: MailSink, db: Database
+    dev_env, safe_balance_utc: Playbook, smtp_sink: MailSink, db: Database
 ):
+    """On the UTC rules: the send window would hold a reminder by whatever hour the test happens to run at."""
     deal_id = f"TS-{uuid.uuid4().hex[:8]}"
     worker = make_worker(dev_env.client, db, smtp_sink)
-    inp = LifecycleInput(deal_id=deal_id, playbook=safe_balance, fields=DEAL, time_scale=WEEK_PER_SECOND)
+    inp = LifecycleInput(deal_id=deal_id, playbook=safe_balance_utc, fields=DEAL, time_scale=WEEK_PER_SECOND)
     async with worker:
         started = time.monotonic()
         handle = await dev_env.client.start_workflow(
