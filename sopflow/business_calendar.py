@@ -108,20 +108,24 @@ class Clock:
     def after(self, span: Duration, moment: datetime) -> datetime:
         if not self.zoned:
             return span.after(moment)
-        if span.business_days:
-            return self._business_days(moment, span.business_days)
-        if span.business_hours:
-            return self._business_hours(moment, span.business_hours)
+        if span.is_business:
+            return self._business(moment, span, 1)
         return self._shift(moment, span.months, span.days) + timedelta(seconds=span.seconds)
 
     def before(self, span: Duration, moment: datetime) -> datetime:
         if not self.zoned:
             return span.before(moment)
-        if span.business_days:
-            return self._business_days(moment, -span.business_days)
-        if span.business_hours:
-            return self._business_hours(moment, -span.business_hours)
+        if span.is_business:
+            return self._business(moment, span, -1)
         return self._shift(moment, -span.months, -span.days) - timedelta(seconds=span.seconds)
+
+    def _business(self, moment: datetime, span: Duration, sign: int) -> datetime:
+        """Business days first, then business hours (`1bd4bh`), forward (sign 1) or back (-1)."""
+        if span.business_days:
+            moment = self._business_days(moment, sign * span.business_days)
+        if span.business_hours:
+            moment = self._business_hours(moment, sign * span.business_hours)
+        return moment
 
     def _shift(self, moment: datetime, months: int, days: int) -> datetime:
         local = self.local(moment)

@@ -93,6 +93,10 @@ def test_business_hours_count_only_working_hours() -> None:
     assert NY.local(NY.before(duration("4bh"), ny(2027, 3, 11, 12, 0))) == ny(2027, 3, 10, 16, 0)
 
 
+def test_business_days_and_hours_combine_days_first() -> None:
+    assert NY.local(NY.after(duration("1bd2bh"), ny(2027, 3, 10, 16, 0))) == ny(2027, 3, 12, 10, 0)
+
+
 def test_extra_company_holidays_are_days_off() -> None:
     clock = clock_of(calendar={"holidays": {"country": "US", "extra": ["2027-12-24"]}})
     assert clock.local(clock.after(duration("1bd"), ny(2027, 12, 23, 10, 0))) == ny(2027, 12, 27, 10, 0)
