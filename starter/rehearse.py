@@ -26,6 +26,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from activities.email import EmailActivities, SmtpConfig
@@ -316,9 +317,16 @@ async def _drive(
         try:
             await send(handle, request_of(step, _aware(await env.get_current_time()), clock))
         except WorkflowUpdateFailedError as exc:
-            now = _aware(await env.get_current_time())
             message = str(exc.cause.message if hasattr(exc.cause, "message") else exc.cause)
-            rejected.append({"at": now, "kind": "rejected", "stage": None, **step.describe(), "reason": message})
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            # The lifecycle has ended (closed, expired): what a person does after that is refused, not a crash.
+            message = "the lifecycle has ended: " + exc.message
+        else:
+            continue
+        now = _aware(await env.get_current_time())
+        rejected.append({"at": now, "kind": "rejected", "stage": None, **step.describe(), "reason": message})
     await _sleep_until(env, clock.after(scenario.until, start))
     status = await _stop_at_horizon(handle)
     with db.session() as session:

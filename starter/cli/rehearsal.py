@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,16 +43,18 @@ def rehearse(
     """Run a scenario through the real workflow on virtual time and print the timeline.
 
     It needs no Temporal server: it brings its own (time-skipping) one."""
-    from starter.rehearse import load_scenario
+    from starter.rehearse import load_scenario, resolve_dates
     from starter.rehearse import rehearse as run_rehearsal
 
     pb = load(playbook)
     try:
         sc = load_scenario(scenario)
-        values = check_deal_fields(pb, sc.deal.fields)
+        # Relative values (`$today+45d`) are checked as they will be on the rehearsal's first day; the lifecycle
+        # gets them as written and the rehearsal resolves them against its own clock.
+        check_deal_fields(pb, resolve_dates(sc.deal.fields, datetime.now(UTC), sc.clock(pb, sc.deal.fields)))
     except (PlaybookError, Rejected) as exc:
         fail(str(exc))
-    inp = LifecycleInput(deal_id=sc.deal.id, playbook=pb, fields=values, actor="rehearsal")
+    inp = LifecycleInput(deal_id=sc.deal.id, playbook=pb, fields=sc.deal.fields, actor="rehearsal")
     config = settings()
     # Activity failures are part of the timeline (status=failed); their worker log lines would only be noise here.
     logging.getLogger("temporalio").setLevel(logging.ERROR)
