@@ -41,7 +41,7 @@ from tests.conftest import (
 )
 from workflows.lifecycle import ClientLifecycle
 
-WEDNESDAY, FRIDAY = 2, 4
+MONDAY, WEDNESDAY, FRIDAY = 0, 2, 4
 
 
 def cause_of(failure: pytest.ExceptionInfo[WorkflowUpdateFailedError]) -> ApplicationError:
@@ -291,3 +291,20 @@ async def test_invalid_form_is_rejected_field_by_field_without_touching_history(
             if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
         ]
         assert not after and before > 0
+
+
+async def test_the_launch_checklist_is_due_on_the_launch_date_not_days_after_clearance(ts_env, safe_balance):
+    """ "Launch the account using the SOP and checklist" on the launch day: cleared on day 5 for a launch on day 14,
+    the checklist is not overdue before the launch date's close (17:00 local)."""
+    steps = [
+        *sales_steps("3d"),
+        *({"at": "4d", "task": task} for task in PRELAUNCH_TASKS),
+        {"at": "4d", "set": {"launch_date": "$today+10d"}},
+        {"at": "5d", "advance": "launch"},
+    ]
+    result = await run(ts_env, safe_balance, steps, until="16d", start=quiet_start(MONDAY))
+
+    (opened,) = [e for e in result.of_kind("task") if e["task"] == "launch_checklist" and e["status"] == "opened"]
+    assert day_of(opened) == pytest.approx(5.0, abs=0.01)
+    (overdue,) = [day_of(e) for e in result.of_kind("reminder") if e.get("task") == "launch_checklist"]
+    assert overdue == pytest.approx(14 + 17 / 24, abs=0.05)
