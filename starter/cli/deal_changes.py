@@ -10,6 +10,7 @@ import typer
 from temporalio.client import WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
+from sopflow import zones
 from sopflow.models import Advance, Close, ExternalEvent, LifecycleStatus, SetFields
 from starter.cli.apps import deal_app
 from starter.cli.common import (
@@ -26,7 +27,7 @@ from starter.cli.common import (
     run,
     update_command,
 )
-from starter.cli.render import ObjectOutputOpt, Output, fail, out, print_object
+from starter.cli.render import ObjectOutputOpt, Output, display_zone, fail, out, print_object
 from starter.lifecycles import send
 from workflows.lifecycle import ClientLifecycle
 
@@ -165,7 +166,8 @@ def event_result(name: str, before: LifecycleStatus, after: LifecycleStatus) -> 
     if earlier:
         last = earlier[-1]
         received = (
-            f"already received on {last.at:%Y-%m-%d %H:%M} UTC: it moved the deal from {last.from_stage} to "
+            f"already received on {zones.show(last.at, display_zone(after.timezone))}: it moved the deal from "
+            f"{last.from_stage} to "
             f"{last.to_stage}"
         )
     else:
