@@ -27,7 +27,7 @@ from starter.cli.common import (
     run,
     update_command,
 )
-from starter.cli.render import ObjectOutputOpt, Output, display_zone, fail, out, print_object
+from starter.cli.render import ObjectOutputOpt, Output, fail, out, print_object, zone_named
 from starter.lifecycles import send
 from workflows.lifecycle import ClientLifecycle
 
@@ -166,7 +166,7 @@ def event_result(name: str, before: LifecycleStatus, after: LifecycleStatus) -> 
     if earlier:
         last = earlier[-1]
         received = (
-            f"already received on {zones.show(last.at, display_zone(after.timezone))}: it moved the deal from "
+            f"already received on {zones.show(last.at, zone_named(after.timezone))}: it moved the deal from "
             f"{last.from_stage} to "
             f"{last.to_stage}"
         )

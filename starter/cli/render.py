@@ -178,7 +178,7 @@ def print_status(status: LifecycleStatus, output: Output) -> None:
     for playbook_id, linked_deal in status.linked.items():
         head.append(f"handed off to [cyan]{linked_deal}[/cyan] ({playbook_id}): `sopflow deal status {linked_deal}`")
     out.print(Panel("\n".join(head), title=f"deal {status.deal_id}", expand=False))
-    tz = zones.zone(status.timezone) if status.timezone and zones.is_known(status.timezone) else UTC
+    tz = zone_named(status.timezone)
     if status.open_tasks:
         tasks = Table("task", "title", "owner", "due", title="Open tasks", title_justify="left")
         for task in status.open_tasks:
@@ -242,11 +242,15 @@ def plain(row: Any) -> dict[str, Any]:
     return data
 
 
+def zone_named(name: str | None) -> tzinfo:
+    """A deal's own zone (`LifecycleStatus.timezone`); UTC for a playbook without one."""
+    return zones.zone(name) if name and zones.is_known(name) else UTC
+
+
 def display_zone(deal_zone: str | None = None) -> tzinfo:
     """A deal's times in its own zone; where no one deal's zone applies (lists, mail), in SOPFLOW_TIMEZONE (default
-    UTC)."""
-    name = deal_zone or os.environ.get("SOPFLOW_TIMEZONE", "UTC")
-    return zones.zone(name) if zones.is_known(name) else UTC
+    UTC; `Settings` refuses an unknown name when a command starts)."""
+    return zone_named(deal_zone or os.environ.get("SOPFLOW_TIMEZONE", "UTC"))
 
 
 def text_cell(value: Any, deal_zone: str | None = None) -> Text:
