@@ -42,3 +42,12 @@ EMAIL_CLAIM_LEASE = EMAIL_SEND_DEADLINE + timedelta(seconds=10)
 # How long a stopping worker lets in-flight activities (an SMTP send, a records write) finish before they are
 # cancelled and retried by another worker: longer than a normal send, shorter than a deploy's kill timeout.
 WORKER_GRACEFUL_SHUTDOWN = timedelta(seconds=20)
+
+# Engine rules that changed while lifecycles ran. The engine asks `Journal.applies(name)` at the point where the rule
+# decides (the workflow answers with `workflow.patched`), so a lifecycle recorded before a change replays as it ran
+# and only the histories the change touches carry its marker. The workflow's own gates are in workflows/options.py.
+# An email whose only known recipients are in cc goes to them (the missing roles journaled) instead of being skipped.
+PATCH_CC_STANDS_IN = "cc-receives-an-email-whose-to-is-unknown"
+# A cadence anchored on a date field starts at its first due date on or after the stage's entry: dates before the
+# stage began are not missed visits (a closeout filed weeks after the launch does not fire a storm of overdue notices).
+PATCH_PAST_VISITS_SKIPPED = "cadence-skips-dates-before-its-stage"

@@ -85,6 +85,8 @@ class FormSpec(Model):
     repeatable: bool = False
     # Submitting this form claims an account for the deal, keyed by this field; another deal cannot claim it.
     claims: Ident | None = None
+    # The role a refused claim tells the rep to contact, with its address ("contact the partner manager").
+    claim_contact: Ident | None = None
     on_submit: list[Action] = []
 
 

@@ -242,6 +242,10 @@ class _References:
         for form_id, form in self.playbook.forms.items():
             if form.claims is not None and form.claims not in form.fields:
                 self.errors.append(f"forms.{form_id}.claims: form has no field '{form.claims}'")
+            if form.claim_contact is not None:
+                if form.claims is None:
+                    self.errors.append(f"forms.{form_id}.claim_contact: the form claims no account ('claims')")
+                self.role(f"forms.{form_id}.claim_contact", form.claim_contact)
             self.actions(f"forms.{form_id}.on_submit", form.on_submit)
 
     def stage(self, si: int, stage: Stage) -> None:

@@ -81,7 +81,7 @@ def launched_steps() -> list[dict[str, Any]]:
         {
             "at": "6d",
             "form": "closeout",
-            "fields": {"launched_on": "2020-01-01", "staff_trained": "yes", "all_running": "yes"},
+            "fields": {"launched_on": "$today", "staff_trained": "yes", "all_running": "yes"},
         },
     ]
 

@@ -116,6 +116,7 @@ class ClientLifecycle(LifecycleCalls):
                     workflow_id,
                     inp.actor,
                     limits=workflow.patched(PATCH_FIELD_LIMITS),
+                    applies=workflow.patched,
                 )
             except Rejected as exc:
                 # Starters validate first; a client that did not gets a failed workflow, not a stuck workflow task.
@@ -125,6 +126,7 @@ class ClientLifecycle(LifecycleCalls):
                 )
         else:
             self._engine = Engine(inp.playbook, inp.state, workflow_id)
+            self._engine.applies = workflow.patched
             self._engine.continued(self._now())
         self._input = inp
         self._unrecorded: list[JournalEntry] = list(inp.unrecorded)
@@ -196,7 +198,7 @@ class ClientLifecycle(LifecycleCalls):
                 retry_policy=RECORD_RETRY,
             )
             if not result.granted:
-                raise _reject(self._engine.claim_refused(claim, result))
+                raise _reject(self._engine.claim_refused(req.form, claim, result))
         try:
             return self._apply("submit_form", lambda now: self._engine.submit_form(req, now, checked))
         except ApplicationError:

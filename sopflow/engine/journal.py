@@ -16,6 +16,7 @@ from sopflow import compose, views
 from sopflow.business_calendar import Clock
 from sopflow.compose import SYSTEM_TEMPLATES
 from sopflow.conditions import Context, evaluate
+from sopflow.constants import PATCH_CC_STANDS_IN
 from sopflow.errors import EngineFault, Rejected
 from sopflow.models import (
     DealSnapshot,
@@ -56,6 +57,10 @@ class Wakeup:
     fire: Callable[[datetime], None] | None = field(default=None, compare=False, repr=False)
 
 
+def _today(_rule: str) -> bool:
+    return True
+
+
 class Journal:
     """A lifecycle's state and what it has queued for the workflow; see the package docstring."""
 
@@ -67,6 +72,9 @@ class Journal:
         # Field limits (`sopflow.fields`) apply to every check; the workflow turns them off only while replaying a
         # request accepted before they existed, so that request is applied exactly as it was then.
         self.limits = True
+        # Whether an engine rule that changed while lifecycles ran applies (sopflow.constants PATCH_*): the workflow
+        # answers with `workflow.patched`; anything else (rehearsal planning, benches, unit tests) runs today's rules.
+        self.applies: Callable[[str], bool] = _today
         # A timer whose rule raised is not retried (it would fail again at once) until a request changes the state.
         self.faulted_until: datetime | None = None
 
@@ -217,6 +225,10 @@ class Journal:
         if not evaluate(action.when, ctx):
             return
         addressed = compose.address(self.playbook, ctx, action)
+        if not addressed.to and addressed.cc and self.applies(PATCH_CC_STANDS_IN):
+            # No email is lost because its addressee is unknown (an escalation to an unassigned manager): whoever is
+            # known receives it, and the timeline names the missing roles.
+            addressed.to, addressed.cc = addressed.cc, []
         detail = addressed.detail(action.template)
         if not addressed.to:
             detail.status, detail.reason = "skipped", "no address for " + ", ".join(addressed.missing)

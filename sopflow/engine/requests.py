@@ -5,6 +5,7 @@ events), each as a read-only `check_*` (what update validators call) and a mutat
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from sopflow import cadence as cadence_rules
 from sopflow import views
 from sopflow.business_calendar import Clock
-from sopflow.conditions import evaluate
+from sopflow.conditions import evaluate, role_address
 from sopflow.engine.timers import Timers
 from sopflow.errors import Rejected
 from sopflow.fields import FieldErrors, is_blank, shapes, shown, validate_values
@@ -79,6 +80,7 @@ class Engine(Timers):
         actor: str | None = None,
         validate: bool = True,
         limits: bool = True,
+        applies: Callable[[str], bool] | None = None,
     ) -> Engine:
         values = check_deal_fields(playbook, fields, limits=limits) if validate else dict(fields)
         first = playbook.stages[0].id
@@ -92,6 +94,8 @@ class Engine(Timers):
             stage_visit=0,
         )
         engine = cls(playbook, state, workflow_id)
+        if applies is not None:
+            engine.applies = applies
         engine._enter(first, now, actor=actor, trigger="start", reason=None, from_stage=None)
         engine._settle(now)
         return engine
@@ -154,12 +158,17 @@ class Engine(Timers):
         claim only no accepted one needs)."""
         return any(self._claimed_account(form_id, r.values) == key for form_id, r in self.state.forms.items())
 
-    def claim_refused(self, claim: ClaimRequest, result: ClaimResult) -> Rejected:
-        """Why a submission whose account another deal holds is refused: the SOP's way to settle it."""
-        return Rejected(
-            f"account '{claim.account_key}' is already claimed by deal {result.holder_deal_id}; contact the partner "
-            "manager to discuss the opportunity"
-        )
+    def claim_refused(self, form_id: str, claim: ClaimRequest, result: ClaimResult) -> Rejected:
+        """Why a submission whose account another deal holds is refused, and the SOP's way to settle it: whom to
+        contact and how (the form's `claim_contact` role, e.g. the partner manager's address from the settings)."""
+        refusal = f"account '{claim.account_key}' is already claimed by deal {result.holder_deal_id}"
+        form = self.playbook.forms.get(form_id)
+        role_id = form.claim_contact if form is not None else None
+        if role_id is None or role_id not in self.playbook.roles:
+            return Rejected(refusal)
+        email, name = role_address(self.playbook, self.context(), role_id)
+        reach = " ".join(part for part in (role_id.replace("_", " "), name, f"({email})" if email else None) if part)
+        return Rejected(f"{refusal}; contact the {reach} to discuss the opportunity")
 
     def submit_form(self, req: SubmitForm, now: datetime, checked: Submission | None = None) -> None:
         """Apply a submission, checked by `check_submit` (again only if the lifecycle changed since: the workflow

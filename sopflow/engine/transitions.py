@@ -10,7 +10,7 @@ from typing import Any
 from sopflow import cadence as cadence_rules
 from sopflow.classify import classify
 from sopflow.conditions import evaluate, resolve
-from sopflow.constants import MAX_CHAINED_TRANSITIONS
+from sopflow.constants import MAX_CHAINED_TRANSITIONS, PATCH_PAST_VISITS_SKIPPED
 from sopflow.engine.journal import Journal
 from sopflow.fields import is_blank
 from sopflow.models import (
@@ -119,12 +119,14 @@ class Transitions(Journal):
         if stage.cadence is None:
             return None
         anchor = self._date_ref(stage.cadence.anchor, now) if stage.cadence.anchor else now
-        return CadenceState(
-            label=stage.cadence.label,
-            anchor=anchor,
-            base=anchor,
-            next_due=cadence_rules.next_due(stage.cadence, anchor, anchor, self.clock),
-        )
+        base, due = anchor, cadence_rules.next_due(stage.cadence, anchor, anchor, self.clock)
+        local_date = self.clock.local_date
+        if local_date(due) < local_date(now) and self.applies(PATCH_PAST_VISITS_SKIPPED):
+            # Counted from a date before the stage began (a launch before its closeout was filed): the schedule keeps
+            # its phases from the anchor, and dates already past are not missed visits.
+            while local_date(due) < local_date(now):
+                base, due = due, cadence_rules.next_due(stage.cadence, anchor, due, self.clock)
+        return CadenceState(label=stage.cadence.label, anchor=anchor, base=base, next_due=due)
 
     def _task_due(self, spec: TaskSpec, now: datetime) -> datetime | None:
         """When a task opened now is due: a span after now, or the end of today's (business) day."""

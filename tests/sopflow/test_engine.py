@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from sopflow.config import PROJECT_ROOT
+from sopflow.constants import PATCH_CC_STANDS_IN, PATCH_PAST_VISITS_SKIPPED
+from sopflow.durations import duration
 from sopflow.engine import Engine, Step, Wakeup
 from sopflow.errors import Rejected
 from sopflow.models import Advance, ClaimResult, Close, CompleteTask, ExternalEvent, SetFields, SubmitForm
@@ -297,6 +299,86 @@ def test_a_signature_arriving_after_expiry_is_ignored_until_the_contract_is_rese
     engine.advance(Advance(to="contract"), day(16))
     engine.event(ExternalEvent(name="contract_signed", event_id="env-2:completed"), day(17))
     assert engine.state.stage == "prelaunch"
+
+
+# --- the account manager: pre-launch never runs headless ----------------------------------------------------
+
+
+def signed_without_an_account_manager(playbook: Playbook) -> Engine:
+    fields = {key: value for key, value in DEAL.items() if not key.startswith("account_manager")}
+    engine = Engine.start(playbook, "D-1", fields, T0, "deal-D-1")
+    submit(engine, "targeting", TARGETING)
+    submit(engine, "contract_request", CONTRACT_REQUEST)
+    engine.take_steps()
+    engine.event(ExternalEvent(name="contract_signed", event_id="env-1:completed", source="docusign"), T0)
+    return engine
+
+
+def test_a_signed_deal_without_an_account_manager_waits_for_one_instead_of_starting_pre_launch(
+    playbook: Playbook,
+) -> None:
+    """Seed 000: "Once the contract has been fully executed, the Pre-Launch process will begin with the account's
+    assigned Account Manager" and "The Account Manager for the client will send out the Welcome email"."""
+    engine = signed_without_an_account_manager(playbook)
+    steps = engine.take_steps()
+    assert (engine.state.stage, list(engine.state.tasks)) == ("assign_account_manager", ["assign_account_manager"])
+    assert templates(steps) == []  # no welcome from nobody
+    assert engine.unmet(engine.stage) == ["deal field 'account_manager_email' (Account manager email) is not set"]
+
+
+def test_an_unassigned_account_manager_is_reminded_to_corporate_then_escalated_to_the_partner_manager(
+    playbook: Playbook,
+) -> None:
+    engine = signed_without_an_account_manager(playbook)
+    engine.take_steps()
+    engine.tick(day(2))
+    emails = [step.email for step in engine.take_steps() if step.email is not None]
+    assert [(e.template, [r.role for r in e.to], [r.role for r in e.cc]) for e in emails] == [
+        ("task_overdue", ["corporate"], ["rep"]),
+        ("task_escalation", ["partner_manager"], ["corporate", "rep"]),
+    ]
+
+
+def test_assigning_the_account_manager_starts_pre_launch_with_their_welcome(playbook: Playbook) -> None:
+    engine = signed_without_an_account_manager(playbook)
+    engine.take_steps()
+    engine.set_fields(SetFields(fields={"account_manager_email": "am@example.com"}), day(1))
+    steps = engine.take_steps()
+    assert engine.state.stage == "prelaunch"
+    welcome = next(step.email for step in steps if step.email is not None and step.email.template == "welcome")
+    assert welcome.reply_to is not None and welcome.reply_to.role == "account_manager"
+    assert "onsite_appointment" in engine.state.tasks
+
+
+def test_a_signed_deal_with_its_account_manager_goes_straight_to_pre_launch(playbook: Playbook) -> None:
+    engine = in_prelaunch(playbook)
+    assert [(h.from_stage, h.to_stage) for h in engine.state.history][-1] == ("contract", "prelaunch")
+
+
+def test_an_email_whose_addressee_is_unknown_goes_to_its_known_copies_and_names_who_was_missing(
+    playbook: Playbook,
+) -> None:
+    """No escalation is lost because one recipient is unknown: the rep's overdue on-site appointment escalates to the
+    account manager with the partner manager in copy; without the account manager's address, the partner manager
+    receives it."""
+    engine = in_prelaunch(playbook)
+    engine.set_fields(SetFields(fields={"account_manager_email": None}), T0)
+    engine.tick(day(10))
+    steps = engine.take_steps()
+    [escalation] = [step for step in steps if step.email is not None and step.email.template == "task_escalation"]
+    assert escalation.email is not None
+    assert ([r.role for r in escalation.email.to], escalation.email.cc) == (["partner_manager"], [])
+    assert escalation.entry.detail["missing_roles"] == ["account_manager"]
+    assert escalation.entry.detail["to"] == ["partner_manager"]
+
+
+def test_a_lifecycle_recorded_before_copies_stood_in_still_skips_that_email(playbook: Playbook) -> None:
+    engine = in_prelaunch(playbook)
+    engine.applies = lambda rule: rule != PATCH_CC_STANDS_IN
+    engine.set_fields(SetFields(fields={"account_manager_email": None}), T0)
+    engine.tick(day(10))
+    [skipped] = [s.entry for s in engine.take_steps() if s.entry.detail.get("template") == "task_escalation"]
+    assert (skipped.detail["status"], skipped.detail["reason"]) == ("skipped", "no address for account_manager")
 
 
 # --- prelaunch: tasks and the launch gate -------------------------------------------------------------------
@@ -722,6 +804,54 @@ def test_logging_an_older_visit_late_does_not_move_the_schedule_back(playbook: P
     assert "escalation" not in kinds(engine.take_steps())
 
 
+# --- the visit schedule counts from the launch -------------------------------------------------------------
+
+
+def closed_out(playbook: Playbook, launched: datetime, filed: datetime) -> Engine:
+    engine = in_launch(playbook)
+    engine.complete_task(CompleteTask(task="launch_checklist"), T0)
+    submit(engine, "closeout", {**CLOSEOUT, "launched_on": launched.date().isoformat()}, filed)
+    engine.take_steps()
+    return engine
+
+
+def test_the_first_visit_is_due_fourteen_days_after_the_launch_not_after_the_closeout(playbook: Playbook) -> None:
+    """Seed 000: "Onboarding Stage (First 60 Days): Site visit 1x every 2 weeks" counts from the launch: launched on
+    day 10, closeout filed on day 20, the first visit is due on day 24 (not 34)."""
+    engine = closed_out(playbook, launched=day(10), filed=day(20))
+    cadence = engine.state.cadence
+    assert cadence is not None
+    assert (cadence.anchor, cadence.next_due) == (day(10), day(24))
+
+
+def test_visit_dates_already_past_when_the_closeout_is_filed_are_not_missed_visits(playbook: Playbook) -> None:
+    engine = closed_out(playbook, launched=day(10), filed=day(40))  # days 24 and 38 passed before the closeout
+    cadence = engine.state.cadence
+    assert cadence is not None
+    assert (cadence.base, cadence.next_due, cadence.missed) == (day(38), day(52), 0)
+    engine.tick(day(40))
+    assert [step.entry.kind for step in engine.take_steps()] == []
+
+
+def test_a_closeout_filed_after_the_first_sixty_days_starts_on_the_monthly_schedule(playbook: Playbook) -> None:
+    engine = closed_out(playbook, launched=day(0), filed=day(75))
+    cadence = engine.state.cadence
+    assert cadence is not None
+    # Days 14 to 70 passed two weeks apart (day 70 is two weeks after day 56, inside the first 60 days); from day 70
+    # on, visits are a calendar month apart.
+    assert (cadence.base, cadence.next_due) == (day(70), duration("1mo").after(day(70)))
+
+
+def test_a_lifecycle_recorded_before_past_dates_were_skipped_still_catches_up_on_them(playbook: Playbook) -> None:
+    engine = in_launch(playbook)
+    engine.applies = lambda rule: rule != PATCH_PAST_VISITS_SKIPPED
+    engine.complete_task(CompleteTask(task="launch_checklist"), T0)
+    submit(engine, "closeout", {**CLOSEOUT, "launched_on": day(10).date().isoformat()}, day(40))
+    cadence = engine.state.cadence
+    assert cadence is not None
+    assert cadence.next_due == day(24)
+
+
 # --- check_* only read --------------------------------------------------------------------------------------
 
 CHECKS: dict[str, tuple[Callable[[Playbook], Engine], Callable[[Engine], object]]] = {
@@ -851,12 +981,29 @@ def test_a_claiming_form_names_the_account_it_claims_normalised_so_near_duplicat
     assert engine.check_submit(SubmitForm(form="contract_request", fields=CONTRACT_REQUEST), T0).claim is None
 
 
-def test_a_refused_claim_names_the_deal_holding_the_account(playbook: Playbook) -> None:
+def test_a_refused_claim_names_the_deal_holding_the_account_and_how_to_reach_the_partner_manager(
+    playbook: Playbook,
+) -> None:
+    """Seed 000: "If the account is unavailable or currently claimed ... contact <the partner manager> to discuss the
+    opportunity": the refusal gives the address the playbook's settings hold."""
     engine = started(playbook)
     checked = engine.check_submit(SubmitForm(form="targeting", fields=TARGETING), T0)
     assert checked.claim is not None
-    refusal = engine.claim_refused(checked.claim, ClaimResult(granted=False, holder_deal_id="D-9"))
-    assert "'acme clinic' is already claimed by deal D-9" in str(refusal)
+    refusal = engine.claim_refused("targeting", checked.claim, ClaimResult(granted=False, holder_deal_id="D-9"))
+    assert str(refusal) == (
+        "account 'acme clinic' is already claimed by deal D-9; contact the partner manager (partners@example.com) to "
+        "discuss the opportunity"
+    )
+
+
+def test_a_refused_claim_without_a_contact_role_names_only_the_holder(playbook: Playbook) -> None:
+    targeting = playbook.forms["targeting"].model_copy(update={"claim_contact": None})
+    book = playbook.model_copy(update={"forms": {**playbook.forms, "targeting": targeting}})
+    engine = started(book)
+    checked = engine.check_submit(SubmitForm(form="targeting", fields=TARGETING), T0)
+    assert checked.claim is not None
+    refusal = engine.claim_refused("targeting", checked.claim, ClaimResult(granted=False, holder_deal_id="D-9"))
+    assert str(refusal) == "account 'acme clinic' is already claimed by deal D-9"
 
 
 def test_a_checked_submission_is_checked_again_when_the_lifecycle_moved_on_before_it_was_applied(

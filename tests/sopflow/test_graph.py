@@ -97,7 +97,9 @@ def test_each_kind_of_move_is_labelled_by_what_triggers_it(playbook: Callable[[s
         for source, _, label, target in mermaid_edges(graph.mermaid(playbook(name)))
     }
     assert labels["targeting", "contract_request"] == "form targeting"
-    assert labels["contract", "prelaunch"] == "event contract_signed"
+    assert labels["contract", "prelaunch"] == "event contract_signed when deal.account_manager_email is set"
+    assert labels["contract", "assign_account_manager"] == "event contract_signed"
+    assert labels["assign_account_manager", "prelaunch"] == "when deal.account_manager_email is set"
     assert labels["contract_expired", "contract"] == "advance"
     assert labels["contract_expired", "closed_expired"] == "expires after 30 days (re-send window closes)"
     assert labels["preparation", "escalated"] == (

@@ -64,6 +64,7 @@ def test_safe_balance_playbook_loads_without_templates(playbook: Playbook) -> No
         "contract_request",
         "contract",
         "contract_expired",
+        "assign_account_manager",
         "prelaunch",
         "launch",
         "ongoing",
@@ -142,7 +143,7 @@ def test_a_template_missing_one_part_names_that_part(playbook: Playbook, tmp_pat
             if not (name == "welcome" and part == "body.html"):
                 (folder / part).write_text("x")
     assert load_errors(SAFE_BALANCE, tmp_path) == [
-        "stages[4].on_enter[0].email.template: template 'welcome' is missing body.html"
+        "stages[5].on_enter[0].email.template: template 'welcome' is missing body.html"
     ]
 
 
@@ -198,6 +199,14 @@ def test_playbook_error_message_names_the_source_and_lists_every_error() -> None
         (
             {"stages": [{"id": "open", "transitions": [{"to": "open", "advance": True}]}]},
             "stages[0].transitions[0].to: a stage cannot transition to itself",
+        ),
+        (
+            {"forms": {"intake": {"fields": {"name": {}}, "claim_contact": "nobody"}}},
+            "forms.intake.claim_contact: the form claims no account ('claims')",
+        ),
+        (
+            {"forms": {"intake": {"fields": {"name": {}}, "claims": "name", "claim_contact": "nobody"}}},
+            "forms.intake.claim_contact: unknown role 'nobody'",
         ),
         (
             {

@@ -88,14 +88,14 @@ def test_email_uses_cover_every_template_with_the_engines_extras(safe_balance: P
     assert {use.template for use in uses} == template_names(safe_balance)
     assert len({use.path for use in uses}) == len(uses)
     by_path = {use.path: use for use in uses}
-    assert by_path["stages[4].tasks[0].escalate.email"].extra_keys == ("task",)
-    assert by_path["stages[4].tasks[0].escalate.email"].task == "onsite_appointment"
-    assert by_path["stages[4].tasks[0].remind"].template == "task_overdue"
+    assert by_path["stages[5].tasks[0].escalate.email"].extra_keys == ("task",)
+    assert by_path["stages[5].tasks[0].escalate.email"].task == "onsite_appointment"
+    assert by_path["stages[5].tasks[0].remind"].template == "task_overdue"
     assert by_path["stages[2].deadline.remind[1].email"].extra_keys == ("deadline",)
     assert by_path["stages[2].deadline.on_expiry.email[0]"].template == "contract_expired"
-    assert by_path["stages[6].cadence.overdue.email"].extra_keys == ("visit",)
-    assert by_path["stages[6].cadence.remind.email"].template == "visit_due"
-    assert by_path["stages[4].on_enter[0].email"].extra_keys == ()
+    assert by_path["stages[7].cadence.overdue.email"].extra_keys == ("visit",)
+    assert by_path["stages[7].cadence.remind.email"].template == "visit_due"
+    assert by_path["stages[5].on_enter[0].email"].extra_keys == ()
     site_visit = by_path["forms.site_visit.on_submit[0].email"]
     assert (site_visit.template, site_visit.extra_keys, site_visit.form) == (
         "site_visit_needs",
@@ -109,7 +109,7 @@ def test_the_real_playbook_and_templates_pass_the_render_check(safe_balance: Pla
 
 
 def test_full_context_has_every_field_and_minimal_only_required_ones(safe_balance: Playbook) -> None:
-    use = use_at(safe_balance, "stages[4].on_enter[0].email")
+    use = use_at(safe_balance, "stages[5].on_enter[0].email")
     full = sample_context(safe_balance, use, minimal=False)
     minimal = sample_context(safe_balance, use, minimal=True)
     assert set(full["deal"]) == set(safe_balance.deal)
@@ -126,9 +126,9 @@ def test_full_context_has_every_field_and_minimal_only_required_ones(safe_balanc
 
 
 def test_extras_match_the_site(safe_balance: Playbook) -> None:
-    escalation = sample_context(safe_balance, use_at(safe_balance, "stages[4].tasks[1].escalate.email"), minimal=True)
+    escalation = sample_context(safe_balance, use_at(safe_balance, "stages[5].tasks[1].escalate.email"), minimal=True)
     assert escalation["task"]["id"] == "services_onboarded" and escalation["task"]["owner"] == "account_manager"
-    visit = sample_context(safe_balance, use_at(safe_balance, "stages[6].cadence.overdue.email"), minimal=True)
+    visit = sample_context(safe_balance, use_at(safe_balance, "stages[7].cadence.overdue.email"), minimal=True)
     assert visit["visit"]["label"] == "site visit" and visit["visit"]["number"] >= 1
     reminder = sample_context(safe_balance, use_at(safe_balance, "stages[2].deadline.remind[0].email"), minimal=True)
     assert reminder["deadline"] == {"label": "contract expires", "due_at": SAMPLE_MOMENT}
@@ -170,7 +170,7 @@ def test_a_variable_the_site_does_not_provide_names_path_template_and_variable(
     append(templates_copy, "launch_day", "body.html", "<p>Next visit {{ visit.due_at }}</p>")
     errors = render_check(safe_balance, TemplateRenderer(templates_copy))
     assert len(errors) == 1
-    assert errors[0].startswith("stages[5].on_enter[0].email: template 'launch_day' (body.html): 'visit' is undefined")
+    assert errors[0].startswith("stages[6].on_enter[0].email: template 'launch_day' (body.html): 'visit' is undefined")
     assert "(line " in errors[0]
 
 
@@ -188,7 +188,7 @@ def test_the_minimal_variant_catches_an_unguarded_optional_field(safe_balance: P
     append(templates_copy, "welcome", "subject.txt", "({{ forms.targeting.city }})")
     errors = render_check(safe_balance, TemplateRenderer(templates_copy))
     assert len(errors) == 1
-    assert errors[0].startswith("stages[4].on_enter[0].email: template 'welcome' (subject.txt): ")
+    assert errors[0].startswith("stages[5].on_enter[0].email: template 'welcome' (subject.txt): ")
     assert "'city'" in errors[0] and "only required fields" in errors[0]
 
 
@@ -200,9 +200,9 @@ def test_a_link_to_a_form_the_playbook_lacks_or_in_the_old_shape_fails_the_check
     append(templates_copy, "visit_due", "body.txt", "{{ links.forms }}/site_visit")
     errors = render_check(safe_balance, TemplateRenderer(templates_copy))
     assert len(errors) == 2
-    assert errors[0].startswith("stages[5].on_enter[0].email: template 'launch_day' (body.html): ")
+    assert errors[0].startswith("stages[6].on_enter[0].email: template 'launch_day' (body.html): ")
     assert "has no attribute 'close_out'" in errors[0]
-    assert errors[1].startswith("stages[6].cadence.remind.email: template 'visit_due' (body.txt): ")
+    assert errors[1].startswith("stages[7].cadence.remind.email: template 'visit_due' (body.txt): ")
     assert "links.forms is not a URL" in errors[1]
 
 
@@ -212,8 +212,8 @@ def test_syntax_errors_and_sandbox_violations_are_reported_not_raised(
     append(templates_copy, "visit_due", "body.txt", "{% if %}")
     append(templates_copy, "launch_closeout", "body.html", "{{ ''.__class__.__mro__ }}")
     errors = render_check(safe_balance, TemplateRenderer(templates_copy))
-    assert any(e.startswith("stages[6].cadence.remind.email: template 'visit_due' (body.txt): ") for e in errors)
-    assert any(e.startswith("stages[6].on_enter[0].email: template 'launch_closeout' (body.html): ") for e in errors)
+    assert any(e.startswith("stages[7].cadence.remind.email: template 'visit_due' (body.txt): ") for e in errors)
+    assert any(e.startswith("stages[7].on_enter[0].email: template 'launch_closeout' (body.html): ") for e in errors)
     assert all("\n" not in error for error in errors)
 
 

@@ -304,6 +304,10 @@ def test_emails_the_engine_queues_all_render(renderer: TemplateRenderer) -> None
     engine.submit_form(targeting, now)
     engine.submit_form(contract, now)
     engine.event(ExternalEvent(name="contract_signed", event_id="env-1"), now)
+    # No account manager yet: the assignment task is reminded and escalated before one is set.
+    now += timedelta(days=3)
+    engine.tick(now)
+    engine.set_fields(SetFields(fields={"account_manager_email": "am@example.com"}), now)
     now += timedelta(days=25)
     engine.tick(now)
     for task in ("onsite_appointment", "services_onboarded", "prelaunch_call", "cleared_for_launch"):
@@ -313,7 +317,8 @@ def test_emails_the_engine_queues_all_render(renderer: TemplateRenderer) -> None
     now += timedelta(days=4)
     engine.tick(now)
     engine.complete_task(CompleteTask(task="launch_checklist"), now)
-    engine.submit_form(SubmitForm(form="closeout", fields=MINIMAL_FORMS["closeout"]), now)
+    closeout = {**MINIMAL_FORMS["closeout"], "launched_on": now.date().isoformat()}
+    engine.submit_form(SubmitForm(form="closeout", fields=closeout), now)
     now += timedelta(days=30)
     engine.tick(now)
     engine.submit_form(

@@ -69,7 +69,7 @@ async def test_validate_fails_naming_the_path_of_an_email_whose_template_does_no
     lines = stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(
-        "playbooks/safe_balance.yaml: stages[5].on_enter[0].email: template 'launch_day' (body.html): "
+        "playbooks/safe_balance.yaml: stages[6].on_enter[0].email: template 'launch_day' (body.html): "
         "'visit' is undefined"
     )
 

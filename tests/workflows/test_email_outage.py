@@ -58,8 +58,9 @@ async def contract_sent(handle: WorkflowHandle[Any, Any]) -> None:
     )
 
 
-async def launched(handle: WorkflowHandle[Any, Any]) -> None:
-    """Signed, pre-launch done, launched and closed out now: the first site visit is due in 14 days."""
+async def launched(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) -> None:
+    """Signed, pre-launch done, launched and closed out now: the first site visit is due in 14 days (the visits count
+    from the launch date)."""
     await contract_sent(handle)
     await handle.signal(ClientLifecycle.event, ExternalEvent(name="contract_signed", event_id="envelope-1/completed"))
     for task in PRELAUNCH_TASKS:
@@ -67,7 +68,8 @@ async def launched(handle: WorkflowHandle[Any, Any]) -> None:
     await handle.execute_update(ClientLifecycle.set_fields, SetFields(fields={"launch_date": "2030-01-01"}))
     await handle.execute_update(ClientLifecycle.advance, Advance(to="launch"))
     await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task="launch_checklist"))
-    closeout = {"launched_on": "2020-01-01", "staff_trained": "yes", "all_running": "yes"}
+    today = (await env.get_current_time()).date().isoformat()
+    closeout = {"launched_on": today, "staff_trained": "yes", "all_running": "yes"}
     await handle.execute_update(ClientLifecycle.submit_form, SubmitForm(form="closeout", fields=closeout))
 
 
@@ -123,7 +125,7 @@ async def test_a_site_visit_falls_due_on_time_while_its_reminder_is_held_by_an_s
     worker = make_worker(ts_env.client, db, sink)
     async with worker:
         handle = await start(ts_env, worker.task_queue, safe_balance_with_late_reminders())
-        await launched(handle)
+        await launched(ts_env, handle)
         await ts_env.sleep(timedelta(days=13, hours=12))  # the visit is due at day 14, its reminder at 13.75
         sink.stop()
         await ts_env.sleep(timedelta(hours=15))

@@ -32,7 +32,9 @@ from tests.conftest import (
     CONTRACT_REQUEST,
     PRELAUNCH_TASKS,
     TARGETING,
+    checked_in_scenario,
     launched_steps,
+    mail,
     make_worker,
     quiet_start,
     run,
@@ -205,7 +207,9 @@ async def test_a_claimed_account_cannot_be_claimed_by_another_deal(ts_env, safe_
             await handles[1].execute_update(
                 ClientLifecycle.submit_form, SubmitForm(form="targeting", fields=same_account)
             )
-        assert "already claimed by deal D-10" in cause_of(refused).message
+        assert "already claimed by deal D-10; contact the partner manager (partners@example.com)" in (
+            cause_of(refused).message
+        )
         status: LifecycleStatus = await handles[1].query(ClientLifecycle.status)
         assert status.stage == "targeting" and "targeting" not in status.forms_submitted
 
@@ -308,3 +312,31 @@ async def test_the_launch_checklist_is_due_on_the_launch_date_not_days_after_cle
     assert day_of(opened) == pytest.approx(5.0, abs=0.01)
     (overdue,) = [day_of(e) for e in result.of_kind("reminder") if e.get("task") == "launch_checklist"]
     assert overdue == pytest.approx(14 + 17 / 24, abs=0.05)
+
+
+async def test_a_deal_signed_without_an_account_manager_starts_pre_launch_when_one_is_assigned(ts_env, safe_balance):
+    """Seed 000: "Once the contract has been fully executed, the Pre-Launch process will begin with the account's
+    assigned Account Manager" and "The Account Manager for the client will send out the Welcome email": signed on
+    day 3 without one, the deal waits (corporate reminded, the partner manager told) until one is set on day 6."""
+    deal, steps, until = checked_in_scenario("safe_balance_no_account_manager")
+    result = await run(ts_env, safe_balance, steps, until, deal_id="DEMO-6", deal=deal)
+
+    moves = dict(stage_moves(result))
+    assert (moves["assign_account_manager"], moves["prelaunch"]) == (pytest.approx(3.0), pytest.approx(6.0))
+    [welcome] = mail(result, "welcome")
+    assert welcome["Reply-To"] == "Account Manager <am@example.com>"
+    [escalation] = mail(result, "task_escalation")
+    assert escalation["To"] == "partners@example.com"
+    refused = [e for e in result.of_kind("rejected") if "onsite_appointment" in e["reason"]]
+    assert [day_of(e) for e in refused] == [pytest.approx(4.0)]
+
+
+async def test_site_visits_count_from_the_launch_date_not_from_the_closeout(ts_env, safe_balance):
+    """Seed 000: "Onboarding Stage (First 60 Days): Site visit 1x every 2 weeks" from the launch: launched on day 11,
+    closeout filed on day 31. The day-25 date passed before the closeout and is not a missed visit; the visit logged
+    on day 39 meets the day-39 date, and the next is due on day 53 at the close of business."""
+    deal, steps, until = checked_in_scenario("safe_balance_no_account_manager")
+    result = await run(ts_env, safe_balance, steps, until, deal_id="DEMO-6", deal=deal)
+
+    assert [day_of(e) for e in result.of_kind("visit_due")] == [pytest.approx(53 + 17 / 24, abs=0.05)]
+    assert not [e for e in result.of_kind("escalation") if e.get("cadence")]
