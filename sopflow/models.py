@@ -130,6 +130,10 @@ class LifecycleState(Payload):
     appointments: dict[str, AppointmentState] = {}
     # Lifecycles this one started (playbook -> deal id): a hand-off happens once per playbook.
     linked: dict[str, str] = {}
+    # The workflow id of the lifecycle that handed this one off (its parent), which `notify` actions tell.
+    handed_off_by: str | None = None
+    # Events already sent to it: each once, however often its action runs.
+    notified: list[str] = []
     outcome: str | None = None
     close_reason: str | None = None
     history: list[TransitionRecord] = []
@@ -306,6 +310,7 @@ JournalKind = Literal[
     "linked",
     "appointment",
     "migrated",
+    "notified",
     # A rule raised something other than a refusal (a bug): the request or timer changed nothing, and staff see why.
     "error",
 ]

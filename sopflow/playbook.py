@@ -165,21 +165,31 @@ class StartLifecycle(Model):
     fields: dict[Ident, Ref] = {}
 
 
+class Notify(Model):
+    """Tell the lifecycle that handed this one off (its `start_lifecycle`) that something happened, as an event it
+    receives like `sopflow deal event`: a lost deal returns its lead to Recycled. Delivered once per lifecycle and
+    event; a lifecycle nobody handed off journals that there was nobody to tell."""
+
+    event: Ident
+
+
 class Action(Model):
     """What a stage entry or a form submission does: send an email, set deal fields to fixed values, copy values
-    into deal fields (a form's meeting date becomes the deal's next meeting), or start a linked lifecycle."""
+    into deal fields (a form's meeting date becomes the deal's next meeting), start a linked lifecycle, or notify
+    the lifecycle that started this one."""
 
     email: EmailAction | None = None
     set: dict[Ident, Any] | None = None
     copy_: dict[Ident, Ref] | None = Field(default=None, alias="copy")
     start_lifecycle: StartLifecycle | None = None
+    notify: Notify | None = None
     when: Condition | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Action:
-        kinds = [self.email, self.set, self.copy_, self.start_lifecycle]
+        kinds = [self.email, self.set, self.copy_, self.start_lifecycle, self.notify]
         if sum(kind is not None for kind in kinds) != 1:
-            raise ValueError("an action is exactly one of 'email', 'set', 'copy' or 'start_lifecycle'")
+            raise ValueError("an action is exactly one of 'email', 'set', 'copy', 'start_lifecycle' or 'notify'")
         return self
 
 

@@ -244,6 +244,20 @@ class LinkedDetail(KnownDetail):
     """Failed: why."""
 
 
+class NotifiedDetail(KnownDetail):
+    """An event sent to the lifecycle that handed this one off (a `notify` action), then its outcome."""
+
+    kind: ClassVar[JournalKind] = "notified"
+    event: str
+    """The event sent."""
+    status: str
+    """'requested', then 'sent' or 'failed'; 'skipped' when no lifecycle handed this one off."""
+    workflow_id: str | None = None
+    """The lifecycle told (its workflow id)."""
+    error: str | None = None
+    """Failed or skipped: why."""
+
+
 class MigratedDetail(KnownDetail):
     """The lifecycle moved onto a newer version of its playbook."""
 
@@ -316,6 +330,7 @@ DETAILS: Mapping[str, type[KnownDetail]] = {
         EscalationDetail,
         VisitDueDetail,
         LinkedDetail,
+        NotifiedDetail,
         MigratedDetail,
         ContinuedAsNewDetail,
         ErrorDetail,

@@ -39,6 +39,9 @@ class LifecycleCalls:
     async def _start_linked(self, step: Step) -> None:  # the workflow's: a child of its own type
         raise NotImplementedError
 
+    async def _notify(self, step: Step) -> None:  # the workflow's: a signal of its own type
+        raise NotImplementedError
+
     async def _flush(self) -> None:
         """Record the queued timeline entries; emails go to `_deliver`, or (lifecycles recorded before
         PATCH_EMAIL_APART) are sent one by one, in order, before their batch is recorded."""
@@ -47,6 +50,8 @@ class LifecycleCalls:
             for step in steps:
                 if step.start is not None:
                     await self._start_linked(step)
+                if step.notice is not None:
+                    await self._notify(step)
                 if step.email is not None and not self._apart:
                     await self._send(step)
             recorded = steps

@@ -25,7 +25,7 @@ from temporalio import workflow
 from temporalio.common import (
     SearchAttributeUpdate,
 )
-from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -117,6 +117,7 @@ class ClientLifecycle(LifecycleCalls):
                     inp.actor,
                     limits=workflow.patched(PATCH_FIELD_LIMITS),
                     applies=workflow.patched,
+                    handed_off_by=parent.workflow_id if (parent := workflow.info().parent) else None,
                 )
             except Rejected as exc:
                 # Starters validate first; a client that did not gets a failed workflow, not a stuck workflow task.
@@ -387,6 +388,16 @@ class ClientLifecycle(LifecycleCalls):
             # Journaled, not raised: the won deal stays won; the failure is in its timeline for staff to act on.
             error = str(exc.cause or exc) if isinstance(exc, ActivityError) else str(exc)
             self._engine.linked_started(step, "failed", error=error)
+
+    async def _notify(self, step: Step) -> None:
+        """Signal the lifecycle that handed this one off; a failure (it has ended) is journaled, never raised."""
+        assert step.notice is not None and self._engine.state.handed_off_by is not None
+        parent = workflow.get_external_workflow_handle(self._engine.state.handed_off_by)
+        try:
+            await parent.signal(ClientLifecycle.event, step.notice)
+            self._engine.notified(step, "sent")
+        except FailureError as exc:
+            self._engine.notified(step, "failed", error=str(exc))
 
     def _now(self) -> datetime:
         """Playbook time. Real workflow time, unless the lifecycle was started compressed (`time_scale`, for demos

@@ -23,6 +23,7 @@ from sopflow.models import (
     DueView,
     EmailRequest,
     EmailResult,
+    ExternalEvent,
     JournalEntry,
     LifecycleState,
     LifecycleStatus,
@@ -33,7 +34,15 @@ from sopflow.playbook import (
     Playbook,
     Stage,
 )
-from sopflow.timeline import EmailDetail, ErrorDetail, EscalationDetail, KnownDetail, LinkedDetail, detail_as
+from sopflow.timeline import (
+    EmailDetail,
+    ErrorDetail,
+    EscalationDetail,
+    KnownDetail,
+    LinkedDetail,
+    NotifiedDetail,
+    detail_as,
+)
 
 # How much of an unexpected error's message the timeline keeps.
 FAULT_MESSAGE_KEPT = 300
@@ -45,6 +54,7 @@ class Step:
     entry: JournalEntry
     email: EmailRequest | None = None
     start: LinkedStart | None = None
+    notice: ExternalEvent | None = None
 
 
 @dataclass
@@ -199,6 +209,12 @@ class Journal:
             detail.workflow_id = workflow_id
         if error is not None:
             detail.error = error
+        step.entry.detail = detail.stored()
+
+    def notified(self, step: Step, status: str, error: str | None = None) -> None:
+        """The outcome of a queued `notify` (sent or failed), into its timeline entry."""
+        detail = detail_as(step.entry, NotifiedDetail)
+        detail.status, detail.error = status, error
         step.entry.detail = detail.stored()
 
     def _undeliverable(self, step: Step, refused: list[str], reason: str) -> None:

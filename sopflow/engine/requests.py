@@ -81,6 +81,7 @@ class Engine(Timers):
         validate: bool = True,
         limits: bool = True,
         applies: Callable[[str], bool] | None = None,
+        handed_off_by: str | None = None,
     ) -> Engine:
         values = check_deal_fields(playbook, fields, limits=limits) if validate else dict(fields)
         first = playbook.stages[0].id
@@ -92,6 +93,7 @@ class Engine(Timers):
             stage_entered_at=now,
             run_started_at=now,
             stage_visit=0,
+            handed_off_by=handed_off_by,
         )
         engine = cls(playbook, state, workflow_id)
         if applies is not None:

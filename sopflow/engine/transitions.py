@@ -17,6 +17,7 @@ from sopflow.models import (
     AppointmentState,
     CadenceState,
     DeadlineState,
+    ExternalEvent,
     LinkedStart,
     TaskState,
     TransitionRecord,
@@ -29,7 +30,15 @@ from sopflow.playbook import (
     TaskSpec,
     Transition,
 )
-from sopflow.timeline import AppointmentDetail, FieldsDetail, LinkedDetail, RejectedDetail, StageDetail, TaskDetail
+from sopflow.timeline import (
+    AppointmentDetail,
+    FieldsDetail,
+    LinkedDetail,
+    NotifiedDetail,
+    RejectedDetail,
+    StageDetail,
+    TaskDetail,
+)
 
 
 class Transitions(Journal):
@@ -274,6 +283,8 @@ class Transitions(Journal):
                 self._log(now, FieldsDetail(changed=sorted(copied), by="playbook"))
             if action.start_lifecycle is not None:
                 self._start_linked(action.start_lifecycle.playbook, action.start_lifecycle.fields, now)
+            if action.notify is not None:
+                self._notify(action.notify.event, now)
 
     def _start_linked(self, playbook_id: str, mapping: dict[str, str], now: datetime) -> None:
         """Queue a hand-off once per playbook; the workflow starts it under a deal id derived from this one."""
@@ -285,6 +296,19 @@ class Transitions(Journal):
         self.state.linked[playbook_id] = deal_id
         self._log(now, LinkedDetail(playbook=playbook_id, deal_id=deal_id, status="requested"))
         self.steps[-1].start = LinkedStart(playbook=playbook_id, deal_id=deal_id, fields=fields)
+
+    def _notify(self, event: str, now: datetime) -> None:
+        """Queue an event for the lifecycle that handed this one off, once per event; the workflow signals it."""
+        state, parent = self.state, self.state.handed_off_by
+        if event in state.notified:
+            return
+        if parent is None:
+            reason = "no lifecycle handed this one off"
+            self._log(now, NotifiedDetail(event=event, status="skipped", error=reason))
+            return
+        state.notified = [*state.notified, event]
+        self._log(now, NotifiedDetail(event=event, status="requested", workflow_id=parent))
+        self.steps[-1].notice = ExternalEvent(name=event, event_id=f"{state.deal_id}/{event}", source=state.deal_id)
 
     def _advance_cadence(self, missed: bool) -> None:
         cad, spec = self.state.cadence, self.stage.cadence

@@ -98,7 +98,7 @@ PLAYBOOK: dict[str, Any] = {
                 }
             ],
         },
-        {"id": "lost", "terminal": "lost"},
+        {"id": "lost", "terminal": "lost", "on_enter": [{"notify": {"event": "deal_lost"}}]},
     ],
 }
 
@@ -108,8 +108,9 @@ def playbook() -> Playbook:
     return parse_playbook(PLAYBOOK)
 
 
-def started(playbook: Playbook, **fields: Any) -> Engine:
-    engine = Engine.start(playbook, "M-1", {"owner_email": "owner@example.com", **fields}, T0, "deal-M-1")
+def started(playbook: Playbook, handed_off_by: str | None = None, **fields: Any) -> Engine:
+    fields = {"owner_email": "owner@example.com", **fields}
+    engine = Engine.start(playbook, "M-1", fields, T0, "deal-M-1", handed_off_by=handed_off_by)
     engine.take_steps()
     return engine
 
@@ -249,6 +250,29 @@ def test_a_hand_off_is_queued_once_with_the_mapped_fields_under_a_derived_deal_i
     # Blank source values are left out, so the linked playbook's own defaults and requirements apply.
     assert step.start.fields == {"company": "Example Co"}
     assert engine.state.linked == {"onboarding": "M-1.onboarding"}
+
+
+def test_a_handed_off_lifecycle_tells_the_one_that_started_it_how_it_ended(playbook: Playbook) -> None:
+    """A lost deal returns its lead to Recycled: the deal's lifecycle sends its lead's lifecycle an event."""
+    engine = started(playbook, handed_off_by="deal-L-1")
+    set_fields(engine, at(1), lost_reason="budget")
+    (step,) = [s for s in engine.take_steps() if s.notice is not None]
+    assert step.entry.kind == "notified"
+    assert step.entry.detail == {"event": "deal_lost", "status": "requested", "workflow_id": "deal-L-1"}
+    assert step.notice is not None
+    assert (step.notice.name, step.notice.event_id, step.notice.source) == ("deal_lost", "M-1/deal_lost", "M-1")
+    engine.notified(step, "sent")
+    assert step.entry.detail["status"] == "sent"
+    assert engine.state.notified == ["deal_lost"]
+
+
+def test_a_lifecycle_nobody_handed_off_journals_that_there_was_nobody_to_tell(playbook: Playbook) -> None:
+    engine = started(playbook)
+    set_fields(engine, at(1), lost_reason="budget")
+    steps = engine.take_steps()
+    assert not [s for s in steps if s.notice is not None]
+    (entry,) = [s.entry for s in steps if s.entry.kind == "notified"]
+    assert entry.detail == {"event": "deal_lost", "status": "skipped", "error": "no lifecycle handed this one off"}
 
 
 # --- classification --------------------------------------------------------------------------------------------

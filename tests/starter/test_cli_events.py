@@ -16,7 +16,7 @@ from tests.starter.conftest import Cli
 async def in_contract(cli: Cli) -> str:
     """A deal whose contract was sent: the contract stage waits for contract_signed."""
     deal = f"EV{uuid.uuid4().hex[:8]}"
-    await cli.start_deal(deal, "rep_email=rep@example.com")
+    await cli.start_deal(deal, "rep_email=rep@example.com", "account_manager_email=am@example.com")
     targeting = [f"company=Clinic {deal}", "signer_name=Client Signer", "signer_email=signer@example.com"]
     contract = ["agreement=Safe Balance", "term_months=24", "client_agreed_on=2026-01-05"]
     for form, fields in (("targeting", [*targeting, "service_tier=Premium"]), ("contract_request", contract)):
@@ -51,7 +51,7 @@ async def test_a_repeated_event_id_is_ignored_and_the_deal_moves_once(cli: Cli):
 
 async def test_an_event_the_stage_does_not_wait_for_is_reported_as_ignored(cli: Cli):
     deal = f"EV{uuid.uuid4().hex[:8]}"
-    await cli.start_deal(deal, "rep_email=rep@example.com")
+    await cli.start_deal(deal, "rep_email=rep@example.com", "account_manager_email=am@example.com")
 
     text = await cli.ok("deal", "event", deal, "contract_signed")
     assert text.strip() == (

@@ -44,7 +44,7 @@ async def test_deal_list_as_jsonl_and_csv_has_one_deal_per_line(cli: Cli):
 
 async def test_a_deal_status_is_one_json_line_or_a_one_row_csv_table(cli: Cli):
     deal = f"OUT{uuid.uuid4().hex[:8]}"
-    await cli.start_deal(deal, "rep_email=rep@example.com")
+    await cli.start_deal(deal, "rep_email=rep@example.com", "account_manager_email=am@example.com")
     whole = json.loads(await cli.ok("deal", "status", deal, "-o", "json"))
 
     line = await cli.ok("deal", "status", deal, "-o", "jsonl")
@@ -70,7 +70,7 @@ async def test_playbook_show_as_csv_is_one_row_per_stage_and_jsonl_is_the_playbo
 
 async def test_address_and_namespace_flags_override_the_environment(cli: Cli, dev_env: WorkflowEnvironment):
     deal = f"ADR{uuid.uuid4().hex[:8]}"
-    await cli.start_deal(deal, "rep_email=rep@example.com")
+    await cli.start_deal(deal, "rep_email=rep@example.com", "account_manager_email=am@example.com")
     server = dev_env.client.service_client.config.target_host
     nowhere = f"127.0.0.1:{free_port()}"
 

@@ -63,7 +63,7 @@ async def test_the_help_lists_nouns_and_services_but_no_old_spelling(tmp_path: P
 
 async def test_old_spellings_still_work_as_before(cli: Cli, tmp_path: Path):
     deal = f"OLD{uuid.uuid4().hex[:8]}"
-    await cli.start_deal(deal, "rep_email=rep@example.com", "rep_id=owner-42")
+    await cli.start_deal(deal, "rep_email=rep@example.com", "rep_id=owner-42", "account_manager_email=am@example.com")
 
     assert f"set rep_id → deal {deal} is in targeting" in await cli.ok("set", deal, "-f", "rep_id=owner-43")
     assert json.loads(await cli.ok("status", deal, "-o", "json"))["fields"]["rep_id"] == "owner-43"
@@ -91,7 +91,7 @@ async def test_old_spellings_still_work_as_before(cli: Cli, tmp_path: Path):
 
 async def test_deal_close_takes_the_outcome_as_an_argument(cli: Cli):
     deal = f"CL{uuid.uuid4().hex[:8]}"
-    await cli.start_deal(deal, "rep_email=rep@example.com")
+    await cli.start_deal(deal, "rep_email=rep@example.com", "account_manager_email=am@example.com")
 
     code, stdout, stderr = await cli("deal", "close", deal, "won", "--reason", "signed")
     assert code == 2 and stdout == "" and "'won' is not one of 'lost', 'cancelled'" in stderr
