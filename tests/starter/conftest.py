@@ -116,10 +116,12 @@ DEAL_DEFAULTS = {"rep_email": "rep@example.com", "account_manager_email": "am@ex
 EVENT_IDS = itertools.count(1)
 
 
-def intake_yaml(tmp_path: Path, defaults: dict[str, Any] | None = None) -> Path:
-    """The shipped mapping, with deal defaults so that ids-only creation events can start a Safe Balance deal."""
+def intake_yaml(tmp_path: Path, defaults: dict[str, Any] | None = None, wait_for_pipeline: bool = False) -> Path:
+    """The shipped mapping, with deal defaults so that ids-only creation events can start a Safe Balance deal (so
+    not waiting for a pipeline, which HubSpot's creation event never carries, unless `wait_for_pipeline`)."""
     data = yaml.safe_load((PROJECT_ROOT / "playbooks" / "intake" / "mapping.yaml").read_text())
     data["hubspot"]["defaults"] = DEAL_DEFAULTS if defaults is None else defaults
+    data["hubspot"]["wait_for_pipeline"] = wait_for_pipeline
     path = tmp_path / f"intake-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
