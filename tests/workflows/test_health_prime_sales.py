@@ -231,6 +231,24 @@ async def test_closed_won_finds_the_implementation_already_started_and_starts_no
     assert after.run_id == existing.run_id and after.status == WorkflowExecutionStatus.TERMINATED
 
 
+async def test_a_hubspot_stage_move_waits_for_the_gate_and_happens_by_itself_when_the_last_property_arrives(
+    ts_env, hps
+):
+    steps = [
+        {"at": "1d", "event": "moved_to_engaged", "event_id": "hubspot-move-1"},
+        {"at": "2d", "set": {"enterprise_deal_status": "no"}},
+        {"at": "3d", "set": {"hp_products": ["RCM"]}},
+        {"at": "4d", "event": "moved_to_partner_of_choice", "event_id": "hubspot-move-2"},  # not Engaged's next
+    ]
+    result = await run(ts_env, hps, steps, until="5d", deal_id="HP-T5", deal=DEAL)
+
+    assert stage_path(result) == ["sql", "engaged"]
+    moved = result.of_kind("stage")[-1]
+    assert moved["trigger"] == "event:moved_to_engaged" and float(moved["day"]) == pytest.approx(3.0, abs=0.01)
+    events = [(e["event"], e["status"]) for e in result.of_kind("event")]
+    assert events == [("moved_to_engaged", "accepted"), ("moved_to_partner_of_choice", "ignored")]
+
+
 async def test_lost_moves_by_itself_once_both_reasons_are_filled_and_recycles_the_contact(ts_env, hps):
     deal, steps, until = checked_in_scenario("health_prime_sales_lost")
     result = await run(ts_env, hps, steps, until=until, deal_id="HP-2", deal=deal)
