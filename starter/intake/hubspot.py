@@ -495,11 +495,16 @@ async def _running_playbook(intake: Intake, deal_id: str) -> str | None:
     """The playbook the deal's lifecycle runs (its search attribute, set when it starts, so no worker is asked);
     None while it has no lifecycle."""
     client = await intake.client()
+    handle = client.get_workflow_handle(workflow_id(deal_id))
     try:
-        description = await temporal(client.get_workflow_handle(workflow_id(deal_id)).describe(), "describe")
+        description = await temporal(handle.describe(), "describe")
     except LifecycleMissing:
         return None
-    return description.typed_search_attributes.get(SA_PLAYBOOK)
+    found = description.typed_search_attributes.get(SA_PLAYBOOK)
+    if found is None:  # not published (yet): the lifecycle itself knows
+        status: LifecycleStatus = await temporal(handle.query(ClientLifecycle.status), "status query")
+        found = status.playbook
+    return found
 
 
 async def _keep(intake: Intake, key: str, deal_id: str, payload: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
