@@ -383,20 +383,22 @@ def _plan(intake: Intake, creation: dict[str, Any], rows: list[records.Record]) 
     known = {name: value for name, value in fields.items() if name in pb.deal}
     if pipeline is None and hubspot.wait_for_pipeline:
         return Plan(pb, {}, {hubspot.pipeline_property: "required: the pipeline chooses the deal's playbook"})
-    if any(huge_number(value) for value in known.values()):
-        return Plan(pb, {}, {"fields": "a number out of range"})
-    try:
-        return Plan(pb, check_deal_fields(pb, known), {}, sources=sources)
-    except Rejected as exc:
-        errors = exc.field_errors or {"fields": str(exc)}
-    refused = {name: error for name, error in errors.items() if name in known and not pb.deal[name].required}
-    if not refused:
-        return Plan(pb, {}, errors)
-    try:
-        values = check_deal_fields(pb, {name: v for name, v in known.items() if name not in refused})
-    except Rejected as exc:
-        return Plan(pb, {}, {**(exc.field_errors or {"fields": str(exc)}), **refused})
-    return Plan(pb, values, {}, refused, sources)
+    # A bad optional value is left out (refused), never a reason not to start; a bad required one blocks the start.
+    refused = {name: "a number out of range" for name, value in known.items() if huge_number(value)}
+    if any(pb.deal[name].required for name in refused):  # never handed to a validator, even to be refused
+        return Plan(pb, {}, refused)
+    errors: dict[str, str] = {}
+    for _ in range(2):  # the validator names every bad value at once: one pass finds all the optional ones
+        candidate = {name: value for name, value in known.items() if name not in refused}
+        try:
+            return Plan(pb, check_deal_fields(pb, candidate), {}, refused, sources)
+        except Rejected as exc:
+            errors = exc.field_errors or {"fields": str(exc)}
+        optional = {name: error for name, error in errors.items() if name in candidate and not pb.deal[name].required}
+        if not optional:
+            break
+        refused |= optional
+    return Plan(pb, {}, {**errors, **refused})
 
 
 async def _start(intake: Intake, deal_id: str, pb: Playbook, values: dict[str, Any]) -> WorkflowHandle[Any, Any]:

@@ -237,17 +237,22 @@ async def test_a_value_the_deal_refuses_is_answered_rejected_and_loses_neither_t
     deal = Deal(shipped, 8104)
     assert (await shipped.hubspot([creation(shipped.portal, 8104, T0)])).status_code == 200
     # Before the start: an option the playbook does not have is kept, then left out of the start and reported.
-    before = await deal.post(deal.changes({"contract_status": "lost_in_the_mail", "rate_range": "4.5% - 5.5%"}))
-    assert before == {"contract_status": "pending", "rate_range": "pending"}
+    kept = {"contract_status": "lost_in_the_mail", "annual_visits": "1e999999999", "rate_range": "4.5% - 5.5%"}
+    assert await deal.post(deal.changes(kept)) == dict.fromkeys(kept, "pending")
     starting = (await shipped.hubspot(deal.changes({"pipeline": NEW_BUSINESS, **OWNER}))).json()["results"]
     start = next(r for r in starting if r["outcome"] == "started")
-    assert "contract_status" in start["detail"]["refused"]
+    assert start["detail"]["refused"]["annual_visits"] == "a number out of range"
+    assert "is not one of" in start["detail"]["refused"]["contract_status"]
     status = await shipped.status(deal.id)
     assert status.stage == "sql" and status.fields["rate_range"] == "4.5% - 5.5%"
     assert status.fields.get("contract_status") is None
-    refused = [r for r in shipped.rows(deal.id) if r.payload.get("property") == "contract_status"]
-    assert [r.outcome for r in refused] == ["rejected"]
-    assert "is not one of" in refused[0].payload["detail"]["fields"]["contract_status"]
+    assert status.fields.get("annual_visits") is None
+    outcomes = {r.payload.get("property"): r.outcome for r in shipped.rows(deal.id)}
+    assert (outcomes["contract_status"], outcomes["annual_visits"], outcomes["rate_range"]) == (
+        "rejected",
+        "rejected",
+        "pending",  # kept, then started with the deal
+    )
 
     # After the start: each change is its own update; the refused one is reported, the others applied.
     batch = deal.changes({"hp_product": "rcm;teleportation", "enterprise_deal_status": "yes", "tax_id_count": "x"})
