@@ -19,7 +19,7 @@ an SOP: the same playbook serves several pipelines, and a CRM admin renaming a p
           properties:
             rep_email: sales_rep_email
             hp_product: {field: hp_products, type: multiple_checkboxes, values: {rcm: RCM}}   # "rcm;coding"
-            contract_status: {field: contract_status, type: enumeration, values: {signed: Proposal signed}}
+            contract_status: {field: contract_status, type: enumeration, values: {proposal_signed: Proposal signed}}
       events:                               # property -> value -> lifecycle event (a signal)
         dealstage: {closedwon: deal_won}
     docusign:
