@@ -377,6 +377,9 @@ class Stage(Model):
     terminal: Outcome | None = None
     # Deal fields a close into this terminal stage must provide (e.g. lost reason category and details).
     reason_fields: list[Ident] = []
+    # What must hold for a close into this terminal stage, on the deal's fields with the close's own: an SOP that
+    # names when an outcome applies ("backed out *after a contract is signed*") refuses it otherwise, naming why.
+    close_checks: list[GateCheck] = []
     on_enter: list[Action] = []
     forms: list[Ident] = []
     tasks: list[TaskSpec] = []

@@ -261,6 +261,10 @@ class _References:
             )
         for fi, field in enumerate(stage.reason_fields):
             self.deal_field(f"{at}.reason_fields[{fi}]", field)
+        if stage.close_checks and not stage.terminal:
+            self.errors.append(f"{at}.close_checks: only a terminal stage is closed into")
+        for ci, check in enumerate(stage.close_checks):
+            self.condition(f"{at}.close_checks[{ci}].condition", check.condition)
         self.actions(f"{at}.on_enter", stage.on_enter)
         for fi, form_id in enumerate(stage.forms):
             self.form(f"{at}.forms[{fi}]", form_id)

@@ -13,7 +13,7 @@ from typing import Any
 from sopflow import cadence as cadence_rules
 from sopflow import views
 from sopflow.business_calendar import Clock
-from sopflow.conditions import evaluate, role_address
+from sopflow.conditions import evaluate, make_context, role_address
 from sopflow.engine.timers import Timers
 from sopflow.errors import Rejected
 from sopflow.fields import FieldErrors, is_blank, shapes, shown, validate_values
@@ -276,6 +276,11 @@ class Engine(Timers):
         missing = [name for name in target.reason_fields if is_blank(merged.get(name))]
         if missing:
             raise Rejected(f"closing as {req.outcome} needs deal fields: {', '.join(missing)}")
+        forms = {form_id: record.values for form_id, record in self.state.forms.items()}
+        ctx = make_context(self.playbook, merged, forms)
+        failed = [check.message for check in target.close_checks if not evaluate(check.condition, ctx)]
+        if failed:
+            raise Rejected(f"cannot close as {req.outcome} into '{target.id}': " + "; ".join(failed))
         return target, values
 
     def close(self, req: Close, now: datetime) -> None:

@@ -143,6 +143,8 @@ def playbook_show(
         if stage.terminal:
             needs = f"; closing here needs {', '.join(stage.reason_fields)}" if stage.reason_fields else ""
             node.add(Text(f"ends: {stage.terminal}{needs}", style="bold"))
+            for check in stage.close_checks:
+                node.add(Text(f"close check: {check.message}"))
         if stage.tasks:
             node.add(Text("tasks: " + ", ".join(_task_words(task) for task in stage.tasks)))
         requires = _gate(pb, stage.id)

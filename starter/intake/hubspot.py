@@ -29,6 +29,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
 
+from sopflow.constants import SA_PLAYBOOK
 from sopflow.engine import check_deal_fields
 from sopflow.errors import Rejected
 from sopflow.intake_config import IntakeConfig
@@ -278,21 +279,21 @@ async def _creation(intake: Intake, event: HubSpotEvent, key: str) -> tuple[Outc
         "properties": event.properties or {},
     }
     rows = await records.for_deal(intake.db, SOURCE, deal_id)
-    pb, values, errors = _plan(intake, payload, rows)
-    if not errors:
+    plan = _plan(intake, payload, rows)
+    if not plan.errors:
         try:
-            await _start(intake, deal_id, pb, values)
+            await _start(intake, deal_id, plan.playbook, plan.values)
         except LifecycleClosed as exc:
             return await _record(intake, key, deal_id, payload, "closed", {"reason": str(exc)})
-        return await _record(intake, key, deal_id, payload, "started", _started(deal_id, pb))
+        return await _record(intake, key, deal_id, payload, "started", _started(deal_id, plan))
 
-    if not await records.add(intake.db, SOURCE, key, deal_id, {**payload, "missing": errors}, "needs_fields"):
+    if not await records.add(intake.db, SOURCE, key, deal_id, {**payload, "missing": plan.errors}, "needs_fields"):
         return "duplicate", {}
     # Store, then look again: a property change recorded meanwhile saw no creation row and left the start to us.
     planned = await _start_if_complete(intake, deal_id, mine=key)
     if planned.outcome == "started":
         return planned.outcome, planned.detail
-    log.warning("hubspot deal %s waits for fields: %s", deal_id, ", ".join(sorted(errors)))
+    log.warning("hubspot deal %s waits for fields: %s", deal_id, ", ".join(sorted(plan.errors)))
     return "needs_fields", planned.detail
 
 
@@ -316,11 +317,11 @@ async def _start_if_complete(intake: Intake, deal_id: str, mine: str) -> Planned
         creation = next((r for r in rows if r.payload.get("kind") == "creation"), None)
         if creation is None:
             return Planned("pending", {"waiting_for": "the deal's creation event"})
-        pb, values, errors = _plan(intake, creation.payload, rows)
-        if errors:
-            return Planned("needs_fields", {"playbook": pb.id, "missing": errors})
+        plan = _plan(intake, creation.payload, rows)
+        if plan.errors:
+            return Planned("needs_fields", {"playbook": plan.playbook.id, "missing": plan.errors})
         try:
-            await _start(intake, deal_id, pb, values)
+            await _start(intake, deal_id, plan.playbook, plan.values)
         except LifecycleClosed as exc:
             await records.set_outcome(intake.db, mine, "closed")
             return Planned("closed", {"reason": str(exc)})
@@ -330,41 +331,74 @@ async def _start_if_complete(intake: Intake, deal_id: str, mine: str) -> Planned
     if creation.outcome == "needs_fields":
         await records.set_outcome(intake.db, creation.key, "started", {**creation.payload, "missing": {}})
     await records.set_outcome(intake.db, mine, "started")
-    return Planned("started", _started(deal_id, pb), values)
+    # A value the playbook refused did not start with the deal: its delivery says so, as if refused by the lifecycle.
+    for name, error in plan.refused.items():
+        row = next((r for r in rows if r.key == plan.sources.get(name)), None)
+        if row is not None:
+            refusal = {"error": f"invalid deal fields: {name}: {error}", "fields": {name: error}}
+            await records.set_outcome(intake.db, row.key, "rejected", {**row.payload, "detail": refusal})
+            if row.key == mine:
+                return Planned("rejected", {**refusal, **_started(deal_id, plan)}, plan.values)
+    return Planned("started", _started(deal_id, plan), plan.values)
 
 
-def _plan(
-    intake: Intake, creation: dict[str, Any], rows: list[records.Record]
-) -> tuple[Playbook, dict[str, Any], dict[str, str]]:
+@dataclass
+class Plan:
+    """What a start would use now: the playbook, its checked deal fields, the errors that block the start (a
+    required field missing or refused), the values refused and left out (optional fields: one bad value never
+    holds a deal back), and which delivery supplied each field (a row key)."""
+
+    playbook: Playbook
+    values: dict[str, Any]
+    errors: dict[str, str]
+    refused: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def _plan(intake: Intake, creation: dict[str, Any], rows: list[records.Record]) -> Plan:
     """The playbook and deal fields a start would use now: defaults, the creation's properties, then the kept
-    property changes oldest first (so the newest value wins). Returns the field errors that block the start."""
-    config = intake.config
-    fields: dict[str, Any] = dict(config.hubspot.defaults)
-    pipeline: str | None = None
-
-    def apply(prop: str, value: Any) -> None:
-        nonlocal pipeline
-        if prop == config.hubspot.pipeline_property and value is not None:
-            pipeline = str(value)
-        mapping = config.hubspot.properties.get(prop)
-        if mapping is not None:
-            fields[mapping.field] = mapping.convert(value)
-
-    for prop, value in (creation.get("properties") or {}).items():
-        apply(str(prop), value)
+    property changes oldest first (so the newest value wins), through the property map of the playbook the
+    pipeline chooses."""
+    hubspot = intake.config.hubspot
     kept = [r for r in rows if r.payload.get("kind") == "property" and r.outcome in _APPLIED]
-    for row in sorted(kept, key=lambda r: int(r.payload.get("occurred_at") or 0)):
-        apply(str(row.payload.get("property")), row.payload.get("value"))
+    changes = [
+        (str(r.payload.get("property")), r.payload.get("value"), r.key)
+        for r in sorted(kept, key=lambda r: int(r.payload.get("occurred_at") or 0))
+    ]
+    delivered = [(str(prop), value, "") for prop, value in (creation.get("properties") or {}).items()] + changes
 
-    pb = intake.playbook(config.playbook_for(pipeline))
+    pipeline = next(
+        (str(v) for prop, v, _ in reversed(delivered) if prop == hubspot.pipeline_property and v is not None), None
+    )
+    pb = intake.playbook(intake.config.playbook_for(pipeline))
+    properties = hubspot.properties_for(pb.id)
+    fields: dict[str, Any] = dict(hubspot.defaults)
+    sources: dict[str, str] = {}
+    for prop, value, source in delivered:
+        mapping = properties.get(prop)
+        if mapping is not None:
+            fields[mapping.field], sources[mapping.field] = mapping.convert(value), source
+
     # The mapping serves every playbook; a field this playbook does not define is not an error for a start.
     known = {name: value for name, value in fields.items() if name in pb.deal}
-    if any(huge_number(value) for value in known.values()):
-        return pb, {}, {"fields": "a number out of range"}
-    try:
-        return pb, check_deal_fields(pb, known), {}
-    except Rejected as exc:
-        return pb, {}, exc.field_errors or {"fields": str(exc)}
+    if pipeline is None and hubspot.wait_for_pipeline:
+        return Plan(pb, {}, {hubspot.pipeline_property: "required: the pipeline chooses the deal's playbook"})
+    # A bad optional value is left out (refused), never a reason not to start; a bad required one blocks the start.
+    refused = {name: "a number out of range" for name, value in known.items() if huge_number(value)}
+    if any(pb.deal[name].required for name in refused):  # never handed to a validator, even to be refused
+        return Plan(pb, {}, refused)
+    errors: dict[str, str] = {}
+    for _ in range(2):  # the validator names every bad value at once: one pass finds all the optional ones
+        candidate = {name: value for name, value in known.items() if name not in refused}
+        try:
+            return Plan(pb, check_deal_fields(pb, candidate), {}, refused, sources)
+        except Rejected as exc:
+            errors = exc.field_errors or {"fields": str(exc)}
+        optional = {name: error for name, error in errors.items() if name in candidate and not pb.deal[name].required}
+        if not optional:
+            break
+        refused |= optional
+    return Plan(pb, {}, {**errors, **refused})
 
 
 async def _start(intake: Intake, deal_id: str, pb: Playbook, values: dict[str, Any]) -> WorkflowHandle[Any, Any]:
@@ -378,8 +412,10 @@ async def _start(intake: Intake, deal_id: str, pb: Playbook, values: dict[str, A
     )
 
 
-def _started(deal_id: str, pb: Playbook) -> dict[str, Any]:
-    return {"workflow_id": workflow_id(deal_id), "playbook": pb.id, "playbook_version": pb.version}
+def _started(deal_id: str, plan: Plan) -> dict[str, Any]:
+    pb = plan.playbook
+    detail = {"workflow_id": workflow_id(deal_id), "playbook": pb.id, "playbook_version": pb.version}
+    return {**detail, "refused": plan.refused} if plan.refused else detail
 
 
 async def _record(
@@ -409,8 +445,7 @@ async def _change(intake: Intake, event: HubSpotEvent, key: str) -> tuple[Outcom
     name = config.event_for(prop, value)
     if name is not None:
         return await _signal(intake, event, key, name, payload)
-    mapping = config.hubspot.properties.get(prop)
-    if mapping is None and prop != config.hubspot.pipeline_property:
+    if not config.hubspot.maps(prop) and prop != config.hubspot.pipeline_property:
         return "ignored", {"reason": f"property {prop!r} is not mapped"}
 
     rows = await records.for_deal(intake.db, SOURCE, deal_id)
@@ -425,11 +460,21 @@ async def _change(intake: Intake, event: HubSpotEvent, key: str) -> tuple[Outcom
     if newer:  # HubSpot does not deliver in order: an older value must not overwrite a newer one
         return await _record(intake, key, deal_id, payload, "stale", {"reason": "a newer value was applied"})
 
+    if config.hubspot.playbooks:  # the property map depends on the playbook the deal runs
+        playbook = await _running_playbook(intake, deal_id)
+        if playbook is None:
+            return await _keep(intake, key, deal_id, payload)
+        mapping = config.hubspot.properties_for(playbook).get(prop)
+        if mapping is None and prop != config.hubspot.pipeline_property:
+            reason = f"property {prop!r} is not mapped for playbook {playbook}"
+            return await _record(intake, key, deal_id, payload, "ignored", {"reason": reason})
+    else:
+        mapping = config.hubspot.properties.get(prop)
     if mapping is None:  # the pipeline only matters until the lifecycle starts
         creation = next((r for r in rows if r.payload.get("kind") == "creation"), None)
-        if creation is not None and creation.outcome != "needs_fields":
+        if config.hubspot.playbooks or (creation is not None and creation.outcome != "needs_fields"):
             return await _record(intake, key, deal_id, payload, "ignored", {"reason": "lifecycle already started"})
-        return await _keep(intake, key, deal_id, payload, None)
+        return await _keep(intake, key, deal_id, payload)
 
     payload["field"] = mapping.field
     converted = mapping.convert(value)
@@ -439,7 +484,7 @@ async def _change(intake: Intake, event: HubSpotEvent, key: str) -> tuple[Outcom
     try:
         await _set_fields(intake, deal_id, {mapping.field: converted}, update_id=key)
     except LifecycleMissing:
-        return await _keep(intake, key, deal_id, payload, mapping.field)
+        return await _keep(intake, key, deal_id, payload)
     except LifecycleClosed as exc:
         return await _record(intake, key, deal_id, payload, "closed", {"reason": str(exc)})
     except UpdateRejected as exc:
@@ -448,14 +493,31 @@ async def _change(intake: Intake, event: HubSpotEvent, key: str) -> tuple[Outcom
     return await _record(intake, key, deal_id, payload, "fields_set", {"fields": [mapping.field]})
 
 
-async def _keep(
-    intake: Intake, key: str, deal_id: str, payload: dict[str, Any], field_name: str | None
-) -> tuple[Outcome, dict[str, Any]]:
-    """No lifecycle yet: keep the value for the start, and start now if it was the last one missing."""
+async def _running_playbook(intake: Intake, deal_id: str) -> str | None:
+    """The playbook the deal's lifecycle runs (its search attribute, set when it starts, so no worker is asked);
+    None while it has no lifecycle."""
+    client = await intake.client()
+    handle = client.get_workflow_handle(workflow_id(deal_id))
+    try:
+        description = await temporal(handle.describe(), "describe")
+    except LifecycleMissing:
+        return None
+    found = description.typed_search_attributes.get(SA_PLAYBOOK)
+    if found is None:  # not published (yet): the lifecycle itself knows
+        status: LifecycleStatus = await temporal(handle.query(ClientLifecycle.status), "status query")
+        found = status.playbook
+    return found
+
+
+async def _keep(intake: Intake, key: str, deal_id: str, payload: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
+    """No lifecycle yet: keep the raw value for the start (the playbook, hence the property map, may not be known
+    yet), and start now if it was the last one missing."""
     if not await records.add(intake.db, SOURCE, key, deal_id, payload, "pending"):
         return "duplicate", {}
     planned = await _start_if_complete(intake, deal_id, mine=key)
-    if planned.outcome == "started" and field_name is not None:
+    mapping = intake.config.hubspot.properties_for(planned.detail.get("playbook")).get(payload["property"])
+    field_name = mapping.field if mapping is not None else None
+    if planned.outcome == "started" and field_name is not None and field_name not in planned.detail.get("refused", {}):
         try:
             await _ensure_field(intake, deal_id, field_name, planned.values, key)
         except Unavailable:

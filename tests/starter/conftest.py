@@ -33,6 +33,7 @@ from sopflow.db import Database, InboundEvent
 from sopflow.mailsink import MailSink, free_port
 from sopflow.models import Advance, CompleteTask, ExternalEvent, LifecycleStatus, SetFields
 from sopflow.signatures import docusign_signature, form_token, hubspot_v3_signature
+from starter.intake.dependencies import get_settings
 from starter.webhooks import create_app
 from tests.conftest import CONTRACT_REQUEST, PRELAUNCH_TASKS, TARGETING, make_worker
 from workflows.lifecycle import ClientLifecycle
@@ -116,10 +117,12 @@ DEAL_DEFAULTS = {"rep_email": "rep@example.com", "account_manager_email": "am@ex
 EVENT_IDS = itertools.count(1)
 
 
-def intake_yaml(tmp_path: Path, defaults: dict[str, Any] | None = None) -> Path:
-    """The shipped mapping, with deal defaults so that ids-only creation events can start a Safe Balance deal."""
+def intake_yaml(tmp_path: Path, defaults: dict[str, Any] | None = None, wait_for_pipeline: bool = False) -> Path:
+    """The shipped mapping, with deal defaults so that ids-only creation events can start a Safe Balance deal (so
+    not waiting for a pipeline, which HubSpot's creation event never carries, unless `wait_for_pipeline`)."""
     data = yaml.safe_load((PROJECT_ROOT / "playbooks" / "intake" / "mapping.yaml").read_text())
     data["hubspot"]["defaults"] = DEAL_DEFAULTS if defaults is None else defaults
+    data["hubspot"]["wait_for_pipeline"] = wait_for_pipeline
     path = tmp_path / f"intake-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -213,6 +216,23 @@ def creation(portal: int, object_id: int, occurred_at: int = 1_760_000_000_000, 
     }
 
 
+def change(portal: int, object_id: int, prop: str, value: str, occurred_at: int) -> dict[str, Any]:
+    """A `deal.propertyChange` event as HubSpot posts it (every value as text)."""
+    return {
+        "eventId": next(EVENT_IDS),
+        "subscriptionId": 43,
+        "portalId": portal,
+        "appId": 7,
+        "occurredAt": occurred_at,
+        "subscriptionType": "deal.propertyChange",
+        "attemptNumber": 0,
+        "objectId": object_id,
+        "propertyName": prop,
+        "propertyValue": value,
+        "changeSource": "CRM",
+    }
+
+
 @asynccontextmanager
 async def http_to(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client talking to `app` in process (no server, no lifespan: the app's pieces are the test's)."""
@@ -259,6 +279,18 @@ async def live(offline: Intake) -> AsyncIterator[Intake]:
     with MailSink() as sink:
         async with make_worker(offline.client, offline.db, sink, task_queue=TASK_QUEUE):
             yield offline
+
+
+SHIPPED_MAPPING = PROJECT_ROOT / "playbooks" / "intake" / "mapping.yaml"
+
+
+@pytest.fixture
+def shipped(live: Intake, tmp_path: Path) -> Intake:
+    """The live intake on the shipped mapping exactly, as a portal running Health Prime's pipelines has it: no deal
+    defaults, and a deal starts only once its pipeline is known."""
+    settings = make_settings(tmp_path, live.settings.database_url, SHIPPED_MAPPING)
+    live.app.dependency_overrides[get_settings] = lambda: settings
+    return replace(live, settings=settings)
 
 
 async def to_launch(intake: Intake, deal: str) -> None:

@@ -172,6 +172,27 @@ async def test_rejected_advance_prints_one_line_naming_what_is_missing_and_exits
     assert code == 1 and "unknown event 'contract_sgned'" in stderr
 
 
+async def test_backing_out_an_unsigned_health_prime_deal_is_refused_in_one_line_and_it_closes_lost(cli: Cli):
+    deal = f"HP{uuid.uuid4().hex[:8]}"
+    fields = ("pipeline=New Business", "sales_rep_email=rep@example.com")
+    await cli.start_deal(deal, *fields, playbook="health_prime_sales")
+
+    code, stdout, stderr = await cli(
+        "deal", "close", deal, "cancelled", "--reason", "Sales VP", "-f", "back_out_reason=Bad fit"
+    )
+
+    assert (code, stdout) == (1, "")
+    assert stderr.strip().splitlines() == [
+        "error: cannot close as cancelled into 'backed_out': only a deal whose contract is signed backs out "
+        "(Contract Status is not 'Proposal signed'); close an unsigned deal as lost with its Deal Lost Reason "
+        "Category and Details"
+    ]
+    lost = ["-f", "lost_reason_category=Not a fit", "-f", "lost_reason_details=Closing the location"]
+    closed = json.loads(await cli.ok("deal", "close", deal, "lost", "--reason", "Sales Rep", *lost, "-o", "json"))
+    assert (closed["stage"], closed["outcome"]) == ("closed_lost", "lost")
+    assert closed["fields"]["client_status"] == "Prospect"
+
+
 async def test_a_change_to_a_closed_deal_says_it_is_closed_and_to_an_unknown_deal_that_there_is_none(cli: Cli):
     deal = f"T{uuid.uuid4().hex[:8]}"
     await cli.start_deal(deal, "rep_email=rep@example.com")

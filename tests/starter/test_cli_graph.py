@@ -126,3 +126,5 @@ async def test_show_outlines_every_stage_and_move_uncut_in_an_80_column_terminal
             assert f"→ {move.target} {move.label}" in unwrapped
     closes = ", ".join(stage.id for stage in pb.terminal_stages())
     assert f"close, from any open stage → {closes}" in unwrapped
+    for check in (check for stage in pb.terminal_stages() for check in stage.close_checks):
+        assert f"close check: {' '.join(check.message.split())}" in unwrapped

@@ -40,12 +40,12 @@ from tests.conftest import CONTRACT_REQUEST, TARGETING, TEMPLATES, make_worker
 from tests.prometheus import Sample, scrape_until, value
 from tests.starter.conftest import (
     DOCUSIGN_KEYS,
-    EVENT_IDS,
     FORM_SECRET,
     HUBSPOT_SECRET,
     PUBLIC,
     Intake,
     applied_updates,
+    change,
     creation,
     eventually,
     http_to,
@@ -55,22 +55,6 @@ from tests.starter.conftest import (
     served,
 )
 from workflows.lifecycle import ClientLifecycle
-
-
-def change(portal: int, object_id: int, prop: str, value: str, occurred_at: int) -> dict[str, Any]:
-    return {
-        "eventId": next(EVENT_IDS),
-        "subscriptionId": 43,
-        "portalId": portal,
-        "appId": 7,
-        "occurredAt": occurred_at,
-        "subscriptionType": "deal.propertyChange",
-        "attemptNumber": 0,
-        "objectId": object_id,
-        "propertyName": prop,
-        "propertyValue": value,
-        "changeSource": "CRM",
-    }
 
 
 def envelope(event: str, envelope_id: str, deal_id: str | None) -> dict[str, Any]:

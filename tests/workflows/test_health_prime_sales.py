@@ -106,6 +106,12 @@ def listed(rejection: dict[str, Any], to: str) -> list[str]:
     return reason.split(prefix, 1)[1].split("; ")
 
 
+UNSIGNED_BACK_OUT = (
+    "cannot close as cancelled into 'backed_out': only a deal whose contract is signed backs out (Contract Status is "
+    "not 'Proposal signed'); close an unsigned deal as lost with its Deal Lost Reason Category and Details"
+)
+
+
 def test_playbook_validates_and_every_template_renders(hps):
     assert render_check(hps, TemplateRenderer(TEMPLATES)) == []
     assert [s.id for s in hps.stages if not s.terminal] == ["sql", "engaged", "proposal", "partner_of_choice"]
@@ -225,6 +231,24 @@ async def test_closed_won_finds_the_implementation_already_started_and_starts_no
     assert after.run_id == existing.run_id and after.status == WorkflowExecutionStatus.TERMINATED
 
 
+async def test_a_hubspot_stage_move_waits_for_the_gate_and_happens_by_itself_when_the_last_property_arrives(
+    ts_env, hps
+):
+    steps = [
+        {"at": "1d", "event": "moved_to_engaged", "event_id": "hubspot-move-1"},
+        {"at": "2d", "set": {"enterprise_deal_status": "no"}},
+        {"at": "3d", "set": {"hp_products": ["RCM"]}},
+        {"at": "4d", "event": "moved_to_partner_of_choice", "event_id": "hubspot-move-2"},  # not Engaged's next
+    ]
+    result = await run(ts_env, hps, steps, until="5d", deal_id="HP-T5", deal=DEAL)
+
+    assert stage_path(result) == ["sql", "engaged"]
+    moved = result.of_kind("stage")[-1]
+    assert moved["trigger"] == "event:moved_to_engaged" and float(moved["day"]) == pytest.approx(3.0, abs=0.01)
+    events = [(e["event"], e["status"]) for e in result.of_kind("event")]
+    assert events == [("moved_to_engaged", "accepted"), ("moved_to_partner_of_choice", "ignored")]
+
+
 async def test_lost_moves_by_itself_once_both_reasons_are_filled_and_recycles_the_contact(ts_env, hps):
     deal, steps, until = checked_in_scenario("health_prime_sales_lost")
     result = await run(ts_env, hps, steps, until=until, deal_id="HP-2", deal=deal)
@@ -264,6 +288,7 @@ async def test_partner_of_choice_with_nothing_filled_names_every_won_property(ts
         {"at": "3d", "set": _proposal_done()},
         {"at": "3d", "advance": "partner_of_choice"},
         {"at": "4d", "advance": "closed_won"},
+        {"at": "5d", "set": {"contract_status": "Proposal signed"}},
         {"at": "5d", "close": "cancelled", "fields": {"back_out_reason": "Bad fit after signing"}, "reason": "VP"},
     ]
     result = await run(ts_env, hps, steps, until="6d", deal_id="HP-T3", deal=DEAL)
@@ -279,15 +304,39 @@ async def test_partner_of_choice_with_nothing_filled_names_every_won_property(ts
     assert "Bad fit after signing" in body(backed, "plain")
 
 
+async def test_an_unsigned_deal_cannot_back_out_and_is_closed_lost_with_its_reasons_instead(ts_env, hps):
+    """ "Deals Backed out after a Contract is signed": a deal in SQL has no contract, so its back-out is refused (no
+    Client Status "Backed out", nobody told a signed deal backed out); it is lost, with its lost reasons."""
+    back_out = {"close": "cancelled", "fields": {"back_out_reason": "Not a fit"}, "reason": "VP"}
+    lost = {"lost_reason_category": "Not a fit", "lost_reason_details": "Practice is closing a location"}
+    steps = [
+        {"at": "1d", **back_out},
+        {"at": "2d", "set": {"contract_status": "Proposal sent"}},
+        {"at": "2d", **back_out},
+        {"at": "3d", "close": "lost", "fields": lost, "reason": "Sales Rep"},
+    ]
+    result = await run(ts_env, hps, steps, until="4d", deal_id="HP-T4", deal=DEAL)
+
+    assert [r["reason"] for r in result.of_kind("rejected")] == [UNSIGNED_BACK_OUT, UNSIGNED_BACK_OUT]
+    assert stage_path(result) == ["sql", "closed_lost"]
+    assert result.status.outcome == "lost"
+    assert result.status.fields["client_status"] == "Prospect"
+    assert result.status.fields["lost_reason_category"] == "Not a fit"
+    assert "deal_backed_out" not in sent(result) and mail(result, "deal_backed_out") == []
+    assert [e["to"] for e in sent(result)["deal_lost"]] == [["sales_rep"]]
+
+
 async def test_a_deal_backed_out_at_partner_of_choice_closes_with_its_reason_and_tells_implementation(ts_env, hps):
     deal, steps, until = checked_in_scenario("health_prime_sales_backed_out")
     result = await run(ts_env, hps, steps, until=until, deal_id="HP-3", deal=deal)
 
     assert stage_path(result) == ["sql", "engaged", "proposal", "partner_of_choice", "backed_out"]
-    assert listed(result.of_kind("rejected")[-1], "closed_won") == [
+    *_, early_win, unsigned_back_out = result.of_kind("rejected")
+    assert listed(early_win, "closed_won") == [
         "Contract Status is not 'Proposal signed' (contract_status)",
         "Onboarding Questionnaire is not Uploaded (onboarding_questionnaire)",
     ]
+    assert unsigned_back_out["reason"] == UNSIGNED_BACK_OUT
     assert float(result.of_kind("stage")[-1]["day"]) == pytest.approx(40.0, abs=0.01)
     assert result.status.outcome == "cancelled" and result.status.close_reason == "Sales VP"
     assert result.status.fields["client_status"] == "Backed out"
