@@ -168,7 +168,7 @@ class StartLifecycle(Model):
 class Notify(Model):
     """Tell the lifecycle that handed this one off (its `start_lifecycle`) that something happened, as an event it
     receives like `sopflow deal event`: a lost deal returns its lead to Recycled. Delivered once per lifecycle and
-    event; a lifecycle nobody handed off journals that there was nobody to tell."""
+    event; a lifecycle nobody handed off has nobody to tell and does nothing."""
 
     event: Ident
 

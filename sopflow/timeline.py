@@ -251,11 +251,11 @@ class NotifiedDetail(KnownDetail):
     event: str
     """The event sent."""
     status: str
-    """'requested', then 'sent' or 'failed'; 'skipped' when no lifecycle handed this one off."""
+    """'requested', then 'sent' or 'failed'."""
     workflow_id: str | None = None
     """The lifecycle told (its workflow id)."""
     error: str | None = None
-    """Failed or skipped: why."""
+    """Failed: why (the lifecycle told has ended)."""
 
 
 class MigratedDetail(KnownDetail):

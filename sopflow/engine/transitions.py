@@ -298,13 +298,10 @@ class Transitions(Journal):
         self.steps[-1].start = LinkedStart(playbook=playbook_id, deal_id=deal_id, fields=fields)
 
     def _notify(self, event: str, now: datetime) -> None:
-        """Queue an event for the lifecycle that handed this one off, once per event; the workflow signals it."""
+        """Queue an event for the lifecycle that handed this one off, once per event; the workflow signals it. A
+        lifecycle started on its own (a deal entered directly, not from a lead) has nobody to tell: nothing to do."""
         state, parent = self.state, self.state.handed_off_by
-        if event in state.notified:
-            return
-        if parent is None:
-            reason = "no lifecycle handed this one off"
-            self._log(now, NotifiedDetail(event=event, status="skipped", error=reason))
+        if parent is None or event in state.notified:
             return
         state.notified = [*state.notified, event]
         self._log(now, NotifiedDetail(event=event, status="requested", workflow_id=parent))
