@@ -111,6 +111,33 @@ def _text(value: Any, shape: Shape | None, limits: bool) -> str:
     return text
 
 
+def pattern_problem(pattern: str, example: str | None) -> str | None:
+    """Why a playbook's `pattern` cannot be used (it does not compile, or its own example does not match), or None.
+
+    Checked when a playbook is loaded: a broken regex must stop the author, never a client's form later."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        return f"{shown(pattern)} is not a regular expression ({exc})"
+    if example is not None and not compiled.fullmatch(example):
+        return f"its example {shown(example)} does not match it"
+    return None
+
+
+def check_pattern(spec: FieldSpec, text: str) -> None:
+    """Refuse text whose whole value does not match the field's `pattern`, saying what was expected with the
+    playbook's format and example (`expected MM/DD/YY_Initials: Action, e.g. 04/20/23_MM: Customer asked ...`)."""
+    assert spec.pattern is not None
+    try:
+        matched = re.fullmatch(spec.pattern, text) is not None
+    except re.error:  # a pinned playbook that skipped the load checks: refuse the value, never raise in a lifecycle
+        raise ValueError("cannot be checked: the playbook's pattern for this field is not valid") from None
+    if not matched:
+        expected = spec.format or f"text matching {spec.pattern}"
+        example = f", e.g. {spec.example}" if spec.example else ""
+        raise ValueError(f"{shown(text)} is not in the expected format: expected {expected}{example}")
+
+
 def _email(value: Any, limits: bool) -> str:
     if not limits:  # the rule before limits: one '@' and a dot in the domain, no spaces
         text = str(value).strip()
@@ -214,7 +241,10 @@ def coerce(
     """
     kind = spec.type
     if kind == "text":
-        return _text(value, shape, limits)
+        text = _text(value, shape, limits)
+        if limits and spec.pattern is not None:
+            check_pattern(spec, text)
+        return text
     if kind == "email":
         return _email(value, limits)
     if kind == "bool":

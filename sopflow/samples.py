@@ -68,6 +68,8 @@ def sample_value(spec: FieldSpec, name: str, shape: Shape | None = None) -> Any:
     kind = spec.type
     if kind == "text" and shape == "id":
         return "owner-12"
+    if kind == "text" and spec.example is not None:  # a patterned field: its example is what the pattern accepts
+        return spec.example
     if kind == "text":
         return f"Example {spec.label or name.replace('_', ' ')}"
     if kind == "email":

@@ -275,6 +275,14 @@ def test_playbook_error_message_names_the_source_and_lists_every_error() -> None
             "stages[0].on_enter[0]: an action is exactly one of 'email', 'set', 'copy' or 'start_lifecycle'",
         ),
         ({"stages": []}, "stages: List should have at least 1 item after validation, not 0"),
+        (
+            {"deal": {"signed_on": {"type": "date", "pattern": "[0-9-]+"}}},
+            "deal.signed_on: 'pattern' only applies to text fields, not date",
+        ),
+        (
+            {"deal": {"note": {"type": "text", "example": "04/20/23_MM: Called"}}},
+            "deal.note: 'format' and 'example' describe a 'pattern'; add one",
+        ),
         ({"id": "Safe-Balance"}, "id: String should match pattern '^[a-z][a-z0-9_]*$'"),
     ],
 )
