@@ -257,8 +257,14 @@ def test_the_escalation_products_are_chosen_from_the_products_the_deal_records(m
     products = medtrainer.forms["escalation"].fields["products"]
     assert products.type == "multi_choice"
     # One option per purchase the deal records: the tier's subscription and each add-on's bool field.
-    add_ons = [name for name, spec in medtrainer.deal.items() if spec.type == "bool"]
-    assert len(products.options or []) == 1 + len(add_ons)
+    purchases = {
+        "tier": "MedTrainer subscription (tier)",
+        "credentialing_software": "Credentialing Software (CRED SOFT)",
+        "credentialing_service": "Credentialing Service (CRED SERV / FMC)",
+        "exclusions": "Exclusions",
+        "lms": "Learning Management System (LMS)",
+    }
+    assert set(purchases) <= set(medtrainer.deal) and products.options == list(purchases.values())
     assert validate_values(medtrainer.forms["escalation"].fields, {**CASE, "products": "exclusions"})["products"] == [
         "Exclusions"
     ]
@@ -307,3 +313,33 @@ async def test_an_escalation_case_out_of_format_is_refused_and_the_corrected_one
     (case,) = sent(result.emails, "escalation_case")
     text = case.get_body(("plain",))
     assert text is not None and CASE["directives"] in text.get_content()
+
+
+# --- "If ... they do not answer your first call, please send a reminder email" ---------------------------------------
+
+
+async def test_an_unanswered_first_call_sends_the_reminder_email_at_once_and_later_ones_do_not(ts_env, medtrainer):
+    fields, steps, until = checked_in_scenario("medtrainer_onboarding_unanswered_call")
+    with MailSink() as sink:
+        result = await run(ts_env, medtrainer, steps, until=until, deal=fields, deal_id="MT-4", sink=sink)
+        received = list(sink.messages)
+
+    assert [e["count"] for e in result.of_kind("form") if e["form"] == "call_unanswered"] == [1, 2]
+    (reminder,) = sent(received, "scheduling_reminder")
+    assert "admin@example.com" in reminder["To"] and "csm@example.com" in reminder["Cc"]
+    assert attachment_names(reminder) == sorted([*STANDARD_SETUP, "Credentialing Information Roster.xlsx"])
+    reminder_day = next(float(e["day"]) for e in result.of_kind("email") if e["template"] == "scheduling_reminder")
+    assert reminder_day == pytest.approx(10 / 24, abs=0.01)  # when the unanswered call was logged
+    assert result.status.stage == "preparation"
+
+
+async def test_an_unanswered_call_can_only_be_logged_before_the_onboarding_call_is_scheduled(ts_env, medtrainer):
+    steps = [
+        {"at": "1h", "set": {"onboarding_call_scheduled_for": "$today+5d"}},
+        {"at": "2h", "form": "call_unanswered", "fields": {}},
+    ]
+    result = await run(ts_env, medtrainer, steps, until="3h", deal=deal("Basic", False))
+
+    (rejected,) = result.of_kind("rejected")
+    assert "not open in stage 'preparation'" in rejected["reason"]
+    assert not sent(result.emails, "scheduling_reminder")
