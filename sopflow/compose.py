@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sopflow.business_calendar import Clock
-from sopflow.conditions import Context, role_address
+from sopflow.conditions import Context, role_address, role_addresses
 from sopflow.models import EmailRequest, LifecycleState, Recipient, Resend, TaskState
 from sopflow.playbook import EmailAction, Playbook
 from sopflow.timeline import EmailDetail
@@ -31,31 +31,35 @@ class Addressed:
     missing: list[str]
 
     def detail(self, template: str) -> EmailDetail:
-        """The timeline entry's detail: roles only, never addresses."""
+        """The timeline entry's detail: roles only (each once, however many addresses it has), never addresses."""
         return EmailDetail(
             template=template,
-            to=[r.role for r in self.to],
-            cc=[r.role for r in self.cc],
+            to=list(dict.fromkeys(r.role for r in self.to)),
+            cc=list(dict.fromkeys(r.role for r in self.cc)),
             missing_roles=self.missing or None,
         )
 
 
 def address(playbook: Playbook, ctx: Context, action: EmailAction) -> Addressed:
-    """Each role once (the first list it appears in), whoever has the same address as an earlier one skipped."""
+    """Each role once (the first list it appears in), whoever has the same address as an earlier one skipped. A
+    role of several addresses (an `emails` field: the client's users) is one recipient per address."""
     to: list[Recipient] = []
     cc: list[Recipient] = []
     missing: list[str] = []
     for roles, out in ((action.to, to), (action.cc, cc)):
         for role_id in roles:
-            email, display = role_address(playbook, ctx, role_id)
-            if email is None:
+            emails = role_addresses(playbook, ctx, role_id)
+            display = role_address(playbook, ctx, role_id)[1]
+            if not emails:
                 missing.append(role_id)
-            elif all(r.email != email for r in to + cc):
-                out.append(Recipient(role=role_id, email=email, name=display))
+            for email in emails:
+                if all(r.email != email for r in to + cc):
+                    out.append(Recipient(role=role_id, email=email, name=display))
     reply_to = None
     if action.from_role is not None:
-        email, display = role_address(playbook, ctx, action.from_role)
-        reply_to = Recipient(role=action.from_role, email=email, name=display) if email else None
+        emails = role_addresses(playbook, ctx, action.from_role)
+        display = role_address(playbook, ctx, action.from_role)[1]
+        reply_to = Recipient(role=action.from_role, email=emails[0], name=display) if emails else None
     return Addressed(to=to, cc=cc, reply_to=reply_to, missing=missing)
 
 

@@ -21,6 +21,8 @@ MAX_MONEY_DIGITS = 15
 MAX_NUMBER = 10**15
 MAX_TEXT_LENGTH = 1000
 MAX_EMAIL_LENGTH = 254
+# An `emails` field is a contact list (a client's users), not a mailing list: each address becomes a recipient.
+MAX_EMAILS = 50
 MAX_FIELDS_PER_REQUEST = 200
 # Dates a business process can mean: far enough out for a 100-year contract, near enough that "7 days before" and
 # "every 2 months after" stay inside what datetime can hold.
@@ -152,6 +154,28 @@ def _email(value: Any, limits: bool) -> str:
     return text
 
 
+def _emails(value: Any, limits: bool) -> list[str]:
+    """A list of addresses, from a list or from text separated by commas, semicolons or spaces (a CLI `-f`, a web
+    form, a CRM property); each checked like an `email` field, repeats (in any case) dropped, the first kept."""
+    if isinstance(value, list):
+        items = value
+    elif isinstance(value, str):
+        items = [part for part in re.split(r"[,;\s]+", value) if part]
+    else:
+        raise ValueError("expected email addresses, separated by commas")
+    found: list[str] = []
+    for item in items:
+        try:
+            address = _email(item, limits)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (in a list of addresses separated by commas)") from None
+        if all(address.lower() != known.lower() for known in found):
+            found.append(address)
+    if limits and len(found) > MAX_EMAILS:
+        raise ValueError(f"{len(found)} addresses; at most {MAX_EMAILS}")
+    return found
+
+
 def _number(value: Any, limits: bool) -> int | float:
     if isinstance(value, bool):
         raise ValueError("expected a number")
@@ -247,6 +271,8 @@ def coerce(
         return text
     if kind == "email":
         return _email(value, limits)
+    if kind == "emails":
+        return _emails(value, limits)
     if kind == "bool":
         return _bool(value)
     if kind == "number":

@@ -29,7 +29,7 @@ from pydantic import (
 from sopflow.durations import Duration, parse_duration
 
 FieldType = Literal[
-    "text", "email", "date", "datetime", "number", "money", "choice", "multi_choice", "bool", "timezone"
+    "text", "email", "emails", "date", "datetime", "number", "money", "choice", "multi_choice", "bool", "timezone"
 ]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

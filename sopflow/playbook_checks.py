@@ -242,6 +242,12 @@ class _References:
                 value = getattr(spec, attr)
                 if value is not None:
                     self.ref(f"roles.{name}.{attr}", value)
+            listed = field_spec(self.playbook, spec.email)
+            if listed is not None and listed.type == "emails" and (spec.name or spec.id):
+                # One name or owner id for a list of people would be shown as each one's.
+                self.errors.append(
+                    f"roles.{name}: a role of several addresses ({spec.email} is an emails field) has no name or id"
+                )
 
     def forms(self) -> None:
         """A form's claim key must be one of its fields; its submit actions are checked like any others."""

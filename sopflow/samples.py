@@ -74,6 +74,8 @@ def sample_value(spec: FieldSpec, name: str, shape: Shape | None = None) -> Any:
         return f"Example {spec.label or name.replace('_', ' ')}"
     if kind == "email":
         return f"{name}@example.com"
+    if kind == "emails":
+        return [f"{name}-1@example.com", f"{name}-2@example.com"]
     if kind == "date":
         return SAMPLE_DATE
     if kind == "datetime":

@@ -175,6 +175,8 @@ class Control:
 _INPUTS: dict[str, tuple[str, str | None, str | None]] = {
     "text": ("text", None, None),
     "email": ("email", None, None),
+    # A list of addresses typed as one line ("a@example.com, b@example.com"): a type=email input refuses commas.
+    "emails": ("text", "email", None),
     "date": ("date", None, None),
     # The browser sends wall-clock time without an offset; the deal reads it in its zone (the page says which).
     "datetime": ("datetime-local", None, None),

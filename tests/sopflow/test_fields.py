@@ -9,6 +9,7 @@ import pytest
 
 from sopflow.config import PROJECT_ROOT
 from sopflow.fields import (
+    MAX_EMAILS,
     MAX_FIELDS_PER_REQUEST,
     MAX_ID_LENGTH,
     MAX_TEXT_LENGTH,
@@ -449,3 +450,47 @@ def test_a_pattern_refusal_is_one_field_error_among_the_others() -> None:
 
 def test_a_blank_patterned_field_is_empty_not_refused() -> None:
     assert validate_values({"description": DATED_ACTION}, {"description": " "}) == {"description": None}
+
+
+# --- emails: a list of addresses (a client's users) ------------------------------------------------------------
+
+
+def test_emails_accept_text_separated_by_commas_semicolons_or_spaces() -> None:
+    typed = " a@example.com, b@example.com;c@example.com  d@example.com,"
+    assert coerce(spec("emails"), typed) == ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
+
+
+def test_emails_accept_a_list() -> None:
+    assert coerce(spec("emails"), [" a@example.com ", "b@example.com"]) == ["a@example.com", "b@example.com"]
+
+
+def test_emails_drop_repeats_in_any_case_keeping_the_first() -> None:
+    assert coerce(spec("emails"), "a@example.com, A@Example.com, b@example.com") == ["a@example.com", "b@example.com"]
+
+
+@pytest.mark.parametrize("typed", ["a@example.com, not-an-address", ["a@example.com", "a>,<eve@evil.example"]])
+def test_emails_refuse_a_list_with_one_bad_address_naming_it(typed: Any) -> None:
+    with pytest.raises(ValueError, match=r"is not an email address \(in a list of addresses separated by commas\)"):
+        coerce(spec("emails"), typed)
+
+
+def test_emails_are_bounded_in_number() -> None:
+    many = [f"user{i}@example.com" for i in range(MAX_EMAILS + 1)]
+    assert len(coerce(spec("emails"), many[:MAX_EMAILS])) == MAX_EMAILS
+    with pytest.raises(ValueError, match=f"at most {MAX_EMAILS}"):
+        coerce(spec("emails"), many)
+
+
+@pytest.mark.parametrize("typed", [42, True, {"a": "b@example.com"}])
+def test_emails_refuse_what_is_neither_text_nor_a_list(typed: Any) -> None:
+    with pytest.raises(ValueError, match="expected email addresses"):
+        coerce(spec("emails"), typed)
+
+
+def test_a_required_emails_field_needs_at_least_one_address() -> None:
+    with pytest.raises(FieldErrors) as caught:
+        validate_values({"users": spec("emails", required=True)}, {"users": []})
+    assert caught.value.errors == {"users": "required"}
+    with pytest.raises(FieldErrors) as caught:
+        validate_values({"users": spec("emails", required=True)}, {"users": " , "})
+    assert caught.value.errors == {"users": "required"}

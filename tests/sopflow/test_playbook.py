@@ -351,3 +351,16 @@ def test_an_overlong_title_is_refused() -> None:
     with pytest.raises(PlaybookError) as caught:
         parse_playbook(minimal(title="T" * 201))
     assert caught.value.errors == ["title: 201 characters long; at most 200"]
+
+
+def test_a_role_of_several_addresses_cannot_carry_one_name_or_owner_id() -> None:
+    data = minimal(
+        deal={"users": {"type": "emails"}, "users_name": {"type": "text"}},
+        roles={"users": {"email": "deal.users", "name": "deal.users_name"}},
+    )
+    with pytest.raises(PlaybookError) as caught:
+        parse_playbook(data)
+    assert caught.value.errors == [
+        "roles.users: a role of several addresses (deal.users is an emails field) has no name or id"
+    ]
+    assert parse_playbook(minimal(deal={"users": {"type": "emails"}}, roles={"users": {"email": "deal.users"}}))
