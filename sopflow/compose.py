@@ -7,6 +7,7 @@ named in the timeline instead of silently dropped.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,12 +41,14 @@ class Addressed:
         )
 
 
-def address(playbook: Playbook, ctx: Context, action: EmailAction) -> Addressed:
+def address(playbook: Playbook, ctx: Context, action: EmailAction, skip: Collection[str] = ()) -> Addressed:
     """Each role once (the first list it appears in), whoever has the same address as an earlier one skipped. A
-    role of several addresses (an `emails` field: the client's users) is one recipient per address."""
+    role of several addresses (an `emails` field: the client's users) is one recipient per address. `skip`: the
+    addresses that already have this email (a resend after some of a role's addresses bounced)."""
     to: list[Recipient] = []
     cc: list[Recipient] = []
     missing: list[str] = []
+    skipped = {email.lower() for email in skip}
     for roles, out in ((action.to, to), (action.cc, cc)):
         for role_id in roles:
             emails = role_addresses(playbook, ctx, role_id)
@@ -53,7 +56,7 @@ def address(playbook: Playbook, ctx: Context, action: EmailAction) -> Addressed:
             if not emails:
                 missing.append(role_id)
             for email in emails:
-                if all(r.email != email for r in to + cc):
+                if email.lower() not in skipped and all(r.email != email for r in to + cc):
                     out.append(Recipient(role=role_id, email=email, name=display))
     reply_to = None
     if action.from_role is not None:
@@ -112,6 +115,8 @@ def undeliverable(
     refused_set = {address.lower() for address in refused}
     recipients = request.to + request.cc
     roles = sorted({r.role for r in recipients if r.email.lower() in refused_set}) or [r.role for r in request.to]
+    # Only a role of several addresses can have both a refused address and delivered ones.
+    delivered = [r.email for r in recipients if refused_set and r.role in roles and r.email.lower() not in refused_set]
     owner = stage_of(playbook, state).owner or (request.reply_to.role if request.reply_to else roles[0])
     task_id = f"fix_email_{request.template}"  # readable: `sopflow task done D-1 fix_email_welcome`
     if task_id in state.tasks:
@@ -130,6 +135,7 @@ def undeliverable(
             to=roles,
             from_role=request.reply_to.role if request.reply_to else None,
             extra={k: v for k, v in request.context.items() if k not in base_keys},
+            delivered=delivered,
         ),
     )
     owner_email = role_address(playbook, context(playbook, state), owner)[0] if owner in playbook.roles else None

@@ -8,7 +8,10 @@ import pytest
 
 from sopflow.compose import address
 from sopflow.conditions import make_context, role_address, role_addresses
+from sopflow.engine import Engine
+from sopflow.models import CompleteTask, EmailResult, SetFields
 from sopflow.playbook import EmailAction, Playbook
+from tests.sopflow.conftest import T0
 
 USERS = ["ana@example.com", "ben@example.com", "cy@example.com"]
 
@@ -31,7 +34,7 @@ def onboarding() -> Playbook:
                 "users": {"type": "emails"},
                 "csm_email": {"type": "email"},
             },
-            "stages": [{"id": "open"}],
+            "stages": [{"id": "open", "owner": "csm", "on_enter": [{"email": {"template": "done", "to": ["users"]}}]}],
         }
     )
 
@@ -86,3 +89,36 @@ def test_role_addresses_lists_each_address_and_role_address_joins_them_for_displ
     assert role_addresses(onboarding, ctx, "contact") == ["contact@example.com"]
     assert role_addresses(onboarding, ctx, "csm") == []
     assert role_address(onboarding, ctx, "users") == (", ".join(USERS), None)
+
+
+def test_an_address_that_already_has_the_email_is_skipped_whatever_its_case(onboarding: Playbook) -> None:
+    ctx = make_context(onboarding, {"users": USERS}, {})
+    result = address(onboarding, ctx, EmailAction(template="t", to=["users"]), skip=["ANA@example.com"])
+    assert [r.email for r in result.to] == USERS[1:]
+
+
+def test_a_user_who_bounced_gets_the_email_again_once_corrected_and_the_others_do_not(onboarding: Playbook) -> None:
+    deal = {"users": USERS, "csm_email": "csm@example.com"}
+    engine = Engine.start(onboarding, "D-1", deal, T0, "deal-D-1")
+    step = next(step for step in engine.take_steps() if step.email is not None)
+    result = EmailResult(status="partial", subject="Done", message_id="<m>", refused=["ben@example.com"])
+    engine.email_sent(step, result, True)
+    engine.take_steps()
+
+    corrected = ["ana@example.com", "benjamin@example.com", "cy@example.com"]
+    engine.set_fields(SetFields(fields={"users": corrected}), T0)
+    engine.complete_task(CompleteTask(task="fix_email_done"), T0)
+    (resent,) = [step.email for step in engine.take_steps() if step.email is not None]
+    assert [r.email for r in resent.to] == ["benjamin@example.com"]
+
+
+def test_a_resend_with_nobody_left_to_reach_is_journaled_as_skipped_saying_so(onboarding: Playbook) -> None:
+    engine = Engine.start(onboarding, "D-1", {"users": USERS, "csm_email": "csm@example.com"}, T0, "deal-D-1")
+    step = next(step for step in engine.take_steps() if step.email is not None)
+    engine.email_sent(step, EmailResult(status="partial", subject="D", message_id="<m>", refused=[USERS[1]]), True)
+    engine.take_steps()
+
+    engine.set_fields(SetFields(fields={"users": [USERS[0], USERS[2]]}), T0)  # the bounced user left the list
+    engine.complete_task(CompleteTask(task="fix_email_done"), T0)
+    (skipped,) = [step.entry for step in engine.take_steps() if step.entry.kind == "email"]
+    assert (skipped.detail["status"], skipped.detail["reason"]) == ("skipped", "every recipient has it")
