@@ -492,3 +492,17 @@ def test_a_503_page_asks_to_retry_without_naming_internals_or_claiming_what_it_c
     assert answer.status_code == 503 and answer.headers["retry-after"]
     text = read(answer).text
     assert "10.0.0.7" not in bytes(answer.body).decode() and "try again" in text and "saved" not in text
+
+
+def test_a_field_with_a_format_shows_it_with_its_example_before_anyone_types():
+    dated = FieldSpec(
+        type="text",
+        required=True,
+        pattern=r"\d\d/\d\d/\d\d_?[A-Za-z]+: .+",
+        format="MM/DD/YY_Initials: Action",
+        example="04/20/23_MM: Customer asked to cancel",
+    )
+    view = FormView("D-9", "case", FormSpec(fields={"description": dated, "notes": FieldSpec()}), "P", "S")
+    page = read(form_page(view, "t"))
+    assert "Format: MM/DD/YY_Initials: Action, e.g. 04/20/23_MM: Customer asked to cancel" in page.text
+    assert page.text.count("Format:") == 1  # only the patterned field
