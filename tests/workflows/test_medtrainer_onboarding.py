@@ -307,6 +307,8 @@ async def test_an_escalation_case_out_of_format_is_refused_and_the_corrected_one
 
     (rejected,) = result.of_kind("rejected")
     assert "directives" in rejected["reason"] and "e.g. 04/20/23_MM: One more week" in rejected["reason"]
+    # Refused by the validator: the lifecycle never recorded it (one submission, the corrected one).
+    assert [e["count"] for e in result.of_kind("form") if e["form"] == "escalation"] == [1]
     moves = stage_moves(result)
     assert [to for to, _ in moves] == ["assigned", "escalated"]
     assert moves[1][1] == pytest.approx(2 / 24, abs=0.01)  # the corrected case, not the refused one
