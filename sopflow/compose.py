@@ -7,11 +7,12 @@ named in the timeline instead of silently dropped.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from sopflow.business_calendar import Clock
-from sopflow.conditions import Context, role_address
+from sopflow.conditions import Context, role_address, role_addresses
 from sopflow.models import EmailRequest, LifecycleState, Recipient, Resend, TaskState
 from sopflow.playbook import EmailAction, Playbook
 from sopflow.timeline import EmailDetail
@@ -31,31 +32,37 @@ class Addressed:
     missing: list[str]
 
     def detail(self, template: str) -> EmailDetail:
-        """The timeline entry's detail: roles only, never addresses."""
+        """The timeline entry's detail: roles only (each once, however many addresses it has), never addresses."""
         return EmailDetail(
             template=template,
-            to=[r.role for r in self.to],
-            cc=[r.role for r in self.cc],
+            to=list(dict.fromkeys(r.role for r in self.to)),
+            cc=list(dict.fromkeys(r.role for r in self.cc)),
             missing_roles=self.missing or None,
         )
 
 
-def address(playbook: Playbook, ctx: Context, action: EmailAction) -> Addressed:
-    """Each role once (the first list it appears in), whoever has the same address as an earlier one skipped."""
+def address(playbook: Playbook, ctx: Context, action: EmailAction, skip: Collection[str] = ()) -> Addressed:
+    """Each role once (the first list it appears in), whoever has the same address as an earlier one skipped. A
+    role of several addresses (an `emails` field: the client's users) is one recipient per address. `skip`: the
+    addresses that already have this email (a resend after some of a role's addresses bounced)."""
     to: list[Recipient] = []
     cc: list[Recipient] = []
     missing: list[str] = []
+    skipped = {email.lower() for email in skip}
     for roles, out in ((action.to, to), (action.cc, cc)):
         for role_id in roles:
-            email, display = role_address(playbook, ctx, role_id)
-            if email is None:
+            emails = role_addresses(playbook, ctx, role_id)
+            display = role_address(playbook, ctx, role_id)[1]
+            if not emails:
                 missing.append(role_id)
-            elif all(r.email != email for r in to + cc):
-                out.append(Recipient(role=role_id, email=email, name=display))
+            for email in emails:
+                if email.lower() not in skipped and all(r.email != email for r in to + cc):
+                    out.append(Recipient(role=role_id, email=email, name=display))
     reply_to = None
     if action.from_role is not None:
-        email, display = role_address(playbook, ctx, action.from_role)
-        reply_to = Recipient(role=action.from_role, email=email, name=display) if email else None
+        emails = role_addresses(playbook, ctx, action.from_role)
+        display = role_address(playbook, ctx, action.from_role)[1]
+        reply_to = Recipient(role=action.from_role, email=emails[0], name=display) if emails else None
     return Addressed(to=to, cc=cc, reply_to=reply_to, missing=missing)
 
 
@@ -108,6 +115,8 @@ def undeliverable(
     refused_set = {address.lower() for address in refused}
     recipients = request.to + request.cc
     roles = sorted({r.role for r in recipients if r.email.lower() in refused_set}) or [r.role for r in request.to]
+    # Only a role of several addresses can have both a refused address and delivered ones.
+    delivered = [r.email for r in recipients if refused_set and r.role in roles and r.email.lower() not in refused_set]
     owner = stage_of(playbook, state).owner or (request.reply_to.role if request.reply_to else roles[0])
     task_id = f"fix_email_{request.template}"  # readable: `sopflow task done D-1 fix_email_welcome`
     if task_id in state.tasks:
@@ -126,6 +135,7 @@ def undeliverable(
             to=roles,
             from_role=request.reply_to.role if request.reply_to else None,
             extra={k: v for k, v in request.context.items() if k not in base_keys},
+            delivered=delivered,
         ),
     )
     owner_email = role_address(playbook, context(playbook, state), owner)[0] if owner in playbook.roles else None

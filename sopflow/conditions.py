@@ -68,12 +68,21 @@ def _number(value: Any) -> float | None:
         return None
 
 
+def role_addresses(playbook: Playbook, ctx: Context, role_id: str) -> list[str]:
+    """Every address a role resolves to: one for an `email` field or a setting, each of an `emails` field's list (a
+    client's users), none until the deal provides them."""
+    value = resolve(ctx, playbook.roles[role_id].email)
+    items = value if isinstance(value, list) else [value]
+    return [str(item) for item in items if not is_blank(item)]
+
+
 def role_address(playbook: Playbook, ctx: Context, role_id: str) -> tuple[str | None, str | None]:
-    """(email, display name) for a role, either possibly missing until the deal provides it."""
+    """(email, display name) for a role, either possibly missing until the deal provides it; a role of several
+    addresses gives them joined by ", " (contact lists and templates show them; emails address each one)."""
     spec = playbook.roles[role_id]
-    email = resolve(ctx, spec.email)
+    addresses = role_addresses(playbook, ctx, role_id)
     name = resolve(ctx, spec.name) if spec.name else None
-    return (str(email) if not is_blank(email) else None, str(name) if not is_blank(name) else None)
+    return (", ".join(addresses) or None, str(name) if not is_blank(name) else None)
 
 
 def role_owner_id(playbook: Playbook, ctx: Context, role_id: str) -> str:

@@ -21,6 +21,8 @@ MAX_MONEY_DIGITS = 15
 MAX_NUMBER = 10**15
 MAX_TEXT_LENGTH = 1000
 MAX_EMAIL_LENGTH = 254
+# An `emails` field is a contact list (a client's users), not a mailing list: each address becomes a recipient.
+MAX_EMAILS = 50
 MAX_FIELDS_PER_REQUEST = 200
 # Dates a business process can mean: far enough out for a 100-year contract, near enough that "7 days before" and
 # "every 2 months after" stay inside what datetime can hold.
@@ -111,6 +113,33 @@ def _text(value: Any, shape: Shape | None, limits: bool) -> str:
     return text
 
 
+def pattern_problem(pattern: str, example: str | None) -> str | None:
+    """Why a playbook's `pattern` cannot be used (it does not compile, or its own example does not match), or None.
+
+    Checked when a playbook is loaded: a broken regex must stop the author, never a client's form later."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        return f"{shown(pattern)} is not a regular expression ({exc})"
+    if example is not None and not compiled.fullmatch(example):
+        return f"its example {shown(example)} does not match it"
+    return None
+
+
+def check_pattern(spec: FieldSpec, text: str) -> None:
+    """Refuse text whose whole value does not match the field's `pattern`, saying what was expected with the
+    playbook's format and example (`expected MM/DD/YY_Initials: Action, e.g. 04/20/23_MM: Customer asked ...`)."""
+    assert spec.pattern is not None
+    try:
+        matched = re.fullmatch(spec.pattern, text) is not None
+    except re.error:  # a pinned playbook that skipped the load checks: refuse the value, never raise in a lifecycle
+        raise ValueError("cannot be checked: the playbook's pattern for this field is not valid") from None
+    if not matched:
+        expected = spec.format or f"text matching {spec.pattern}"
+        example = f", e.g. {spec.example}" if spec.example else ""
+        raise ValueError(f"{shown(text)} is not in the expected format: expected {expected}{example}")
+
+
 def _email(value: Any, limits: bool) -> str:
     if not limits:  # the rule before limits: one '@' and a dot in the domain, no spaces
         text = str(value).strip()
@@ -123,6 +152,28 @@ def _email(value: Any, limits: bool) -> str:
     if len(text) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(text):
         raise ValueError(f"{shown(text)} is not an email address")
     return text
+
+
+def _emails(value: Any, limits: bool) -> list[str]:
+    """A list of addresses, from a list or from text separated by commas, semicolons or spaces (a CLI `-f`, a web
+    form, a CRM property); each checked like an `email` field, repeats (in any case) dropped, the first kept."""
+    if isinstance(value, list):
+        items = value
+    elif isinstance(value, str):
+        items = [part for part in re.split(r"[,;\s]+", value) if part]
+    else:
+        raise ValueError("expected email addresses, separated by commas")
+    found: list[str] = []
+    for item in items:
+        try:
+            address = _email(item, limits)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (in a list of addresses separated by commas)") from None
+        if all(address.lower() != known.lower() for known in found):
+            found.append(address)
+    if limits and len(found) > MAX_EMAILS:
+        raise ValueError(f"{len(found)} addresses; at most {MAX_EMAILS}")
+    return found
 
 
 def _number(value: Any, limits: bool) -> int | float:
@@ -214,9 +265,14 @@ def coerce(
     """
     kind = spec.type
     if kind == "text":
-        return _text(value, shape, limits)
+        text = _text(value, shape, limits)
+        if limits and spec.pattern is not None:
+            check_pattern(spec, text)
+        return text
     if kind == "email":
         return _email(value, limits)
+    if kind == "emails":
+        return _emails(value, limits)
     if kind == "bool":
         return _bool(value)
     if kind == "number":

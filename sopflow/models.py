@@ -45,6 +45,9 @@ class Resend(Payload):
     cc: list[str] = []
     from_role: str | None = None
     extra: dict[str, Any] = {}
+    # Addresses of the resent roles that already have it: a role of several addresses (a client's users) where only
+    # some bounced is sent again to the others only. Empty for a role of one address (its address is what bounced).
+    delivered: list[str] = []
 
 
 class TaskState(Payload):

@@ -29,7 +29,7 @@ from pydantic import (
 from sopflow.durations import Duration, parse_duration
 
 FieldType = Literal[
-    "text", "email", "date", "datetime", "number", "money", "choice", "multi_choice", "bool", "timezone"
+    "text", "email", "emails", "date", "datetime", "number", "money", "choice", "multi_choice", "bool", "timezone"
 ]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -68,6 +68,12 @@ class FieldSpec(Model):
     label: str | None = None
     required: bool = False
     options: list[str] | None = None
+    # A text field's shape, as a regular expression the whole value must match (Salesforce's
+    # "MM/DD/YY_Initials:Action"): `format` says it in words and `example` shows one, so a refusal tells the person
+    # what to type. The regex is compiled and the example matched when the playbook is loaded (`playbook_checks`).
+    pattern: str | None = Field(default=None, max_length=500)
+    format: str | None = Field(default=None, max_length=200)
+    example: str | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
     def _options_match_type(self) -> FieldSpec:
@@ -75,6 +81,10 @@ class FieldSpec(Model):
             raise ValueError(f"a {self.type} field needs 'options'")
         if self.type not in ("choice", "multi_choice") and self.options is not None:
             raise ValueError(f"'options' only apply to choice and multi_choice fields, not {self.type}")
+        if self.type != "text" and self.pattern is not None:
+            raise ValueError(f"'pattern' only applies to text fields, not {self.type}")
+        if self.pattern is None and (self.format is not None or self.example is not None):
+            raise ValueError("'format' and 'example' describe a 'pattern'; add one")
         return self
 
 

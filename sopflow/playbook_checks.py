@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from sopflow import zones
 from sopflow.business_calendar import check_holidays
 from sopflow.durations import Duration
+from sopflow.fields import pattern_problem
 from sopflow.playbook import (
     TEMPLATE_PARTS,
     Action,
@@ -82,7 +83,12 @@ def parse_playbook(data: Any, source: str = "<playbook>", templates_dir: Path | 
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
             errors.append(f"{format_loc(loc)}: {err['msg'].removeprefix('Value error, ')}")
         raise PlaybookError(source, errors) from None
-    problems = check_references(playbook, templates_dir) + check_limits(playbook) + check_calendar(playbook)
+    problems = (
+        check_references(playbook, templates_dir)
+        + check_limits(playbook)
+        + check_patterns(playbook)
+        + check_calendar(playbook)
+    )
     if problems:
         raise PlaybookError(source, problems)
     return playbook
@@ -236,6 +242,12 @@ class _References:
                 value = getattr(spec, attr)
                 if value is not None:
                     self.ref(f"roles.{name}.{attr}", value)
+            listed = field_spec(self.playbook, spec.email)
+            if listed is not None and listed.type == "emails" and (spec.name or spec.id):
+                # One name or owner id for a list of people would be shown as each one's.
+                self.errors.append(
+                    f"roles.{name}: a role of several addresses ({spec.email} is an emails field) has no name or id"
+                )
 
     def forms(self) -> None:
         """A form's claim key must be one of its fields; its submit actions are checked like any others."""
@@ -398,6 +410,20 @@ def check_limits(playbook: Playbook) -> list[str]:
     for path, text in titles:
         if text is not None and len(text) > MAX_TITLE_LENGTH:
             errors.append(f"{path}: {len(text)} characters long; at most {MAX_TITLE_LENGTH}")
+    return errors
+
+
+def check_patterns(playbook: Playbook) -> list[str]:
+    """Every text field's `pattern` compiles and matches its own example, checked at load time only: the field
+    validator would otherwise refuse every value (or the example would teach a format that is refused)."""
+    specs = [(f"deal.{name}", spec) for name, spec in playbook.deal.items()]
+    for form_id, form in playbook.forms.items():
+        specs += [(f"forms.{form_id}.fields.{name}", spec) for name, spec in form.fields.items()]
+    errors = []
+    for path, spec in specs:
+        problem = pattern_problem(spec.pattern, spec.example) if spec.pattern is not None else None
+        if problem:
+            errors.append(f"{path}.pattern: {problem}")
     return errors
 
 

@@ -68,10 +68,14 @@ def sample_value(spec: FieldSpec, name: str, shape: Shape | None = None) -> Any:
     kind = spec.type
     if kind == "text" and shape == "id":
         return "owner-12"
+    if kind == "text" and spec.example is not None:  # a patterned field: its example is what the pattern accepts
+        return spec.example
     if kind == "text":
         return f"Example {spec.label or name.replace('_', ' ')}"
     if kind == "email":
         return f"{name}@example.com"
+    if kind == "emails":
+        return [f"{name}-1@example.com", f"{name}-2@example.com"]
     if kind == "date":
         return SAMPLE_DATE
     if kind == "datetime":

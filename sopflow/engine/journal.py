@@ -233,21 +233,29 @@ class Journal:
             self._email(notice, at, f"undeliverable-{step.entry.seq}", {"failed": failed}, playbook_id=SYSTEM_TEMPLATES)
 
     def _email(
-        self, action: EmailAction, at: datetime, name: str, extra: dict[str, Any], playbook_id: str | None = None
+        self,
+        action: EmailAction,
+        at: datetime,
+        name: str,
+        extra: dict[str, Any],
+        playbook_id: str | None = None,
+        skip: list[str] | None = None,
     ) -> None:
         """Queue an email with the timeline entry that records it (roles only); an email nobody can receive is
-        journaled as skipped, naming the roles that have no address."""
+        journaled as skipped, naming the roles that have no address. `skip`: addresses that already have it."""
         ctx = self.context()
         if not evaluate(action.when, ctx):
             return
-        addressed = compose.address(self.playbook, ctx, action)
+        addressed = compose.address(self.playbook, ctx, action, skip or ())
         if not addressed.to and addressed.cc and self.applies(PATCH_CC_STANDS_IN):
             # No email is lost because its addressee is unknown (an escalation to an unassigned manager): whoever is
             # known receives it, and the timeline names the missing roles.
             addressed.to, addressed.cc = addressed.cc, []
         detail = addressed.detail(action.template)
         if not addressed.to:
-            detail.status, detail.reason = "skipped", "no address for " + ", ".join(addressed.missing)
+            # Nobody left to send to: no address, or (a resend) every address already has it.
+            why = "no address for " + ", ".join(addressed.missing) if addressed.missing else "every recipient has it"
+            detail.status, detail.reason = "skipped", why
             self._log(at, detail)
             return
         entry = self._log(at, detail)

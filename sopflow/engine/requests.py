@@ -228,7 +228,7 @@ class Engine(Timers):
             again = task.resend
             action = EmailAction(template=again.template, to=again.to, cc=again.cc, from_role=again.from_role)
             playbook_id = None if again.playbook == self.playbook.id else again.playbook
-            self._email(action, now, f"resend-{task.id}", again.extra, playbook_id=playbook_id)
+            self._email(action, now, f"resend-{task.id}", again.extra, playbook_id=playbook_id, skip=again.delivered)
         self._settle(now)
 
     def check_advance(self, req: Advance) -> None:

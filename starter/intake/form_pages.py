@@ -175,6 +175,8 @@ class Control:
 _INPUTS: dict[str, tuple[str, str | None, str | None]] = {
     "text": ("text", None, None),
     "email": ("email", None, None),
+    # A list of addresses typed as one line ("a@example.com, b@example.com"): a type=email input refuses commas.
+    "emails": ("text", "email", None),
     "date": ("date", None, None),
     # The browser sends wall-clock time without an offset; the deal reads it in its zone (the page says which).
     "datetime": ("datetime-local", None, None),
@@ -202,7 +204,18 @@ def _control(name: str, spec: FieldSpec, typed: Any, error: str | None) -> Contr
         return replace(control, kind=kind, required=spec.required, options=options)
     input_type, inputmode, step = _INPUTS[spec.type]
     value = "" if typed is None else ", ".join(map(str, typed)) if isinstance(typed, list) else str(typed)
+    control = replace(control, hint=_format_hint(spec))
     return replace(control, required=spec.required, input_type=input_type, inputmode=inputmode, step=step, value=value)
+
+
+def _format_hint(spec: FieldSpec) -> str | None:
+    """What a patterned field expects, shown under it, so the format is known before a refusal names it."""
+    if spec.pattern is None:
+        return None
+    parts = [f"Format: {spec.format}"] if spec.format else []
+    if spec.example:
+        parts.append(f"e.g. {spec.example}")
+    return ", ".join(parts) or None
 
 
 def _humane(ident: str) -> str:

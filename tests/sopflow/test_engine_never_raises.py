@@ -45,6 +45,13 @@ EDGES: dict[str, list[Any]] = {
     "money": ["0", "-0.01", "999999999999999", "1e14", "1e15"],
     "text": ["", " ", "x" * 1000, "x" * 1001, "owner-1", "a\nb", "=?utf-8?b?ZQ==?=", "\u202e", "Ünïcødé 💥"],
     "email": ["a@b.co", "a>,<eve@evil.example", "x" * 250 + "@example.com"],
+    "emails": [
+        "a@b.co, c@d.co",
+        ["a@b.co", "A@B.CO"],
+        "a>,<eve@evil.example",
+        ",".join(f"u{i}@example.com" for i in range(51)),
+        [],
+    ],
     "bool": ["yes", "no", "maybe"],
     "timezone": ["UTC", "Pacific/Kiritimati", "Etc/GMT+12", "America/NewYork", "../../etc/passwd", "x" * 300],
 }

@@ -9,6 +9,7 @@ import pytest
 
 from sopflow.config import PROJECT_ROOT
 from sopflow.fields import (
+    MAX_EMAILS,
     MAX_FIELDS_PER_REQUEST,
     MAX_ID_LENGTH,
     MAX_TEXT_LENGTH,
@@ -397,3 +398,99 @@ def test_role_fields_are_derived_from_the_playbook_roles() -> None:
         "account_manager_name": "name",
     }
     assert shapes(playbook, "forms.targeting") == {"signer_name": "name"}
+
+
+# --- text with a pattern (a format such as MM/DD/YY_Initials: Action) ------------------------------------------
+
+DATED_ACTION = FieldSpec(
+    type="text",
+    pattern=r"[0-9]{2}/[0-9]{2}/[0-9]{2}_?[A-Za-z]{1,5}: ?\S.*",
+    format="MM/DD/YY_Initials: Action",
+    example="04/20/23_MM: Customer asked to cancel",
+)
+
+
+@pytest.mark.parametrize("value", ["04/20/23_MM: Customer asked to cancel", "04/20/23MM:Customer asked to cancel"])
+def test_a_patterned_text_field_accepts_a_value_in_its_format(value: str) -> None:
+    assert coerce(DATED_ACTION, f"  {value} ") == value
+
+
+def test_a_patterned_text_field_refuses_another_shape_naming_the_format_and_its_example() -> None:
+    with pytest.raises(ValueError) as caught:
+        coerce(DATED_ACTION, "Customer asked to cancel")
+    assert str(caught.value) == (
+        "'Customer asked to cancel' is not in the expected format: expected MM/DD/YY_Initials: Action, "
+        "e.g. 04/20/23_MM: Customer asked to cancel"
+    )
+
+
+def test_a_pattern_must_match_the_whole_value_not_a_part_of_it() -> None:
+    with pytest.raises(ValueError, match="expected format"):
+        coerce(DATED_ACTION, "Note: 04/20/23_MM: Customer asked to cancel")
+
+
+def test_a_pattern_without_format_words_shows_the_pattern_itself() -> None:
+    with pytest.raises(ValueError, match=r"expected text matching \[A-Z\]\{3\}"):
+        coerce(FieldSpec(type="text", pattern="[A-Z]{3}"), "abcd")
+
+
+def test_a_broken_pattern_in_a_pinned_playbook_refuses_the_value_instead_of_raising_anything_else() -> None:
+    broken = FieldSpec(type="text", pattern="(unclosed")
+    with pytest.raises(ValueError, match="pattern for this field is not valid"):
+        coerce(broken, "anything")
+
+
+def test_a_pattern_refusal_is_one_field_error_among_the_others() -> None:
+    specs = {"description": DATED_ACTION, "subject": spec("text", required=True)}
+    with pytest.raises(FieldErrors) as caught:
+        validate_values(specs, {"description": "asked to cancel"})
+    assert set(caught.value.errors) == {"description", "subject"}
+    assert "e.g. 04/20/23_MM" in caught.value.errors["description"]
+
+
+def test_a_blank_patterned_field_is_empty_not_refused() -> None:
+    assert validate_values({"description": DATED_ACTION}, {"description": " "}) == {"description": None}
+
+
+# --- emails: a list of addresses (a client's users) ------------------------------------------------------------
+
+
+def test_emails_accept_text_separated_by_commas_semicolons_or_spaces() -> None:
+    typed = " a@example.com, b@example.com;c@example.com  d@example.com,"
+    assert coerce(spec("emails"), typed) == ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
+
+
+def test_emails_accept_a_list() -> None:
+    assert coerce(spec("emails"), [" a@example.com ", "b@example.com"]) == ["a@example.com", "b@example.com"]
+
+
+def test_emails_drop_repeats_in_any_case_keeping_the_first() -> None:
+    assert coerce(spec("emails"), "a@example.com, A@Example.com, b@example.com") == ["a@example.com", "b@example.com"]
+
+
+@pytest.mark.parametrize("typed", ["a@example.com, not-an-address", ["a@example.com", "a>,<eve@evil.example"]])
+def test_emails_refuse_a_list_with_one_bad_address_naming_it(typed: Any) -> None:
+    with pytest.raises(ValueError, match=r"is not an email address \(in a list of addresses separated by commas\)"):
+        coerce(spec("emails"), typed)
+
+
+def test_emails_are_bounded_in_number() -> None:
+    many = [f"user{i}@example.com" for i in range(MAX_EMAILS + 1)]
+    assert len(coerce(spec("emails"), many[:MAX_EMAILS])) == MAX_EMAILS
+    with pytest.raises(ValueError, match=f"at most {MAX_EMAILS}"):
+        coerce(spec("emails"), many)
+
+
+@pytest.mark.parametrize("typed", [42, True, {"a": "b@example.com"}])
+def test_emails_refuse_what_is_neither_text_nor_a_list(typed: Any) -> None:
+    with pytest.raises(ValueError, match="expected email addresses"):
+        coerce(spec("emails"), typed)
+
+
+def test_a_required_emails_field_needs_at_least_one_address() -> None:
+    with pytest.raises(FieldErrors) as caught:
+        validate_values({"users": spec("emails", required=True)}, {"users": []})
+    assert caught.value.errors == {"users": "required"}
+    with pytest.raises(FieldErrors) as caught:
+        validate_values({"users": spec("emails", required=True)}, {"users": " , "})
+    assert caught.value.errors == {"users": "required"}

@@ -284,6 +284,14 @@ def test_playbook_error_message_names_the_source_and_lists_every_error() -> None
             "stages[0].on_enter[0]: an action is exactly one of 'email', 'set', 'copy' or 'start_lifecycle'",
         ),
         ({"stages": []}, "stages: List should have at least 1 item after validation, not 0"),
+        (
+            {"deal": {"signed_on": {"type": "date", "pattern": "[0-9-]+"}}},
+            "deal.signed_on: 'pattern' only applies to text fields, not date",
+        ),
+        (
+            {"deal": {"note": {"type": "text", "example": "04/20/23_MM: Called"}}},
+            "deal.note: 'format' and 'example' describe a 'pattern'; add one",
+        ),
         ({"id": "Safe-Balance"}, "id: String should match pattern '^[a-z][a-z0-9_]*$'"),
     ],
 )
@@ -352,3 +360,16 @@ def test_an_overlong_title_is_refused() -> None:
     with pytest.raises(PlaybookError) as caught:
         parse_playbook(minimal(title="T" * 201))
     assert caught.value.errors == ["title: 201 characters long; at most 200"]
+
+
+def test_a_role_of_several_addresses_cannot_carry_one_name_or_owner_id() -> None:
+    data = minimal(
+        deal={"users": {"type": "emails"}, "users_name": {"type": "text"}},
+        roles={"users": {"email": "deal.users", "name": "deal.users_name"}},
+    )
+    with pytest.raises(PlaybookError) as caught:
+        parse_playbook(data)
+    assert caught.value.errors == [
+        "roles.users: a role of several addresses (deal.users is an emails field) has no name or id"
+    ]
+    assert parse_playbook(minimal(deal={"users": {"type": "emails"}}, roles={"users": {"email": "deal.users"}}))

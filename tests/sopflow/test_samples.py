@@ -60,6 +60,7 @@ def append(templates_dir: Path, template: str, part: str, text: str) -> None:
     [
         ("text", None),
         ("email", None),
+        ("emails", None),
         ("date", None),
         ("datetime", None),
         ("number", None),
@@ -76,6 +77,11 @@ def test_sample_values_are_canonical(kind: str, options: list[str] | None) -> No
     assert coerce(spec, value) == value
     if kind in ("choice", "multi_choice"):
         assert value in ("Basic", ["Basic"])
+
+
+def test_a_patterned_text_sample_is_its_example_so_it_passes_the_pattern() -> None:
+    spec = FieldSpec(type="text", pattern=r"\d\d/\d\d/\d\d_?[A-Z]+: .+", example="04/20/23_MM: Called")
+    assert coerce(spec, sample_value(spec, "description")) == "04/20/23_MM: Called"
 
 
 def test_text_samples_read_like_their_label() -> None:

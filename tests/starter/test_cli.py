@@ -233,6 +233,19 @@ async def test_each_update_command_sends_a_fresh_key_and_a_repeated_key_is_appli
     assert "--idempotency-key" in stderr and "8 to 64 characters" in stderr
 
 
+async def test_a_list_of_addresses_is_set_with_one_field_separated_by_commas_and_a_bad_one_is_named(cli: Cli):
+    """`sopflow deal set D -f users=a@example.com,b@example.com`: radio onboarding's completion email goes to them."""
+    deal = f"U{uuid.uuid4().hex[:8]}"
+    await cli.start_deal(deal, "sales_rep_email=sales@example.com", playbook="radio_onboarding")
+    await cli.ok("deal", "set", deal, "-f", "users=ana@example.com,ben@example.com")
+    status = json.loads(await cli.ok("deal", "status", deal, "-o", "json"))
+    assert status["fields"]["users"] == ["ana@example.com", "ben@example.com"]
+
+    code, _, stderr = await cli("deal", "set", deal, "-f", "users=ana@example.com,not-an-address")
+    assert code == 1 and len(stderr.strip().splitlines()) == 1
+    assert "users: 'not-an-address' is not an email address" in stderr
+
+
 async def test_an_update_nobody_confirms_in_time_says_so_and_its_retry_with_the_key_applies_once(
     dev_env: WorkflowEnvironment, safe_balance: Playbook, tmp_path: Path
 ):

@@ -45,7 +45,7 @@ async def test_graph_accepts_a_playbook_path_and_writes_where_o_says(tmp_path: P
     named = tmp_path / "diagram.mmd"
     assert await cli.ok("playbook", "graph", "radio_onboarding", "-o", str(named)) == f"{named}\n"
     assert named.read_text() == (tmp_path / "radio_onboarding.mmd").read_text()
-    assert named.read_text().startswith('---\ntitle: "Radio station onboarding (radio_onboarding v2)"\n')
+    assert named.read_text().startswith('---\ntitle: "Radio station onboarding (radio_onboarding v3)"\n')
 
 
 async def test_graph_to_stdout_prints_only_the_mermaid_text(tmp_path: Path):

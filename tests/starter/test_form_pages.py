@@ -41,6 +41,7 @@ FORM_ENCODED = {**BROWSER, "Content-Type": "application/x-www-form-urlencoded"}
 EXPECTED_CONTROL = {
     "text": ("input", "text", None),
     "email": ("input", "email", None),
+    "emails": ("input", "text", "email"),
     "date": ("input", "date", None),
     "datetime": ("input", "datetime-local", None),
     "number": ("input", "number", None),
@@ -424,6 +425,7 @@ EVERY_TYPE = FormSpec(
     fields={
         "name": FieldSpec(type="text", required=True, label='Name "quoted" & <b>bold</b>'),
         "email": FieldSpec(type="email"),
+        "users": FieldSpec(type="emails"),
         "on": FieldSpec(type="date", required=True),
         "at": FieldSpec(type="datetime"),
         "count": FieldSpec(type="number"),
@@ -437,7 +439,8 @@ EVERY_TYPE = FormSpec(
 
 def test_every_field_type_gets_its_control_and_values_are_escaped():
     view = FormView("D-9", "every", EVERY_TYPE, "Playbook & Co", "Stage <1>")
-    typed = {"name": '"><script>alert(1)</script>', "tier": "a & b", "extras": "X, with comma", "agreed": "no"}
+    typed: dict[str, Any] = {"name": '"><script>alert(1)</script>', "tier": "a & b", "extras": "X, with comma"}
+    typed |= {"agreed": "no", "users": ["a@example.com", "b@example.com"]}
     answer = form_page(view, "tok en", typed, {"name": "required", "extras": "required", "*": "a number out of range"})
     page = read(answer)
     assert answer.status_code == 200 and page.action == "every?token=tok+en"
@@ -448,6 +451,7 @@ def test_every_field_type_gets_its_control_and_values_are_escaped():
         )
     assert page.named("count")[0]["step"] == "any"
     assert page.named("name")[0]["value"] == typed["name"]
+    assert page.named("users")[0]["value"] == "a@example.com, b@example.com"  # a list reads back as one line
     text = bytes(answer.body).decode()
     assert "<script>" not in text and "<b>bold</b>" not in text and "Every &lt;type&gt;" in text
     assert page.named("tier")[0]["options"] == [("", False), ("A & B", True), ("C", False)]
@@ -488,3 +492,17 @@ def test_a_503_page_asks_to_retry_without_naming_internals_or_claiming_what_it_c
     assert answer.status_code == 503 and answer.headers["retry-after"]
     text = read(answer).text
     assert "10.0.0.7" not in bytes(answer.body).decode() and "try again" in text and "saved" not in text
+
+
+def test_a_field_with_a_format_shows_it_with_its_example_before_anyone_types():
+    dated = FieldSpec(
+        type="text",
+        required=True,
+        pattern=r"\d\d/\d\d/\d\d_?[A-Za-z]+: .+",
+        format="MM/DD/YY_Initials: Action",
+        example="04/20/23_MM: Customer asked to cancel",
+    )
+    view = FormView("D-9", "case", FormSpec(fields={"description": dated, "notes": FieldSpec()}), "P", "S")
+    page = read(form_page(view, "t"))
+    assert "Format: MM/DD/YY_Initials: Action, e.g. 04/20/23_MM: Customer asked to cancel" in page.text
+    assert page.text.count("Format:") == 1  # only the patterned field

@@ -255,3 +255,44 @@ async def test_a_category_other_than_the_suggestion_needs_an_override_reason(ts_
     assert (
         moment(stages[-1]["at"]) > result.started_at + (duration("1d").after(result.started_at) - result.started_at) / 2
     )
+
+
+# "Timeline - B Clients / Preparing for Review: ... Submit to Design Center and schedule collab as needed / Update A360
+# Household / Create new Opportunity pipelines if necessary": the A and C timelines' preparation has no such items.
+B_REVIEW_PREPARATION = {"b_review_design_center", "b_review_update_a360_household", "b_review_opportunity_pipelines"}
+
+
+def opened(result: Rehearsal) -> list[str]:
+    return [e["task"] for e in result.of_kind("task") if e["status"] == "opened"]
+
+
+@pytest.mark.parametrize(
+    ("category", "profile", "gets_them"), [("A", A_PROFILE, False), ("B", B_PROFILE, True), ("C", C_PROFILE, False)]
+)
+async def test_only_a_b_client_prepares_its_annual_review_with_the_b_timelines_own_items(
+    ts_env, servicing, category, profile, gets_them
+):
+    booking = {"meeting_at": "$today+10d@15:00", "meeting_type": "Annual review"}
+    steps = [*confirm(category), {"at": "1d", "form": "meeting_booking", "fields": booking}]
+    result = await run(ts_env, servicing, steps, until="2d", deal={**DEAL, **profile})
+
+    assert result.status.stage == f"servicing_{category.lower()}"
+    open_ids = {task.id for task in result.status.open_tasks}
+    assert {"verify_accounts", "trusted_advisor_outreach"} <= open_ids
+    assert (open_ids >= B_REVIEW_PREPARATION) is gets_them
+    assert bool(B_REVIEW_PREPARATION & open_ids) is gets_them
+
+
+async def test_a_b_clients_review_preparation_belongs_to_the_review_not_to_its_other_meetings(ts_env, servicing):
+    fields, steps, until = checked_in_scenario("financial_servicing_b_client")
+    result = await run(ts_env, servicing, steps, until=until, deal=fields, deal_id="FS-B-1")
+
+    log_day = next(float(e["day"]) for e in result.of_kind("form") if e["form"] == "meeting_log")
+    b_items = [e for e in result.of_kind("task") if e["task"] in B_REVIEW_PREPARATION and e["status"] == "opened"]
+    assert {e["task"] for e in b_items} == B_REVIEW_PREPARATION
+    assert all(float(e["day"]) >= log_day for e in b_items)  # not for the book meeting booked on day 2
+    review = moment(result.status.fields["next_meeting_at"])
+    assert all(moment(e["due_at"]) == review - timedelta(days=2) for e in b_items)
+    assert opened(result).count("verify_accounts") == 2
+    assert not [e for e in result.of_kind("reminder") if e.get("task")]  # every preparation done in time
+    assert not result.of_kind("escalation") and result.status.stage == "servicing_b"

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from sopflow.fields import FieldErrors, validate_values
 from sopflow.mailsink import MailSink
 from sopflow.playbook import Playbook
 from sopflow.playbook_checks import load_playbook
@@ -224,3 +225,123 @@ async def test_a_missed_onboarding_call_opens_an_escalation_case_and_a_reschedul
     sync = next(task for task in result.status.open_tasks if task.id == "discovery_sync")
     rescheduled = datetime.fromisoformat(result.status.fields["onboarding_call_scheduled_for"])
     assert sync.due_at is not None and sync.due_at.date() == (rescheduled - timedelta(days=1)).date()
+
+
+# --- the SF Escalation case ------------------------------------------------------------------------------------------
+# "Fill in the following fields: ... Add the Subject ... Add a Description in the following format:
+# MM/DD/YY_Initials:Action (example: 04/20/23MM: Customer called support and asked to cancel his account) ...
+# Opportunity Name ... Contact Name ... Add Escalation/Cancellation Reason ... Add Escalation Directives ... in
+# following format: MM/DD/YY_Initials:Action ... Add Products: Move the item(s) from the Available List to the
+# Chosen Box"
+
+CASE = {
+    "subject": "Cancelation Request - Harbor Family Clinic",
+    "description": "04/20/23_MM: Customer called support and asked to cancel his account",
+    "opportunities": "Harbor Family Clinic - Premium",
+    "contact_name": "Office Admin",
+    "reason": "Cancellation request",
+    "directives": "04/20/23_MM: One more week, Customer unresponsive",
+    "products": ["MedTrainer subscription (tier)", "Exclusions"],
+}
+
+
+def test_the_escalation_case_requires_every_field_the_sop_lists(medtrainer: Playbook) -> None:
+    with pytest.raises(FieldErrors) as caught:
+        validate_values(medtrainer.forms["escalation"].fields, {})
+    assert caught.value.errors == dict.fromkeys(
+        ["subject", "description", "opportunities", "contact_name", "reason", "directives", "products"], "required"
+    )
+
+
+def test_the_escalation_products_are_chosen_from_the_products_the_deal_records(medtrainer: Playbook) -> None:
+    products = medtrainer.forms["escalation"].fields["products"]
+    assert products.type == "multi_choice"
+    # One option per purchase the deal records: the tier's subscription and each add-on's bool field.
+    purchases = {
+        "tier": "MedTrainer subscription (tier)",
+        "credentialing_software": "Credentialing Software (CRED SOFT)",
+        "credentialing_service": "Credentialing Service (CRED SERV / FMC)",
+        "exclusions": "Exclusions",
+        "lms": "Learning Management System (LMS)",
+    }
+    assert set(purchases) <= set(medtrainer.deal) and products.options == list(purchases.values())
+    assert validate_values(medtrainer.forms["escalation"].fields, {**CASE, "products": "exclusions"})["products"] == [
+        "Exclusions"
+    ]
+
+
+@pytest.mark.parametrize("field", ["description", "directives"])
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "04/20/23_MM: Customer called support and asked to cancel his account",
+        "04/20/23MM: Customer called support and asked to cancel his account",  # the seed's own example
+        "04/20/23_MM:One more week",
+        "12/31/24 JD : One more week, Customer unresponsive",
+    ],
+)
+def test_description_and_directives_accept_the_format_as_people_type_it(
+    medtrainer: Playbook, field: str, typed: str
+) -> None:
+    assert validate_values(medtrainer.forms["escalation"].fields, {**CASE, field: typed})[field] == typed
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["Customer asked to cancel", "2023-04-20_MM: asked to cancel", "20/04/23_MM: asked to cancel", "04/20/23_MM:"],
+)
+def test_a_description_out_of_format_is_refused_with_the_format_and_an_example(medtrainer: Playbook, typed: str):
+    with pytest.raises(FieldErrors) as caught:
+        validate_values(medtrainer.forms["escalation"].fields, {**CASE, "description": typed})
+    assert caught.value.errors["description"].endswith(
+        "expected MM/DD/YY_Initials: Action, e.g. 04/20/23_MM: Customer called support and asked to cancel his account"
+    )
+
+
+async def test_an_escalation_case_out_of_format_is_refused_and_the_corrected_one_opens_the_case(ts_env, medtrainer):
+    steps = [
+        {"at": "1h", "form": "escalation", "fields": {**CASE, "directives": "One more week, Customer unresponsive"}},
+        {"at": "2h", "form": "escalation", "fields": CASE},
+    ]
+    result = await run(ts_env, medtrainer, steps, until="3h", deal=deal("Premium", False))
+
+    (rejected,) = result.of_kind("rejected")
+    assert "directives" in rejected["reason"] and "e.g. 04/20/23_MM: One more week" in rejected["reason"]
+    # Refused by the validator: the lifecycle never recorded it (one submission, the corrected one).
+    assert [e["count"] for e in result.of_kind("form") if e["form"] == "escalation"] == [1]
+    moves = stage_moves(result)
+    assert [to for to, _ in moves] == ["assigned", "escalated"]
+    assert moves[1][1] == pytest.approx(2 / 24, abs=0.01)  # the corrected case, not the refused one
+    (case,) = sent(result.emails, "escalation_case")
+    text = case.get_body(("plain",))
+    assert text is not None and CASE["directives"] in text.get_content()
+
+
+# --- "If ... they do not answer your first call, please send a reminder email" ---------------------------------------
+
+
+async def test_an_unanswered_first_call_sends_the_reminder_email_at_once_and_later_ones_do_not(ts_env, medtrainer):
+    fields, steps, until = checked_in_scenario("medtrainer_onboarding_unanswered_call")
+    with MailSink() as sink:
+        result = await run(ts_env, medtrainer, steps, until=until, deal=fields, deal_id="MT-4", sink=sink)
+        received = list(sink.messages)
+
+    assert [e["count"] for e in result.of_kind("form") if e["form"] == "call_unanswered"] == [1, 2]
+    (reminder,) = sent(received, "scheduling_reminder")
+    assert "admin@example.com" in reminder["To"] and "csm@example.com" in reminder["Cc"]
+    assert attachment_names(reminder) == sorted([*STANDARD_SETUP, "Credentialing Information Roster.xlsx"])
+    reminder_day = next(float(e["day"]) for e in result.of_kind("email") if e["template"] == "scheduling_reminder")
+    assert reminder_day == pytest.approx(10 / 24, abs=0.01)  # when the unanswered call was logged
+    assert result.status.stage == "preparation"
+
+
+async def test_an_unanswered_call_can_only_be_logged_before_the_onboarding_call_is_scheduled(ts_env, medtrainer):
+    steps = [
+        {"at": "1h", "set": {"onboarding_call_scheduled_for": "$today+5d"}},
+        {"at": "2h", "form": "call_unanswered", "fields": {}},
+    ]
+    result = await run(ts_env, medtrainer, steps, until="3h", deal=deal("Basic", False))
+
+    (rejected,) = result.of_kind("rejected")
+    assert "not open in stage 'preparation'" in rejected["reason"]
+    assert not sent(result.emails, "scheduling_reminder")

@@ -39,7 +39,7 @@ def test_playbook_validates_and_every_template_renders(radio):
         "cancelled": "cancelled",
     }
     # Roles, never people: every address in the playbook is a role resolved from deal data or a team setting.
-    assert set(radio.roles) == {"onboarding_lead", "csm", "setup_engineer", "sales_rep", "client_contact"}
+    assert set(radio.roles) == {"onboarding_lead", "csm", "setup_engineer", "sales_rep", "client_contact", "users"}
     assert all(value.endswith("example.com") for key, value in radio.settings.items() if key.endswith("_email"))
 
 
@@ -93,6 +93,11 @@ async def test_happy_path_reaches_deal_won_with_every_email_sent_and_every_task_
     text = body(complete, "plain")
     assert "/forms/RADIO-1/completion_survey" in text and "https://help.example.com/training" in text
     assert "sales@example.com" in complete["Cc"]
+    # "[CSM] Sends Onboarding completion email to users": every user on the deal's list, and the onboarding contact.
+    for address in ("pd@example.com", "md@example.com", "traffic@example.com", "gm@example.com"):
+        assert address in complete["To"], address
+    (entry,) = emails["onboarding_complete"]
+    assert entry["to"] == ["users", "client_contact"]  # the timeline names roles, never addresses
     (recap,) = mail(result, "intro_call_recap")
     assert "https://help.example.com/getting-started" in body(recap, "plain")
 
@@ -180,3 +185,29 @@ async def test_stalled_training_reminds_the_csm_escalates_to_the_lead_and_the_cl
     assert "Station sold; the new owner keeps the legacy system" in text
     # Closed: no reminder after the cancellation.
     assert all(float(e["day"]) <= 50 for e in result.of_kind("reminder") + result.of_kind("escalation"))
+
+
+async def test_the_completion_email_reaches_every_user_set_on_the_deal_and_training_waits_for_the_list(ts_env, radio):
+    """ "[CSM] Sends Onboarding completion email to users": the users list is the deal's (set here as staff would with
+    `sopflow deal set D -f users=a@example.com,b@example.com`); training cannot end without it."""
+    deal, steps, _ = checked_in_scenario("radio_onboarding_happy_path")
+    for step in steps:
+        if step.get("form") == "station_setup_details":
+            step["fields"].pop("user_emails")
+    until_completion = [s for s in steps if s.get("advance") != "post_training_sales" and float(s["at"][:-1]) <= 30]
+    users = "ana@example.com, ben@example.com;cy@example.com"
+    late = [
+        *until_completion[:-1],
+        {"at": "30d", "advance": "post_training_cs"},  # refused: no users list yet
+        {"at": "30d1h", "set": {"users": users}},
+        {"at": "30d1h", "advance": "post_training_cs"},
+    ]
+    result = await run(ts_env, radio, late, until="31d", deal_id="RADIO-7", deal=deal)
+
+    (refused,) = [e for e in result.of_kind("rejected") if e.get("advance") == "post_training_cs"]
+    assert "users" in refused["reason"]
+    assert result.status.fields["users"] == ["ana@example.com", "ben@example.com", "cy@example.com"]
+    (complete,) = mail(result, "onboarding_complete")
+    recipients = str(complete["To"])
+    assert all(user in recipients for user in ("ana@example.com", "ben@example.com", "cy@example.com"))
+    assert "gm@example.com" in recipients and "Hello everyone" in body(complete, "plain")
