@@ -82,6 +82,7 @@ bench: venv
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.long_life
 	$(BIN)/python -m bench.sqlite_pragmas
+	$(BIN)/python -m bench.work_queue
 
 # Local dev state only (Temporal db, records db, captured mail); the venv stays.
 clean:

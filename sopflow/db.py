@@ -96,6 +96,11 @@ class DealRow(Base):
     next_due: Mapped[datetime | None] = mapped_column(nullable=True)
     next_visit_due: Mapped[datetime | None] = mapped_column(nullable=True)
     visit_label: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The stage's running deadline and the next booked meeting, for the work queue (sopflow.work_queue).
+    deadline_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    deadline_due: Mapped[datetime | None] = mapped_column(nullable=True)
+    meeting_label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    meeting_at: Mapped[datetime | None] = mapped_column(nullable=True)
     outcome: Mapped[str | None] = mapped_column(String(20), nullable=True)
     started_at: Mapped[datetime]
     updated_at: Mapped[datetime]

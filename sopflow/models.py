@@ -346,6 +346,10 @@ class DealSnapshot(Payload):
     next_due: datetime | None = None
     next_visit_due: datetime | None = None
     visit_label: str | None = None
+    deadline_label: str | None = None
+    deadline_due: datetime | None = None
+    meeting_label: str | None = None
+    meeting_at: datetime | None = None
     outcome: str | None = None
     started_at: datetime
     contacts: list[ContactView] = []

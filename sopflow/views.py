@@ -138,6 +138,8 @@ def status(playbook: Playbook, state: LifecycleState, now: datetime) -> Lifecycl
 def snapshot(playbook: Playbook, state: LifecycleState) -> DealSnapshot:
     """What the records store keeps of the deal beside its timeline (the reports and the CLI's lists read it)."""
     ctx, cadence, closed = context(playbook, state), state.cadence, state.outcome is not None
+    deadline = state.deadline if not closed else None
+    meeting = min(state.appointments.values(), key=lambda a: a.at, default=None) if not closed else None
     contacts = []
     for role_id in playbook.roles:
         email, name = role_address(playbook, ctx, role_id)
@@ -151,6 +153,10 @@ def snapshot(playbook: Playbook, state: LifecycleState) -> DealSnapshot:
         next_due=None if closed else next_due(state),
         next_visit_due=cadence.next_due if cadence and not closed else None,
         visit_label=cadence.label if cadence else None,
+        deadline_label=deadline.label if deadline else None,
+        deadline_due=deadline.due_at if deadline else None,
+        meeting_label=meeting.label if meeting else None,
+        meeting_at=meeting.at if meeting else None,
         outcome=state.outcome,
         started_at=state.started_at,
         contacts=contacts,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bench import latency, long_life, scale, sqlite_pragmas, throughput
+from bench import latency, long_life, scale, sqlite_pragmas, throughput, work_queue
 from bench.common import percentile, table
 from bench.safe_balance import EMAILS_TO_ONGOING, bare_plan, lifecycle, playbook, today
 
@@ -97,3 +97,13 @@ def test_sqlite_pragmas_renders_both_settings():
         "target_met": False,
     }
     assert "MISSED" in sqlite_pragmas.render(result)
+
+
+def test_work_queue_reads_every_item_it_wrote():
+    """40 clients: 10 in pre-launch (4 open tasks each), 4 with a contract out, 26 with a visit due."""
+    result = work_queue.run(clients=40)
+    assert result["rows"] == {"deals": 40, "tasks": 40, "contacts": 80}
+    assert result["reads"]["everything"]["items"] == 40 + 4 + 26
+    # rep3@example.com is the rep of every 20th deal from the 4th: BENCH-3 (its onsite task) and BENCH-23 (same).
+    assert result["reads"]["one person (address)"]["items"] == 2
+    assert "Work queue over 40 open clients" in work_queue.render(result)

@@ -90,7 +90,7 @@ def test_upgrading_a_database_at_the_previous_revision_keeps_its_rows(database_u
                 ("pending", None, None)
             ]
         with db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
     finally:
         db.dispose()
 
@@ -322,7 +322,7 @@ def test_workers_starting_at_once_on_an_empty_postgresql_migrate_it_once_without
         outcomes = at_once(*(db.upgrade for db in databases))
         assert outcomes == [None, None, None]
         with databases[0].engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
         for db in databases:
             db.dispose()
 

@@ -138,6 +138,9 @@ def test_a_booked_meeting_reminds_one_week_one_day_and_one_hour_before(playbook:
     meeting = at(30).replace(hour=14)
     set_fields(engine, T0, meeting_at=meeting.isoformat())
     assert [d.label for d in engine.due_items() if d.kind == "appointment"] == ["Client meeting"]
+    # The records store's deal row carries it, for the work queue across deals.
+    snapshot = engine.snapshot()
+    assert (snapshot.meeting_label, snapshot.meeting_at) == ("Client meeting", meeting)
 
     reminders = fire_until(engine, at(31))
     assert [when for when, _ in reminders] == [

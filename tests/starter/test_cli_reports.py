@@ -156,3 +156,30 @@ async def test_unknown_within_fails_in_one_line(reports_cli: Cli):
     assert code == 1 and stdout == ""
     assert stderr.strip().count("\n") == 0
     assert stderr.startswith("error: --within: invalid duration 'soon'")
+
+
+async def test_the_work_queue_lists_each_persons_items_overdue_first_with_the_command_that_settles_them(
+    reports_cli: Cli,
+):
+    """`sopflow tasks`: D-1's missed site visit (overdue) and D-2's re-send window, which closes 15 days from now."""
+    rows = json.loads(await reports_cli.ok("tasks", "-o", "json"))
+    assert [(r["deal_id"], r["kind"], r["what"]) for r in rows] == [
+        ("D-1", "visit", "site visit"),
+        ("D-2", "deadline", "re-send window closes"),
+    ]
+    visit, window = rows
+    assert visit["days_until_due"] < 0 and visit["owner"] == "rep:owner-17"
+    assert visit["command"] == "sopflow form submit D-1 site_visit -f visited_on=YYYY-MM-DD"
+    assert window["days_until_due"] == pytest.approx(45 - 20 - AGO / DAY, abs=0.05)  # expired day 15, +30 days
+    assert window["command"] == "sopflow deal advance D-2 contract"
+
+    assert json.loads(await reports_cli.ok("tasks", "--due", "overdue", "-o", "json")) == [visit]
+    assert json.loads(await reports_cli.ok("task", "list", "--owner", "rep@example.com", "-o", "json")) == rows
+    assert json.loads(await reports_cli.ok("tasks", "--owner", "account_manager", "-o", "json")) == []
+    text = await reports_cli.ok("tasks")
+    assert "Work queue" in text and "sopflow deal advance D-2 contract" in text
+    code, stdout, stderr = await reports_cli("tasks", "--due", "tomorrow")
+    assert (code, stdout) == (1, "")
+    assert stderr.strip().splitlines() == [
+        "error: --due: unknown due filter 'tomorrow': use today, week, overdue or a date (YYYY-MM-DD)"
+    ]
