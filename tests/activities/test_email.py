@@ -112,8 +112,8 @@ async def test_a_mailbox_that_does_not_exist_fails_the_email_and_opens_a_task_fo
     assert claimed.status == "failed" and "550" in (claimed.error or "") and "rep@example.com" in (claimed.error or "")
     escalation = next(e for e in result.of_kind("escalation") if e.get("template") == "account_claimed")
     assert escalation["roles"] == ["rep"] and escalation["owner"] == "rep" and "550" in escalation["reason"]
-    # The workflow kept going: the contract went out and was signed.
-    assert result.status.stage == "prelaunch"
+    # The workflow kept going: the contract went out and was signed (and waits for an account manager).
+    assert result.status.stage == "assign_account_manager"
     assert "safe_balance/account_claimed" not in templates_sent(sink)
 
 
