@@ -281,7 +281,7 @@ def test_playbook_error_message_names_the_source_and_lists_every_error() -> None
         ),
         (
             {"stages": [{"id": "open", "on_enter": [{"set": {"a": 1}, "copy": {"b": "deal.c"}}]}]},
-            "stages[0].on_enter[0]: an action is exactly one of 'email', 'set', 'copy' or 'start_lifecycle'",
+            "stages[0].on_enter[0]: an action is exactly one of 'email', 'set', 'copy', 'start_lifecycle' or 'notify'",
         ),
         ({"stages": []}, "stages: List should have at least 1 item after validation, not 0"),
         (

@@ -104,6 +104,8 @@ STORED: list[tuple[JournalKind, dict[str, Any]]] = [
     ("linked", {"playbook": "onboarding", "deal_id": "M-1.onboarding", "status": "requested"}),
     ("linked", {"playbook": "onboarding", "deal_id": "M-1.onboarding", "status": "started", "workflow_id": "deal-M"}),
     ("linked", {"playbook": "other", "deal_id": "D-0.other", "status": "failed", "error": "no such playbook"}),
+    ("notified", {"event": "deal_lost", "status": "requested", "workflow_id": "deal-L-1"}),
+    ("notified", {"event": "deal_won", "status": "failed", "workflow_id": "deal-L-1", "error": "workflow not found"}),
     ("migrated", {"from_version": 1, "to_version": 2}),
     ("migrated", {"from_version": 1, "to_version": 2, "by": "ops"}),
     ("continued_as_new", {"run": 2}),

@@ -51,7 +51,7 @@ async def test_a_deal_status_is_one_json_line_or_a_one_row_csv_table(cli: Cli):
     assert len(line.splitlines()) == 1 and json.loads(line) == whole
 
     [row] = list(csv.DictReader(io.StringIO(await cli.ok("deal", "status", deal, "-o", "csv"))))
-    assert (row["deal_id"], row["stage"], row["playbook_version"]) == (deal, "targeting", "2")
+    assert (row["deal_id"], row["stage"], row["playbook_version"]) == (deal, "targeting", "3")
     assert row["open_forms"] == ";".join(whole["open_forms"]) and row["outcome"] == ""
 
 

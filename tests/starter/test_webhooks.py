@@ -340,7 +340,7 @@ async def test_signed_deal_creation_starts_one_real_lifecycle_however_often_it_i
             "index": 0,
             "deal_id": deal,
             "outcome": "started",
-            "detail": {"workflow_id": f"deal-{deal}", "playbook": "safe_balance", "playbook_version": 2},
+            "detail": {"workflow_id": f"deal-{deal}", "playbook": "safe_balance", "playbook_version": 3},
         }
     ]
     status = await live.status(deal)
