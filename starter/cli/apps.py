@@ -15,8 +15,10 @@ from typer.models import CommandFunctionType
 
 from starter.cli.usage import LabelledCommand, LabelledGroup
 
-# The top-level help lists nouns (groups of verbs) apart from the services that run the system.
+# The top-level help lists nouns (groups of verbs) apart from the services that run the system, and the day's work
+# (`sopflow tasks`) apart from both.
 SERVICES = "Services"
+WORK = "Your work"
 
 
 class Commands(typer.Typer):
@@ -57,7 +59,7 @@ def _options(
 
 deal_app = Commands(help="Start, move, close and read deals (one lifecycle each).")
 form_app = Commands(help="Submit forms.")
-task_app = Commands(help="Complete checklist tasks.")
+task_app = Commands(help="Complete checklist tasks; list the work queue across deals.")
 playbook_app = Commands(help="Validate, inspect and draw playbooks; migrate running deals to a new version.")
 mail_app = Commands(help="Inspect the email outbox (what was sent, what failed).")
 template_app = Commands(help="Preview email templates.")

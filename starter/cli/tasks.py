@@ -11,7 +11,7 @@ from sopflow import work_queue
 from sopflow.models import (
     CompleteTask,
 )
-from starter.cli.apps import app, task_app
+from starter.cli.apps import WORK, app, task_app
 from starter.cli.common import (
     UPDATE_WAIT,
     ActorOpt,
@@ -66,8 +66,10 @@ def tasks(
     as_json: JsonFlag = False,
     as_csv: CsvFlag = False,
 ) -> None:
-    """What is on someone's plate across every deal: open tasks, visits due, deadlines running and booked meetings,
-    overdue first, each with the command that settles it (read from the records database; Temporal is not asked)."""
+    """The work queue: what is due across every deal, overdue first, with the command that settles each.
+
+    Open tasks, visits due, deadlines running and booked meetings, read from the records database (Temporal is not
+    asked)."""
     output = report_format(output, as_json, as_csv)
     filters = work_queue.Filters(owner=owner, due=due, playbook=playbook, stage=stage)
     now, viewer = datetime.now(UTC), display_zone()
@@ -82,6 +84,7 @@ def tasks(
     emit(rows, work_queue.WorkItem, output, title="Work queue (overdue first)", columns=columns, noun="item")
 
 
-# `sopflow tasks` is the question people ask each morning; `sopflow task list` is its place among the nouns.
-app.command("tasks")(tasks)
+# `sopflow tasks` is the question people ask each morning, so it is top-level, in a panel of its own; `sopflow task
+# list` is its place among the nouns.
+app.command("tasks", rich_help_panel=WORK)(tasks)
 task_app.command("list")(tasks)
