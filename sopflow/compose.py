@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sopflow.business_calendar import Clock
-from sopflow.conditions import Context, role_address, role_addresses
+from sopflow.conditions import Context, role_address, role_addresses, role_name
 from sopflow.models import EmailRequest, LifecycleState, Recipient, Resend, TaskState
 from sopflow.playbook import EmailAction, Playbook
 from sopflow.timeline import EmailDetail
@@ -52,7 +52,7 @@ def address(playbook: Playbook, ctx: Context, action: EmailAction, skip: Collect
     for roles, out in ((action.to, to), (action.cc, cc)):
         for role_id in roles:
             emails = role_addresses(playbook, ctx, role_id)
-            display = role_address(playbook, ctx, role_id)[1]
+            display = role_name(playbook, ctx, role_id)
             if not emails:
                 missing.append(role_id)
             for email in emails:
@@ -61,7 +61,7 @@ def address(playbook: Playbook, ctx: Context, action: EmailAction, skip: Collect
     reply_to = None
     if action.from_role is not None:
         emails = role_addresses(playbook, ctx, action.from_role)
-        display = role_address(playbook, ctx, action.from_role)[1]
+        display = role_name(playbook, ctx, action.from_role)
         reply_to = Recipient(role=action.from_role, email=emails[0], name=display) if emails else None
     return Addressed(to=to, cc=cc, reply_to=reply_to, missing=missing)
 

@@ -76,13 +76,17 @@ def role_addresses(playbook: Playbook, ctx: Context, role_id: str) -> list[str]:
     return [str(item) for item in items if not is_blank(item)]
 
 
+def role_name(playbook: Playbook, ctx: Context, role_id: str) -> str | None:
+    """A role's display name, if the playbook gives one and the deal has it."""
+    spec = playbook.roles[role_id]
+    name = resolve(ctx, spec.name) if spec.name else None
+    return str(name) if not is_blank(name) else None
+
+
 def role_address(playbook: Playbook, ctx: Context, role_id: str) -> tuple[str | None, str | None]:
     """(email, display name) for a role, either possibly missing until the deal provides it; a role of several
     addresses gives them joined by ", " (contact lists and templates show them; emails address each one)."""
-    spec = playbook.roles[role_id]
-    addresses = role_addresses(playbook, ctx, role_id)
-    name = resolve(ctx, spec.name) if spec.name else None
-    return (", ".join(addresses) or None, str(name) if not is_blank(name) else None)
+    return ", ".join(role_addresses(playbook, ctx, role_id)) or None, role_name(playbook, ctx, role_id)
 
 
 def role_owner_id(playbook: Playbook, ctx: Context, role_id: str) -> str:

@@ -55,7 +55,7 @@ class Filters:
     stage: str | None = None
 
 
-def due_limit(due: str, now: datetime, viewer: tzinfo) -> tuple[datetime | None, bool]:
+def due_limit(due: str, now: datetime, viewer: tzinfo) -> tuple[datetime, bool]:
     """The latest due moment a `due` filter keeps, and whether it keeps overdue items only. Raises ValueError for a
     word or date it does not know, naming the accepted ones."""
     today = now.astimezone(viewer).date()
@@ -113,7 +113,8 @@ class _Deal(NamedTuple):
 
 
 class _Due(NamedTuple):
-    """An item before it is filtered: cheap to make for every deal, a `WorkItem` only for what is kept."""
+    """An item before it is filtered: cheap to make for every deal, a `WorkItem` only for what is kept. `due_at` is
+    in UTC (SQLite gives naive moments back)."""
 
     deal: _Deal
     kind: ItemKind
@@ -121,6 +122,10 @@ class _Due(NamedTuple):
     owner: str
     due_at: datetime | None
     task: str | None = None
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return utc(moment) if moment is not None else None
 
 
 def work_items(
@@ -136,7 +141,7 @@ def work_items(
     Columns, not ORM objects, and a `WorkItem` only for what passes the filters: the queue for 10,000 clients is
     tens of thousands of rows (bench/work_queue.py)."""
     now, filters = utc(now), filters or Filters()
-    limit, overdue_only = due_limit(filters.due, now, viewer) if filters.due else (None, False)
+    bound = due_limit(filters.due, now, viewer) if filters.due else None  # an unknown filter: refused before reading
     query = select(*(getattr(DealRow, name) for name in _Deal._fields)).where(DealRow.outcome.is_(None))
     if filters.playbook:
         query = query.where(DealRow.playbook == filters.playbook)
@@ -155,32 +160,29 @@ def work_items(
         )
     )
     dues = [
-        _Due(deals[workflow_id], "task", title or task, owner, due_at, task)
+        _Due(deals[workflow_id], "task", title or task, owner, _utc(due_at), task)
         for workflow_id, task, title, owner, due_at in tasks
         if workflow_id in deals
     ]
     for deal in deals.values():
         stage_owner = deal.owner or "-"
         if deal.next_visit_due is not None:
-            dues.append(_Due(deal, "visit", deal.visit_label or "touchpoint", stage_owner, deal.next_visit_due))
+            dues.append(_Due(deal, "visit", deal.visit_label or "touchpoint", stage_owner, _utc(deal.next_visit_due)))
         if deal.deadline_due is not None:
-            dues.append(_Due(deal, "deadline", deal.deadline_label or "deadline", stage_owner, deal.deadline_due))
-        if deal.meeting_at is not None and utc(deal.meeting_at) >= now:  # a meeting held is no longer work
-            dues.append(_Due(deal, "meeting", deal.meeting_label or "meeting", stage_owner, deal.meeting_at))
+            dues.append(_Due(deal, "deadline", deal.deadline_label or "deadline", stage_owner, _utc(deal.deadline_due)))
+        meeting = _utc(deal.meeting_at)
+        if meeting is not None and meeting >= now:  # a meeting held is no longer work
+            dues.append(_Due(deal, "meeting", deal.meeting_label or "meeting", stage_owner, meeting))
     if filters.owner:
         dues = _owned_by(session, dues, filters.owner)
-    if limit is not None:
-        end = limit
-
-        def due_by_then(at: datetime | None) -> bool:
-            return at is not None and (utc(at) < end if overdue_only else utc(at) <= end)
-
-        dues = [due for due in dues if due_by_then(due.due_at)]
+    if bound is not None:
+        limit, overdue_only = bound
+        dues = [d for d in dues if d.due_at is not None and (d.due_at < limit if overdue_only else d.due_at <= limit)]
     books = {book.id: book for book in playbooks}
     commands: dict[tuple[str, str | None, str, str], str] = {}
     items = []
     for due in dues:
-        deal, at = due.deal, utc(due.due_at) if due.due_at is not None else None
+        deal, at = due.deal, due.due_at
         key = (due.kind, due.task, deal.playbook, deal.stage)
         if key not in commands:  # one command shape per kind of item and stage, the deal id filled in
             commands[key] = command(due.kind, _DEAL, due.task, books.get(deal.playbook), deal.stage)

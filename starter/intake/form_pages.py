@@ -204,8 +204,15 @@ def _control(name: str, spec: FieldSpec, typed: Any, error: str | None) -> Contr
         return replace(control, kind=kind, required=spec.required, options=options)
     input_type, inputmode, step = _INPUTS[spec.type]
     value = "" if typed is None else ", ".join(map(str, typed)) if isinstance(typed, list) else str(typed)
-    control = replace(control, hint=_format_hint(spec))
-    return replace(control, required=spec.required, input_type=input_type, inputmode=inputmode, step=step, value=value)
+    return replace(
+        control,
+        required=spec.required,
+        input_type=input_type,
+        inputmode=inputmode,
+        step=step,
+        value=value,
+        hint=_format_hint(spec),
+    )
 
 
 def _format_hint(spec: FieldSpec) -> str | None:
