@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     # The zone the CLI shows times in where no one deal's zone applies (lists, reports, mail): an IANA name.
     timezone: str = "UTC"
 
+    # The staff directory (`sopflow.staff`): digests, web board sign-in and limits. Unset: <home>/staff.yaml.
+    staff_file: Path | None = None
+    # The web board (`starter.web`): the key of its session cookies (unset: a random key per process, so a restart
+    # signs everyone out), the SSO proxy's header naming the signed-in person and the addresses it is believed from
+    # (IPs or networks, comma-separated; empty: the header is ignored), and the person `sopflow dev` signs in.
+    web_secret: SecretStr | None = None
+    web_proxy_header: str = "X-Forwarded-Email"
+    web_trusted_proxies: str = ""
+    web_dev_user: str | None = None
+
     public_url: str = "http://127.0.0.1:8000"
     ui_url: str = "http://localhost:8233"
 
@@ -153,6 +163,9 @@ class Settings(BaseSettings):
         """The configured Connect HMAC keys (blank entries dropped), for `sopflow.signatures.verify_docusign`."""
         raw = self.docusign_hmac_keys.get_secret_value() if self.docusign_hmac_keys else ""
         return [key.strip() for key in raw.split(",") if key.strip()]
+
+    def staff_path(self) -> Path:
+        return self.staff_file or self.home / "staff.yaml"
 
     def playbook_path(self, name_or_path: str) -> Path:
         """Accept `safe_balance` as well as `playbooks/safe_balance.yaml`, as users type either."""
