@@ -189,6 +189,7 @@ class RecordActivities:
             "meeting_label": snap.meeting_label,
             "meeting_at": snap.meeting_at,
             "timezone": snap.timezone,
+            "company": snap.company,
             "started_at": snap.started_at,
             "updated_at": now,
         }

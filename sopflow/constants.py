@@ -51,3 +51,7 @@ PATCH_CC_STANDS_IN = "cc-receives-an-email-whose-to-is-unknown"
 # A cadence anchored on a date field starts at its first due date on or after the stage's entry: dates before the
 # stage began are not missed visits (a closeout filed weeks after the launch does not fire a storm of overdue notices).
 PATCH_PAST_VISITS_SKIPPED = "cadence-skips-dates-before-its-stage"
+
+# The deal fields (then form fields) that name the client's company, first found wins: what the web board's cards
+# and the deal page call the deal beside its id. Each shipped playbook names it one of these ways.
+COMPANY_FIELDS = ("company", "company_name", "account_name", "client_name")

@@ -106,6 +106,7 @@ class DealRow(Base):
     updated_at: Mapped[datetime]
     # The deal's IANA zone (NULL: UTC, a playbook without one): reports show its times as its people read them.
     timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    company: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # The journal sequence the row reflects: a retried or out-of-order batch never moves it backwards.
     last_seq: Mapped[int]
 

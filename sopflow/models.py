@@ -355,6 +355,8 @@ class DealSnapshot(Payload):
     contacts: list[ContactView] = []
     # The deal's IANA zone (None: a playbook without one, UTC), so reports show each deal's local times.
     timezone: str | None = None
+    # The client's company as the deal names it (`views.company`), for the web board.
+    company: str | None = None
 
 
 class JournalBatch(Payload):

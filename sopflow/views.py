@@ -12,6 +12,7 @@ from datetime import datetime
 from sopflow import zones
 from sopflow.business_calendar import Clock
 from sopflow.conditions import Context, evaluate, make_context, resolve, role_address, role_owner_id
+from sopflow.constants import COMPANY_FIELDS
 from sopflow.fields import is_blank
 from sopflow.models import ContactView, DealSnapshot, DueView, LifecycleState, LifecycleStatus, TaskView
 from sopflow.playbook import Playbook, Stage
@@ -135,6 +136,17 @@ def status(playbook: Playbook, state: LifecycleState, now: datetime) -> Lifecycl
     )
 
 
+def company(state: LifecycleState) -> str | None:
+    """The client's company: the first of `COMPANY_FIELDS` the deal has, else the first a submitted form has."""
+    sources = [state.fields, *(record.values for record in state.forms.values())]
+    for values in sources:
+        for name in COMPANY_FIELDS:
+            value = values.get(name)
+            if isinstance(value, str) and value.strip():
+                return value.strip()[:200]
+    return None
+
+
 def snapshot(playbook: Playbook, state: LifecycleState) -> DealSnapshot:
     """What the records store keeps of the deal beside its timeline (the reports and the CLI's lists read it)."""
     ctx, cadence, closed = context(playbook, state), state.cadence, state.outcome is not None
@@ -161,6 +173,7 @@ def snapshot(playbook: Playbook, state: LifecycleState) -> DealSnapshot:
         started_at=state.started_at,
         contacts=contacts,
         timezone=Clock.of(playbook, state.fields).name if playbook.timezone else None,
+        company=company(state),
     )
 
 

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 from temporalio.exceptions import ApplicationError
 
@@ -31,10 +32,14 @@ from sopflow.db import (
     StageTransition,
     TaskRow,
     VisitRow,
+    alembic_config,
 )
 from sopflow.errors import RECORD_REFUSED
 from sopflow.models import ClaimRequest, ContactView, DealSnapshot, JournalBatch, JournalEntry
 from tests.conftest import POSTGRES_ADMIN, launched_steps, postgres_database, run
+
+# The newest migration: a database migrated by `upgrade` is at it.
+HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 T0 = datetime(2026, 3, 2, 9, tzinfo=UTC)
 FIRST_TABLES = {"outbox", "journal", "account_claims"}
@@ -90,7 +95,7 @@ def test_upgrading_a_database_at_the_previous_revision_keeps_its_rows(database_u
                 ("pending", None, None)
             ]
         with db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
     finally:
         db.dispose()
 
@@ -322,7 +327,7 @@ def test_workers_starting_at_once_on_an_empty_postgresql_migrate_it_once_without
         outcomes = at_once(*(db.upgrade for db in databases))
         assert outcomes == [None, None, None]
         with databases[0].engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
         for db in databases:
             db.dispose()
 
