@@ -72,6 +72,11 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[max(1, math.ceil(p * len(ordered) / 100)) - 1]
 
 
+def stalls_at(threshold: Threshold, entered: datetime) -> datetime:
+    """When a deal that entered its stage at `entered` counts as stalled under `threshold`."""
+    return threshold.after(entered) if isinstance(threshold, Duration) else entered + threshold
+
+
 def stage_orders(playbooks: Iterable[Playbook]) -> dict[str, list[str]]:
     """Each playbook's stages in the order the SOP lists them: how the pipeline should read top to bottom."""
     return {pb.id: [stage.id for stage in pb.stages] for pb in playbooks}
@@ -174,7 +179,7 @@ def stalled(
         threshold: Threshold | None = timedelta(days=days) if days is not None else (thresholds or {}).get((pb, stage))
         if threshold is None:
             continue
-        limit = threshold.after(entered) - entered if isinstance(threshold, Duration) else threshold
+        limit = stalls_at(threshold, entered) - entered
         if now - entered > limit:
             rows.append(
                 StalledRow(
