@@ -47,17 +47,29 @@ from starter.devserver import (
 )
 from worker import stop_on_signals, worker_for
 
+# Who the dev stack's web board signs in, automatically: a local stack is one developer's.
+DEV_USER = "dev@example.com"
+
 
 def with_dev_form_secret(settings: Settings, home: Path) -> Settings:
-    """Without SOPFLOW_FORM_SECRET, the dev stack keeps one of its own in `<home>/form-secret`, so the form links in
-    its emails open working pages, and stay valid across restarts."""
-    if settings.form_secret is not None:
-        return settings
-    path = home / "form-secret"
+    """Without SOPFLOW_FORM_SECRET (or SOPFLOW_WEB_SECRET), the dev stack keeps one of its own in `<home>`, so the
+    form links in its emails open working pages and the board's sessions stay valid across restarts. The board opens
+    signed in as the dev user (`DEV_USER`, or SOPFLOW_WEB_DEV_USER)."""
+    update: dict[str, object] = {}
+    if settings.form_secret is None:
+        update["form_secret"] = SecretStr(_kept_secret(home / "form-secret"))
+    if settings.web_secret is None:
+        update["web_secret"] = SecretStr(_kept_secret(home / "web-secret"))
+    if settings.web_dev_user is None:
+        update["web_dev_user"] = DEV_USER
+    return settings.model_copy(update=update)
+
+
+def _kept_secret(path: Path) -> str:
     if not path.exists():
         path.write_text(secrets.token_hex(32))
         path.chmod(0o600)
-    return settings.model_copy(update={"form_secret": SecretStr(path.read_text().strip())})
+    return path.read_text().strip()
 
 
 class _QuietServer(uvicorn.Server):

@@ -28,6 +28,7 @@ from temporalio.common import MetricMeter
 
 from sopflow.config import Settings
 from sopflow.db import Database
+from starter import web
 from starter.intake import docusign, forms, hubspot, probes
 from starter.intake.context import IntakeError
 from starter.intake.dependencies import IntakeState, intake_state
@@ -69,6 +70,7 @@ def create_app(
     app.include_router(forms.router)
     app.include_router(probes.router)
     app.exception_handler(IntakeError)(_intake_error)
+    web.install(app, settings)
     return app
 
 

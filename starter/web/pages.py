@@ -14,8 +14,8 @@ open in this stage, a field out of format) is shown on the page in the engine's 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote, urlencode
@@ -28,7 +28,7 @@ from temporalio.client import WorkflowExecutionStatus
 from sopflow import board, charts, reports, work_queue, zones
 from sopflow.config import PROJECT_ROOT, Settings
 from sopflow.db import Database
-from sopflow.models import CompleteTask, LifecycleStatus, SubmitForm, valid_deal_id, workflow_id
+from sopflow.models import Advance, CompleteTask, LifecycleStatus, SubmitForm, valid_deal_id, workflow_id
 from sopflow.playbook import Playbook
 from starter.intake import form_pages
 from starter.intake.context import (
@@ -102,10 +102,10 @@ class WebError(Exception):
 # --- rendering --------------------------------------------------------------------------------------------------------
 
 
-def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+def page(request: Request, template: str, code: int = 200, **context: Any) -> HTMLResponse:
     viewer: Viewer | None = request.state.viewer
     html = _env.get_template(template).render(viewer=viewer, csrf_field=CSRF_FIELD, path=request.url.path, **context)
-    return HTMLResponse(html, status_code=status, headers=_PAGE_HEADERS)
+    return HTMLResponse(html, status_code=code, headers=_PAGE_HEADERS)
 
 
 def error_page(request: Request, exc: WebError) -> HTMLResponse:
@@ -274,10 +274,15 @@ async def deal_page(
         notice = f"{book.forms[submitted].title or submitted} received."
     client = await intake.temporal()
     ui = f"{settings.ui_url.rstrip('/')}/namespaces/{quote(client.namespace)}/workflows/{quote(record.workflow_id)}"
-    forms = [(form_id, book.forms[form_id].title or form_id) for form_id in status.open_forms if book and form_id in book.forms]
+    forms = [
+        (form_id, book.forms[form_id].title or form_id)
+        for form_id in status.open_forms
+        if book and form_id in book.forms
+    ]
     return page(
         request, "deal.html", status=status, record=record, timeline=timeline, sent=sent, forms=forms,
         notice=notice, ui_url=ui, zone=status.timezone, submission=new_key(),
+        stage_titles={s.id: s.name for s in book.stages} if book else {},
     )  # fmt: skip
 
 
@@ -350,7 +355,9 @@ async def _posted(request: Request, viewer: Viewer, auth: WebAuth) -> dict[str, 
     fields: dict[str, Any] = {}
     for name, value in pairs:
         previous = fields.get(name)
-        fields[name] = value if previous is None else [*previous, value] if isinstance(previous, list) else [previous, value]
+        fields[name] = (
+            value if previous is None else [*previous, value] if isinstance(previous, list) else [previous, value]
+        )
     auth.check_csrf(viewer, fields.pop(CSRF_FIELD, None))
     return fields
 
@@ -362,7 +369,9 @@ def _key(fields: dict[str, Any]) -> str:
     return key
 
 
-async def _update(intake: IntakeSource, deal_id: str, request: CompleteTask | SubmitForm, update_id: str) -> None:
+async def _update(
+    intake: IntakeSource, deal_id: str, request: Advance | CompleteTask | SubmitForm, update_id: str
+) -> None:
     client = await intake.temporal()
     handle = client.get_workflow_handle(workflow_id(deal_id))
     await temporal(send(handle, request, update_id), "update")
@@ -379,28 +388,43 @@ async def task_done(
     back = str(fields.get("back") or "")
     back = back if back in ("work", "deal") else "deal"
     note = fields.get("note")
-    try:
-        await _update(
-            intake,
-            deal_id,
-            CompleteTask(task=task[:64], actor=viewer.email, note=note if isinstance(note, str) and note else None),
-            f"web:task:{task[:64]}:{key}",
-        )
-    except UpdateRejected as exc:
-        raise WebError(409, "The task was not marked done", exc.message, back=f"/deals/{deal_id}") from None
-    except LifecycleClosed:
-        raise WebError(409, "This deal is closed", f"Deal {deal_id}'s lifecycle has ended.", "/board") from None
-    except (Unavailable, IntakeError) as exc:
-        raise WebError(503, "Not confirmed yet", _unconfirmed(exc), back=f"/deals/{deal_id}") from None
+    done = CompleteTask(task=task[:64], actor=viewer.email, note=note if isinstance(note, str) and note else None)
+    await _act(intake, deal_id, done, f"web:task:{task[:64]}:{key}", "The task was not marked done")
     target = "/work" if back == "work" else f"/deals/{deal_id}?{urlencode({'done': task})}"
     return RedirectResponse(target, status_code=303)
 
 
-def _unconfirmed(exc: IntakeError) -> str:
-    return (
-        "The workflow service did not confirm the change in time. It may still be applied; pressing the same "
-        "button again on this page is safe: it is applied once."
-    )
+UNCONFIRMED = (
+    "The workflow service did not confirm the change in time. It may still be applied; pressing the same button "
+    "again on the page you came from is safe: it is applied once."
+)
+
+
+@router.post("/deals/{deal_id}/advance")
+async def advance(request: Request, viewer: ViewerDep, auth: AuthDep, intake: IntakeDep, deal_id: str) -> Response:
+    """The "Move to" button of a stage whose gate is met: `advance`, as the CLI's `deal advance`."""
+    fields = await _posted(request, viewer, auth)
+    await _visible_deal(intake, viewer, deal_id)
+    key = _key(fields)
+    to = fields.get("to")
+    if not isinstance(to, str) or not to:
+        raise WebError(400, "The form could not be read", "Say which stage to move to.", back=f"/deals/{deal_id}")
+    await _act(intake, deal_id, Advance(to=to[:64], actor=viewer.email), f"web:advance:{key}", "The deal did not move")
+    return RedirectResponse(f"/deals/{deal_id}", status_code=303)
+
+
+async def _act(
+    intake: IntakeSource, deal_id: str, change: Advance | CompleteTask, update_id: str, refused: str
+) -> None:
+    """Send a button's update; a refusal, a closed deal or an unconfirmed change becomes its page."""
+    try:
+        await _update(intake, deal_id, change, update_id)
+    except UpdateRejected as exc:
+        raise WebError(409, refused, exc.message, back=f"/deals/{deal_id}") from None
+    except LifecycleClosed:
+        raise WebError(409, "This deal is closed", f"Deal {deal_id}'s lifecycle has ended.", "/board") from None
+    except (Unavailable, IntakeError):
+        raise WebError(503, "Not confirmed yet", UNCONFIRMED, back=f"/deals/{deal_id}") from None
 
 
 @router.get("/deals/{deal_id}/forms/{form}", response_class=HTMLResponse)
@@ -468,8 +492,8 @@ async def submit_form(
         raise WebError(409, "The form was not accepted", exc.message, back=f"/deals/{deal_id}") from None
     except LifecycleClosed:
         raise WebError(409, "This deal is closed", f"Deal {deal_id}'s lifecycle has ended.", "/board") from None
-    except (Unavailable, IntakeError) as exc:
-        raise WebError(503, "Not confirmed yet", _unconfirmed(exc), back=f"/deals/{deal_id}") from None
+    except (Unavailable, IntakeError):
+        raise WebError(503, "Not confirmed yet", UNCONFIRMED, back=f"/deals/{deal_id}") from None
     return RedirectResponse(f"/deals/{deal_id}?{urlencode({'submitted': form})}", status_code=303)
 
 
@@ -496,7 +520,9 @@ async def charts_page(request: Request, viewer: ViewerDep, settings: SettingsDep
             funnel = charts.funnel_svg([r for r in rows if r.playbook == book.id])
             mine = [r for r in times if r.playbook == book.id]
             stage_titles = {r.stage: titles.get((book.id, r.stage), r.stage) for r in mine}
-            sections.append((book.title or book.id, "Deals per stage", [funnel, charts.stage_time_svg(mine, stage_titles)]))
+            sections.append(
+                (book.title or book.id, "Deals per stage", [funnel, charts.stage_time_svg(mine, stage_titles)])
+            )
         start = now.astimezone(zone).date()
         workload = charts.weekly_workload(items, start, 8, zone)
         sections.append(("Everyone", "The next 8 weeks' work per owner", [charts.workload_svg(workload, start)]))

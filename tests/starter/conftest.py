@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import random
+import re
 import sys
 import time
 import uuid
@@ -20,22 +21,27 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+import uvicorn
 import yaml
 from fastapi import FastAPI
 from sqlalchemy import select
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.testing import WorkflowEnvironment
 
 from sopflow.config import PROJECT_ROOT, Settings
 from sopflow.constants import TASK_QUEUE
-from sopflow.db import Database, InboundEvent
+from sopflow.db import Database, DealRow, InboundEvent
 from sopflow.mailsink import MailSink, free_port
-from sopflow.models import Advance, CompleteTask, ExternalEvent, LifecycleStatus, SetFields
+from sopflow.models import Advance, CompleteTask, ExternalEvent, LifecycleStatus, SetFields, SubmitForm
+from sopflow.playbook_checks import load_playbook
 from sopflow.signatures import docusign_signature, form_token, hubspot_v3_signature
+from sopflow.staff import Limits, Person, Staff, save_staff, token_hash
 from starter.intake.dependencies import get_settings
+from starter.lifecycles import start_lifecycle
 from starter.webhooks import create_app
-from tests.conftest import CONTRACT_REQUEST, PRELAUNCH_TASKS, TARGETING, make_worker
+from tests.conftest import CONTRACT_REQUEST, PRELAUNCH_TASKS, TARGETING, make_worker, until
 from workflows.lifecycle import ClientLifecycle
 
 SOPFLOW = str(Path(sys.executable).parent / "sopflow")
@@ -333,3 +339,131 @@ async def applied_updates(client: Client, deal: str, name: str) -> list[str]:
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
         and event.workflow_execution_update_accepted_event_attributes.accepted_request.input.name == name
     ]
+
+
+# --- the web board --------------------------------------------------------------------------------------------------
+
+BOARD_TOKEN = "sft_board-token-of-the-cs-lead-0123456789"
+LIMITED_TOKEN = "sft_board-token-of-an-account-manager-0123"
+PROXY = "10.0.0.5"
+# A Safe Balance deal as the board tests start it: the rep and the account manager known, the targeting form done.
+BOARD_DEAL = {"rep_email": "rep@example.com", "rep_id": "owner-17", "account_manager_email": "am@example.com"}
+
+
+@dataclass
+class Board:
+    """The intake app with the web board, the session's dev server and a worker; `http` talks to it in process
+    (from `client_host`), `url` is set once `served_board` serves it over a real socket for a browser."""
+
+    app: FastAPI
+    client: Client
+    db: Database
+    settings: Settings
+    url: str = ""
+
+    def http(self, client_host: str = "127.0.0.1", token: str | None = None) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=self.app, client=(client_host, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://board", headers={"Accept": "text/html"})
+
+    async def deal(self, deal: str, stage: str = "contract_request", **fields: Any) -> WorkflowHandle[Any, Any]:
+        """A Safe Balance deal brought to `stage` (contract_request, or prelaunch with one task left) by updates."""
+        book = load_playbook(PROJECT_ROOT / "playbooks" / "safe_balance.yaml")
+        handle = await start_lifecycle(
+            self.client, book, deal, {**BOARD_DEAL, **fields}, "test", WorkflowIDConflictPolicy.FAIL
+        )
+        targeting = SubmitForm(form="targeting", fields=targeting_of(deal))
+        await handle.execute_update(ClientLifecycle.submit_form, targeting)
+        if stage == "prelaunch":
+            await handle.execute_update(
+                ClientLifecycle.submit_form, SubmitForm(form="contract_request", fields=CONTRACT_REQUEST)
+            )
+            await handle.signal(ClientLifecycle.event, ExternalEvent(name="contract_signed", event_id=f"env-{deal}"))
+            await until_stage(handle, "prelaunch")
+            for task in PRELAUNCH_TASKS[:-1]:
+                await handle.execute_update(ClientLifecycle.complete_task, CompleteTask(task=task))
+            await handle.execute_update(ClientLifecycle.set_fields, SetFields(fields={"launch_date": "2027-01-05"}))
+        await self.recorded(deal, stage)
+        return handle
+
+    async def recorded(self, deal: str, stage: str) -> None:
+        """Wait until the records store (what the board reads) shows the deal in `stage`."""
+
+        async def there() -> None:
+            with self.db.session() as session:
+                row = session.scalars(select(DealRow).where(DealRow.deal_id == deal)).one_or_none()
+            assert row is not None and row.stage == stage, f"deal {deal} is in {row.stage if row else None}"
+
+        await eventually(there, timeout=60)
+
+
+def targeting_of(deal: str) -> dict[str, Any]:
+    """The targeting form with a company of the deal's own (a company is claimed by one deal only)."""
+    return {**TARGETING, "company": f"Care Center {deal}"}
+
+
+async def until_stage(handle: WorkflowHandle[Any, Any], stage: str) -> None:
+    async def there() -> None:
+        status: LifecycleStatus = await handle.query(ClientLifecycle.status)
+        assert status.stage == stage
+
+    await eventually(there, timeout=60)
+
+
+@pytest.fixture
+async def board(dev_env: WorkflowEnvironment, lifecycle_worker: Database, tmp_path: Path) -> Board:
+    """The board with two staff: a CS lead who sees every deal, and an account manager limited to their role."""
+    staff = Staff(
+        people=[
+            Person(email="cs@example.com", tokens=[token_hash(BOARD_TOKEN)]),
+            Person(
+                email="am@example.com", limits=Limits(roles=["account_manager"]), tokens=[token_hash(LIMITED_TOKEN)]
+            ),
+        ]
+    )
+    save_staff(tmp_path / "staff.yaml", staff)
+    settings = Settings(
+        home=tmp_path / "home",
+        staff_file=tmp_path / "staff.yaml",
+        web_secret="web-secret-for-tests",
+        web_trusted_proxies=PROXY,
+        form_secret=FORM_SECRET,
+    )
+    return Board(create_app(settings, dev_env.client, lifecycle_worker), dev_env.client, lifecycle_worker, settings)
+
+
+@asynccontextmanager
+async def served_board(board: Board) -> AsyncIterator[Board]:
+    """The board on a real socket of this machine, for a browser."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(board.app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    await until(lambda: server.started, "the board to serve")
+    try:
+        yield replace(board, url=f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def signed_in(http: httpx.AsyncClient, token: str = BOARD_TOKEN) -> httpx.AsyncClient:
+    """Sign `http` in through the login page, as a person would (its form token, then the access token)."""
+    page = await http.get("/login")
+    form_token = re.search(r'name="_csrf" value="([^"]+)"', page.text)
+    assert form_token is not None
+    answer = await http.post("/login", data={"_csrf": form_token[1], "token": token, "next": "/board"})
+    assert answer.status_code == 303, answer.text
+    return http
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="_csrf" value="([^"]+)"', page)
+    assert found is not None
+    return found[1]
+
+
+def submission_of(page: str, action: str) -> str:
+    """The `_submission` key of the form posting to `action` on `page`."""
+    form = page[page.index(f'action="{action}"') :]
+    found = re.search(r'name="_submission" value="([^"]+)"', form)
+    assert found is not None
+    return found[1]
