@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lock dev test lint bench chaos chaos-pg clean
+.PHONY: venv lock dev test lint bench chaos chaos-pg clean screenshots
 
 # Every package the venv gets, transitive ones included, pinned with hashes (`make lock` writes both from
 # pyproject.toml). requirements.lock: the runtime and the build backend (what an image needs);
@@ -87,3 +87,7 @@ bench: venv
 # Local dev state only (Temporal db, records db, captured mail); the venv stays.
 clean:
 	rm -rf .sopflow
+
+# The README's screenshots of the web board (docs/board.png, docs/deal.png), taken by its browser test in Chromium.
+screenshots: venv
+	SOPFLOW_SCREENSHOTS=docs $(BIN)/python -m pytest -q tests/starter/test_web_browser.py -k card_moves_to_the_next_stage

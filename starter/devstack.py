@@ -390,6 +390,7 @@ def _panel(settings: Settings, address: str, home: Path, server_seconds: float) 
     grid.add_row("Temporal", f"{address}  (namespace {NAMESPACE}, ready in {server_seconds:.1f} s)")
     grid.add_row("Temporal UI", f"http://localhost:{settings.dev_ui_port}")
     grid.add_row("Webhook intake", f"http://{HOST}:{settings.dev_intake_port}")
+    grid.add_row("Web board", f"http://{HOST}:{settings.dev_intake_port}/board  (signed in as {settings.web_dev_user})")
     ring = settings.encryption_key_ring()
     if ring is not None:
         access = (

@@ -467,3 +467,36 @@ def submission_of(page: str, action: str) -> str:
     found = re.search(r'name="_submission" value="([^"]+)"', form)
     assert found is not None
     return found[1]
+
+
+# --- a real browser -------------------------------------------------------------------------------------------------
+
+CHROMIUM = Path(os.environ.get("SOPFLOW_CHROMIUM", "/usr/bin/chromium"))
+# Headless Chromium as root on a machine with no network: no sandbox (root), nothing fetched in the background.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Debian's Chromium driven by Playwright (never a downloaded browser). Without it the browser tests skip with
+    one line saying how to install it, unless SOPFLOW_REQUIRE_BROWSER=1 (CI) makes that a failure."""
+    if not CHROMIUM.exists():
+        message = f"no Chromium at {CHROMIUM}: apt-get install chromium (or set SOPFLOW_CHROMIUM)"
+        if os.environ.get("SOPFLOW_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
