@@ -7,8 +7,9 @@ compete with it (the outbox would keep either from sending twice). The catch-up 
 outage the missed hour still runs, but a morning digest hours late is noise; `temporal schedule backfill` sends a
 missed morning on purpose.
 
-Pausing, triggering and backfilling are Temporal's own (`temporal schedule pause|trigger|backfill --schedule-id
-sopflow-morning-digest`); an update keeps the schedule's state, so a worker restart never undoes an operator's pause.
+Pausing, triggering and backfilling are Temporal's own (`temporal schedule toggle|trigger|backfill
+--schedule-id sopflow-morning-digest`); an update keeps the schedule's state, so a worker restart never undoes an
+operator's pause. A backfill of several hours wants `--overlap-policy BufferAll`, or Skip drops all but one.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`sopflow digest`: the morning digest's Temporal Schedule, and a preview of what one person's digest says.
 
-Pausing, triggering and backfilling are Temporal's own (`temporal schedule pause|trigger|backfill --schedule-id
-sopflow-morning-digest`): sopflow does not wrap them, so the `temporal` CLI's documentation is the only one to read.
+Pausing, triggering and backfilling are Temporal's own (`temporal schedule toggle|trigger|backfill
+--schedule-id sopflow-morning-digest`): sopflow does not wrap them, so the `temporal` CLI's documentation is the
+only one to read.
 """
 
 from __future__ import annotations
