@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.digest import DigestActivities
 from activities.email import EmailActivities, SmtpConfig
 from activities.playbooks import PlaybookActivities
 from activities.records import RecordActivities
@@ -29,6 +30,8 @@ from sopflow.constants import TASK_QUEUE, WORKER_GRACEFUL_SHUTDOWN
 from sopflow.db import Database
 from sopflow.telemetry import LifecycleObserver
 from sopflow.templates import TemplateRenderer
+from workflows.digest import MorningDigest
+from workflows.digest_schedule import ensure_digest_schedule
 from workflows.lifecycle import ClientLifecycle
 
 log = logging.getLogger("sopflow.worker")
@@ -66,17 +69,20 @@ def build_worker(
     max_cached_workflows: int = 1000,
     max_concurrent_workflow_tasks: int | None = None,
     max_concurrent_activities: int | None = None,
+    staff_path: Path | None = None,
 ) -> Worker:
     """The worker; the `max_*` options default to the SDK's (None: 100 slots each), `worker_for` sets them from
-    SOPFLOW_WORKER_*. `LifecycleObserver` logs and counts refused updates (`sopflow.telemetry`)."""
+    SOPFLOW_WORKER_*. `LifecycleObserver` logs and counts refused updates (`sopflow.telemetry`). `staff_path` is the
+    staff directory the morning digest reads (None: no digests are sent)."""
     emails = email_activities(db, TemplateRenderer(templates_dir), smtp, public_url, form_secret=form_secret)
     playbooks = PlaybookActivities(playbooks_dir, templates_dir)
+    digests = DigestActivities(db, emails, staff_path, playbooks_dir, form_secret=form_secret)
     return Worker(
         client,
         task_queue=task_queue,
         graceful_shutdown_timeout=graceful_shutdown,
-        workflows=[ClientLifecycle],
-        activities=lifecycle_activities(emails, record_activities(db), playbooks),
+        workflows=[ClientLifecycle, MorningDigest],
+        activities=[*lifecycle_activities(emails, record_activities(db), playbooks), digests.send_morning_digests],
         interceptors=[LifecycleObserver()],
         max_cached_workflows=max_cached_workflows,
         max_concurrent_workflow_tasks=max_concurrent_workflow_tasks,
@@ -111,7 +117,20 @@ def worker_for(client: Client, db: Database, settings: Settings) -> Worker:
         max_cached_workflows=settings.worker_cache_size,
         max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
         max_concurrent_activities=settings.worker_max_concurrent_activities,
+        staff_path=settings.staff_path(),
     )
+
+
+async def schedule_digests(client: Client, task_queue: str = TASK_QUEUE) -> None:
+    """Bring the morning digest's schedule up to date (`workflows/digest_schedule.py`) as the worker starts. A
+    failure (a server that refuses schedules, a namespace without the permission) is logged and the worker goes on:
+    lifecycles matter more than a digest, and `sopflow digest schedule` can be run by hand."""
+    try:
+        outcome = await ensure_digest_schedule(client, task_queue=task_queue)
+    except Exception as exc:
+        log.warning("morning digest schedule not set up (%s: %s); the worker goes on", type(exc).__name__, exc)
+        return
+    log.info("morning digest schedule %s", outcome)
 
 
 async def run_worker(settings: Settings | None = None) -> None:
@@ -135,6 +154,7 @@ async def run_worker(settings: Settings | None = None) -> None:
             log.info("worker stopped before it started polling")
             return
         worker = worker_for(client, db, settings)
+        await schedule_digests(client, worker.task_queue)
         log.info(
             "worker polling task queue %s",
             worker.task_queue,

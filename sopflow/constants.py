@@ -10,6 +10,8 @@ from temporalio.common import SearchAttributeKey
 
 TASK_QUEUE = "sopflow"
 WORKFLOW_ID_PREFIX = "deal-"
+# The hourly morning digest's Temporal Schedule (workflows/digest_schedule.py), also the prefix of its runs' ids.
+DIGEST_SCHEDULE_ID = "sopflow-morning-digest"
 
 # Custom search attributes. Values are stage ids, playbook ids, role/owner ids and dates: never names or emails,
 # because search attributes are stored unencrypted and shown to every operator.

@@ -23,6 +23,8 @@ EMAIL_IN_FLIGHT = "EmailInFlight"
 RECORD_REFUSED = "RecordRefused"
 # A hand-off's playbook that does not load or validate.
 PLAYBOOK_ERROR = "PlaybookError"
+# The staff directory (SOPFLOW_STAFF_FILE) does not read or validate: a person fixes the file, retrying cannot.
+STAFF_FILE = "StaffFileError"
 
 # Emails whose failure becomes a fix-the-address task instead of being lost.
 UNDELIVERABLE = (RECIPIENT_REFUSED, SMTP_REJECTED, MESSAGE_UNBUILDABLE)

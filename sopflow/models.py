@@ -377,3 +377,30 @@ class ClaimRequest(Payload):
 class ClaimResult(Payload):
     granted: bool
     holder_deal_id: str | None = None
+
+
+# --- the morning digest (sopflow.digest) ----------------------------------------------------------------------------
+
+
+class MorningDigestInput(Payload):
+    """`MorningDigest`'s input. Empty when the schedule starts it (the scheduled time comes from the run itself); a
+    manual run may name the hour to send for."""
+
+    at: datetime | None = None
+
+
+class DigestRun(Payload):
+    """The hour the digests are sent for: the schedule's time, not the moment a worker got to it."""
+
+    at: datetime
+
+
+class DigestOutcome(Payload):
+    """How many people a digest run reached, by what became of each: counts only, never who."""
+
+    due: int = 0
+    sent: int = 0
+    already_sent: int = 0
+    nothing_due: int = 0
+    opted_out: int = 0
+    failed: int = 0

@@ -45,7 +45,7 @@ from starter.devserver import (
     tail,
     wait_until_serving,
 )
-from worker import stop_on_signals, worker_for
+from worker import schedule_digests, stop_on_signals, worker_for
 
 # Who the dev stack's web board signs in, automatically: a local stack is one developer's.
 DEV_USER = "dev@example.com"
@@ -124,6 +124,7 @@ async def run_dev(
         proc, client, server_seconds = await _start_temporal(settings, address, home, stack, on_server_pid)
         db = await _start_records(settings, stack)
         worker = worker_for(client, db, settings)
+        await schedule_digests(client, worker.task_queue)
         worker_task = asyncio.create_task(worker.run(), name="sopflow-worker")
         stack.push_async_callback(_stop_worker, worker, worker_task)
         web_tasks = await _start_web(settings, client, intake_socket, codec_socket, stack)

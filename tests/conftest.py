@@ -11,7 +11,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from activities.records import RecordActivities
 from sopflow.business_calendar import public_holidays
 from sopflow.config import PROJECT_ROOT
 from sopflow.constants import SEARCH_ATTRIBUTES, WORKFLOW_ID_PREFIX
-from sopflow.db import Database
+from sopflow.db import Database, DealContact, DealRow, TaskRow
 from sopflow.logs import CHATTY
 from sopflow.mailsink import MailSink
 from sopflow.models import LifecycleInput
@@ -345,3 +345,49 @@ def body(message: EmailMessage, kind: str) -> str:
     part = message.get_body((kind,))
     assert part is not None, f"no {kind} part"
     return str(part.get_content())
+
+
+# --- records rows, for tests that read the records store (work queue, digests) ---------------------------------------
+
+
+def deal_row(deal_id: str, stage: str, now: datetime, owner: str = "rep:owner-17", **columns: Any) -> DealRow:
+    """An open deal's row as the lifecycle keeps it, `stage` entered ten days before `now`."""
+    values: dict[str, Any] = {
+        "workflow_id": f"{WORKFLOW_ID_PREFIX}{deal_id}",
+        "deal_id": deal_id,
+        "playbook": "safe_balance",
+        "playbook_version": 3,
+        "stage": stage,
+        "stage_title": stage,
+        "stage_entered_at": now - timedelta(days=10),
+        "owner": owner,
+        "started_at": now - timedelta(days=30),
+        "updated_at": now,
+        "last_seq": 1,
+        "timezone": "America/New_York",
+        **columns,
+    }
+    return DealRow(**values)
+
+
+def task_row(deal_id: str, task: str, owner: str, due_at: datetime | None, now: datetime, **columns: Any) -> TaskRow:
+    """An open task of the deal's current stage (opened five days before `now`)."""
+    values: dict[str, Any] = {
+        "workflow_id": f"{WORKFLOW_ID_PREFIX}{deal_id}",
+        "deal_id": deal_id,
+        "opened_seq": columns.pop("opened_seq", sum(map(ord, task)) % 1000),
+        "task": task,
+        "title": task.replace("_", " "),
+        "stage": columns.pop("stage", "prelaunch"),
+        "owner": owner,
+        "opened_at": now - timedelta(days=5),
+        "due_at": due_at,
+        **columns,
+    }
+    return TaskRow(**values)
+
+
+def contact_row(deal_id: str, role: str, email: str, now: datetime) -> DealContact:
+    return DealContact(
+        workflow_id=f"{WORKFLOW_ID_PREFIX}{deal_id}", deal_id=deal_id, role=role, email=email, updated_at=now
+    )

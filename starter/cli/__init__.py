@@ -2,10 +2,10 @@
 
 The rule: nouns are groups, verbs act on them; services are top-level. `sopflow deal status D-1`, `sopflow deal
 close D-2 lost --reason …`, `sopflow playbook migrate P --to-version 2`: the noun (deal, form, task, playbook, mail,
-template, db, report) is a group, the verb acts on one of its things, named by the first argument. What runs the
-system (`dev`, `worker`, `intake`, `codec-server`) and `rehearse`, which brings its own server, are commands of
-their own, and so is `tasks`, the day's work queue (also `task list`). Spellings from before this rule still work
-for one release, hidden (aliases.py).
+template, db, report, staff, digest) is a group, the verb acts on one of its things, named by the first argument.
+What runs the system (`dev`, `worker`, `intake`, `codec-server`) and `rehearse`, which brings its own server, are
+commands of their own, and so is `tasks`, the day's work queue (also `task list`). Spellings from before this rule
+still work for one release, hidden (aliases.py).
 
 Every command that prints data takes `-o text|json|jsonl|csv`; every command that talks to Temporal takes
 `--address`, `--namespace` and `--profile` over TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE and TEMPORAL_PROFILE. Every
@@ -34,6 +34,8 @@ COMMANDS = (
     "mail",
     "templates",
     "reports",
+    "staff",
+    "digest",
     "aliases",
 )
 for _module in COMMANDS:

@@ -20,7 +20,7 @@ from starter.cli import app
 from starter.cli.deal_changes import CloseOutcome
 from tests.starter.conftest import Cli, eventually, offline_cli
 
-NOUNS = ["deal", "form", "task", "playbook", "mail", "template", "db", "report"]
+NOUNS = ["deal", "form", "task", "playbook", "mail", "template", "db", "report", "staff", "digest"]
 SERVICES = ["dev", "worker", "intake", "codec-server", "rehearse"]
 OLD_SPELLINGS = ["advance", "set", "close", "event", "status", "list", "migrate"]
 
