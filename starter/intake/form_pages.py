@@ -192,6 +192,14 @@ def controls(spec: FormSpec, values: Mapping[str, Any], errors: Mapping[str, str
     return [_control(name, field_spec, values.get(name), errors.get(name)) for name, field_spec in spec.fields.items()]
 
 
+def view_controls(view: FormView, values: Mapping[str, Any], errors: Mapping[str, str]) -> list[Control]:
+    """The deal's form's controls, a date-and-time field hinting at the deal's zone (the browser sends wall time)."""
+    return [
+        replace(c, hint=view.zone_hint) if view.spec.fields[c.name].type == "datetime" else c
+        for c in controls(view.spec, values, errors)
+    ]
+
+
 def _control(name: str, spec: FieldSpec, typed: Any, error: str | None) -> Control:
     control = Control(name=name, id=f"field-{name}", label=spec.label or _humane(name), kind="input", error=error)
     if spec.type == "bool":
@@ -264,10 +272,7 @@ def form_page(
 ) -> HTMLResponse:
     """The form, empty or as typed with one message per invalid field (422), posting to its own URL. `submission`
     is the page's one-time submission id (a fresh one when not given): each rendering is a submission of its own."""
-    fields = [
-        replace(c, hint=view.zone_hint) if view.spec.fields[c.name].type == "datetime" else c
-        for c in controls(view.spec, values or {}, errors or {})
-    ]
+    fields = view_controls(view, values or {}, errors or {})
     return _page(
         "form.html",
         status,

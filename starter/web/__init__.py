@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from sopflow.config import Settings
@@ -60,8 +62,17 @@ def install(app: FastAPI, settings: Settings) -> None:
     async def web_error(request: Request, exc: pages.WebError) -> Response:
         return pages.error_page(request, exc)
 
+    async def unreadable(request: Request, exc: RequestValidationError) -> Response:
+        """A query or path the page cannot take (an owner filter too long): a page for the board, FastAPI's JSON
+        answer for the API."""
+        if not _is_board(request.url.path):
+            return await request_validation_exception_handler(request, exc)
+        what = ", ".join(str(error["loc"][-1]) for error in exc.errors()) or "the request"
+        return pages.error_page(request, pages.WebError(400, "The page could not be read", f"Check {what}.", "/board"))
+
     app.middleware("http")(sign_in)
     app.exception_handler(SignInRequired)(sign_in_first)
     app.exception_handler(Forbidden)(forged)
     app.exception_handler(pages.WebError)(web_error)
+    app.exception_handler(RequestValidationError)(unreadable)
     app.include_router(pages.router)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote, urlencode
@@ -259,7 +258,7 @@ async def deal_page(
     """The deal: stage and what blocks leaving it, open tasks with Done, forms, timeline, emails, next due, and its
     workflow in the Temporal UI."""
     db, record = await _visible_deal(intake, viewer, deal_id)
-    status = await _status(intake, deal_id)
+    status, namespace = await _status(intake, deal_id)
     book = _book_of(settings, status)
 
     def read() -> tuple[list[reports.HistoryEntry], list[board.SentEmail]]:
@@ -272,8 +271,7 @@ async def deal_page(
         notice = f"Task “{_task_title(status, book, done)}” is done."
     elif submitted and book is not None and submitted in book.forms:
         notice = f"{book.forms[submitted].title or submitted} received."
-    client = await intake.temporal()
-    ui = f"{settings.ui_url.rstrip('/')}/namespaces/{quote(client.namespace)}/workflows/{quote(record.workflow_id)}"
+    ui = f"{settings.ui_url.rstrip('/')}/namespaces/{quote(namespace)}/workflows/{quote(record.workflow_id)}"
     forms = [
         (form_id, book.forms[form_id].title or form_id)
         for form_id in status.open_forms
@@ -319,10 +317,11 @@ async def _visible_deal(intake: IntakeSource, viewer: Viewer, deal_id: str) -> t
     return db, record
 
 
-async def _status(intake: IntakeSource, deal_id: str) -> LifecycleStatus:
-    client = await intake.temporal()
-    handle = client.get_workflow_handle(workflow_id(deal_id))
+async def _status(intake: IntakeSource, deal_id: str) -> tuple[LifecycleStatus, str]:
+    """The deal's status query and the namespace it runs in (for the Temporal UI link)."""
     try:
+        client = await intake.temporal()
+        handle = client.get_workflow_handle(workflow_id(deal_id))
         description = await temporal(handle.describe(), "describe")
         if description.status not in (None, WorkflowExecutionStatus.RUNNING):
             raise WebError(
@@ -333,7 +332,7 @@ async def _status(intake: IntakeSource, deal_id: str) -> LifecycleStatus:
         raise WebError(404, "Deal not found", f"Deal {deal_id} has no lifecycle.", back="/board") from None
     except (Unavailable, IntakeError):
         raise WebError(503, "Please try again in a minute", "The workflow service is busy or unavailable.") from None
-    return status
+    return status, client.namespace
 
 
 # --- actions ----------------------------------------------------------------------------------------------------------
@@ -370,11 +369,34 @@ def _key(fields: dict[str, Any]) -> str:
 
 
 async def _update(
-    intake: IntakeSource, deal_id: str, request: Advance | CompleteTask | SubmitForm, update_id: str
+    intake: IntakeSource,
+    deal_id: str,
+    request: Advance | CompleteTask | SubmitForm,
+    update_id: str,
+    refused: str,
 ) -> None:
-    client = await intake.temporal()
+    """Send an action's update. A refusal, a closed deal or an unconfirmed change becomes its page (`refused` is the
+    refusal's title); a form's field messages are raised as UpdateRejected, for the form to show beside its fields.
+    Temporal unreachable before anything was sent is "nothing was changed"; sent but not answered in time is "not
+    confirmed yet" (it may still be applied, and the same button again is applied once)."""
+    back = f"/deals/{deal_id}"
+    try:
+        client = await intake.temporal()
+    except Unavailable:
+        raise WebError(
+            503, "Please try again in a minute", "The workflow service is unavailable: nothing was changed.", back
+        ) from None
     handle = client.get_workflow_handle(workflow_id(deal_id))
-    await temporal(send(handle, request, update_id), "update")
+    try:
+        await temporal(send(handle, request, update_id), "update")
+    except UpdateRejected as exc:
+        if exc.field_errors and isinstance(request, SubmitForm):
+            raise
+        raise WebError(409, refused, exc.message, back) from None
+    except LifecycleClosed:
+        raise WebError(409, "This deal is closed", f"Deal {deal_id}'s lifecycle has ended.", "/board") from None
+    except (Unavailable, IntakeError):
+        raise WebError(503, "Not confirmed yet", UNCONFIRMED, back) from None
 
 
 @router.post("/deals/{deal_id}/tasks/{task}/done")
@@ -389,7 +411,7 @@ async def task_done(
     back = back if back in ("work", "deal") else "deal"
     note = fields.get("note")
     done = CompleteTask(task=task[:64], actor=viewer.email, note=note if isinstance(note, str) and note else None)
-    await _act(intake, deal_id, done, f"web:task:{task[:64]}:{key}", "The task was not marked done")
+    await _update(intake, deal_id, done, f"web:task:{task[:64]}:{key}", "The task was not marked done")
     target = "/work" if back == "work" else f"/deals/{deal_id}?{urlencode({'done': task})}"
     return RedirectResponse(target, status_code=303)
 
@@ -409,22 +431,10 @@ async def advance(request: Request, viewer: ViewerDep, auth: AuthDep, intake: In
     to = fields.get("to")
     if not isinstance(to, str) or not to:
         raise WebError(400, "The form could not be read", "Say which stage to move to.", back=f"/deals/{deal_id}")
-    await _act(intake, deal_id, Advance(to=to[:64], actor=viewer.email), f"web:advance:{key}", "The deal did not move")
+    await _update(
+        intake, deal_id, Advance(to=to[:64], actor=viewer.email), f"web:advance:{key}", "The deal did not move"
+    )
     return RedirectResponse(f"/deals/{deal_id}", status_code=303)
-
-
-async def _act(
-    intake: IntakeSource, deal_id: str, change: Advance | CompleteTask, update_id: str, refused: str
-) -> None:
-    """Send a button's update; a refusal, a closed deal or an unconfirmed change becomes its page."""
-    try:
-        await _update(intake, deal_id, change, update_id)
-    except UpdateRejected as exc:
-        raise WebError(409, refused, exc.message, back=f"/deals/{deal_id}") from None
-    except LifecycleClosed:
-        raise WebError(409, "This deal is closed", f"Deal {deal_id}'s lifecycle has ended.", "/board") from None
-    except (Unavailable, IntakeError):
-        raise WebError(503, "Not confirmed yet", UNCONFIRMED, back=f"/deals/{deal_id}") from None
 
 
 @router.get("/deals/{deal_id}/forms/{form}", response_class=HTMLResponse)
@@ -437,7 +447,7 @@ async def form_page(
 
 
 async def _form_view(intake: IntakeSource, settings: Settings, deal_id: str, form: str) -> form_pages.FormView:
-    status = await _status(intake, deal_id)
+    status, _ = await _status(intake, deal_id)
     book = _book_of(settings, status)
     if book is None or form not in book.forms:
         raise WebError(404, "Form not found", f"The deal's playbook has no form '{form[:64]}'.", f"/deals/{deal_id}")
@@ -453,14 +463,11 @@ async def _form_view(intake: IntakeSource, settings: Settings, deal_id: str, for
 
 
 def _form(
-    request: Request, view: form_pages.FormView, values: Mapping[str, Any], errors: Mapping[str, str], status: int = 200
+    request: Request, view: form_pages.FormView, values: Mapping[str, Any], errors: Mapping[str, str], code: int = 200
 ) -> HTMLResponse:
-    controls = [
-        replace(c, hint=view.zone_hint) if view.spec.fields[c.name].type == "datetime" else c
-        for c in form_pages.controls(view.spec, values, errors)
-    ]
+    controls = form_pages.view_controls(view, values, errors)
     return page(
-        request, "form.html", status, view=view, action=request.url.path, submission=new_key(), controls=controls,
+        request, "form.html", code, view=view, action=request.url.path, submission=new_key(), controls=controls,
         fields={c.name: c for c in controls}, errors=dict(errors), csrf=request.state.viewer.csrf,
     )  # fmt: skip
 
@@ -480,20 +487,12 @@ async def submit_form(
     await _visible_deal(intake, viewer, deal_id)
     key = _key(fields)
     fields = form_pages.browser_fields(fields)
+    submission = SubmitForm(form=form[:64], fields=fields, actor=viewer.email)
     try:
-        await _update(
-            intake, deal_id, SubmitForm(form=form[:64], fields=fields, actor=viewer.email),
-            form_update_id(deal_id, form[:64], key),
-        )  # fmt: skip
+        await _update(intake, deal_id, submission, form_update_id(deal_id, form[:64], key), "The form was not accepted")
     except UpdateRejected as exc:
-        if exc.field_errors:
-            view = await _form_view(intake, settings, deal_id, form)
-            return _form(request, view, fields, exc.field_errors, status=422)
-        raise WebError(409, "The form was not accepted", exc.message, back=f"/deals/{deal_id}") from None
-    except LifecycleClosed:
-        raise WebError(409, "This deal is closed", f"Deal {deal_id}'s lifecycle has ended.", "/board") from None
-    except (Unavailable, IntakeError):
-        raise WebError(503, "Not confirmed yet", UNCONFIRMED, back=f"/deals/{deal_id}") from None
+        view = await _form_view(intake, settings, deal_id, form)
+        return _form(request, view, fields, exc.field_errors, code=422)
     return RedirectResponse(f"/deals/{deal_id}?{urlencode({'submitted': form})}", status_code=303)
 
 

@@ -7,12 +7,15 @@ test_web_browser.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import httpx
 import pytest
 from sqlalchemy import select
 
 from sopflow.config import Settings
 from sopflow.db import JournalRow
+from sopflow.mailsink import free_port
 from sopflow.models import LifecycleStatus
 from sopflow.staff import load_staff, save_staff
 from starter.web.auth import SESSION_COOKIE
@@ -204,3 +207,26 @@ async def test_an_unknown_due_filter_is_a_page_naming_the_accepted_ones(board: B
 
 def test_settings_without_trusted_proxies_ignore_the_proxy_header() -> None:
     assert Settings().web_trusted_proxies == ""
+
+
+async def test_temporal_unreachable_is_a_page_saying_to_try_again_and_a_done_post_changed_nothing(
+    board: Board, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await board.deal("WB-70", stage="prelaunch")
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{free_port()}")
+    cut_off = replace(board, app=create_app(board.settings, client=None, db=board.db))
+    async with cut_off.http() as http:
+        await signed_in(http)
+        page = await http.get("/deals/WB-70")
+        assert page.status_code == 503 and "try again" in page.text
+        action = "/deals/WB-70/tasks/cleared_for_launch/done"
+        answer = await http.post(action, data={"_csrf": csrf_of(page.text), "_submission": "a-key-of-the-page-0"})
+        assert answer.status_code == 503 and "nothing was changed" in answer.text
+
+
+async def test_a_query_the_board_cannot_take_is_a_page_not_a_json_error(board: Board) -> None:
+    async with board.http() as http:
+        await signed_in(http)
+        answer = await http.get("/board", params={"owner": "x" * 300})
+        assert answer.status_code == 400 and answer.headers["content-type"].startswith("text/html")
+        assert "owner" in answer.text
