@@ -83,6 +83,7 @@ bench: venv
 	$(BIN)/python -m bench.long_life
 	$(BIN)/python -m bench.sqlite_pragmas
 	$(BIN)/python -m bench.work_queue
+	$(BIN)/python -m bench.sandbox
 
 # Local dev state only (Temporal db, records db, captured mail); the venv stays.
 clean:

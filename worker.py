@@ -33,6 +33,7 @@ from sopflow.templates import TemplateRenderer
 from workflows.digest import MorningDigest
 from workflows.digest_schedule import ensure_digest_schedule
 from workflows.lifecycle import ClientLifecycle
+from workflows.sandbox import WORKFLOW_RUNNER
 
 log = logging.getLogger("sopflow.worker")
 T = TypeVar("T")
@@ -87,6 +88,7 @@ def build_worker(
         max_cached_workflows=max_cached_workflows,
         max_concurrent_workflow_tasks=max_concurrent_workflow_tasks,
         max_concurrent_activities=max_concurrent_activities,
+        workflow_runner=WORKFLOW_RUNNER,
     )
 
 

@@ -33,6 +33,7 @@ from sopflow.config import PROJECT_ROOT
 from sopflow.models import LifecycleInput, workflow_id
 from starter.rehearse import Scenario, rehearse, start_test_env
 from workflows.lifecycle import ClientLifecycle
+from workflows.sandbox import WORKFLOW_RUNNER
 
 DEAL_ID = "LONG-1"
 EVENT_LIMIT = 10_240  # Temporal's history event limit warns here (and fails at 51,200)
@@ -120,7 +121,9 @@ async def run(years: int = 5) -> dict[str, Any]:
     if len(logged) != visits:
         raise BenchError(f"{len(logged)} of {visits} site visits were logged")
 
-    replayer = Replayer(workflows=[ClientLifecycle], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[ClientLifecycle], data_converter=pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER
+    )
     # The first replay in a process also imports the workflow's modules into the sandbox: a worker that picks a
     # client up cold has done that long before, so it is paid here, on the smallest run, and reported apart.
     began = time.perf_counter()

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from sopflow.codec import data_converter
 from sopflow.config import Settings
+from workflows.sandbox import WORKFLOW_RUNNER
 
 # Imports are kept to what each kind needs (the engine's are made in _run): on a loaded 2-core machine every
 # module imported here delays `ready`, and the dev stack's (uvicorn, FastAPI) would double it.
@@ -73,7 +73,8 @@ async def _run(args: argparse.Namespace) -> None:
             workflows=[BareLifecycle],
             activities=[bare_step],
             max_cached_workflows=args.cache,
-            workflow_runner=UnsandboxedWorkflowRunner() if unsandboxed else SandboxedWorkflowRunner(),
+            # The engine worker's own runner (build_worker), so both phases pay the same sandbox.
+            workflow_runner=UnsandboxedWorkflowRunner() if unsandboxed else WORKFLOW_RUNNER,
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

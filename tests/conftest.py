@@ -41,6 +41,7 @@ from starter.binaries import temporal_cli
 from starter.rehearse import Rehearsal, Scenario, load_scenario, rehearse, start_test_env
 from worker import build_worker, lifecycle_activities
 from workflows.lifecycle import ClientLifecycle
+from workflows.sandbox import WORKFLOW_RUNNER
 
 TEMPLATES = PROJECT_ROOT / "templates"
 PLAYBOOKS = PROJECT_ROOT / "playbooks"
@@ -262,7 +263,9 @@ def activities_only(
 
 def workflows_only(client: Client, task_queue: str, **options: Any) -> Worker:
     """The lifecycle's workflow without activities (see `activities_only`)."""
-    return Worker(client, task_queue=task_queue, workflows=[ClientLifecycle], **options)
+    return Worker(
+        client, task_queue=task_queue, workflows=[ClientLifecycle], workflow_runner=WORKFLOW_RUNNER, **options
+    )
 
 
 async def start_deal(env: WorkflowEnvironment, worker: Worker, playbook: Playbook, deal_id: str) -> WorkflowHandle:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bench import latency, long_life, scale, sqlite_pragmas, throughput, work_queue
+from bench import latency, long_life, sandbox, scale, sqlite_pragmas, throughput, work_queue
 from bench.common import percentile, table
 from bench.safe_balance import EMAILS_TO_ONGOING, bare_plan, lifecycle, playbook, today
 
@@ -107,3 +107,9 @@ def test_work_queue_reads_every_item_it_wrote():
     # rep3@example.com is the rep of every 20th deal from the 4th: BENCH-3 (its onsite task) and BENCH-23 (same).
     assert result["reads"]["one person (address)"]["items"] == 2
     assert "Work queue over 40 open clients" in work_queue.render(result)
+
+
+async def test_sandbox_replays_with_every_runner_and_reports_each_ones_cost():
+    result = await sandbox.run(replays=1)
+    assert set(result["sandbox_cost_ms"]["safe_balance_declined.run1.json"]) == {"default", "sopflow"}
+    assert "Sandbox: median ms per replay" in sandbox.report(result)

@@ -21,6 +21,7 @@ from sopflow.playbook import Playbook
 from sopflow.playbook_checks import parse_playbook
 from tests.conftest import CONTRACT_REQUEST, TARGETING, make_worker, start_deal
 from workflows.lifecycle import ClientLifecycle
+from workflows.sandbox import WORKFLOW_RUNNER
 
 INSURANCE_CHECK = {
     "id": "insurance_check",
@@ -83,9 +84,9 @@ async def test_a_running_client_moves_to_the_new_version_keeping_its_progress(ts
     assert "prelaunch_call" not in open_tasks and "services_onboarded" in open_tasks
     assert not any("prelaunch_call" in item for item in status.unmet_gate)
     # The history replays on today's code: the guard the replay tests keep for recorded migrations.
-    replay = await Replayer(workflows=[ClientLifecycle], data_converter=pydantic_data_converter).replay_workflow(
-        history, raise_on_replay_failure=True
-    )
+    replay = await Replayer(
+        workflows=[ClientLifecycle], data_converter=pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER
+    ).replay_workflow(history, raise_on_replay_failure=True)
     assert replay.replay_failure is None
 
 

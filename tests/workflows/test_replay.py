@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 from temporalio import activity
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle, WorkflowHistory
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType, UpdateWorkflowExecutionLifecycleStage
+from temporalio.api.update.v1 import UpdateRef, WaitPolicy
+from temporalio.api.workflowservice.v1 import PollWorkflowExecutionUpdateRequest
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
@@ -23,6 +27,7 @@ from sopflow.playbook import Playbook
 from tests.conftest import CONTRACT_REQUEST, TARGETING, activities_only, start_deal, until, workflows_only
 from tests.workflows.record_histories import HISTORIES
 from workflows.lifecycle import ClientLifecycle
+from workflows.sandbox import WORKFLOW_RUNNER
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
 
@@ -34,7 +39,9 @@ def test_histories_are_recorded_for_every_shipped_scenario():
 @pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
 async def test_recorded_history_replays_deterministically(path: Path):
     history = WorkflowHistory.from_json(f"deal-{path.stem}", path.read_text())
-    replayer = Replayer(workflows=[ClientLifecycle], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[ClientLifecycle], data_converter=pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER
+    )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
 
@@ -52,8 +59,26 @@ async def test_a_history_where_an_update_reached_a_cold_worker_after_a_kill_repl
     lifecycle's workflow task fails on every worker until an operator resets it (README: Production)."""
     path = HISTORIES / "nondeterministic" / "cold_start_update_after_worker_kill.json"
     history = WorkflowHistory.from_json("deal-CHAOS-0020", path.read_text())
-    replayer = Replayer(workflows=[ClientLifecycle], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[ClientLifecycle], data_converter=pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER
+    )
     await replayer.replay_workflow(history, raise_on_replay_failure=True)
+
+
+async def update_admitted(client: Client, handle: WorkflowHandle, update_id: str) -> bool:
+    """Whether the server has admitted the update (no worker needs to have seen it)."""
+    request = PollWorkflowExecutionUpdateRequest(
+        namespace=client.namespace,
+        update_ref=UpdateRef(workflow_execution=WorkflowExecution(workflow_id=handle.id), update_id=update_id),
+        wait_policy=WaitPolicy(
+            lifecycle_stage=UpdateWorkflowExecutionLifecycleStage.UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_ADMITTED
+        ),
+    )
+    try:
+        await client.workflow_service.poll_workflow_execution_update(request, timeout=timedelta(seconds=2))
+    except RPCError:
+        return False
+    return True
 
 
 class HeldEmails(EmailActivities):
@@ -94,7 +119,11 @@ async def test_an_update_and_a_finished_email_reaching_a_cold_worker_after_its_s
         HeldEmails.go.set()
         await until(lambda: task_timed_out(handle), "the email's workflow task to time out on the empty sticky queue")
         contract_request = SubmitForm(form="contract_request", fields=CONTRACT_REQUEST)
-        update = asyncio.create_task(handle.execute_update(ClientLifecycle.submit_form, contract_request))
+        update = asyncio.create_task(
+            handle.execute_update(ClientLifecycle.submit_form, contract_request, id="contract-request")
+        )
+        # The cold worker starts only once the server holds the update, so that its first task carries both.
+        await until(lambda: update_admitted(client, handle, "contract-request"), "the update to reach the server")
         async with workflow_worker():
             await update
             history = await handle.fetch_history()
@@ -109,7 +138,9 @@ async def test_an_update_and_a_finished_email_reaching_a_cold_worker_after_its_s
         EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
     ]
     assert EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in kinds[timed_out - 3 : timed_out]
-    replayer = Replayer(workflows=[ClientLifecycle], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[ClientLifecycle], data_converter=pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER
+    )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None
 
