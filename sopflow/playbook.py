@@ -482,6 +482,29 @@ class Playbook(Model):
         return [s for s in self.stages if s.terminal and (outcome is None or s.terminal == outcome)]
 
 
+# One parsed copy of each playbook per process (see `shared`), by (id, version); a few copies per key at most.
+_SHARED: dict[tuple[str, int], list[Playbook]] = {}
+_COPIES_PER_VERSION = 4
+
+
+def shared(playbook: Playbook) -> Playbook:
+    """The process's one copy of a playbook equal to `playbook` (itself, the first time it is seen).
+
+    Every lifecycle carries its pinned playbook in its input, and each parsed copy costs about 116 KB: a worker
+    caching 10,000 lifecycles of one playbook would hold 10,000 identical copies. A playbook is never changed once
+    parsed (a migration brings a new one), so the workflows of a worker can share one. Compared by content, not only
+    by version, so a file edited without a new version number is never mistaken for another one; a version seen in
+    more than a few contents (a playbook being written) simply stops being shared.
+    """
+    copies = _SHARED.setdefault((playbook.id, playbook.version), [])
+    for copy in copies:
+        if copy == playbook:
+            return copy
+    if len(copies) < _COPIES_PER_VERSION:
+        copies.append(playbook)
+    return playbook
+
+
 class PlaybookError(Exception):
     """Every problem in a playbook, each prefixed with its path, so one run of `validate` shows them all."""
 

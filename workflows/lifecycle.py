@@ -56,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
         SubmitForm,
         workflow_id,
     )
+    from sopflow.playbook import shared
     from workflows.calls import LifecycleCalls
     from workflows.options import (
         PATCH_CLAIM_GIVEN_BACK,
@@ -102,6 +103,7 @@ class ClientLifecycle(LifecycleCalls):
     def __init__(self, inp: LifecycleInput) -> None:
         # Handlers can run before `run` starts: the engine must be complete here.
         workflow_id = workflow.info().workflow_id
+        inp = inp.model_copy(update={"playbook": shared(inp.playbook)})
         self._scale = inp.time_scale
         # Playbook time runs `time_scale` times faster than real time from the deal's start (see `_now`).
         self._origin = inp.state.started_at if inp.state is not None else workflow.now()

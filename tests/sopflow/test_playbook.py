@@ -15,7 +15,7 @@ import yaml
 
 from sopflow.config import PROJECT_ROOT
 from sopflow.durations import duration
-from sopflow.playbook import TEMPLATE_PARTS, Condition, Deadline, Playbook, PlaybookError
+from sopflow.playbook import TEMPLATE_PARTS, Condition, Deadline, Playbook, PlaybookError, shared
 from sopflow.playbook_checks import load_playbook, parse_playbook, template_names
 
 SAFE_BALANCE = PROJECT_ROOT / "playbooks" / "safe_balance.yaml"
@@ -373,3 +373,11 @@ def test_a_role_of_several_addresses_cannot_carry_one_name_or_owner_id() -> None
         "roles.users: a role of several addresses (deal.users is an emails field) has no name or id"
     ]
     assert parse_playbook(minimal(deal={"users": {"type": "emails"}}, roles={"users": {"email": "deal.users"}}))
+
+
+def test_equal_playbooks_parsed_apart_share_one_copy_and_an_edit_under_the_same_version_does_not() -> None:
+    text = SAFE_BALANCE.read_text()
+    first, second = (Playbook.model_validate(yaml.safe_load(text)) for _ in range(2))
+    assert first is not second and shared(first) is shared(second)
+    edited = first.model_copy(update={"title": "Edited without a new version"})
+    assert shared(edited) is edited and shared(first) is not edited
