@@ -103,7 +103,8 @@ class ClientLifecycle(LifecycleCalls):
     def __init__(self, inp: LifecycleInput) -> None:
         # Handlers can run before `run` starts: the engine must be complete here.
         workflow_id = workflow.info().workflow_id
-        inp = inp.model_copy(update={"playbook": shared(inp.playbook)})
+        # In place: the SDK keeps this very input for `run`, so a copy would leave its own playbook alive beside it.
+        inp.playbook = shared(inp.playbook)
         self._scale = inp.time_scale
         # Playbook time runs `time_scale` times faster than real time from the deal's start (see `_now`).
         self._origin = inp.state.started_at if inp.state is not None else workflow.now()
