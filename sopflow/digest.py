@@ -149,17 +149,6 @@ class Digest(BaseModel):
         return len(self.overdue) + len(self.due_today) + len(self.this_week) + len(self.stalled)
 
 
-def form_to_submit(item: WorkItem) -> str | None:
-    """The form that settles `item`, read from its command (`sopflow form submit D-3 site_visit ...`): the work queue
-    already decided what settles each item (`work_queue.command`), so the digest follows it instead of repeating
-    that rule."""
-    prefix = f"sopflow form submit {item.deal_id} "
-    if not item.command.startswith(prefix):
-        return None
-    rest = item.command[len(prefix) :].split()
-    return rest[0] if rest else None
-
-
 def _when(moment: datetime | None, tz: tzinfo) -> str:
     if moment is None:
         return "no due date"
@@ -168,7 +157,7 @@ def _when(moment: datetime | None, tz: tzinfo) -> str:
 
 
 def _entry(item: WorkItem, tz: tzinfo, links: Links) -> Entry:
-    form = form_to_submit(item)
+    form = item.form
     link = links.form(item.deal_id, form) if form else links.deal(item.deal_id)
     return Entry(
         deal_id=item.deal_id,

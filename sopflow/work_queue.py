@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sopflow.db import DealContact, DealRow, TaskRow
-from sopflow.playbook import Playbook
+from sopflow.playbook import Playbook, Stage, Transition
 from sopflow.reports import in_days, utc
 
 ItemKind = Literal["task", "visit", "deadline", "meeting"]
@@ -45,6 +45,10 @@ class WorkItem:
     command: str
     # The deal's zone: the CLI shows `due_at` in it (None: UTC).
     timezone: str | None = None
+    # What settles it on the web board: the task to mark done, or the form to submit (a visit's touchpoint form,
+    # the form that leaves a stage whose deadline runs).
+    task: str | None = None
+    form: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,20 +85,40 @@ def command(kind: ItemKind, deal_id: str, item: str | None, playbook: Playbook |
     deadline runs (its event, form or advance), or the deal's status for a meeting (nothing to settle)."""
     if kind == "task" and item:
         return f"sopflow task done {deal_id} {item}"
-    spec = playbook.stage(stage) if playbook is not None and playbook.has_stage(stage) else None
+    spec = _stage(playbook, stage)
     if kind == "visit" and spec is not None and spec.cadence is not None:
         cadence = spec.cadence
         dated = f" -f {cadence.date_field}=YYYY-MM-DD" if cadence.date_field else ""
         return f"sopflow form submit {deal_id} {cadence.touchpoint}{dated}"
-    if kind == "deadline" and spec is not None:
-        for move in spec.transitions:
-            if move.event:
-                return f"sopflow deal event {deal_id} {move.event}"
-            if move.form:
-                return f"sopflow form submit {deal_id} {move.form}"
-            if move.advance:
-                return f"sopflow deal advance {deal_id} {move.to}"
+    move = _settling_move(spec) if kind == "deadline" and spec is not None else None
+    if move is not None and move.event:
+        return f"sopflow deal event {deal_id} {move.event}"
+    if move is not None and move.form:
+        return f"sopflow form submit {deal_id} {move.form}"
+    if move is not None:
+        return f"sopflow deal advance {deal_id} {move.to}"
     return f"sopflow deal status {deal_id}"
+
+
+def form_to_submit(kind: ItemKind, playbook: Playbook | None, stage: str) -> str | None:
+    """The form that settles an item, if one does: a visit's touchpoint form, or the form that leaves a stage whose
+    deadline runs (when that stage's first way out is a form)."""
+    spec = _stage(playbook, stage)
+    if spec is None:
+        return None
+    if kind == "visit":
+        return spec.cadence.touchpoint if spec.cadence is not None else None
+    move = _settling_move(spec) if kind == "deadline" else None
+    return move.form if move is not None else None
+
+
+def _stage(playbook: Playbook | None, stage: str) -> Stage | None:
+    return playbook.stage(stage) if playbook is not None and playbook.has_stage(stage) else None
+
+
+def _settling_move(spec: Stage) -> Transition | None:
+    """The stage's first transition a person triggers (an event, a form or an advance)."""
+    return next((move for move in spec.transitions if move.event or move.form or move.advance), None)
 
 
 class _Deal(NamedTuple):
@@ -179,13 +203,18 @@ def work_items(
         limit, overdue_only = bound
         dues = [d for d in dues if d.due_at is not None and (d.due_at < limit if overdue_only else d.due_at <= limit)]
     books = {book.id: book for book in playbooks}
-    commands: dict[tuple[str, str | None, str, str], str] = {}
+    commands: dict[tuple[str, str | None, str, str], tuple[str, str | None]] = {}
     items = []
     for due in dues:
         deal, at = due.deal, due.due_at
         key = (due.kind, due.task, deal.playbook, deal.stage)
         if key not in commands:  # one command shape per kind of item and stage, the deal id filled in
-            commands[key] = command(due.kind, _DEAL, due.task, books.get(deal.playbook), deal.stage)
+            book = books.get(deal.playbook)
+            commands[key] = (
+                command(due.kind, _DEAL, due.task, book, deal.stage),
+                form_to_submit(due.kind, book, deal.stage),
+            )
+        shape, form = commands[key]
         items.append(
             WorkItem(
                 deal_id=deal.deal_id,
@@ -196,8 +225,10 @@ def work_items(
                 owner=due.owner,
                 due_at=at,
                 days_until_due=in_days(at - now) if at is not None else None,
-                command=commands[key].replace(_DEAL, deal.deal_id),
+                command=shape.replace(_DEAL, deal.deal_id),
                 timezone=deal.timezone,
+                task=due.task,
+                form=form,
             )
         )
     far = datetime.max.replace(tzinfo=now.tzinfo)

@@ -227,21 +227,18 @@ async def work_page(
         items = await asyncio.to_thread(read)
     except ValueError as exc:
         raise WebError(400, "Unknown filter", str(exc), back="/work") from None
-    forms = {book.id: book for book in books}
-    rows = [(item, _item_action(item, forms.get(item.playbook))) for item in items]
+    rows = [(item, _item_action(item)) for item in items]
     return page(
         request, "work.html", rows=rows, due=due, dues=WORK_DUE, everyone=everyone, submission=new_key()
     )  # fmt: skip
 
 
-def _item_action(item: work_queue.WorkItem, book: Playbook | None) -> tuple[str, str] | None:
+def _item_action(item: work_queue.WorkItem) -> tuple[str, str] | None:
     """What settles a queue item on the board: ("task", task id) for a Done button, ("form", form id) for a link."""
-    if item.kind == "task":
-        task = item.command.rsplit(" ", 1)[-1]
-        return ("task", task)
-    parts = item.command.split()
-    if parts[1:3] == ["form", "submit"] and len(parts) > 4:
-        return ("form", parts[4])
+    if item.task is not None:
+        return ("task", item.task)
+    if item.form is not None:
+        return ("form", item.form)
     return None
 
 
@@ -268,7 +265,7 @@ async def deal_page(
     timeline, sent = await asyncio.to_thread(read)
     notice = None
     if done and book is not None:
-        notice = f"Task “{_task_title(status, book, done)}” is done."
+        notice = f"Task “{_task_title(book, done)}” is done."
     elif submitted and book is not None and submitted in book.forms:
         notice = f"{book.forms[submitted].title or submitted} received."
     ui = f"{settings.ui_url.rstrip('/')}/namespaces/{quote(namespace)}/workflows/{quote(record.workflow_id)}"
@@ -284,7 +281,7 @@ async def deal_page(
     )  # fmt: skip
 
 
-def _task_title(status: LifecycleStatus, book: Playbook, task: str) -> str:
+def _task_title(book: Playbook, task: str) -> str:
     for stage in book.stages:
         spec = stage.task(task)
         if spec is not None:

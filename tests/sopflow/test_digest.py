@@ -35,7 +35,9 @@ def person(**fields: object) -> Person:
     return Person.model_validate({"email": "Rep@Example.com", "timezone": "America/New_York", **fields})
 
 
-def item(deal_id: str, kind: str, due_at: datetime | None, command: str | None = None, what: str = "x") -> WorkItem:
+def item(
+    deal_id: str, kind: str, due_at: datetime | None, command: str | None = None, what: str = "x", **settles: str
+) -> WorkItem:
     return WorkItem(
         deal_id=deal_id,
         playbook="safe_balance",
@@ -46,6 +48,7 @@ def item(deal_id: str, kind: str, due_at: datetime | None, command: str | None =
         due_at=due_at,
         days_until_due=None,
         command=command or f"sopflow deal status {deal_id}",
+        **settles,
     )
 
 
@@ -152,8 +155,8 @@ def test_the_digest_sorts_items_into_overdue_today_and_this_weeks_visits_and_mee
 
 def test_each_entry_links_to_its_form_or_to_the_deals_page_on_the_board() -> None:
     items = [
-        item("D-1", "task", MONDAY_7AM_NY - DAY, "sopflow task done D-1 onsite_appointment"),
-        item("D 3/x", "visit", MONDAY_7AM_NY - DAY, "sopflow form submit D 3/x site_visit -f visited_on=YYYY-MM-DD"),
+        item("D-1", "task", MONDAY_7AM_NY - DAY, "sopflow task done D-1 onsite_appointment", task="onsite_appointment"),
+        item("D 3/x", "visit", MONDAY_7AM_NY - DAY, "sopflow form submit D 3/x site_visit", form="site_visit"),
     ]
     signed = PublicLinks("https://sop.example.com/", form_secret="secret")
     digest = compose_digest(person(), items, [], MONDAY_7AM_NY, signed)

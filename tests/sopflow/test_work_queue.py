@@ -154,6 +154,13 @@ def test_each_item_names_the_command_that_settles_it(store: Database, safe_balan
     }
 
 
+def test_each_item_names_the_task_or_form_that_settles_it_on_the_board(store: Database, safe_balance: Playbook) -> None:
+    settles = {i.what: (i.task, i.form) for i in queue(store, playbooks=[safe_balance])}
+    assert settles["onsite appointment"] == ("onsite_appointment", None)
+    assert settles["site visit"] == (None, "site_visit")
+    assert settles["contract expires"] == (None, None)  # an e-signature event settles it, not a form
+
+
 def test_a_booked_meeting_is_work_until_it_is_held(records_db: Database) -> None:
     with records_db.session() as session:
         session.add_all(

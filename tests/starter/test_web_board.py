@@ -230,3 +230,23 @@ async def test_a_query_the_board_cannot_take_is_a_page_not_a_json_error(board: B
         answer = await http.get("/board", params={"owner": "x" * 300})
         assert answer.status_code == 400 and answer.headers["content-type"].startswith("text/html")
         assert "owner" in answer.text
+
+
+async def test_my_work_lists_the_persons_own_tasks_with_done_and_done_there_returns_to_the_list(board: Board) -> None:
+    handle = await board.deal("WB-80", stage="prelaunch")
+    await board.recorded("WB-80", "prelaunch")
+    async with board.http() as http:
+        await signed_in(http, LIMITED_TOKEN)  # am@example.com, the deal's account manager
+        action = "/deals/WB-80/tasks/cleared_for_launch/done"
+
+        async def listed() -> str:
+            page = (await http.get("/work")).text
+            assert f'action="{action}"' in page
+            return page
+
+        page = await eventually(listed, timeout=60)
+        data = {"_csrf": csrf_of(page), "_submission": submission_of(page, action), "back": "work"}
+        answer = await http.post(action, data=data)
+        assert answer.status_code == 303 and answer.headers["location"] == "/work"
+        status: LifecycleStatus = await handle.query(ClientLifecycle.status)
+        assert "cleared_for_launch" in status.done_tasks
