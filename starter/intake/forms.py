@@ -174,7 +174,7 @@ async def submit_form(
     try:
         body = await read_body(request, min(config.max_body_bytes, FORM_MAX_BYTES))
         _authorize(config, deal_id, form, given)
-        fields = _fields(request.headers.get("content-type"), body)
+        fields = parse_fields(request.headers.get("content-type"), body)
         key = _key(request, fields)
         status = await _submit(request, open_intake, deal_id, form, fields, key)
     except IntakeError as exc:
@@ -341,7 +341,7 @@ async def _form_again(
     return form_pages.form_page(view, token, fields, messages, status=422, submission=new_key())
 
 
-def _fields(content_type: str | None, body: bytes) -> dict[str, Any]:
+def parse_fields(content_type: str | None, body: bytes) -> dict[str, Any]:
     """JSON object or urlencoded pairs (a repeated key, as multi-choice checkboxes send, becomes a list)."""
     media = (content_type or "").split(";")[0].strip().lower()
     if not body.strip() and media in ("", "application/json", "application/x-www-form-urlencoded"):

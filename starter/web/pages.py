@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 from fastapi import APIRouter, Depends, Query, Request
@@ -41,6 +41,7 @@ from starter.intake.context import (
     temporal,
 )
 from starter.intake.dependencies import IntakeDep, IntakeSource, SettingsDep
+from starter.intake.forms import parse_fields
 from starter.intake.idempotency import SUBMISSION_FIELD, form_update_id, new_key, valid_key
 from starter.lifecycles import send
 from starter.web.auth import CSRF_FIELD, Forbidden, SignInRequired, Viewer, WebAuth
@@ -264,8 +265,9 @@ async def deal_page(
 
     timeline, sent = await asyncio.to_thread(read)
     notice = None
-    if done and book is not None:
-        notice = f"Task “{_task_title(book, done)}” is done."
+    title = _task_title(book, done) if done and book is not None else None
+    if title is not None:
+        notice = f"Task “{title}” is done."
     elif submitted and book is not None and submitted in book.forms:
         notice = f"{book.forms[submitted].title or submitted} received."
     ui = f"{settings.ui_url.rstrip('/')}/namespaces/{quote(namespace)}/workflows/{quote(record.workflow_id)}"
@@ -281,12 +283,14 @@ async def deal_page(
     )  # fmt: skip
 
 
-def _task_title(book: Playbook, task: str) -> str:
+def _task_title(book: Playbook, task: str) -> str | None:
+    """A task's title, for the notice after its Done (None for an id the playbook has not: a crafted link shows
+    nothing)."""
     for stage in book.stages:
         spec = stage.task(task)
         if spec is not None:
             return spec.title
-    return task
+    return None
 
 
 def _book_of(settings: Settings, status: LifecycleStatus) -> Playbook | None:
@@ -341,19 +345,13 @@ async def _posted(request: Request, viewer: Viewer, auth: WebAuth) -> dict[str, 
         body = await read_body(request, POST_MAX_BYTES)
     except IntakeError as exc:
         raise WebError(exc.status, "The form could not be read", exc.message) from None
-    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if media != "application/x-www-form-urlencoded":
+    content_type = request.headers.get("content-type")
+    if (content_type or "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
         raise WebError(415, "The form could not be read", "Send the page's own form.")
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=200)
-    except (UnicodeError, ValueError):
-        raise WebError(400, "The form could not be read", "The form's data is damaged.") from None
-    fields: dict[str, Any] = {}
-    for name, value in pairs:
-        previous = fields.get(name)
-        fields[name] = (
-            value if previous is None else [*previous, value] if isinstance(previous, list) else [previous, value]
-        )
+        fields = parse_fields(content_type, body)  # the intake's reading of a form post, marker fields included
+    except IntakeError as exc:
+        raise WebError(exc.status, "The form could not be read", exc.message) from None
     auth.check_csrf(viewer, fields.pop(CSRF_FIELD, None))
     return fields
 
@@ -483,7 +481,6 @@ async def submit_form(
     fields = await _posted(request, viewer, auth)
     await _visible_deal(intake, viewer, deal_id)
     key = _key(fields)
-    fields = form_pages.browser_fields(fields)
     submission = SubmitForm(form=form[:64], fields=fields, actor=viewer.email)
     try:
         await _update(intake, deal_id, submission, form_update_id(deal_id, form[:64], key), "The form was not accepted")
@@ -540,14 +537,17 @@ async def login_page(request: Request, auth: AuthDep, next: str = "/board") -> R
 
 @router.post("/login")
 async def login(request: Request, auth: AuthDep) -> Response:
-    body = await read_body(request, 4096)
-    fields = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=10))
+    try:
+        fields = parse_fields(request.headers.get("content-type"), await read_body(request, 4096))
+    except IntakeError as exc:
+        raise WebError(exc.status, "The form could not be read", exc.message, "/login") from None
     try:
         auth.check_login_form(fields.get(CSRF_FIELD))
     except Forbidden:
         raise WebError(403, "This page has expired", "Open the sign-in page again and retry.", "/login") from None
-    next_url = _local(fields.get("next", "/board"))
-    viewer = auth.sign_in(fields.get("token", ""))
+    given, wanted = fields.get("token"), fields.get("next")
+    next_url = _local(wanted if isinstance(wanted, str) else "/board")
+    viewer = auth.sign_in(given) if isinstance(given, str) and given else None
     if viewer is None:
         return page(
             request, "login.html", 401, next=next_url, form_token=auth.login_form_token(),

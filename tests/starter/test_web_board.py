@@ -250,3 +250,20 @@ async def test_my_work_lists_the_persons_own_tasks_with_done_and_done_there_retu
         assert answer.status_code == 303 and answer.headers["location"] == "/work"
         status: LifecycleStatus = await handle.query(ClientLifecycle.status)
         assert "cleared_for_launch" in status.done_tasks
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "token=a&token=b&_csrf=x",
+        "%ff%fe=%ff",
+        "x=" + "y" * 5000,
+    ],
+)
+async def test_a_damaged_login_post_is_a_page_never_a_server_error(board: Board, body: str) -> None:
+    async with board.http() as http:
+        page = await http.get("/login")
+        sent = body.replace("_csrf=x", f"_csrf={csrf_of(page.text)}")
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        answer = await http.post("/login", content=sent, headers=headers)
+        assert 400 <= answer.status_code < 500 and answer.headers["content-type"].startswith("text/html")
