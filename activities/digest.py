@@ -25,10 +25,11 @@ from activities.email import EmailActivities
 from sopflow.constants import DIGEST_SCHEDULE_ID
 from sopflow.db import Database
 from sopflow.digest import Digest, PublicLinks, address_id, email_request, morning_due
-from sopflow.digest_query import digest_for, loadable_playbooks
+from sopflow.digest_query import digest_for
 from sopflow.errors import STAFF_FILE
 from sopflow.models import DigestOutcome, DigestRun
 from sopflow.playbook import Playbook
+from sopflow.playbook_checks import loadable_playbooks
 from sopflow.staff import Person, StaffFileError, load_staff
 
 log = logging.getLogger("sopflow.digest")

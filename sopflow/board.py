@@ -16,13 +16,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sopflow.db import DealContact, DealRow, OutboxEmail
 from sopflow.playbook import Playbook
 from sopflow.reports import Threshold, in_days, stalls_at, utc
 from sopflow.staff import Person
+from sopflow.work_queue import contact_roles
 
 
 @dataclass(frozen=True)
@@ -41,15 +42,6 @@ class Column:
     stage: str
     title: str
     cards: list[Card]
-
-
-def roles_of(session: Session, email: str) -> dict[str, set[str]]:
-    """The roles whose contact address is `email`, per deal (workflow id): what the contact rule of limits reads."""
-    query = select(DealContact.workflow_id, DealContact.role).where(func.lower(DealContact.email) == email.lower())
-    roles: dict[str, set[str]] = defaultdict(set)
-    for workflow_id, role in session.execute(query):
-        roles[workflow_id].add(role)
-    return roles
 
 
 def owned_by(who: str, owner: str | None, contact_roles: set[str]) -> bool:
@@ -82,8 +74,8 @@ def board(
         DealRow.next_due,
         DealRow.timezone,
     ).where(DealRow.outcome.is_(None), DealRow.playbook == playbook.id)
-    mine = roles_of(session, viewer_email)
-    wanted = roles_of(session, owner) if owner and "@" in owner else {}
+    mine = contact_roles(session, viewer_email)
+    wanted = contact_roles(session, owner) if owner and "@" in owner else {}
     cards: dict[str, list[Card]] = defaultdict(list)
     for workflow_id, deal_id, company, deal_owner, stage, entered, next_due, zone in session.execute(query):
         if viewer is not None and not viewer.may_see(deal_owner, mine.get(workflow_id, set())):

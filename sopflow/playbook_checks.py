@@ -94,6 +94,19 @@ def parse_playbook(data: Any, source: str = "<playbook>", templates_dir: Path | 
     return playbook
 
 
+def loadable_playbooks(playbooks_dir: Path) -> list[Playbook]:
+    """Every playbook file in `playbooks_dir` that loads, for what reads running deals (stage order, stall thresholds,
+    the commands that settle work). A file that fails to load is skipped: a report or a digest must not depend on an
+    unrelated YAML typo (`sopflow playbook validate` finds it)."""
+    playbooks = []
+    for path in sorted(playbooks_dir.glob("*.yaml")):
+        try:
+            playbooks.append(load_playbook(path))
+        except PlaybookError:
+            continue
+    return playbooks
+
+
 def load_playbook(path: Path, templates_dir: Path | None = None) -> Playbook:
     """Read, parse and check a playbook file, including the playbooks it hands off to (found next to it)."""
     try:

@@ -121,6 +121,13 @@ class Staff(BaseModel):
         return found
 
 
+def first_error(exc: ValidationError) -> str:
+    """A validation error as one line: where (`people.0.timezone`) and what, as the file and the CLI report it."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.strip().encode()).hexdigest()
 
@@ -144,9 +151,7 @@ def load_staff(path: Path) -> Staff:
     except yaml.YAMLError as exc:
         raise StaffFileError(f"the staff file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        raise StaffFileError(f"the staff file {path}: {where}: {error['msg']}") from None
+        raise StaffFileError(f"the staff file {path}: {first_error(exc)}") from None
 
 
 def save_staff(path: Path, staff: Staff) -> None:

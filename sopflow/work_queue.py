@@ -13,6 +13,7 @@ date (due by the end of it); days are the viewer's (SOPFLOW_TIMEZONE), because "
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
@@ -236,13 +237,22 @@ def work_items(
     return items
 
 
+def contact_roles(session: Session, email: str) -> dict[str, set[str]]:
+    """The roles whose contact address is `email`, per deal (workflow id): who an address is on each deal, for the
+    owner filters (here and on the board), a limited person's contact rule and the digest's stalled deals."""
+    query = select(DealContact.workflow_id, DealContact.role).where(
+        func.lower(DealContact.email) == email.strip().lower()
+    )
+    roles: dict[str, set[str]] = defaultdict(set)
+    for workflow_id, role in session.execute(query):
+        roles[workflow_id].add(role)
+    return roles
+
+
 def _owned_by(session: Session, dues: list[_Due], who: str) -> list[_Due]:
     """Items whose owner is `who`: the role, the deal's `role:id`, or the address the deal has for the role."""
     wanted = who.strip().lower()
-    addressed: set[tuple[str, str]] = set()
-    if "@" in wanted:
-        query = select(DealContact.workflow_id, DealContact.role).where(func.lower(DealContact.email) == wanted)
-        addressed = {(workflow_id, role) for workflow_id, role in session.execute(query)}
+    addressed = contact_roles(session, wanted) if "@" in wanted else {}
 
     def owns(due: _Due) -> bool:
         role = due.owner.split(":", 1)[0]
@@ -251,6 +261,6 @@ def _owned_by(session: Session, dues: list[_Due], who: str) -> list[_Due]:
         deal_owner = (due.deal.owner or "").lower()
         if ":" in wanted and deal_owner == wanted and deal_owner.split(":", 1)[0] == role.lower():
             return True
-        return (due.deal.workflow_id, role) in addressed
+        return role in addressed.get(due.deal.workflow_id, ())
 
     return [due for due in dues if owns(due)]

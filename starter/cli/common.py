@@ -34,7 +34,7 @@ from sopflow.db import Database
 from sopflow.errors import Rejected
 from sopflow.models import LifecycleStatus, workflow_id
 from sopflow.playbook import Playbook, PlaybookError
-from sopflow.playbook_checks import load_playbook
+from sopflow.playbook_checks import load_playbook, loadable_playbooks
 from starter.cli.render import Output, fail, out, print_status
 from starter.intake.idempotency import KEY_RULE, cli_update_id, new_key, valid_key
 from starter.lifecycles import Request, send, update_name
@@ -357,12 +357,5 @@ def read_records(query: Callable[[Session], T]) -> T:
 
 
 def shipped_playbooks() -> list[Playbook]:
-    """Every playbook file that loads, for stage order and stall thresholds. A file that fails to load is skipped:
-    a report on running deals must not depend on an unrelated YAML typo (`sopflow playbook validate` finds it)."""
-    playbooks = []
-    for path in sorted(settings().playbooks_dir.glob("*.yaml")):
-        try:
-            playbooks.append(load_playbook(path))
-        except PlaybookError:
-            continue
-    return playbooks
+    """Every playbook file of SOPFLOW_PLAYBOOKS_DIR that loads (`loadable_playbooks`)."""
+    return loadable_playbooks(settings().playbooks_dir)

@@ -16,7 +16,8 @@ from sopflow import zones
 from sopflow.connect import connect
 from sopflow.constants import DIGEST_SCHEDULE_ID
 from sopflow.digest import PublicLinks, digest_due, email_request
-from sopflow.digest_query import digest_for, loadable_playbooks
+from sopflow.digest_query import digest_for
+from sopflow.playbook_checks import loadable_playbooks
 from sopflow.staff import StaffFileError, load_staff
 from sopflow.templates import RenderError, TemplateRenderer
 from starter.cli.apps import digest_app

@@ -13,7 +13,18 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import ValidationError
 
-from sopflow.staff import Holidays, Limits, Person, Staff, StaffFileError, load_staff, new_token, save_staff, token_hash
+from sopflow.staff import (
+    Holidays,
+    Limits,
+    Person,
+    Staff,
+    StaffFileError,
+    first_error,
+    load_staff,
+    new_token,
+    save_staff,
+    token_hash,
+)
 from starter.cli.apps import staff_app
 from starter.cli.common import settings
 from starter.cli.render import Output, RowsOutputOpt, err, fail, out, plural, print_rows
@@ -37,9 +48,7 @@ def _save(staff: Staff) -> None:
 
 
 def _invalid(exc: ValidationError) -> NoReturn:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    fail(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    fail(first_error(exc))
 
 
 def _person(staff: Staff, email: str) -> Person:

@@ -216,7 +216,7 @@ async def work_page(
             items = work_queue.work_items(session, datetime.now(UTC), zone, filters, books)
             if viewer.person is None or viewer.person.limits is None:
                 return items
-            mine = board.roles_of(session, viewer.email)
+            mine = work_queue.contact_roles(session, viewer.email)
             owners = board.owners(session, {i.deal_id for i in items})
             return [
                 i
