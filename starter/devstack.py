@@ -51,7 +51,7 @@ from worker import schedule_digests, stop_on_signals, worker_for
 DEV_USER = "dev@example.com"
 
 
-def with_dev_form_secret(settings: Settings, home: Path) -> Settings:
+def with_dev_secrets(settings: Settings, home: Path) -> Settings:
     """Without SOPFLOW_FORM_SECRET (or SOPFLOW_WEB_SECRET), the dev stack keeps one of its own in `<home>`, so the
     form links in its emails open working pages and the board's sessions stay valid across restarts. The board opens
     signed in as the dev user (`DEV_USER`, or SOPFLOW_WEB_DEV_USER)."""
@@ -101,7 +101,7 @@ async def run_dev(
     console = console or Console()
     home = settings.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
-    settings = with_dev_form_secret(settings, home)
+    settings = with_dev_secrets(settings, home)
     port = settings.dev_temporal_port
     address = f"{HOST}:{port}"
 
