@@ -35,8 +35,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.policy
+import functools
 import hashlib
 import mimetypes
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -54,24 +56,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import classified
+from activities.smtp import SmtpConfig, SmtpPool
 from sopflow.constants import EMAIL_CLAIM_LEASE, EMAIL_SEND_DEADLINE
-from sopflow.db import Database, OutboxEmail, insert_new
+from sopflow.db import Database, OutboxEmail, fitted, upsert
 from sopflow.errors import EMAIL_IN_FLIGHT, MESSAGE_UNBUILDABLE, RECIPIENT_REFUSED, SMTP_REJECTED, TEMPLATE_ERROR
 from sopflow.models import EmailRequest, EmailResult
 from sopflow.playbook_checks import AttachmentRefused
 from sopflow.telemetry import EMAIL_ATTEMPTS, count
 from sopflow.templates import Rendered, RenderError, TemplateRenderer, links_for, one_line
-
-
-@dataclass(frozen=True)
-class SmtpConfig:
-    host: str
-    port: int
-    mail_from: str
-    username: str | None = None
-    password: str | None = None
-    tls: Literal["none", "starttls", "implicit"] = "none"
-    timeout: float = 20.0
 
 
 def message_id_for(key: str, mail_from: str) -> str:
@@ -164,7 +156,23 @@ def mailbox(address: str, name: str | None, what: str, role: str | None = None) 
     return parsed
 
 
-def _read_back(headers: dict[str, list[Address]]) -> bool:
+# A name made of these alone is written unencoded, at most quoted, and parses back the same (a property test checks
+# it), so a message whose names are all like this needs no read-back: its headers are written once.
+_PLAIN_NAME = re.compile(r"([A-Za-z0-9.'-]+( [A-Za-z0-9.'-]+)*)?")  # words one space apart
+# ... as long as no header line comes near the length at which the library folds it.
+_UNFOLDED = 900
+
+
+def plain(headers: dict[str, list[Address]]) -> bool:
+    """Whether these headers need no read-back: only plain names, on lines too short to be folded."""
+    return all(
+        sum(len(a.display_name) + len(a.addr_spec) + 6 for a in addresses) < _UNFOLDED
+        and all(_PLAIN_NAME.fullmatch(a.display_name) for a in addresses)
+        for addresses in headers.values()
+    )
+
+
+def reads_back(headers: dict[str, list[Address]]) -> bool:
     """Whether the headers, written as they will be sent and parsed the way a mail client parses them, hold exactly
     these addresses with these names."""
     probe = EmailMessage(policy=WIRE_POLICY)
@@ -187,6 +195,18 @@ class Outgoing:
     recipients: list[str]
 
 
+@functools.lru_cache(maxsize=8)
+def configured_sender(mail_from: str) -> Address:
+    """SOPFLOW_MAIL_FROM as the From address, parsed once per worker (it is the same for every message)."""
+    with _building("the From address (SOPFLOW_MAIL_FROM)"):
+        configured = HeaderRegistry()("From", mail_from)
+        # The parser is lenient (it skips what it cannot read): anything it had to skip is refused too.
+        if not isinstance(configured, AddressHeader) or configured.defects or len(configured.addresses) != 1:
+            raise Unbuildable("the From address (SOPFLOW_MAIL_FROM) is not one email address")
+        (address,) = configured.addresses
+        return mailbox(address.addr_spec, address.display_name, "the From address (SOPFLOW_MAIL_FROM)")
+
+
 def build_message(
     req: EmailRequest,
     rendered: Rendered,
@@ -197,13 +217,7 @@ def build_message(
     """The message for `req`, or Unbuildable naming the part that cannot be built (never its value).
 
     Deterministic: the same request builds the same bytes on every attempt, or fails the same way."""
-    with _building("the From address (SOPFLOW_MAIL_FROM)"):
-        configured = HeaderRegistry()("From", mail_from)
-        # The parser is lenient (it skips what it cannot read): anything it had to skip is refused too.
-        if not isinstance(configured, AddressHeader) or configured.defects or len(configured.addresses) != 1:
-            raise Unbuildable("the From address (SOPFLOW_MAIL_FROM) is not one email address")
-        (address,) = configured.addresses
-        sender = mailbox(address.addr_spec, address.display_name, "the From address (SOPFLOW_MAIL_FROM)")
+    sender = configured_sender(mail_from)
     headers = {
         "From": [sender],
         "To": [mailbox(r.email, r.name, f"the To address of role '{r.role}'", r.role) for r in req.to],
@@ -214,10 +228,10 @@ def build_message(
         role = req.reply_to.role
         headers["Reply-To"] = [mailbox(req.reply_to.email, req.reply_to.name, f"the Reply-To of role '{role}'", role)]
     with _building("the address headers"):
-        if not _read_back(headers):
+        if not plain(headers) and not reads_back(headers):
             # Only a name the library cannot write faithfully gets here: send to the same addresses without names.
             headers = {h: [Address(addr_spec=a.addr_spec) for a in addresses] for h, addresses in headers.items()}
-            if not _read_back(headers):
+            if not reads_back(headers):
                 raise Unbuildable("the address headers do not read back as written")
     message = EmailMessage(policy=WIRE_POLICY)
     with _building("the headers"):
@@ -257,6 +271,7 @@ class EmailActivities:
         self.db = db
         self.renderer = renderer
         self.smtp = smtp
+        self.connections = SmtpPool(smtp)
         self.public_url = public_url.rstrip("/")
         self.form_secret = form_secret or None
 
@@ -287,18 +302,17 @@ class EmailActivities:
             reason = f"template {req.playbook}/{req.template} ({exc.part}): {exc.message}"
             await asyncio.to_thread(self._finish, req.key, "failed", reason)
             raise ApplicationError(reason, type=TEMPLATE_ERROR, non_retryable=True) from exc
-        await asyncio.to_thread(self._store_rendered, req.key, rendered)
         try:
             outgoing = await asyncio.to_thread(self._build, req, rendered, message_id)
         except Unbuildable as exc:
             # Deterministic: the same request fails the same way on every attempt, so it is never retried.
             reason = f"email {req.playbook}/{req.template} cannot be built: {exc.reason}"
-            await asyncio.to_thread(self._finish, req.key, "failed", reason)
+            await asyncio.to_thread(self._finish, req.key, "failed", reason, rendered)
             raise ApplicationError(
                 reason, exc.addresses, exc.roles, type=MESSAGE_UNBUILDABLE, non_retryable=True
             ) from None
         token = uuid.uuid4().hex
-        holder = await asyncio.to_thread(self._claim, req.key, token)
+        holder = await asyncio.to_thread(self._claim, req.key, token, rendered)
         if holder is not None:
             return self._earlier(holder, message_id)
         try:
@@ -314,23 +328,12 @@ class EmailActivities:
             raise
         return EmailResult(status=status, subject=rendered.subject, message_id=message_id, refused=refused_now)
 
-    async def _converse(self, req: EmailRequest, outgoing: Outgoing) -> dict[str, object]:
+    async def _converse(self, req: EmailRequest, outgoing: Outgoing) -> dict[str, aiosmtplib.SMTPResponse]:
         """The SMTP conversation, over by EMAIL_SEND_DEADLINE; the recipients the server refused (when others were
         accepted). Permanent refusals are recorded and raised as non-retryable; the rest is raised as it is."""
-        client = aiosmtplib.SMTP(
-            hostname=self.smtp.host,
-            port=self.smtp.port,
-            username=self.smtp.username,
-            password=self.smtp.password,
-            use_tls=self.smtp.tls == "implicit",
-            start_tls=self.smtp.tls == "starttls",
-            timeout=self.smtp.timeout,
-        )
         try:
             async with asyncio.timeout(EMAIL_SEND_DEADLINE.total_seconds()):
-                await client.connect()
-                refusals, _ = await client.sendmail(outgoing.sender, outgoing.recipients, outgoing.data)
-                return dict(refusals)
+                return await self.connections.sendmail(outgoing.sender, outgoing.recipients, outgoing.data)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = {r.recipient: r for r in exc.recipients}
             if any(r.code < 500 for r in refused.values()):
@@ -346,10 +349,6 @@ class EmailActivities:
             reason = f"SMTP {exc.code} {exc.message}"
             await asyncio.to_thread(self._finish, req.key, "failed", reason)
             raise ApplicationError(reason, type=SMTP_REJECTED, non_retryable=True) from exc
-        finally:
-            # Hang up, with no QUIT: `aiosmtplib.send` would wait for a slow server to answer QUIT (up to a command
-            # timeout) even after the deadline, and the transaction is complete (or abandoned) either way.
-            client.close()
 
     @staticmethod
     def _earlier(row: OutboxEmail, message_id: str) -> EmailResult:
@@ -381,7 +380,8 @@ class EmailActivities:
         return build_message(req, rendered, message_id, self.smtp.mail_from, attachments)
 
     def _begin(self, req: EmailRequest, message_id: str) -> OutboxEmail:
-        """Find or create the step's outbox row and count the attempt (ON CONFLICT: attempts of one step may meet)."""
+        """Find or create the step's outbox row and count the attempt, in one statement (`INSERT … ON CONFLICT DO
+        UPDATE … RETURNING`: attempts of one step may meet, and either way each counts once)."""
         with classified("the outbox row"), self.db.session() as session:
             row = {
                 "key": req.key,
@@ -394,26 +394,24 @@ class EmailActivities:
                 "attachments": ", ".join(req.attachments),
                 "message_id": message_id,
                 "status": "pending",
-                "attempts": 0,
+                "attempts": 1,
                 "scheduled_at": req.at,
             }
-            insert_new(session, OutboxEmail, row, ["key"])
-            session.execute(
-                update(OutboxEmail).where(OutboxEmail.key == req.key).values(attempts=OutboxEmail.attempts + 1)
-            )
+            found = session.scalars(upsert(session, OutboxEmail, row, ["key"], {"attempts": OutboxEmail.attempts + 1}))
+            begun = found.one()
             session.commit()
-            return session.scalars(select(OutboxEmail).where(OutboxEmail.key == req.key)).one()
+            return begun
 
-    def _claim(self, key: str, token: str) -> OutboxEmail | None:
-        """Take the step's lease if it is pending and no live lease holds it: None when taken, else the row as it
-        is (sent by an earlier attempt, or claimed by one that may be sending now)."""
+    def _claim(self, key: str, token: str, rendered: Rendered) -> OutboxEmail | None:
+        """Take the step's lease if it is pending and no live lease holds it, storing what is about to be sent: None
+        when taken, else the row as it is (sent by an earlier attempt, or claimed by one that may be sending now)."""
         with classified("the outbox claim"), self.db.session() as session:
             now = datetime.now(UTC)
             claimable = or_(OutboxEmail.claimed_until.is_(None), OutboxEmail.claimed_until < now)
             taken = session.execute(
                 update(OutboxEmail)
                 .where(OutboxEmail.key == key, OutboxEmail.status == "pending", claimable)
-                .values(claim_token=token, claimed_until=now + EMAIL_CLAIM_LEASE)
+                .values(claim_token=token, claimed_until=now + EMAIL_CLAIM_LEASE, **_stored(rendered))
             )
             session.commit()
             if taken.rowcount:  # type: ignore[attr-defined]
@@ -430,19 +428,18 @@ class EmailActivities:
             )
             session.commit()
 
-    def _store_rendered(self, key: str, rendered: Rendered) -> None:
-        with self.db.session() as session:
-            row = session.scalar(select(OutboxEmail).where(OutboxEmail.key == key))
-            if row is not None:
-                row.subject, row.body_text, row.body_html = rendered.subject, rendered.text, rendered.html
-                session.commit()
-
-    def _finish(self, key: str, status: str, error: str | None) -> None:
+    def _finish(self, key: str, status: str, error: str | None, rendered: Rendered | None = None) -> None:
+        """The step's outcome; `rendered` when the message failed before its claim stored it (it cannot be built)."""
+        values: dict[str, object] = {"status": status, "error": error, "claim_token": None, "claimed_until": None}
+        if status in ("sent", "partial"):
+            values["sent_at"] = datetime.now(UTC)
+        if rendered is not None:
+            values.update(_stored(rendered))
         with classified("the outbox result"), self.db.session() as session:
-            row = session.scalar(select(OutboxEmail).where(OutboxEmail.key == key))
-            if row is None:
-                return
-            row.status, row.error, row.claim_token, row.claimed_until = status, error, None, None
-            if status in ("sent", "partial"):
-                row.sent_at = datetime.now(UTC)
+            session.execute(update(OutboxEmail).where(OutboxEmail.key == key).values(**fitted(OutboxEmail, values)))
             session.commit()
+
+
+def _stored(rendered: Rendered) -> dict[str, str]:
+    """The outbox columns that show what a step sent (or would have sent)."""
+    return {"subject": rendered.subject, "body_text": rendered.text, "body_html": rendered.html}

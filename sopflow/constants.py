@@ -41,6 +41,14 @@ EMAIL_SEND_DEADLINE = timedelta(seconds=25)
 # margin for the writes around it and for clocks that differ between worker hosts by a few seconds.
 EMAIL_CLAIM_LEASE = EMAIL_SEND_DEADLINE + timedelta(seconds=10)
 
+# SMTP connections a worker keeps open between emails (activities/smtp.py): as many as emails usually go out at once,
+# each closed after SMTP_IDLE_MAX without a message (well within the 5 minutes RFC 5321 asks servers to wait, so a
+# kept connection is rarely found closed) or SMTP_MESSAGES_PER_CONNECTION messages (relays cap messages per
+# connection, commonly at 100).
+SMTP_POOL_SIZE = 4
+SMTP_IDLE_MAX = timedelta(seconds=30)
+SMTP_MESSAGES_PER_CONNECTION = 100
+
 # How long a stopping worker lets in-flight activities (an SMTP send, a records write) finish before they are
 # cancelled and retried by another worker: longer than a normal send, shorter than a deploy's kill timeout.
 WORKER_GRACEFUL_SHUTDOWN = timedelta(seconds=20)

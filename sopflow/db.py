@@ -250,6 +250,17 @@ def insert_new(session: Session, model: type[Base], values: dict[str, Any], uniq
     return session.execute(statement).first() is not None  # RETURNING: rowcount is not reliable across drivers
 
 
+def upsert(
+    session: Session, model: type[Base], values: dict[str, Any], unique: list[str], on_conflict: dict[str, Any]
+) -> Any:
+    """`INSERT … ON CONFLICT (unique) DO UPDATE SET on_conflict … RETURNING` the row, as a statement for
+    `session.scalars`: create-or-change in one round trip, atomic on both databases (PostgreSQL locks the row it
+    updates, SQLite has one writer)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(model).values(**fitted(model, values))
+    return statement.on_conflict_do_update(index_elements=unique, set_=on_conflict).returning(model)
+
+
 # The advisory lock key of `Database.upgrade` ("sopflow" in ASCII): any constant no other application uses.
 MIGRATION_LOCK = 0x736F70666C6F77
 
@@ -259,8 +270,9 @@ class Database:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         # pool_pre_ping: a pooled connection is tested (a cheap round trip) before each checkout, so after a database
-        # restart, which breaks every pooled connection at once, the first use reconnects instead of failing.
-        self.engine: Engine = create_engine(url, future=True, pool_pre_ping=True)
+        # restart, which breaks every pooled connection at once, the first use reconnects instead of failing. A SQLite
+        # file has no server to restart: there it would be a query per transaction for nothing.
+        self.engine: Engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -5,7 +5,8 @@ duplicate so tests can prove that retries never delivered the same step twice.
 
 It can also misbehave on purpose, the way real mail servers do, so the email path is tested against real SMTP
 failures rather than mocks: drop the first N connections, answer 451 to the first N messages, refuse recipients
-with 550, answer slowly, or hold every message until the test lets it through.
+with 550, answer slowly, hang up after N messages on a connection, or hold every message until the test lets it
+through.
 
 It notes when each message's conversation ran (from MAIL FROM to its answer, or to the client hanging up), so a test
 can prove that no two conversations for one Message-ID ever ran at the same time (`overlapping`).
@@ -73,6 +74,10 @@ class _Handler:
             # learns so, and a retry sends it again: the receiving end's duplicate).
             self.sink.receive(message, list(envelope.rcpt_tos))
             self.sink.conversed(str(message.get("Message-ID", "")), session.sopflow_started)
+        session.sopflow_messages = getattr(session, "sopflow_messages", 0) + 1
+        if self.sink.messages_per_connection and session.sopflow_messages >= self.sink.messages_per_connection:
+            # After this answer (written before the next callback runs), as a relay that caps messages per connection.
+            asyncio.get_running_loop().call_soon(server.transport.close)
         return "250 Message accepted for delivery"
 
     async def _answer_slowly(self, session: Any) -> None:
@@ -93,6 +98,8 @@ class _FlakySMTP(SMTP):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        if self.sink.armed:
+            self.sink.connections += 1
         if self.sink.armed and (
             self.sink.inject("dropped", self.sink.drop_connections) or self.sink.every("dropped", "connections")
         ):
@@ -120,6 +127,7 @@ class MailSink:
         slow_seconds: float = 0.0,
         hold: threading.Event | None = None,
         seed: int | None = None,
+        messages_per_connection: int = 0,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -137,6 +145,9 @@ class MailSink:
         # client's command timeout.
         self.slow_every, self.slow_seconds = slow_every, slow_seconds
         self._rng = random.Random(seed)
+        # Hang up after this many messages on one connection (0: never), as relays that cap them do.
+        self.messages_per_connection = messages_per_connection
+        self.connections = 0  # client connections accepted (not the controller's start-up probe)
         # With `hold`, every message's answer waits until the test sets it; `holding` says one is waiting.
         self.hold, self.holding = hold, threading.Event()
         self.seen = {"connections": 0, "messages": 0, "conversations": 0}

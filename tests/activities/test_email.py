@@ -77,11 +77,11 @@ class CrashAfterSending(EmailActivities):
 
     crashed: set[str] = set()
 
-    def _finish(self, key: str, status: str, error: str | None) -> None:
+    def _finish(self, key: str, status: str, error: str | None, rendered: Rendered | None = None) -> None:
         if status == "sent" and key not in self.crashed:
             self.crashed.add(key)
             raise RuntimeError("simulated crash before the outbox commit")
-        super()._finish(key, status, error)
+        super()._finish(key, status, error, rendered)
 
 
 async def test_a_crash_between_sending_and_the_outbox_commit_resends_with_the_same_message_id(
