@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import signal
+import sqlite3
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import History, HistoryEvent
 from temporalio.client import Client, WorkflowHandle
 
+from bench.worker_process import ACTIVATION_THREAD, IO_THREAD
 from sopflow.config import PROJECT_ROOT, Settings
 from sopflow.mailsink import free_port
 from starter.devserver import (
@@ -43,7 +45,7 @@ from starter.devserver import (
     wait_until_serving,
 )
 
-WorkerKind = Literal["engine", "bare"]
+WorkerKind = Literal["engine", "handwritten", "bare"]
 WORKER_READY_TIMEOUT = 60.0
 WORKER_STOP_TIMEOUT = 30.0
 QUIET_TIMEOUT = 120.0
@@ -70,6 +72,72 @@ def cpu_seconds(pid: int) -> float:
     fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of the whole line)
+
+
+# Where a worker's CPU goes, by thread (see `thread_group`); the first two are "the real I/O work", the rest "the rest".
+EVENT_LOOP = "event loop"
+IO_THREADS = "I/O threads"
+ACTIVATIONS = "workflow activations"
+RUST_CORE = "Rust core"
+OTHER_PYTHON = "other Python threads"
+EXITED = "exited threads"
+REAL_WORK_GROUPS = (EVENT_LOOP, IO_THREADS)
+REST_GROUPS = (ACTIVATIONS, RUST_CORE, OTHER_PYTHON, EXITED)
+# A thread's CPU so far and its name, by thread id.
+ThreadTimes = dict[int, tuple[str, float]]
+
+
+def thread_cpu(pid: int) -> ThreadTimes:
+    """User + system CPU time of each living thread of a process, with its name, from /proc/<pid>/task."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    threads: ThreadTimes = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):  # it exited while we read
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        threads[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+    return threads
+
+
+def thread_group(tid: int, name: str, pid: int, process_name: str) -> str:
+    """Which part of a bench worker (`bench.worker_process`) a thread is.
+
+    The main thread runs the event loop: the activities' coroutines (template rendering, the SMTP conversation) and
+    the SDK's Python side of polling and of activity payloads. The worker names its workflow task executor's threads
+    (activations: workflow code, the sandbox, workflow payload conversion) and its default executor's (SQL through
+    `asyncio.to_thread`, the MIME build). Python 3.11 gives any other Python thread the process's name; a thread
+    with a name of its own is the SDK's Rust core (tokio: gRPC, history state machines)."""
+    if tid == pid:
+        return EVENT_LOOP
+    if name.startswith(ACTIVATION_THREAD):
+        return ACTIVATIONS
+    if name.startswith(IO_THREAD):
+        return IO_THREADS
+    if name == process_name:
+        return OTHER_PYTHON
+    return RUST_CORE
+
+
+def cpu_by_group(pid: int, before: ThreadTimes, after: ThreadTimes, total: float) -> dict[str, float]:
+    """CPU seconds per thread group between two readings; `total` (the process's own figure) minus the living
+    threads' is what threads that exited in between used."""
+    process_name = after.get(pid, before.get(pid, ("", 0.0)))[0]
+    groups = dict.fromkeys((*REAL_WORK_GROUPS, *REST_GROUPS), 0.0)
+    for tid, (name, cpu) in after.items():
+        groups[thread_group(tid, name, pid, process_name)] += cpu - before.get(tid, (name, 0.0))[1]
+    groups[EXITED] = max(0.0, total - sum(groups.values()))
+    return groups
+
+
+def records_rows(path: Path) -> dict[str, int]:
+    """Rows per table of a records store (the tables the lifecycle activities write)."""
+    tables = ["journal", "outbox", "deals", "deal_contacts", "account_claims", "stage_transitions"]
+    tables += ["form_submissions", "tasks", "visits"]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return {table: int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]) for table in tables}
 
 
 @dataclass

@@ -16,10 +16,17 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from bench.bare import BarePlan, BareStep
 from bench.common import BenchError
+from bench.handwritten import (
+    HANDWRITTEN_TASK_QUEUE,
+    PLAYBOOK_TITLE,
+    PLAYBOOK_VERSION,
+    HandwrittenSafeBalance,
+    HandwrittenStart,
+)
 from sopflow.config import PROJECT_ROOT
 from sopflow.engine import Engine
 from sopflow.models import (
@@ -108,6 +115,32 @@ async def send(handle: WorkflowHandle[Any, Any], request: Request) -> None:
     """One request as the CLI sends it; a rejection means the bench drives the playbook wrongly: stop."""
     try:
         await lifecycles.send(handle, request.arg)
+    except WorkflowUpdateFailedError as exc:
+        raise BenchError(f"{handle.id}: {request.name} {request.arg!r} rejected: {exc.cause}") from exc
+
+
+async def start_handwritten(client: Client, deal_id: str) -> WorkflowHandle[Any, Any]:
+    """`bench.handwritten`'s lifecycle, started like `start` starts the engine's, less the search attributes and the
+    pinned playbook (its input is the deal's fields only)."""
+    return await client.start_workflow(
+        HandwrittenSafeBalance.run,
+        HandwrittenStart(deal_id=deal_id, fields=DEAL, actor="bench"),
+        id=workflow_id(deal_id),
+        task_queue=HANDWRITTEN_TASK_QUEUE,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        static_summary=f"{PLAYBOOK_TITLE} (v{PLAYBOOK_VERSION}) · deal {deal_id}",
+    )
+
+
+async def send_handwritten(handle: WorkflowHandle[Any, Any], request: Request) -> None:
+    """What `send` sends the engine, under the same update and signal names, to the hand-written lifecycle (whose
+    updates answer with the stage id, not a `LifecycleStatus`)."""
+    try:
+        if isinstance(request.arg, ExternalEvent):
+            await handle.signal(HandwrittenSafeBalance.event, request.arg)
+        else:
+            await handle.execute_update(request.name, request.arg, result_type=str)
     except WorkflowUpdateFailedError as exc:
         raise BenchError(f"{handle.id}: {request.name} {request.arg!r} rejected: {exc.cause}") from exc
 

@@ -1,20 +1,29 @@
 """One bench worker in a process of its own (started by `bench.common.worker_process`).
 
 `engine` is the sopflow worker as `build_worker` makes it (real SMTP to the bench's sink, a SQLite records store);
-`bare` runs `bench.bare.BareLifecycle` with its trivial activity. It prints `ready` once polling and stops cleanly
-on SIGTERM, so the bench can read its memory and CPU time from /proc while it works.
+`handwritten` runs `bench.handwritten.HandwrittenSafeBalance` with the same real activities (same SMTP sink, same
+kind of records store, same templates); `bare` runs `bench.bare.BareLifecycle` with its trivial activity. It prints
+`ready` once polling and stops cleanly on SIGTERM, so the bench can read its memory and CPU time from /proc while it
+works.
+
+Its Python threads are named for /proc (`bench.common.cpu_by_group`): Python 3.11 leaves every thread the process's
+name, so the workflow task executor and the event loop's default executor (where `asyncio.to_thread` runs the SQL and
+the MIME build) name their threads when they start. Both executors are the ones the SDK and asyncio would make
+anyway (same sizes), given names; the production worker is not changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import cProfile
-import functools
+import ctypes
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
@@ -22,6 +31,13 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from sopflow.codec import data_converter
 from sopflow.config import Settings
 from workflows.sandbox import WORKFLOW_RUNNER
+
+# Thread names (at most 15 bytes: the kernel's limit) that `bench.common.thread_group` reads back.
+ACTIVATION_THREAD = "sop-activation"
+IO_THREAD = "sop-io"
+PR_SET_NAME = 15
+# The SDK's own workflow task executor has max_workers=max_concurrent_workflow_tasks or 500 (worker/_workflow.py).
+SDK_WORKFLOW_THREADS = 500
 
 # Imports are kept to what each kind needs (the engine's are made in _run): on a loaded 2-core machine every
 # module imported here delays `ready`, and the dev stack's (uvicorn, FastAPI) would double it.
@@ -31,39 +47,78 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--address", required=True)
     parser.add_argument("--namespace", default="default")
-    parser.add_argument("--kind", choices=["engine", "bare"], required=True)
+    parser.add_argument("--kind", choices=["engine", "handwritten", "bare"], required=True)
     parser.add_argument("--task-queue", required=True)
-    parser.add_argument("--records-db", type=Path, help="SQLite file of the records store (engine)")
-    parser.add_argument("--smtp-port", type=int, help="the bench's SMTP sink on 127.0.0.1 (engine)")
+    parser.add_argument("--records-db", type=Path, help="SQLite file of the records store (engine, handwritten)")
+    parser.add_argument("--smtp-port", type=int, help="the bench's SMTP sink on 127.0.0.1 (engine, handwritten)")
     parser.add_argument("--cache", type=int, default=1000, help="max_cached_workflows (the SDK's default: 1000)")
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the worker's Python side here on exit")
     return parser.parse_args(argv)
 
 
+def name_thread(name: str) -> None:
+    """Give the calling thread an OS name (its /proc comm), as Python 3.11 does not."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+def named_executor(name: str, max_workers: int | None = None) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=max_workers, thread_name_prefix=name, initializer=name_thread, initargs=(name,)
+    )
+
+
 async def _run(args: argparse.Namespace) -> None:
     settings = Settings()
     client = await Client.connect(args.address, namespace=args.namespace, data_converter=data_converter(settings))
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(named_executor(IO_THREAD))  # asyncio's default size (None: min(32, cores + 4))
+    activations = named_executor(ACTIVATION_THREAD, SDK_WORKFLOW_THREADS)
     db = None
     worker: Worker
     # An experiment only (bench/RESULTS.md): the same workers without the workflow sandbox, to measure its cost.
     unsandboxed = os.environ.get("BENCH_WORKER_RUNNER") == "unsandboxed"
-    if args.kind == "engine":
+    if args.kind in ("engine", "handwritten"):
         import worker as worker_module
-        from activities.email import SmtpConfig
+        from activities.email import EmailActivities, SmtpConfig
+        from activities.records import RecordActivities
         from sopflow.db import Database
+        from sopflow.templates import TemplateRenderer
         from worker import build_worker
 
-        if unsandboxed:  # build_worker has no runner parameter: the experiment must not add one to production code
-            unsandboxed_worker = functools.partial(Worker, workflow_runner=UnsandboxedWorkflowRunner())
-            worker_module.Worker = unsandboxed_worker  # type: ignore[misc,assignment]
         if args.records_db is None or args.smtp_port is None:
-            raise SystemExit("--records-db and --smtp-port are required for the engine worker")
+            raise SystemExit(f"--records-db and --smtp-port are required for the {args.kind} worker")
         db = Database(f"sqlite:///{args.records_db}")
         db.create_schema()
         smtp = SmtpConfig(host="127.0.0.1", port=args.smtp_port, mail_from="sopflow bench <bench@example.com>")
-        worker = build_worker(
-            client, db, smtp, settings.templates_dir, task_queue=args.task_queue, max_cached_workflows=args.cache
-        )
+        if args.kind == "engine":
+            # build_worker has no runner or executor parameter: the bench must not add them to production code.
+            # Forced over build_worker's own keywords (a functools.partial's would lose to them: build_worker passes
+            # workflow_runner=WORKFLOW_RUNNER itself, which silently turned the unsandboxed experiment off).
+            def bench_worker(*args: Any, **kwargs: Any) -> Worker:
+                kwargs["workflow_task_executor"] = activations
+                if unsandboxed:
+                    kwargs["workflow_runner"] = UnsandboxedWorkflowRunner()
+                return Worker(*args, **kwargs)
+
+            worker_module.Worker = bench_worker  # type: ignore[misc,assignment]
+            worker = build_worker(
+                client, db, smtp, settings.templates_dir, task_queue=args.task_queue, max_cached_workflows=args.cache
+            )
+        else:
+            from bench.handwritten import HandwrittenSafeBalance
+
+            # The activities as build_worker makes them (its default public URL, no form secret: the bench's).
+            emails = EmailActivities(db, TemplateRenderer(settings.templates_dir), smtp, "http://127.0.0.1:8000")
+            records = RecordActivities(db)
+            worker = Worker(
+                client,
+                task_queue=args.task_queue,
+                workflows=[HandwrittenSafeBalance],
+                activities=[emails.send_email, records.record_journal, records.claim_account],
+                max_cached_workflows=args.cache,
+                workflow_runner=UnsandboxedWorkflowRunner() if unsandboxed else WORKFLOW_RUNNER,
+                workflow_task_executor=activations,
+            )
     else:
         from bench.bare import BareLifecycle, bare_step
 
@@ -75,9 +130,9 @@ async def _run(args: argparse.Namespace) -> None:
             max_cached_workflows=args.cache,
             # The engine worker's own runner (build_worker), so both phases pay the same sandbox.
             workflow_runner=UnsandboxedWorkflowRunner() if unsandboxed else WORKFLOW_RUNNER,
+            workflow_task_executor=activations,
         )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with worker:

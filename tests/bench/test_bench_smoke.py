@@ -8,13 +8,28 @@ updates and signals as the engine.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from bench import latency, long_life, sandbox, scale, sqlite_pragmas, throughput, work_queue
-from bench.common import percentile, table
-from bench.safe_balance import EMAILS_TO_ONGOING, bare_plan, lifecycle, playbook, today
+from bench.common import (
+    ACTIVATIONS,
+    EVENT_LOOP,
+    EXITED,
+    IO_THREADS,
+    OTHER_PYTHON,
+    RUST_CORE,
+    cpu_by_group,
+    percentile,
+    table,
+)
+from bench.handwritten import SafeBalanceByHand
+from bench.safe_balance import DEAL, EMAILS_TO_ONGOING, apply, bare_plan, lifecycle, playbook, today
+from sopflow.config import PROJECT_ROOT
+from sopflow.engine import Engine
+from sopflow.models import Advance, CompleteTask, ExternalEvent, SetFields, SubmitForm, workflow_id
+from sopflow.templates import TemplateRenderer, links_for
 
 
 def test_percentile_is_nearest_rank():
@@ -39,19 +54,82 @@ def test_bare_plan_has_the_lifecycle_requests_and_its_emails():
     assert totals["activities"] == len(plan.steps) + EMAILS_TO_ONGOING + 2 + 1 + emailing
 
 
-async def test_throughput_engine_and_bare_do_the_same_requests():
+def test_worker_cpu_is_split_by_thread_and_adds_up():
+    pid = 100
+    before = {100: ("python", 1.0), 101: ("sop-activation", 2.0), 102: ("sop-io", 0.5), 103: ("tokio-runtime-w", 1.0)}
+    after = {**before, 100: ("python", 3.0), 101: ("sop-activation", 5.0), 102: ("sop-io", 1.5)}
+    after |= {103: ("tokio-runtime-w", 1.5), 104: ("python", 0.25), 105: ("sop-activation", 0.75)}  # 104, 105 new
+    groups = cpu_by_group(pid, before, after, total=8.0)
+    assert groups == {
+        EVENT_LOOP: 2.0,  # the main thread runs the event loop
+        IO_THREADS: 1.0,
+        ACTIVATIONS: 3.75,
+        RUST_CORE: 0.5,  # a thread with a name of its own
+        OTHER_PYTHON: 0.25,  # a Python thread nobody named has the process's name
+        EXITED: 0.5,  # what the process used beyond its living threads
+    }
+
+
+def test_handwritten_sop_writes_and_sends_what_the_engine_does():
+    """Entry for entry, email for email (rendered), snapshot and next wake-up after every request of the bench."""
+    now = datetime(2026, 12, 3, 20, 0, tzinfo=UTC)  # a Thursday: US Eastern time, no holiday near
+    book, renderer, links = playbook(), TemplateRenderer(PROJECT_ROOT / "templates"), links_for("http://x", "B-1")
+    engine = Engine.start(book, "B-1", DEAL, now, workflow_id("B-1"), "bench")
+    by_hand = SafeBalanceByHand.start(workflow_id("B-1"), "B-1", DEAL, now, "bench")
+    handlers = {
+        SubmitForm: by_hand.submit_form,
+        CompleteTask: by_hand.complete_task,
+        SetFields: by_hand.set_fields,
+        Advance: by_hand.advance,
+        ExternalEvent: by_hand.event,
+    }
+    for n, request in enumerate([None, *lifecycle(1, 2, now.date())]):
+        at = now + timedelta(seconds=n)
+        if request is not None:
+            arg = request.arg
+            if isinstance(arg, SubmitForm):
+                assert by_hand.claim(arg, at) == engine.check_submit(arg, at).claim
+            apply(engine, request, at)
+            handlers[type(arg)](arg, at)  # type: ignore[operator]
+        theirs, ours = engine.take_steps(), by_hand.take_steps()
+        assert [s.entry for s in ours] == [s.entry for s in theirs]
+        for mine, its in zip(ours, theirs, strict=True):
+            assert (mine.email is None) == (its.email is None)
+            if mine.email is not None and its.email is not None:
+                assert mine.email.model_dump(exclude={"context"}) == its.email.model_dump(exclude={"context"})
+                render = [
+                    renderer.render("safe_balance", e.template, {**e.context, "links": links})
+                    for e in (mine.email, its.email)
+                ]
+                assert render[0] == render[1]
+        assert by_hand.snapshot() == engine.snapshot()
+        wake = engine.next_wakeup()
+        assert by_hand.next_wakeup() == (None if wake is None else (wake.at, wake.summary))
+    assert by_hand.stage == engine.state.stage == "ongoing"
+
+
+async def test_throughput_engine_handwritten_and_bare_do_the_same_requests():
     result = await throughput.run(clients=3, concurrency=3, visits=1)
     json.dumps(result)
-    engine, bare = result["engine"], result["bare"]
-    assert engine["emails"] == 3 * (EMAILS_TO_ONGOING + 1)
+    engine, hand, bare = result["engine"], result["handwritten"], result["bare"]
+    assert engine["emails"] == hand["emails"] == 3 * (EMAILS_TO_ONGOING + 1)
+    assert engine["records"] == hand["records"] and engine["records"]["journal"] > 0  # checked by the bench too
     for key in ("updates", "signals"):
-        assert engine["per_client"][key] == bare["per_client"][key] == result["bare_plan_totals"][key]
-    assert engine["per_client"]["search_attribute_upserts"] > 0 == bare["per_client"]["search_attribute_upserts"]
-    for phase in (engine, bare):
+        assert engine["per_client"][key] == hand["per_client"][key] == bare["per_client"][key]
+        assert bare["per_client"][key] == result["bare_plan_totals"][key]
+    assert engine["per_client"]["search_attribute_upserts"] > 0 == hand["per_client"]["search_attribute_upserts"]
+    for phase in (engine, hand, bare):
         assert phase["events"] == round(phase["per_client"]["events"] * 3)
         assert phase["events_per_s"] > 0 and phase["server_rss_mb"] > 0 and phase["worker_rss_mb"] > 0
+        cpu = phase["worker_cpu_per_lifecycle"]
+        assert cpu["real_io_work"] + cpu["rest"] == pytest.approx(cpu["total"], abs=0.01)
+        assert cpu[ACTIVATIONS] > 0 and cpu[EVENT_LOOP] > 0
+    assert hand["worker_cpu_per_lifecycle"][IO_THREADS] > 0 == bare["worker_cpu_per_lifecycle"][IO_THREADS]
     assert result["ratio_events_per_s"] == pytest.approx(engine["events_per_s"] / bare["events_per_s"], abs=0.005)
-    assert "transitions/s" in throughput.render(result)
+    by_hand = result["ratios"]["handwritten"]["lifecycles_per_s"]
+    assert by_hand == pytest.approx(engine["lifecycles_per_s"] / hand["lifecycles_per_s"], rel=0.02)  # rounded rates
+    assert result["target_met"] == (by_hand >= throughput.TARGET_RATIO)
+    assert "engine/handwritten" in throughput.render(result)
 
 
 async def test_latency_counts_one_email_per_event():
