@@ -397,7 +397,9 @@ class EmailActivities:
                 "attempts": 1,
                 "scheduled_at": req.at,
             }
-            found = session.scalars(upsert(session, OutboxEmail, row, ["key"], {"attempts": OutboxEmail.attempts + 1}))
+            found = session.scalars(
+                upsert(session, OutboxEmail, row, ["key"], on_conflict={"attempts": OutboxEmail.attempts + 1})
+            )
             begun = found.one()
             session.commit()
             return begun

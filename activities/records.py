@@ -27,7 +27,9 @@ from sopflow.db import (
     StageTransition,
     TaskRow,
     VisitRow,
+    insert_missing,
     insert_new,
+    upsert,
 )
 from sopflow.models import ClaimRequest, ClaimResult, DealSnapshot, JournalBatch, JournalEntry
 from sopflow.timeline import EscalationDetail, FormDetail, StageDetail, TaskDetail, VisitDueDetail, detail_of
@@ -134,10 +136,10 @@ class RecordActivities:
         return await asyncio.to_thread(self._record_journal, batch)
 
     def _record_journal(self, batch: JournalBatch) -> int:
+        """The batch's entries in one statement; only those this call inserted are projected."""
         with classified("the timeline batch"), self.db.session() as session:
-            added = 0
-            for entry in batch.entries:
-                row = {
+            rows = [
+                {
                     "workflow_id": batch.workflow_id,
                     "deal_id": batch.deal_id,
                     "playbook": batch.playbook,
@@ -147,13 +149,16 @@ class RecordActivities:
                     "stage": entry.stage,
                     "detail": entry.detail,
                 }
-                if insert_new(session, JournalRow, row, ["workflow_id", "seq"]):
-                    added += 1
+                for entry in batch.entries
+            ]
+            added = insert_missing(session, JournalRow, rows, ["workflow_id", "seq"], JournalRow.seq)
+            for entry in batch.entries:
+                if entry.seq in added:
                     self._project(session, batch, entry)
             if batch.snapshot is not None and batch.entries:
                 self._snapshot(session, batch, batch.snapshot, max(entry.seq for entry in batch.entries))
             session.commit()
-            return added
+            return len(added)
 
     def _project(self, session: Session, batch: JournalBatch, entry: JournalEntry) -> None:
         """Derive the queryable rows an entry stands for (transitions, forms, tasks, visits). Other kinds, and kinds
@@ -171,8 +176,9 @@ class RecordActivities:
             session.add(_cadence_visit(batch, entry, detail.cadence, detail.due_at))  # due, or missed
 
     def _snapshot(self, session: Session, batch: JournalBatch, snap: DealSnapshot, seq: int) -> None:
-        """The deal's row as of `seq`, never moved backwards; locked (FOR UPDATE, PostgreSQL) while it is compared
-        and written, so two batches of one deal in flight at once cannot interleave."""
+        """The deal's row as of `seq`, never moved backwards: one upsert whose update applies only over an older row
+        (PostgreSQL locks the row while it compares and writes, so two batches of one deal in flight at once cannot
+        interleave), then the contacts in one more."""
         now = datetime.now(UTC)
         state = {
             "playbook_version": snap.playbook_version,
@@ -194,26 +200,30 @@ class RecordActivities:
             "updated_at": now,
         }
         key = {"workflow_id": batch.workflow_id, "deal_id": batch.deal_id, "playbook": batch.playbook}
-        insert_new(session, DealRow, {**key, **state, "last_seq": -1}, ["workflow_id"])
-        row = session.scalars(select(DealRow).where(DealRow.workflow_id == batch.workflow_id).with_for_update()).one()
-        if seq < row.last_seq:
+        newer = upsert(
+            session,
+            DealRow,
+            {**key, **state, "last_seq": seq},
+            ["workflow_id"],
+            refresh=[*state, "last_seq"],
+            where=DealRow.last_seq <= seq,
+        )
+        if session.scalars(newer).first() is None:
             return  # an older batch retried late: the row already shows newer state
-        for name, value in {**state, "last_seq": seq}.items():
-            setattr(row, name, value)
-        for contact in snap.contacts:
-            contact_key = {"workflow_id": batch.workflow_id, "role": contact.role}
-            insert_new(
-                session,
-                DealContact,
-                {**contact_key, "deal_id": batch.deal_id, "email": None, "name": None, "updated_at": now},
-                ["workflow_id", "role"],
+        if snap.contacts:
+            contacts: list[dict[str, Any]] = [
+                {
+                    "workflow_id": batch.workflow_id,
+                    "deal_id": batch.deal_id,
+                    "role": contact.role,
+                    "email": contact.email,
+                }
+                | {"name": contact.name, "updated_at": now}
+                for contact in snap.contacts
+            ]
+            session.execute(
+                upsert(session, DealContact, contacts, ["workflow_id", "role"], refresh=["email", "name", "updated_at"])
             )
-            existing = session.scalars(
-                select(DealContact).where(
-                    DealContact.workflow_id == batch.workflow_id, DealContact.role == contact.role
-                )
-            ).one()
-            existing.email, existing.name, existing.updated_at = contact.email, contact.name, now
 
     @activity.defn
     async def claim_account(self, req: ClaimRequest) -> ClaimResult:

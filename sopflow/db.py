@@ -6,6 +6,7 @@ of writing a second one. SQLite is the default; PostgreSQL works through `SOPFLO
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, Mapper, Session, mapped_column, sessionmaker
 
 
 class Base(DeclarativeBase):
@@ -250,15 +251,36 @@ def insert_new(session: Session, model: type[Base], values: dict[str, Any], uniq
     return session.execute(statement).first() is not None  # RETURNING: rowcount is not reliable across drivers
 
 
-def upsert(
-    session: Session, model: type[Base], values: dict[str, Any], unique: list[str], on_conflict: dict[str, Any]
-) -> Any:
-    """`INSERT … ON CONFLICT (unique) DO UPDATE SET on_conflict … RETURNING` the row, as a statement for
-    `session.scalars`: create-or-change in one round trip, atomic on both databases (PostgreSQL locks the row it
-    updates, SQLite has one writer)."""
+def insert_missing(
+    session: Session, model: type[Base], rows: list[dict[str, Any]], unique: list[str], key: InstrumentedAttribute[Any]
+) -> set[Any]:
+    """`insert_new` for many rows in one statement: the `key` values of the rows this call created."""
+    if not rows:
+        return set()
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(model).values(**fitted(model, values))
-    return statement.on_conflict_do_update(index_elements=unique, set_=on_conflict).returning(model)
+    statement = dialect.insert(model).values([fitted(model, row) for row in rows])
+    return set(session.scalars(statement.on_conflict_do_nothing(index_elements=unique).returning(key)))
+
+
+def upsert(
+    session: Session,
+    model: type[Base],
+    values: dict[str, Any] | list[dict[str, Any]],
+    unique: list[str],
+    *,
+    refresh: Sequence[str] = (),
+    on_conflict: dict[str, Any] | None = None,
+    where: Any = None,
+) -> Any:
+    """`INSERT … ON CONFLICT (unique) DO UPDATE … RETURNING` the rows written, as a statement for `session.scalars`:
+    create-or-change in one round trip, atomic on both databases (PostgreSQL locks the row it updates, SQLite has
+    one writer). On conflict the `refresh` columns take the new row's values and `on_conflict` sets expressions;
+    with `where`, a row it does not hold is left alone (and not returned)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    rows = [fitted(model, row) for row in values] if isinstance(values, list) else fitted(model, values)
+    statement = dialect.insert(model).values(rows)
+    changes = {name: statement.excluded[name] for name in refresh} | (on_conflict or {})
+    return statement.on_conflict_do_update(index_elements=unique, set_=changes, where=where).returning(model)
 
 
 # The advisory lock key of `Database.upgrade` ("sopflow" in ASCII): any constant no other application uses.

@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from sopflow.constants import ACTIVITY_TIMEOUT
     from sopflow.engine import Engine, Step
     from sopflow.errors import RECORD_REFUSED, UNDELIVERABLE
-    from sopflow.models import ClaimRequest, JournalBatch, JournalEntry, LifecycleInput
+    from sopflow.models import ClaimRequest, DealSnapshot, JournalBatch, JournalEntry, LifecycleInput
     from sopflow.telemetry import observe_timeline
     from workflows.options import EMAIL_GIVE_UP, EMAIL_RETRY, PATCH_UNDELIVERABLE, RECORD_RETRY
 
@@ -35,6 +35,8 @@ class LifecycleCalls:
     _delivered: list[Step]
     _apart: bool  # PATCH_EMAIL_APART, decided once per run
     _changed: bool
+    # The deal snapshot the records store holds from this run: a batch carries one only when it differs.
+    _recorded_snapshot: DealSnapshot | None = None
 
     async def _start_linked(self, step: Step) -> None:  # the workflow's: a child of its own type
         raise NotImplementedError
@@ -112,10 +114,14 @@ class LifecycleCalls:
 
         A lost database connection is retried by the activity's policy, for as long as it takes. A refusal
         (RecordRefused: the store cannot take a value, which only a fix to it can cure) must not stop the client:
-        the entries are kept and offered again with the next batch, and the lifecycle carries on."""
+        the entries are kept and offered again with the next batch, and the lifecycle carries on.
+
+        The deal's snapshot goes along only when it changed since the last batch the store took (always in a run's
+        first batch): most requests add timeline entries without changing the deal's row."""
         state = self._engine.state
         observe_timeline(self._input.playbook.id, state.deal_id, [s.entry for s in steps])
         entries = self._unrecorded + [s.entry for s in steps]
+        snapshot = self._engine.snapshot()
         try:
             await workflow.execute_activity_method(
                 RecordActivities.record_journal,
@@ -124,7 +130,7 @@ class LifecycleCalls:
                     deal_id=state.deal_id,
                     playbook=self._input.playbook.id,
                     entries=entries,
-                    snapshot=self._engine.snapshot(),
+                    snapshot=None if snapshot == self._recorded_snapshot else snapshot,
                 ),
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=RECORD_RETRY,
@@ -139,6 +145,7 @@ class LifecycleCalls:
             self._unrecorded = entries
         else:
             self._unrecorded = []
+            self._recorded_snapshot = snapshot
 
     async def _release_claim(self, claim: ClaimRequest) -> None:
         await self._release(RecordActivities.release_claim, claim, "give back an account claim")
