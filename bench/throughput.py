@@ -99,6 +99,7 @@ class Phase:
     worker_rss_mb: float
     worker_cpu_groups: dict[str, float] = field(default_factory=dict)
     emails: int | None = None
+    redelivered: int | None = None
     records: dict[str, int] = field(default_factory=dict)  # rows per table, the warm-up lifecycle's included
     plan: dict[str, int] = field(default_factory=dict)
 
@@ -130,6 +131,7 @@ class Phase:
             "worker_rss_mb": round(self.worker_rss_mb, 1),
             "worker_cpu_per_lifecycle": self.cpu_per_lifecycle(),
             "emails": self.emails,
+            "redelivered": self.redelivered,
             "records": self.records,
             "plan": self.plan,
         }
@@ -223,11 +225,12 @@ async def _real_work_phase(
 
             phase = await _measure(name, server, w.pid, clients, concurrency, drive)
             phase.emails = len(sink.messages) - per_client
-            if phase.emails != clients * per_client or sink.duplicates:
-                raise BenchError(
-                    f"{name}: {phase.emails} emails (+{sink.duplicates} duplicates) for {clients} clients, "
-                    f"expected {clients * per_client}"
-                )
+            # A redelivery (a retry after the relay had the message but the attempt timed out) carries the step's
+            # Message-ID and is dropped by the sink as by a receiving server: counted, not a failure.
+            phase.redelivered = sink.duplicates
+            if phase.emails != clients * per_client:
+                expected = clients * per_client
+                raise BenchError(f"{name}: {phase.emails} emails for {clients} clients, expected {expected}")
         phase.records = records_rows(records)  # the worker has stopped: every write is in
     return phase
 
@@ -382,6 +385,7 @@ def render(result: dict[str, Any]) -> str:
         row("server RSS, MB", engine["server_rss_mb"], hand["server_rss_mb"], bare["server_rss_mb"], False),
         row("worker RSS, MB", engine["worker_rss_mb"], hand["worker_rss_mb"], bare["worker_rss_mb"], False),
         row("emails received by the sink", engine["emails"], hand["emails"], "-", False),
+        row("  redelivered (same Message-ID, dropped)", engine["redelivered"], hand["redelivered"], "-", False),
     ]
     per_lifecycle = engine["clients"] + 1  # the warm-up lifecycle wrote rows too
     for table_name in ("journal", "outbox", "deals", "tasks", "form_submissions"):
