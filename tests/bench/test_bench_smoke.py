@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bench import latency, long_life, sandbox, scale, sqlite_pragmas, throughput, work_queue
+from bench import io_work, latency, long_life, sandbox, scale, sqlite_pragmas, throughput, work_queue
 from bench.common import (
     ACTIVATIONS,
     EVENT_LOOP,
@@ -191,3 +191,10 @@ async def test_sandbox_replays_with_every_runner_and_reports_each_ones_cost():
     result = await sandbox.run(replays=1)
     assert set(result["sandbox_cost_ms"]["safe_balance_declined.run1.json"]) == {"default", "sopflow"}
     assert "Sandbox: median ms per replay" in sandbox.report(result)
+
+
+async def test_io_work_sends_every_email_and_records_every_batch_of_its_clients():
+    result = await io_work.run(clients=1)
+    assert result["emails"] == EMAILS_TO_ONGOING + 3
+    assert result["batches"] > 0 and result["email_cpu_ms"] > 0 and result["batch_cpu_ms"] > 0
+    assert "send_email, per email" in io_work.render(result)
