@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -64,6 +66,7 @@ async def run(
                 server, "engine", TASK_QUEUE, records_db=records, smtp_port=sink.port, cache=cache
             ) as w:
                 idle = {"server_rss_mb": rss_mb(server.pid), "worker_rss_mb": rss_mb(w.pid)}
+                _memory_report(w.pid)
                 cpu = (cpu_seconds(server.pid), cpu_seconds(w.pid))
 
                 async def open_one(i: int) -> WorkflowHandle[Any, Any]:
@@ -81,6 +84,7 @@ async def run(
                 cpu = (cpu_seconds(server.pid) - cpu[0], cpu_seconds(w.pid) - cpu[1])
                 await asyncio.sleep(settle_pause)
                 loaded = {"server_rss_mb": rss_mb(server.pid), "worker_rss_mb": rss_mb(w.pid)}
+                _memory_report(w.pid)
                 warm = await _probe(handles[-probes:])
                 cold = await _probe(handles[:probes])
                 if sink.messages:
@@ -110,6 +114,13 @@ async def run(
         "first_clients_evicted": evicted,
         "machine": machine("bench.scale"),
     }
+
+
+def _memory_report(pid: int) -> None:
+    """Ask the worker for a memory report (BENCH_WORKER_MEMORY, see `bench.worker_process`), after the reading: its
+    garbage collection must not change the figure. The worker writes it while the bench goes on."""
+    if os.environ.get("BENCH_WORKER_MEMORY"):
+        os.kill(pid, signal.SIGUSR1)
 
 
 async def _settled(db: Database, clients: int, started: float) -> float:

@@ -10,6 +10,12 @@ Its Python threads are named for /proc (`bench.common.cpu_by_group`): Python 3.1
 name, so the workflow task executor and the event loop's default executor (where `asyncio.to_thread` runs the SQL and
 the MIME build) name their threads when they start. Both executors are the ones the SDK and asyncio would make
 anyway (same sizes), given names; the production worker is not changed.
+
+With BENCH_WORKER_MEMORY set to a directory, each SIGUSR1 writes a memory report there (`memory-<n>.txt`): RSS
+before and after a full garbage collection, and the live objects per type gained since the previous report.
+`bench.scale` sends it at idle and once loaded, so the second report is what the cached lifecycles hold. (No
+tracemalloc: traced, the worker's activations slow past the deadlock detector and its tasks stall; and much of a
+lifecycle's memory is not Python's allocations anyway, see bench/RESULTS.md.)
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ import asyncio
 import concurrent.futures
 import cProfile
 import ctypes
+import gc
 import os
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -135,11 +143,47 @@ async def _run(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if os.environ.get("BENCH_WORKER_MEMORY"):
+        reporter = _MemoryReporter(Path(os.environ["BENCH_WORKER_MEMORY"]))
+        loop.add_signal_handler(signal.SIGUSR1, reporter.report)
     async with worker:
         print("ready", flush=True)
         await stop.wait()
     if db is not None:
         db.dispose()
+
+
+class _MemoryReporter:
+    """Memory reports on SIGUSR1 (see the module docstring), each compared with the previous one.
+
+    Run in the event loop between activations, so no workflow is half-way through one. The collection is part of
+    the report: its RSS before and after tells cyclic garbage (freed by the collector eventually) from what the
+    worker keeps.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.count = 0
+        self.types: Counter[str] = Counter()
+
+    def report(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lines = [f"RSS before collection: {_rss_mb():.1f} MB", f"collected objects: {gc.collect()}"]
+        lines.append(f"RSS after collection: {_rss_mb():.1f} MB")
+        types = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
+        gained = types - self.types
+        lines.append(f"objects tracked by the collector: {sum(types.values())} (+{sum(gained.values())})")
+        lines += [f"  +{n:>9} {name}" for name, n in gained.most_common(60)]
+        self.types = types
+        self.count += 1
+        (self.directory / f"memory-{self.count}.txt").write_text("\n".join(lines) + "\n")
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def main(argv: list[str] | None = None) -> None:

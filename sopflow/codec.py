@@ -12,17 +12,26 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import TypeAdapter
 from temporalio.api.common.v1 import Payload
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+    PayloadCodec,
+)
 
 if TYPE_CHECKING:
     from sopflow.config import Settings
@@ -146,16 +155,56 @@ class EncryptionCodec(PayloadCodec):
         return decoded
 
 
+@functools.lru_cache(maxsize=1024)
+def _type_adapter(hint: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(hint)
+
+
+class SharedAdaptersJSONConverter(PydanticJSONPlainPayloadConverter):
+    """The SDK's pydantic JSON converter, with one type adapter per type for the whole process.
+
+    The SDK makes a payload converter for every workflow instance, and the pydantic one caches its type adapters
+    per converter: every cached lifecycle kept its own `TypeAdapter(LifecycleInput)`, whose compiled validator
+    (the playbook's whole schema, outside Python's heap) is ~190 KB. An adapter holds no state of its own
+    and validates from any thread, so one per type serves every workflow. Same JSON, same decoded values.
+    """
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
+        hint = type_hint if type_hint is not None else Any
+        try:
+            hash(hint)
+        except TypeError:  # an unhashable hint is not cached, as the SDK's converter does
+            return TypeAdapter(hint).validate_json(payload.data)
+        return _type_adapter(hint).validate_json(payload.data)
+
+
+class SharedAdaptersPayloadConverter(CompositePayloadConverter):
+    """`temporalio.contrib.pydantic.PydanticPayloadConverter` with `SharedAdaptersJSONConverter` for JSON."""
+
+    def __init__(self) -> None:
+        json_converter = SharedAdaptersJSONConverter()
+        super().__init__(
+            *(
+                json_converter if isinstance(c, JSONPlainPayloadConverter) else c
+                for c in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
+shared_pydantic_data_converter = DataConverter(payload_converter_class=SharedAdaptersPayloadConverter)
+
+
 def data_converter(settings: Settings) -> DataConverter:
-    """The one converter every client and worker uses: the pydantic converter, encrypting when keys are set.
+    """The one converter every client and worker uses: the pydantic converter (its type adapters shared by all
+    workflows of a worker), encrypting when keys are set.
 
     Failures (messages, stack traces) are encrypted too: they quote inputs as often as not.
     """
     ring = settings.encryption_key_ring()
     if ring is None:
-        return pydantic_data_converter
+        return shared_pydantic_data_converter
     return dataclasses.replace(
-        pydantic_data_converter,
+        shared_pydantic_data_converter,
         payload_codec=EncryptionCodec(ring),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )

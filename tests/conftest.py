@@ -20,7 +20,6 @@ import pytest
 import yaml
 from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -28,6 +27,7 @@ from activities.email import EmailActivities, SmtpConfig
 from activities.playbooks import PlaybookActivities
 from activities.records import RecordActivities
 from sopflow.business_calendar import public_holidays
+from sopflow.codec import shared_pydantic_data_converter
 from sopflow.config import PROJECT_ROOT
 from sopflow.constants import SEARCH_ATTRIBUTES, WORKFLOW_ID_PREFIX
 from sopflow.db import Database, DealContact, DealRow, TaskRow
@@ -120,7 +120,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     """One real dev server for the session: search attributes and visibility need it."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
-        data_converter=pydantic_data_converter,
+        data_converter=shared_pydantic_data_converter,
         search_attributes=SEARCH_ATTRIBUTES,
     )
     yield env

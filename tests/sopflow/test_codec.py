@@ -18,12 +18,14 @@ from sopflow.codec import (
     EncryptionCodec,
     KeyRingError,
     PayloadDecryptionError,
+    _type_adapter,
     data_converter,
     new_key,
     parse_key_ring,
+    shared_pydantic_data_converter,
 )
 from sopflow.config import Settings
-from sopflow.models import LifecycleInput
+from sopflow.models import ExternalEvent, LifecycleInput
 
 K1, K2 = new_key(), new_key()
 SECRET = "client-7f3a@example.com"
@@ -120,14 +122,39 @@ def test_the_key_ring_never_shows_its_keys():
 
 
 def test_without_keys_the_converter_is_the_plain_pydantic_one():
-    assert data_converter(Settings(encryption_keys=None)) is pydantic_data_converter
+    assert data_converter(Settings(encryption_keys=None)) is shared_pydantic_data_converter
+
+
+def test_the_shared_converter_writes_and_reads_what_the_sdks_pydantic_converter_does():
+    """Histories written with the SDK's converter must read the same, and new payloads be the same bytes."""
+    values = [ExternalEvent(name="site_visit_logged", event_id="e1"), None, {"a": [1, 2]}, "text", b"raw"]
+    ours = shared_pydantic_data_converter.payload_converter.to_payloads(values)
+    assert ours == pydantic_data_converter.payload_converter.to_payloads(values)
+    hints: list[type] = [ExternalEvent, type(None), dict, str, bytes]
+    assert shared_pydantic_data_converter.payload_converter.from_payloads(ours, hints) == values
+    assert shared_pydantic_data_converter.payload_converter.from_payloads(ours) == (
+        pydantic_data_converter.payload_converter.from_payloads(ours)
+    )
+
+
+def test_the_workflows_of_a_worker_share_one_type_adapter_per_type():
+    """The SDK makes a payload converter per workflow: the adapters (compiled validators, ~190 KB for a lifecycle's
+    input) must not be made again for each."""
+    payload = shared_pydantic_data_converter.payload_converter.to_payloads([ExternalEvent(name="x", event_id="e1")])
+    first, second = (shared_pydantic_data_converter._new_payload_converter() for _ in range(2))
+    assert first is not second
+    before = _type_adapter.cache_info().currsize
+    first.from_payloads(payload, [ExternalEvent])
+    second.from_payloads(payload, [ExternalEvent])
+    assert _type_adapter.cache_info().currsize <= before + 1
+    assert _type_adapter(ExternalEvent) is _type_adapter(ExternalEvent)
 
 
 async def test_with_keys_the_converter_encrypts_pydantic_values_and_failures():
     converter = data_converter(Settings(encryption_keys=f"k1:{K1}"))  # type: ignore[arg-type]
     assert isinstance(converter.payload_codec, EncryptionCodec)
     assert converter.failure_converter_class is DefaultFailureConverterWithEncodedAttributes
-    assert converter.payload_converter_class is pydantic_data_converter.payload_converter_class
+    assert converter.payload_converter_class is shared_pydantic_data_converter.payload_converter_class
 
     value = {"deal": "D-1", "contact": SECRET}
     [payload] = await converter.encode([value])

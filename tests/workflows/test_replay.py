@@ -14,12 +14,12 @@ from temporalio.api.enums.v1 import EventType, UpdateWorkflowExecutionLifecycleS
 from temporalio.api.update.v1 import UpdateRef, WaitPolicy
 from temporalio.api.workflowservice.v1 import PollWorkflowExecutionUpdateRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from activities.email import EmailActivities
+from sopflow.codec import shared_pydantic_data_converter
 from sopflow.db import Database
 from sopflow.mailsink import MailSink
 from sopflow.models import EmailRequest, EmailResult, ExternalEvent, SubmitForm
@@ -40,7 +40,7 @@ def test_histories_are_recorded_for_every_shipped_scenario():
 async def test_recorded_history_replays_deterministically(path: Path):
     history = WorkflowHistory.from_json(f"deal-{path.stem}", path.read_text())
     replayer = Replayer(
-        workflows=[ClientLifecycle], data_converter=pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER
+        workflows=[ClientLifecycle], data_converter=shared_pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER
     )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
@@ -60,7 +60,7 @@ async def test_a_history_where_an_update_reached_a_cold_worker_after_a_kill_repl
     path = HISTORIES / "nondeterministic" / "cold_start_update_after_worker_kill.json"
     history = WorkflowHistory.from_json("deal-CHAOS-0020", path.read_text())
     replayer = Replayer(
-        workflows=[ClientLifecycle], data_converter=pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER
+        workflows=[ClientLifecycle], data_converter=shared_pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER
     )
     await replayer.replay_workflow(history, raise_on_replay_failure=True)
 
@@ -139,7 +139,7 @@ async def test_an_update_and_a_finished_email_reaching_a_cold_worker_after_its_s
     ]
     assert EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in kinds[timed_out - 3 : timed_out]
     replayer = Replayer(
-        workflows=[ClientLifecycle], data_converter=pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER
+        workflows=[ClientLifecycle], data_converter=shared_pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER
     )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None
