@@ -24,7 +24,6 @@ from sqlalchemy import select
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
@@ -33,6 +32,7 @@ from activities.email import EmailActivities, SmtpConfig
 from activities.records import RecordActivities
 from sopflow import zones
 from sopflow.business_calendar import UTC_CLOCK, Clock
+from sopflow.codec import shared_pydantic_data_converter
 from sopflow.constants import SEARCH_ATTRIBUTES
 from sopflow.db import Database, JournalRow
 from sopflow.durations import Duration
@@ -191,7 +191,7 @@ async def start_test_env(server_log: Path | None = None) -> WorkflowEnvironment:
             os.dup2(log.fileno(), 2)  # the server process inherits this descriptor
     try:
         env = await WorkflowEnvironment.start_time_skipping(
-            test_server_existing_path=test_server(), data_converter=pydantic_data_converter, runtime=runtime
+            test_server_existing_path=test_server(), data_converter=shared_pydantic_data_converter, runtime=runtime
         )
     finally:
         if saved_stderr is not None:

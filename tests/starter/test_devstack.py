@@ -21,8 +21,8 @@ from rich.console import Console
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from sopflow.codec import shared_pydantic_data_converter
 from sopflow.config import Settings
 from sopflow.mailsink import MailSink, free_port
 from starter.devstack import DevStackError, run_dev
@@ -124,7 +124,9 @@ async def test_dev_stack_serves_everything_and_stops_cleanly(tmp_path: Path) -> 
     pids: list[int] = []
     task = await start(settings, console, pids)
     try:
-        client = await Client.connect(f"127.0.0.1:{settings.dev_temporal_port}", data_converter=pydantic_data_converter)
+        client = await Client.connect(
+            f"127.0.0.1:{settings.dev_temporal_port}", data_converter=shared_pydantic_data_converter
+        )
         listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace="default"))
         assert dict(listed.custom_attributes) == {
             "SopStage": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,

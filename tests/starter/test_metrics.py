@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from sopflow.codec import shared_pydantic_data_converter
 from sopflow.db import Database
 from sopflow.mailsink import MailSink
 from sopflow.models import LifecycleInput, SubmitForm
@@ -46,7 +46,7 @@ async def test_worker_metrics_endpoint_serves_sdk_metrics_and_lifecycle_counters
     client = await Client.connect(
         dev_env.client.service_client.config.target_host,
         namespace=dev_env.client.namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=shared_pydantic_data_converter,
         runtime=runtime,
     )
     worker = make_worker(client, db, smtp_sink)
