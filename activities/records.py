@@ -212,14 +212,8 @@ class RecordActivities:
             return  # an older batch retried late: the row already shows newer state
         if snap.contacts:
             contacts: list[dict[str, Any]] = [
-                {
-                    "workflow_id": batch.workflow_id,
-                    "deal_id": batch.deal_id,
-                    "role": contact.role,
-                    "email": contact.email,
-                }
-                | {"name": contact.name, "updated_at": now}
-                for contact in snap.contacts
+                {**_deal_key(batch), "role": c.role, "email": c.email, "name": c.name, "updated_at": now}
+                for c in snap.contacts
             ]
             session.execute(
                 upsert(session, DealContact, contacts, ["workflow_id", "role"], refresh=["email", "name", "updated_at"])

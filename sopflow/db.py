@@ -233,6 +233,12 @@ def _fit_strings(_mapper: Mapper[Any], _connection: Any, target: Base) -> None:
             setattr(target, name, value)
 
 
+def _insert(session: Session, model: type[Base]) -> Any:
+    """The dialect's INSERT (both have ON CONFLICT), for the database the session is bound to."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(model)
+
+
 def insert_new(session: Session, model: type[Base], values: dict[str, Any], unique: list[str]) -> bool:
     """`INSERT … ON CONFLICT (unique) DO NOTHING`: whether this call created the row.
 
@@ -241,9 +247,8 @@ def insert_new(session: Session, model: type[Base], values: dict[str, Any], uniq
     COMMITTED the second INSERT instead waits for the first transaction and then does nothing, on SQLite the single
     writer orders them: either way the loser learns it lost without an error, which keeps constraint violations for
     real faults (see `activities/errors.py`)."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     statement = (
-        dialect.insert(model)
+        _insert(session, model)
         .values(**fitted(model, values))
         .on_conflict_do_nothing(index_elements=unique)
         .returning(*model.__table__.primary_key)
@@ -257,8 +262,7 @@ def insert_missing(
     """`insert_new` for many rows in one statement: the `key` values of the rows this call created."""
     if not rows:
         return set()
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(model).values([fitted(model, row) for row in rows])
+    statement = _insert(session, model).values([fitted(model, row) for row in rows])
     return set(session.scalars(statement.on_conflict_do_nothing(index_elements=unique).returning(key)))
 
 
@@ -276,9 +280,8 @@ def upsert(
     create-or-change in one round trip, atomic on both databases (PostgreSQL locks the row it updates, SQLite has
     one writer). On conflict the `refresh` columns take the new row's values and `on_conflict` sets expressions;
     with `where`, a row it does not hold is left alone (and not returned)."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     rows = [fitted(model, row) for row in values] if isinstance(values, list) else fitted(model, values)
-    statement = dialect.insert(model).values(rows)
+    statement = _insert(session, model).values(rows)
     changes = {name: statement.excluded[name] for name in refresh} | (on_conflict or {})
     return statement.on_conflict_do_update(index_elements=unique, set_=changes, where=where).returning(model)
 
