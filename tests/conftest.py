@@ -261,10 +261,24 @@ def activities_only(
     )
 
 
-def workflows_only(client: Client, task_queue: str, **options: Any) -> Worker:
-    """The lifecycle's workflow without activities (see `activities_only`)."""
+def workflows_only(
+    client: Client,
+    task_queue: str,
+    db: Database,
+    record_activities: type[RecordActivities] = RecordActivities,
+    **options: Any,
+) -> Worker:
+    """The lifecycle's workflow without its (remote) activities (see `activities_only`). It hosts the timeline record
+    all the same: a lifecycle started since PATCH_LOCAL_RECORDS runs it as a local activity, in the worker that runs
+    the workflow task, and a workflow worker without it fails every such task."""
     return Worker(
-        client, task_queue=task_queue, workflows=[ClientLifecycle], workflow_runner=WORKFLOW_RUNNER, **options
+        client,
+        task_queue=task_queue,
+        workflows=[ClientLifecycle],
+        workflow_runner=WORKFLOW_RUNNER,
+        activities=[record_activities(db).record_journal],
+        no_remote_activities=True,
+        **options,
     )
 
 

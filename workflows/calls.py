@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.email import EmailActivities
@@ -21,7 +21,16 @@ with workflow.unsafe.imports_passed_through():
     from sopflow.errors import RECORD_REFUSED, UNDELIVERABLE
     from sopflow.models import ClaimRequest, DealSnapshot, JournalBatch, JournalEntry, LifecycleInput
     from sopflow.telemetry import observe_timeline
-    from workflows.options import EMAIL_GIVE_UP, EMAIL_RETRY, PATCH_UNDELIVERABLE, RECORD_RETRY
+    from workflows.options import (
+        EMAIL_GIVE_UP,
+        EMAIL_RETRY,
+        LOCAL_RECORD_ATTEMPT,
+        LOCAL_RECORD_GIVE_UP,
+        LOCAL_RECORD_RETRY,
+        PATCH_LOCAL_RECORDS,
+        PATCH_UNDELIVERABLE,
+        RECORD_RETRY,
+    )
 
 
 class LifecycleCalls:
@@ -34,6 +43,7 @@ class LifecycleCalls:
     _outbox: list[Step]
     _delivered: list[Step]
     _apart: bool  # PATCH_EMAIL_APART, decided once per run
+    _local_records: bool = False  # PATCH_LOCAL_RECORDS, decided once per run (`_decide_records`)
     _changed: bool
     # The deal snapshot the records store holds from this run: a batch carries one only when it differs.
     _recorded_snapshot: DealSnapshot | None = None
@@ -122,21 +132,16 @@ class LifecycleCalls:
         observe_timeline(self._input.playbook.id, state.deal_id, [s.entry for s in steps])
         entries = self._unrecorded + [s.entry for s in steps]
         snapshot = self._engine.snapshot()
+        batch = JournalBatch(
+            workflow_id=self._engine.workflow_id,
+            deal_id=state.deal_id,
+            playbook=self._input.playbook.id,
+            entries=entries,
+            snapshot=None if snapshot == self._recorded_snapshot else snapshot,
+        )
         try:
-            await workflow.execute_activity_method(
-                RecordActivities.record_journal,
-                JournalBatch(
-                    workflow_id=self._engine.workflow_id,
-                    deal_id=state.deal_id,
-                    playbook=self._input.playbook.id,
-                    entries=entries,
-                    snapshot=None if snapshot == self._recorded_snapshot else snapshot,
-                ),
-                start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=RECORD_RETRY,
-                summary="record timeline",
-            )
-        except ActivityError as err:
+            await self._record_batch(batch)
+        except FailureError as err:
             if not refused_by_records(err):
                 raise
             workflow.logger.warning(
@@ -146,6 +151,49 @@ class LifecycleCalls:
         else:
             self._unrecorded = []
             self._recorded_snapshot = snapshot
+
+    def _decide_records(self) -> None:
+        """Once per run, at its start: whether this run records its timeline through a local activity."""
+        self._local_records = workflow.patched(PATCH_LOCAL_RECORDS)
+
+    async def _record_batch(self, batch: JournalBatch) -> None:
+        """Write one batch: in this workflow task (a local activity) for runs started since PATCH_LOCAL_RECORDS, else
+        through the server (a regular activity), as runs recorded before did.
+
+        Safe to run locally because `record_journal` is idempotent: entries are inserted ON CONFLICT DO NOTHING by
+        (workflow, seq) and the deal's row only moves forward (WHERE last_seq <= batch). That matters more here than
+        for a regular activity: a worker that dies while a local activity runs leaves no trace of it in history, so
+        the next worker runs the batch again from the start, and an attempt that outlived its timeout may still be
+        writing in its thread while the next one starts. A local activity that fails anything but RecordRefused
+        within LOCAL_RECORD_GIVE_UP (the store down, a saturated worker) hands the same batch to the regular activity,
+        which the server retries for as long as it takes, so an outage costs one marker and one activity in history
+        rather than a workflow task heartbeat every 8 s, and the lifecycle waits on the store as it did before."""
+        if self._local_records:
+            try:
+                await workflow.execute_local_activity_method(
+                    RecordActivities.record_journal,
+                    batch,
+                    start_to_close_timeout=LOCAL_RECORD_ATTEMPT,
+                    schedule_to_close_timeout=LOCAL_RECORD_GIVE_UP,
+                    retry_policy=LOCAL_RECORD_RETRY,
+                    summary="record timeline",
+                )
+                return
+            except FailureError as err:
+                # A local activity's failure arrives as the activity's own error (an ApplicationError, or a
+                # TimeoutError), not wrapped in an ActivityError as a regular activity's is.
+                if refused_by_records(err):
+                    raise
+                workflow.logger.warning(
+                    "the timeline record failed in the workflow task (%s); retried as an activity", type(err).__name__
+                )
+        await workflow.execute_activity_method(
+            RecordActivities.record_journal,
+            batch,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+            summary="record timeline",
+        )
 
     async def _release_claim(self, claim: ClaimRequest) -> None:
         await self._release(RecordActivities.release_claim, claim, "give back an account claim")
@@ -162,6 +210,8 @@ class LifecycleCalls:
             workflow.logger.warning("the records store refused to %s", what)
 
 
-def refused_by_records(err: ActivityError) -> bool:
-    """Whether the records store refused the write for good (RecordRefused), as opposed to any other failure."""
-    return isinstance(err.cause, ApplicationError) and err.cause.type == RECORD_REFUSED
+def refused_by_records(err: FailureError) -> bool:
+    """Whether the records store refused the write for good (RecordRefused), as opposed to any other failure: the
+    cause of a regular activity's ActivityError, or a local activity's own error."""
+    cause = err.cause if isinstance(err, ActivityError) else err
+    return isinstance(cause, ApplicationError) and cause.type == RECORD_REFUSED

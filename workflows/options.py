@@ -39,6 +39,22 @@ PATCH_CLAIM_GIVEN_BACK = "refused-form-gives-its-claim-back"
 # Only the timer for the next wake-up stays pending, so the Temporal UI shows what the lifecycle waits for;
 # lifecycles recorded before kept superseded timers, which fired into no-op ticks.
 PATCH_LIVE_TIMERS = "only-live-timers"
+# The timeline record runs as a local activity, inside the workflow task that queued it, instead of a server round
+# trip (schedule, dispatch, complete, a new workflow task) per batch; lifecycles recorded before keep the regular
+# activity. See LOCAL_RECORD_* and `LifecycleCalls._record`.
+PATCH_LOCAL_RECORDS = "timeline-recorded-by-local-activity"
+# A local record gets a few quick attempts within one workflow task (Temporal's guidance: a local activity lasts no
+# longer than a few seconds, retries included; past 80% of the 10 s task timeout the worker heartbeats the task, which
+# adds three history events each time and holds back the updates and signals that task answers). An attempt may take
+# 4 s (a batch takes milliseconds; a busy worker's thread pool queues it), the next starts 0.2 s then 0.4 s later, and
+# all end by 7 s. A batch that still fails goes to the regular activity and RECORD_RETRY: retried by the server, off
+# the workflow task, for as long as the store is down, with no history growing meanwhile. RecordRefused is final on
+# either path.
+LOCAL_RECORD_ATTEMPT = timedelta(seconds=4)
+LOCAL_RECORD_GIVE_UP = timedelta(seconds=7)
+LOCAL_RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=1), maximum_attempts=3
+)
 # Timer summaries quote playbook labels; the UI metadata stays short whatever a playbook author wrote.
 SUMMARY_MAX_CHARS = 200
 

@@ -77,6 +77,14 @@ class HeldRecords(RecordActivities):
         return super()._record_journal(batch)
 
 
+class StoreUnreachableInTheWorkflowTask(RecordActivities):
+    """The workflow worker cannot reach the records store: each local record fails as a lost connection does, so
+    the lifecycle hands the batch to the regular activity (PATCH_LOCAL_RECORDS), whose worker holds it."""
+
+    def _record_journal(self, batch: JournalBatch) -> int:
+        raise ConnectionError("records store not reachable from the workflow worker")
+
+
 # A call due an hour after the deal opens; the form moves the deal to a stage with no timer at all.
 MOVING = parse_playbook(
     {
@@ -105,12 +113,15 @@ async def test_a_timer_that_fired_while_its_wake_up_was_superseded_is_not_cancel
     """The race that once made the workflow stop cancelling timers. The deal moves on while its timeline record is
     held; with no workflow worker, the record finishes and then the old stage's timer fires, so one workflow task
     brings both, in that order: the main loop resumes first and supersedes a timer whose firing it has not seen yet.
-    No cancel may reach the server for it: the task would fail."""
+    No cancel may reach the server for it: the task would fail. A record runs as a regular activity when the local
+    one failed (the store out of the workflow worker's reach), as here, and in every run recorded before
+    PATCH_LOCAL_RECORDS."""
     client, task_queue = dev_env.client, f"tq-{uuid.uuid4()}"
     HeldRecords.go.set()
     inp = LifecycleInput(deal_id="D-41", playbook=MOVING, fields={"rep_email": "rep@example.com"}, time_scale=3600)
     async with activities_only(client, db, smtp_sink, task_queue, record_activities=HeldRecords):
-        async with workflows_only(client, task_queue, max_cached_workflows=0):  # no sticky queue to time out
+        # no sticky queue to time out
+        async with workflows_only(client, task_queue, db, StoreUnreachableInTheWorkflowTask, max_cached_workflows=0):
             handle = await client.start_workflow(
                 ClientLifecycle.run, inp, id=workflow_id("D-41"), task_queue=task_queue
             )
@@ -120,7 +131,7 @@ async def test_a_timer_that_fired_while_its_wake_up_was_superseded_is_not_cancel
             await until(lambda: record_under_way(handle), "the move's record to be under way")
         HeldRecords.go.set()
         await until(lambda: fired_after_a_record(handle), "the call's timer to fire after the record finished")
-        async with workflows_only(client, task_queue):
+        async with workflows_only(client, task_queue, db, StoreUnreachableInTheWorkflowTask):
             status: LifecycleStatus = await handle.query(ClientLifecycle.status)
             history = await handle.fetch_history()
 

@@ -106,7 +106,7 @@ async def test_an_update_and_a_finished_email_reaching_a_cold_worker_after_its_s
 
     def workflow_worker() -> Worker:
         # A short sticky timeout: the task left on the departed worker's queue moves on in a second, not ten.
-        return workflows_only(client, task_queue, sticky_queue_schedule_to_start_timeout=timedelta(seconds=1))
+        return workflows_only(client, task_queue, db, sticky_queue_schedule_to_start_timeout=timedelta(seconds=1))
 
     async with activities:
         sticky = workflow_worker()
