@@ -5,7 +5,8 @@ It has no playbook, no engine, no templates, no records and no search attributes
 signal) carries the Temporal work it must cause (a `BareStep`, computed from the real engine by
 `bench.safe_balance.bare_plan`), and the workflow does that work with a trivial activity, following the same
 loop as `ClientLifecycle`: the account claim inside the update handler; then, in the main loop, one timeline record
-per batch of requests, the queued emails one by one and one record of the delivered emails; then one timer if
+per batch of requests (a local activity, as the engine's), the queued emails one by one and one record of the
+delivered emails; then one timer if
 cancelling a timer armed for another wake-up (as the engine does). So when
 requests arrive faster than their work completes, both batch their records and skip timers the same way, and the
 per-client counts (checked from the histories) stay equal. Whatever the engine costs above this is the price of the
@@ -20,6 +21,9 @@ from datetime import datetime, timedelta
 
 from temporalio import activity, workflow
 
+with workflow.unsafe.imports_passed_through():
+    from workflows.options import LOCAL_RECORD_ATTEMPT, LOCAL_RECORD_GIVE_UP, LOCAL_RECORD_RETRY
+
 BARE_TIMEOUT = timedelta(seconds=30)
 
 
@@ -30,8 +34,8 @@ class BareStep:
     name: str
     kind: str  # "start", "update" or "signal"
     handler_activities: int = 0  # run by the update handler before it returns (the account claim)
-    emails: int = 0  # activities run one by one after the request (then one record activity for all of them)
-    records: bool = True  # whether it adds timeline entries besides emails (one record activity per batch)
+    emails: int = 0  # activities run one by one after the request (then one record for all of them)
+    records: bool = True  # whether it adds timeline entries besides emails (one record per batch)
     wake_seconds: float | None = None  # the engine's next wake-up after this request, from now
     wake_id: str | None = None  # which moment that is (its time and label): a timer is kept while this stays
 
@@ -51,7 +55,9 @@ class BarePlan:
         return {
             "updates": sum(s.kind == "update" for s in self.steps),
             "signals": sum(s.kind == "signal" for s in self.steps),
-            "activities": sum(s.handler_activities + s.emails + int(s.records) + int(s.emails > 0) for s in self.steps),
+            "activities": sum(s.handler_activities + s.emails for s in self.steps),
+            # the timeline records: local activities, as the engine's since PATCH_LOCAL_RECORDS
+            "local_activities": sum(int(s.records) + int(s.emails > 0) for s in self.steps),
             "timers": timers,
         }
 
@@ -106,15 +112,25 @@ class BareLifecycle:
         while self._queued:
             batch, self._queued = self._queued, []
             if any(step.records for step in batch):
-                await self._activity()
+                await self._record()
             emails = sum(step.emails for step in batch)
             for _ in range(emails):
                 await self._activity()
             if emails:
-                await self._activity()
+                await self._record()
 
     async def _activity(self) -> None:
         self._done = await workflow.execute_activity(bare_step, self._done, start_to_close_timeout=BARE_TIMEOUT)
+
+    async def _record(self) -> None:
+        """A timeline record, with the engine's local activity options (`workflows.calls.record_batch`)."""
+        self._done = await workflow.execute_local_activity(
+            bare_step,
+            self._done,
+            start_to_close_timeout=LOCAL_RECORD_ATTEMPT,
+            schedule_to_close_timeout=LOCAL_RECORD_GIVE_UP,
+            retry_policy=LOCAL_RECORD_RETRY,
+        )
 
     def _arm_timer(self) -> None:
         """As the engine does (PATCH_LIVE_TIMERS): the timer for another wake-up is cancelled, one for this one kept."""

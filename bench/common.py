@@ -245,6 +245,10 @@ async def wait_quiet(handle: WorkflowHandle[Any, Any], timeout: float = QUIET_TI
         await asyncio.sleep(0.02)
 
 
+LOCAL_ACTIVITY = "LOCAL_ACTIVITY"  # the count's key (not an event type)
+LOCAL_ACTIVITY_MARKER = "core_local_activity"  # the marker the SDK's core records for each local activity's result
+
+
 def event_name(event_type: int) -> str:
     return EventType.Name(event_type).removeprefix("EVENT_TYPE_")  # type: ignore[arg-type]
 
@@ -274,6 +278,7 @@ class HistoryCounts:
             "updates": self.per_workflow("WORKFLOW_EXECUTION_UPDATE_ACCEPTED"),
             "signals": self.per_workflow("WORKFLOW_EXECUTION_SIGNALED"),
             "activities": self.per_workflow("ACTIVITY_TASK_SCHEDULED"),
+            "local_activities": self.per_workflow(LOCAL_ACTIVITY),
             "timers": self.per_workflow("TIMER_STARTED"),
             "search_attribute_upserts": self.per_workflow("UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"),
         }
@@ -295,6 +300,10 @@ def count_histories(histories: Iterable[HasEvents]) -> HistoryCounts:
         workflows += 1
         events += len(history.events)
         by_type.update(event_name(e.event_type) for e in history.events)
+        # A local activity is no event of its own: its result is a marker, recorded with the workflow task.
+        by_type[LOCAL_ACTIVITY] += sum(
+            e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER for e in history.events
+        )
         if history.events:
             start = history.events[0].event_time.ToDatetime(tzinfo=UTC)
             end = history.events[-1].event_time.ToDatetime(tzinfo=UTC)

@@ -13,7 +13,8 @@ real activities the engine calls, with the same arguments:
 - `EmailActivities.send_email` with real `EmailRequest`s (same templates, same keys, recipients and Reply-To, to the
   same sink, through the same outbox rows), one at a time from a courier coroutine, as the engine's `_deliver`;
 - `RecordActivities.record_journal` with the same timeline entries and a deal snapshot, batched exactly as the
-  engine's `_flush` batches them (requests' entries at once, delivered emails together once the outbox is empty);
+  engine's `_flush` batches them (requests' entries at once, delivered emails together once the outbox is empty),
+  through the engine's own `workflows.calls.record_batch`: a local activity, as new lifecycles record;
 - one live timer for the next moment the SOP waits for (contract reminder, task due dates, the site visit
   reminder), the superseded one cancelled, as the engine does with PATCH_LIVE_TIMERS.
 
@@ -63,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         SetFields,
         SubmitForm,
     )
+    from workflows.calls import record_batch
     from workflows.options import EMAIL_GIVE_UP, EMAIL_RETRY, RECORD_RETRY, REQUESTS_FIRST
 
 HANDWRITTEN_TASK_QUEUE = "bench-handwritten"
@@ -460,13 +462,7 @@ class HandwrittenSafeBalance:
             entries=[s.entry for s in steps],
             snapshot=sop.snapshot(),
         )
-        await workflow.execute_activity_method(
-            RecordActivities.record_journal,
-            batch,
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            retry_policy=RECORD_RETRY,
-            summary="record timeline",
-        )
+        await record_batch(batch, local=True)  # as the engine's runs since PATCH_LOCAL_RECORDS
 
     def _arm_timer(self) -> None:
         """One live timer, for the next wake-up (a second after it: requests first, as the engine's)."""

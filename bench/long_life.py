@@ -163,6 +163,7 @@ async def run(years: int = 5) -> dict[str, Any]:
         "largest_run_replay_ms": largest["replay_ms"],
         "first_replay_in_process_ms": round(first_replay_seconds * 1000, 1),
         "activities": round(counts["activities"] * len(histories)),
+        "local_activities": round(counts["local_activities"] * len(histories)),
         "workflow_tasks": round(counts["workflow_tasks"] * len(histories)),
         "updates": round(counts["updates"] * len(histories)),
         "timers": round(counts["timers"] * len(histories)),
@@ -201,7 +202,8 @@ def render(result: dict[str, Any]) -> str:
         f"<= a quarter: {mark(met['every_run_far_below_limit'])}), replayed in {result['largest_run_replay_ms']} ms",
         f"rehearsal wall time: {result['rehearsal_seconds']} s (target < {TARGET_WALL_SECONDS} s: "
         f"{mark(met['rehearsal_wall'])}), plus {result['test_server_start_seconds']} s to start the test server; "
-        f"it ran {result['updates']} updates, {result['activities']} activities, {result['timers']} timers and "
+        f"it ran {result['updates']} updates, {result['activities']} activities (server round trips), "
+        f"{result['local_activities']} local activities, {result['timers']} timers and "
         f"{result['workflow_tasks']} workflow tasks",
         f"first replay in a fresh process (sandbox imports, smallest run): {result['first_replay_in_process_ms']} ms",
     ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
@@ -24,9 +24,11 @@ from bench.handwritten import (
     HANDWRITTEN_TASK_QUEUE,
     PLAYBOOK_TITLE,
     PLAYBOOK_VERSION,
+    ZONE,
     HandwrittenSafeBalance,
     HandwrittenStart,
 )
+from sopflow import zones
 from sopflow.config import PROJECT_ROOT
 from sopflow.engine import Engine
 from sopflow.models import (
@@ -66,8 +68,9 @@ def playbook() -> Playbook:
 
 
 def today() -> date:
-    """Workflow time is UTC: a visit dated by the local calendar could be 'in the future' to the engine."""
-    return datetime.now(UTC).date()
+    """Today in the playbook's zone (US Eastern), where the engine dates a visit: the machine's or UTC's date is a
+    day ahead there every evening, and the engine refuses a visit dated in the future."""
+    return datetime.now(zones.zone(ZONE)).date()
 
 
 def site_visit(day: date, n: int) -> Request:

@@ -122,7 +122,8 @@ class LifecycleCalls:
     async def _record(self, steps: list[Step]) -> None:
         """Record the steps' timeline entries, after any the records store refused before.
 
-        A lost database connection is retried by the activity's policy, for as long as it takes. A refusal
+        A lost database connection is retried (a few times in the workflow task, then by the regular activity's policy
+        for as long as it takes: `record_batch`). A refusal
         (RecordRefused: the store cannot take a value, which only a fix to it can cure) must not stop the client:
         the entries are kept and offered again with the next batch, and the lifecycle carries on.
 
@@ -140,7 +141,7 @@ class LifecycleCalls:
             snapshot=None if snapshot == self._recorded_snapshot else snapshot,
         )
         try:
-            await self._record_batch(batch)
+            await record_batch(batch, local=self._local_records)
         except FailureError as err:
             if not refused_by_records(err):
                 raise
@@ -156,45 +157,6 @@ class LifecycleCalls:
         """Once per run, at its start: whether this run records its timeline through a local activity."""
         self._local_records = workflow.patched(PATCH_LOCAL_RECORDS)
 
-    async def _record_batch(self, batch: JournalBatch) -> None:
-        """Write one batch: in this workflow task (a local activity) for runs started since PATCH_LOCAL_RECORDS, else
-        through the server (a regular activity), as runs recorded before did.
-
-        Safe to run locally because `record_journal` is idempotent: entries are inserted ON CONFLICT DO NOTHING by
-        (workflow, seq) and the deal's row only moves forward (WHERE last_seq <= batch). That matters more here than
-        for a regular activity: a worker that dies while a local activity runs leaves no trace of it in history, so
-        the next worker runs the batch again from the start, and an attempt that outlived its timeout may still be
-        writing in its thread while the next one starts. A local activity that fails anything but RecordRefused
-        within LOCAL_RECORD_GIVE_UP (the store down, a saturated worker) hands the same batch to the regular activity,
-        which the server retries for as long as it takes, so an outage costs one marker and one activity in history
-        rather than a workflow task heartbeat every 8 s, and the lifecycle waits on the store as it did before."""
-        if self._local_records:
-            try:
-                await workflow.execute_local_activity_method(
-                    RecordActivities.record_journal,
-                    batch,
-                    start_to_close_timeout=LOCAL_RECORD_ATTEMPT,
-                    schedule_to_close_timeout=LOCAL_RECORD_GIVE_UP,
-                    retry_policy=LOCAL_RECORD_RETRY,
-                    summary="record timeline",
-                )
-                return
-            except FailureError as err:
-                # A local activity's failure arrives as the activity's own error (an ApplicationError, or a
-                # TimeoutError), not wrapped in an ActivityError as a regular activity's is.
-                if refused_by_records(err):
-                    raise
-                workflow.logger.warning(
-                    "the timeline record failed in the workflow task (%s); retried as an activity", type(err).__name__
-                )
-        await workflow.execute_activity_method(
-            RecordActivities.record_journal,
-            batch,
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            retry_policy=RECORD_RETRY,
-            summary="record timeline",
-        )
-
     async def _release_claim(self, claim: ClaimRequest) -> None:
         await self._release(RecordActivities.release_claim, claim, "give back an account claim")
 
@@ -208,6 +170,49 @@ class LifecycleCalls:
             if not refused_by_records(err):
                 raise
             workflow.logger.warning("the records store refused to %s", what)
+
+
+async def record_batch(batch: JournalBatch, *, local: bool) -> None:
+    """Write one timeline batch: in this workflow task (a local activity) when `local` (runs started since
+    PATCH_LOCAL_RECORDS), else through the server (a regular activity), as runs recorded before did. A function, not
+    a method, so that `bench.handwritten` records exactly as the engine does.
+
+    Safe to run locally because `record_journal` is idempotent: entries are inserted ON CONFLICT DO NOTHING by
+    (workflow, seq) and the deal's row only moves forward (WHERE last_seq <= batch). That matters more here than for
+    a regular activity: a worker that dies while a local activity runs leaves no trace of it in history, so the next
+    worker runs the batch again from the start, and an attempt that outlived its timeout may still be writing in its
+    thread while the next one starts. A local activity that fails with anything but RecordRefused within
+    LOCAL_RECORD_GIVE_UP (the store down, a saturated worker) hands the same batch to the regular activity, which the
+    server retries for as long as it takes: an outage costs one marker and one activity in history, not a workflow
+    task heartbeat every 8 s, and the lifecycle waits on the store as it did before. RecordRefused is raised on either
+    path (as the local activity's own ApplicationError or as a regular activity's ActivityError: `refused_by_records`
+    reads both)."""
+    if local:
+        try:
+            await workflow.execute_local_activity_method(
+                RecordActivities.record_journal,
+                batch,
+                start_to_close_timeout=LOCAL_RECORD_ATTEMPT,
+                schedule_to_close_timeout=LOCAL_RECORD_GIVE_UP,
+                retry_policy=LOCAL_RECORD_RETRY,
+                summary="record timeline",
+            )
+            return
+        except FailureError as err:
+            # A local activity's failure arrives as the activity's own error (an ApplicationError, or a TimeoutError),
+            # not wrapped in an ActivityError as a regular activity's is.
+            if refused_by_records(err):
+                raise
+            workflow.logger.warning(
+                "the timeline record failed in the workflow task (%s); retried as an activity", type(err).__name__
+            )
+    await workflow.execute_activity_method(
+        RecordActivities.record_journal,
+        batch,
+        start_to_close_timeout=ACTIVITY_TIMEOUT,
+        retry_policy=RECORD_RETRY,
+        summary="record timeline",
+    )
 
 
 def refused_by_records(err: FailureError) -> bool:

@@ -49,9 +49,10 @@ def test_bare_plan_has_the_lifecycle_requests_and_its_emails():
     assert totals["updates"] == 12 and totals["signals"] == 1  # 11 requests to ongoing + 2 visits, one a signal
     assert sum(step.emails for step in plan.steps) == EMAILS_TO_ONGOING + 2
     assert sum(step.handler_activities for step in plan.steps) == 1  # the targeting form's account claim
-    # a record per request, and one of its delivered emails per request that sent any
+    assert totals["activities"] == EMAILS_TO_ONGOING + 2 + 1  # the emails and the claim: round trips
+    # a record per request, and one of its delivered emails per request that sent any: local activities
     emailing = sum(step.emails > 0 for step in plan.steps)
-    assert totals["activities"] == len(plan.steps) + EMAILS_TO_ONGOING + 2 + 1 + emailing
+    assert totals["local_activities"] == len(plan.steps) + emailing
 
 
 def test_worker_cpu_is_split_by_thread_and_adds_up():
@@ -158,6 +159,7 @@ async def test_long_life_counts_every_run():
     assert result["events"] == sum(r["events"] for r in result["per_run"]) == result["events_per_client_year"] * 2
     assert result["largest_run_events"] == max(r["events"] for r in result["per_run"])
     assert result["emails"] >= EMAILS_TO_ONGOING + result["site_visits"]  # plus visit reminders
+    assert result["local_activities"] > result["activities"] > 0  # the timeline records, and the emails
     assert "client-year" in long_life.render(result)
 
 
