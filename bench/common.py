@@ -258,6 +258,9 @@ class HistoryCounts:
     by_type: Counter[str]
     first_event: datetime
     last_event: datetime
+    # Serialized size of all events, and of the updates' answers alone (each written into history: issue 17).
+    bytes: int = 0
+    answer_bytes: int = 0
 
     @property
     def span_seconds(self) -> float:
@@ -276,6 +279,8 @@ class HistoryCounts:
             "activities": self.per_workflow("ACTIVITY_TASK_SCHEDULED"),
             "timers": self.per_workflow("TIMER_STARTED"),
             "search_attribute_upserts": self.per_workflow("UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"),
+            "history_kb": self.bytes / 1024 / self.workflows if self.workflows else 0.0,
+            "update_answers_kb": self.answer_bytes / 1024 / self.workflows if self.workflows else 0.0,
         }
 
 
@@ -288,20 +293,26 @@ class HasEvents(Protocol):
 
 def count_histories(histories: Iterable[HasEvents]) -> HistoryCounts:
     by_type: Counter[str] = Counter()
-    workflows = events = 0
+    workflows = events = size = answers = 0
     first: datetime | None = None
     last: datetime | None = None
     for history in histories:
         workflows += 1
         events += len(history.events)
         by_type.update(event_name(e.event_type) for e in history.events)
+        size += sum(e.ByteSize() for e in history.events)
+        answers += sum(
+            e.workflow_execution_update_completed_event_attributes.outcome.success.ByteSize()
+            for e in history.events
+            if e.HasField("workflow_execution_update_completed_event_attributes")
+        )
         if history.events:
             start = history.events[0].event_time.ToDatetime(tzinfo=UTC)
             end = history.events[-1].event_time.ToDatetime(tzinfo=UTC)
             first = start if first is None else min(first, start)
             last = end if last is None else max(last, end)
     now = datetime.now(UTC)
-    return HistoryCounts(workflows, events, by_type, first or now, last or now)
+    return HistoryCounts(workflows, events, by_type, first or now, last or now, size, answers)
 
 
 async def fetch_histories(handles: Sequence[WorkflowHandle[Any, Any]], concurrency: int = 20) -> list[History]:

@@ -26,7 +26,8 @@ What it deliberately leaves out (the engine's price, which this reference must n
    benched path are refused with one line, anything on it is applied as it comes;
 2. journaling of refusals and faults (`Engine.attempt`'s all-or-nothing save and restore);
 3. search attributes and the UI's current details (`_publish`: 2.5 upserts per lifecycle in the engine's history);
-4. the update result: each update returns the stage id (a string), not a `LifecycleStatus`;
+4. the update answer: each update returns the stage id (a string), where the engine's returns an `UpdateResult`
+   (stage, what changed, what is still needed: ~350 bytes);
 5. the playbook in the workflow input (the engine pins the whole playbook in its input), the business calendar
    (due times are plain offsets and 17:00 in the deal's zone), timers firing (reminders, escalations, expiry:
    none falls due within a bench), continue-as-new, hand-offs, bounce handling and the workflow interceptor.
