@@ -12,8 +12,9 @@ real activities the engine calls, with the same arguments:
 - `RecordActivities.claim_account` inside the targeting form's update, as the engine does;
 - `EmailActivities.send_email` with real `EmailRequest`s (same templates, same keys, recipients and Reply-To, to the
   same sink, through the same outbox rows), one at a time from a courier coroutine, as the engine's `_deliver`;
-- `RecordActivities.record_journal` with the same timeline entries and a deal snapshot, batched exactly as the
-  engine's `_flush` batches them (requests' entries at once, delivered emails together once the outbox is empty);
+- `RecordActivities.record_journal` with the same timeline entries and the deal snapshot when it changed, batched
+  exactly as the engine's `_flush` batches them (requests' entries at once, delivered emails together once the
+  outbox is empty);
 - one live timer for the next moment the SOP waits for (contract reminder, task due dates, the site visit
   reminder), the superseded one cancelled, as the engine does with PATCH_LIVE_TIMERS.
 
@@ -365,6 +366,7 @@ class HandwrittenSafeBalance:
         self._delivered: list[Step] = []  # sent emails whose timeline entries are still to record
         self._changed = True
         self._timer: tuple[tuple[datetime, str], asyncio.Task[None]] | None = None
+        self._recorded_snapshot: DealSnapshot | None = None  # as the engine: a batch carries it only when it changed
 
     @workflow.run
     async def run(self, start: HandwrittenStart) -> None:
@@ -454,12 +456,13 @@ class HandwrittenSafeBalance:
 
     async def _record(self, steps: list[Step]) -> None:
         sop = self._sop
+        snapshot = sop.snapshot()
         batch = JournalBatch(
             workflow_id=sop.workflow_id,
             deal_id=sop.deal_id,
             playbook=PLAYBOOK,
             entries=[s.entry for s in steps],
-            snapshot=sop.snapshot(),
+            snapshot=None if snapshot == self._recorded_snapshot else snapshot,
         )
         await workflow.execute_activity_method(
             RecordActivities.record_journal,
@@ -468,6 +471,7 @@ class HandwrittenSafeBalance:
             retry_policy=RECORD_RETRY,
             summary="record timeline",
         )
+        self._recorded_snapshot = snapshot
 
     def _arm_timer(self) -> None:
         """One live timer, for the next wake-up (a second after it: requests first, as the engine's)."""

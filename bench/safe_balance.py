@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
@@ -27,6 +27,7 @@ from bench.handwritten import (
     HandwrittenSafeBalance,
     HandwrittenStart,
 )
+from sopflow.business_calendar import Clock
 from sopflow.config import PROJECT_ROOT
 from sopflow.engine import Engine
 from sopflow.models import (
@@ -66,8 +67,10 @@ def playbook() -> Playbook:
 
 
 def today() -> date:
-    """Workflow time is UTC: a visit dated by the local calendar could be 'in the future' to the engine."""
-    return datetime.now(UTC).date()
+    """Today in the bench deals' own zone (the playbook's): the engine judges 'in the future' by that calendar, so
+    between midnight UTC and midnight in New York a UTC date would be refused (and the machine's date could be
+    either)."""
+    return datetime.now(Clock.of(playbook(), DEAL).tz).date()
 
 
 def site_visit(day: date, n: int) -> Request:
@@ -168,7 +171,7 @@ def ongoing_state(book: Playbook, deal_no: int, now: datetime) -> LifecycleState
     """
     deal_id = f"S-{deal_no}"
     engine = Engine.start(book, deal_id, DEAL, now, workflow_id(deal_id), "bench")
-    for request in to_ongoing(deal_no, now.date()):
+    for request in to_ongoing(deal_no, now.astimezone(Clock.of(book, DEAL).tz).date()):
         apply(engine, request, now)
     if engine.state.stage != "ongoing":
         raise BenchError(f"the pure engine left deal {deal_id} in {engine.state.stage}, not ongoing")
