@@ -262,6 +262,9 @@ class HistoryCounts:
     by_type: Counter[str]
     first_event: datetime
     last_event: datetime
+    # Serialized size of all events, and of the updates' answers alone (each written into history: issue 17).
+    bytes: int = 0
+    answer_bytes: int = 0
 
     @property
     def span_seconds(self) -> float:
@@ -281,6 +284,8 @@ class HistoryCounts:
             "local_activities": self.per_workflow(LOCAL_ACTIVITY),
             "timers": self.per_workflow("TIMER_STARTED"),
             "search_attribute_upserts": self.per_workflow("UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"),
+            "history_kb": self.bytes / 1024 / self.workflows if self.workflows else 0.0,
+            "update_answers_kb": self.answer_bytes / 1024 / self.workflows if self.workflows else 0.0,
         }
 
 
@@ -293,7 +298,7 @@ class HasEvents(Protocol):
 
 def count_histories(histories: Iterable[HasEvents]) -> HistoryCounts:
     by_type: Counter[str] = Counter()
-    workflows = events = 0
+    workflows = events = size = answers = 0
     first: datetime | None = None
     last: datetime | None = None
     for history in histories:
@@ -304,13 +309,19 @@ def count_histories(histories: Iterable[HasEvents]) -> HistoryCounts:
         by_type[LOCAL_ACTIVITY] += sum(
             e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER for e in history.events
         )
+        size += sum(e.ByteSize() for e in history.events)
+        answers += sum(
+            e.workflow_execution_update_completed_event_attributes.outcome.success.ByteSize()
+            for e in history.events
+            if e.HasField("workflow_execution_update_completed_event_attributes")
+        )
         if history.events:
             start = history.events[0].event_time.ToDatetime(tzinfo=UTC)
             end = history.events[-1].event_time.ToDatetime(tzinfo=UTC)
             first = start if first is None else min(first, start)
             last = end if last is None else max(last, end)
     now = datetime.now(UTC)
-    return HistoryCounts(workflows, events, by_type, first or now, last or now)
+    return HistoryCounts(workflows, events, by_type, first or now, last or now, size, answers)
 
 
 async def fetch_histories(handles: Sequence[WorkflowHandle[Any, Any]], concurrency: int = 20) -> list[History]:

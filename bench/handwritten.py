@@ -12,9 +12,10 @@ real activities the engine calls, with the same arguments:
 - `RecordActivities.claim_account` inside the targeting form's update, as the engine does;
 - `EmailActivities.send_email` with real `EmailRequest`s (same templates, same keys, recipients and Reply-To, to the
   same sink, through the same outbox rows), one at a time from a courier coroutine, as the engine's `_deliver`;
-- `RecordActivities.record_journal` with the same timeline entries and a deal snapshot, batched exactly as the
-  engine's `_flush` batches them (requests' entries at once, delivered emails together once the outbox is empty),
-  through the engine's own `workflows.calls.record_batch`: a local activity, as new lifecycles record;
+- `RecordActivities.record_journal` with the same timeline entries and the deal snapshot when it changed, batched
+  exactly as the engine's `_flush` batches them (requests' entries at once, delivered emails together once the
+  outbox is empty), through the engine's own `workflows.calls.record_batch`: a local activity, as new lifecycles
+  record;
 - one live timer for the next moment the SOP waits for (contract reminder, task due dates, the site visit
   reminder), the superseded one cancelled, as the engine does with PATCH_LIVE_TIMERS.
 
@@ -27,7 +28,8 @@ What it deliberately leaves out (the engine's price, which this reference must n
    benched path are refused with one line, anything on it is applied as it comes;
 2. journaling of refusals and faults (`Engine.attempt`'s all-or-nothing save and restore);
 3. search attributes and the UI's current details (`_publish`: 2.5 upserts per lifecycle in the engine's history);
-4. the update result: each update returns the stage id (a string), not a `LifecycleStatus`;
+4. the update answer: each update returns the stage id (a string), where the engine's returns an `UpdateResult`
+   (stage, what changed, what is still needed: ~350 bytes);
 5. the playbook in the workflow input (the engine pins the whole playbook in its input), the business calendar
    (due times are plain offsets and 17:00 in the deal's zone), timers firing (reminders, escalations, expiry:
    none falls due within a bench), continue-as-new, hand-offs, bounce handling and the workflow interceptor.
@@ -366,6 +368,7 @@ class HandwrittenSafeBalance:
         self._delivered: list[Step] = []  # sent emails whose timeline entries are still to record
         self._changed = True
         self._timer: tuple[tuple[datetime, str], asyncio.Task[None]] | None = None
+        self._recorded_snapshot: DealSnapshot | None = None  # as the engine: a batch carries it only when it changed
 
     @workflow.run
     async def run(self, start: HandwrittenStart) -> None:
@@ -455,14 +458,16 @@ class HandwrittenSafeBalance:
 
     async def _record(self, steps: list[Step]) -> None:
         sop = self._sop
+        snapshot = sop.snapshot()
         batch = JournalBatch(
             workflow_id=sop.workflow_id,
             deal_id=sop.deal_id,
             playbook=PLAYBOOK,
             entries=[s.entry for s in steps],
-            snapshot=sop.snapshot(),
+            snapshot=None if snapshot == self._recorded_snapshot else snapshot,
         )
         await record_batch(batch, local=True)  # as the engine's runs since PATCH_LOCAL_RECORDS
+        self._recorded_snapshot = snapshot
 
     def _arm_timer(self) -> None:
         """One live timer, for the next wake-up (a second after it: requests first, as the engine's)."""

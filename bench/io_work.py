@@ -27,7 +27,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.email import EmailActivities, SmtpConfig
 from activities.records import RecordActivities
 from bench.common import emit, exit_now, machine, table
-from bench.safe_balance import DEAL, apply, lifecycle, playbook
+from bench.safe_balance import DEAL, apply, lifecycle, playbook, today
 from sopflow.config import PROJECT_ROOT
 from sopflow.db import Database
 from sopflow.engine import Engine
@@ -54,7 +54,7 @@ def work(clients: int, visits: int = 3) -> tuple[list[EmailRequest], list[Journa
     for n in range(clients):
         deal_id = f"IO-{n}"
         engine = Engine.start(book, deal_id, DEAL, now, workflow_id(deal_id), "bench")
-        for request in [None, *lifecycle(n, visits, now.date())]:
+        for request in [None, *lifecycle(n, visits, today())]:
             if request is not None:
                 apply(engine, request, now)
             steps = engine.take_steps()

@@ -24,11 +24,10 @@ from bench.handwritten import (
     HANDWRITTEN_TASK_QUEUE,
     PLAYBOOK_TITLE,
     PLAYBOOK_VERSION,
-    ZONE,
     HandwrittenSafeBalance,
     HandwrittenStart,
 )
-from sopflow import zones
+from sopflow.business_calendar import Clock
 from sopflow.config import PROJECT_ROOT
 from sopflow.engine import Engine
 from sopflow.models import (
@@ -68,9 +67,10 @@ def playbook() -> Playbook:
 
 
 def today() -> date:
-    """Today in the playbook's zone (US Eastern), where the engine dates a visit: the machine's or UTC's date is a
-    day ahead there every evening, and the engine refuses a visit dated in the future."""
-    return datetime.now(zones.zone(ZONE)).date()
+    """Today in the bench deals' own zone (the playbook's): the engine judges 'in the future' by that calendar, so
+    between midnight UTC and midnight in New York a UTC date would be refused (and the machine's date could be
+    either)."""
+    return datetime.now(Clock.of(playbook(), DEAL).tz).date()
 
 
 def site_visit(day: date, n: int) -> Request:
@@ -171,7 +171,7 @@ def ongoing_state(book: Playbook, deal_no: int, now: datetime) -> LifecycleState
     """
     deal_id = f"S-{deal_no}"
     engine = Engine.start(book, deal_id, DEAL, now, workflow_id(deal_id), "bench")
-    for request in to_ongoing(deal_no, now.date()):
+    for request in to_ongoing(deal_no, now.astimezone(Clock.of(book, DEAL).tz).date()):
         apply(engine, request, now)
     if engine.state.stage != "ongoing":
         raise BenchError(f"the pure engine left deal {deal_id} in {engine.state.stage}, not ongoing")

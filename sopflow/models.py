@@ -257,6 +257,33 @@ class LifecycleStatus(Payload):
     timezone: str | None = None
 
 
+class UpdateResult(BaseModel):
+    """What an update answers: where the deal is now, what this request changed and what is still needed.
+
+    Temporal writes every update's answer into the lifecycle's history and each one is converted twice (worker and
+    client), so it carries only what the one who made the change reads next; the full `LifecycleStatus` (tasks,
+    fields, history, due dates: 1-3 KB) is the `status` query's. Unknown fields are ignored, and the ones this
+    version added have defaults, so a client of this version also reads the full status that a worker from before
+    answered updates with (deploy clients before workers: see the README's "Deploying a change").
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    deal_id: str
+    playbook_version: int
+    stage: str
+    stage_title: str
+    outcome: str | None = None
+    # The stage this request moved the deal out of (None: it stayed), and the kinds of the timeline entries it
+    # wrote, in order (`sopflow deal timeline` shows them whole).
+    moved_from: str | None = None
+    changes: list[str] = []
+    # What is still needed: the current stage's unmet gate, its forms and the open tasks' ids.
+    unmet_gate: list[str] = []
+    open_forms: list[str] = []
+    open_task_ids: list[str] = []
+
+
 # --- activities ------------------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,16 @@ from sopflow.business_calendar import Clock
 from sopflow.conditions import Context, evaluate, make_context, resolve, role_address, role_owner_id
 from sopflow.constants import COMPANY_FIELDS
 from sopflow.fields import is_blank
-from sopflow.models import ContactView, DealSnapshot, DueView, LifecycleState, LifecycleStatus, TaskView
+from sopflow.models import (
+    ContactView,
+    DealSnapshot,
+    DueView,
+    JournalEntry,
+    LifecycleState,
+    LifecycleStatus,
+    TaskView,
+    UpdateResult,
+)
 from sopflow.playbook import Playbook, Stage
 
 
@@ -133,6 +142,24 @@ def status(playbook: Playbook, state: LifecycleState, now: datetime) -> Lifecycl
         linked=state.linked,
         run=state.run,
         timezone=Clock.of(playbook, state.fields).name if playbook.timezone else None,
+    )
+
+
+def update_result(playbook: Playbook, state: LifecycleState, before: str, written: list[JournalEntry]) -> UpdateResult:
+    """A request's answer (`UpdateResult`): `before` is the stage it found the deal in, `written` the timeline
+    entries it queued."""
+    stage, closed = stage_of(playbook, state), state.outcome is not None
+    return UpdateResult(
+        deal_id=state.deal_id,
+        playbook_version=playbook.version,
+        stage=stage.id,
+        stage_title=stage.name,
+        outcome=state.outcome,
+        moved_from=before if before != stage.id else None,
+        changes=[entry.kind for entry in written],
+        unmet_gate=[] if closed else unmet(playbook, state),
+        open_forms=list(stage.forms),
+        open_task_ids=[task.id for task in state.tasks.values() if task.done_at is None],
     )
 
 

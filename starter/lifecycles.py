@@ -20,16 +20,16 @@ from sopflow.models import (
     CompleteTask,
     ExternalEvent,
     LifecycleInput,
-    LifecycleStatus,
     MigratePlaybook,
     SetFields,
     SubmitForm,
+    UpdateResult,
 )
 from sopflow.playbook import Playbook
 from workflows.lifecycle import ClientLifecycle
 from workflows.options import start_options
 
-# A change a person or system asks of a lifecycle: an update, which is validated and answers with the new status.
+# A change a person or system asks of a lifecycle: an update, which is validated and answers with an `UpdateResult`.
 Request = SubmitForm | CompleteTask | Advance | SetFields | Close | MigratePlaybook
 _UPDATES: dict[type[Any], Callable[..., Any]] = {
     SubmitForm: ClientLifecycle.submit_form,
@@ -67,7 +67,7 @@ def update_name(request: Request) -> str:
 
 
 @overload
-async def send(handle: WorkflowHandle[Any, Any], request: Request, update_id: str | None = None) -> LifecycleStatus: ...
+async def send(handle: WorkflowHandle[Any, Any], request: Request, update_id: str | None = None) -> UpdateResult: ...
 
 
 @overload
@@ -76,16 +76,17 @@ async def send(handle: WorkflowHandle[Any, Any], request: ExternalEvent, update_
 
 async def send(
     handle: WorkflowHandle[Any, Any], request: Request | ExternalEvent, update_id: str | None = None
-) -> LifecycleStatus | None:
-    """Send a request as its update and return the lifecycle's status after it, or an event as a signal (events are
-    deduplicated by their own `event_id`, and a signal has no answer).
+) -> UpdateResult | None:
+    """Send a request as its update and return its answer (where the deal is now, what changed, what is still
+    needed: the full status is the `status` query's), or an event as a signal (events are deduplicated by their own
+    `event_id`, and a signal has no answer).
 
     `update_id` is Temporal's idempotency key for an update: applied once per run, a repeat answers with the first
     result. None lets Temporal choose one (a new change every time)."""
     if isinstance(request, ExternalEvent):
         await handle.signal(ClientLifecycle.event, request)
         return None
-    status: LifecycleStatus = await handle.execute_update(
-        update_name(request), request, id=update_id, result_type=LifecycleStatus
+    result: UpdateResult = await handle.execute_update(
+        update_name(request), request, id=update_id, result_type=UpdateResult
     )
-    return status
+    return result

@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         MigratePlaybook,
         SetFields,
         SubmitForm,
+        UpdateResult,
         workflow_id,
     )
     from sopflow.playbook import shared
@@ -189,7 +190,7 @@ class ClientLifecycle(LifecycleCalls):
     # --- updates ---------------------------------------------------------------------------------------------------
 
     @workflow.update
-    async def submit_form(self, req: SubmitForm) -> LifecycleStatus:
+    async def submit_form(self, req: SubmitForm) -> UpdateResult:
         """A form that claims an account asks the records store first (one holder per account across deals); the
         engine decides what the answer means."""
         with self._limits_of_the_time():
@@ -224,7 +225,7 @@ class ClientLifecycle(LifecycleCalls):
         self._check(lambda: self._engine.check_submit(req, self._now()), req, SubmitForm)
 
     @workflow.update
-    def complete_task(self, req: CompleteTask) -> LifecycleStatus:
+    def complete_task(self, req: CompleteTask) -> UpdateResult:
         return self._apply("complete_task", lambda now: self._engine.complete_task(req, now))
 
     @complete_task.validator
@@ -232,7 +233,7 @@ class ClientLifecycle(LifecycleCalls):
         self._check(lambda: self._engine.check_task(req), req, CompleteTask)
 
     @workflow.update
-    def advance(self, req: Advance) -> LifecycleStatus:
+    def advance(self, req: Advance) -> UpdateResult:
         return self._apply("advance", lambda now: self._engine.advance(req, now))
 
     @advance.validator
@@ -240,7 +241,7 @@ class ClientLifecycle(LifecycleCalls):
         self._check(lambda: self._engine.check_advance(req), req, Advance)
 
     @workflow.update
-    def set_fields(self, req: SetFields) -> LifecycleStatus:
+    def set_fields(self, req: SetFields) -> UpdateResult:
         return self._apply("set_fields", lambda now: self._engine.set_fields(req, now))
 
     @set_fields.validator
@@ -248,7 +249,7 @@ class ClientLifecycle(LifecycleCalls):
         self._check(lambda: self._engine.check_set_fields(req), req, SetFields)
 
     @workflow.update
-    def close(self, req: Close) -> LifecycleStatus:
+    def close(self, req: Close) -> UpdateResult:
         return self._apply("close", lambda now: self._engine.close(req, now))
 
     @close.validator
@@ -256,11 +257,11 @@ class ClientLifecycle(LifecycleCalls):
         self._check(lambda: self._engine.check_close(req), req, Close)
 
     @workflow.update
-    def migrate_playbook(self, req: MigratePlaybook) -> LifecycleStatus:
-        status = self._apply("migrate_playbook", lambda now: self._engine.migrate(req, now))
+    def migrate_playbook(self, req: MigratePlaybook) -> UpdateResult:
+        result = self._apply("migrate_playbook", lambda now: self._engine.migrate(req, now))
         # Pinned from now on, continue-as-new included: the next run starts on the new version.
         self._input = self._input.model_copy(update={"playbook": req.playbook})
-        return status
+        return result
 
     @migrate_playbook.validator
     def _check_migrate_playbook(self, req: MigratePlaybook) -> None:
@@ -343,11 +344,14 @@ class ClientLifecycle(LifecycleCalls):
                 non_retryable=True,
             ) from None
 
-    def _apply(self, what: str, change: Callable[[datetime], None]) -> LifecycleStatus:
-        """Apply a validated request all or nothing; refusals and internal errors fail the request, never the task."""
+    def _apply(self, what: str, change: Callable[[datetime], None]) -> UpdateResult:
+        """Apply a validated request all or nothing; refusals and internal errors fail the request, never the task.
+
+        The answer is small (`UpdateResult`): it is written into history with every request."""
         now = self._now()
         engine = self._engine
         self._catch_up(now)
+        before, queued = engine.state.stage, len(engine.steps)
         try:
             with self._limits_of_the_time():
                 engine.attempt(what, lambda: change(now), now)
@@ -358,7 +362,7 @@ class ClientLifecycle(LifecycleCalls):
             self._changed = True  # the journaled error is recorded by the main loop
             raise ApplicationError(str(exc), type=ENGINE_FAULT, non_retryable=True) from None
         self._changed = True
-        return self._guarded("status", lambda: engine.status(now))
+        return self._guarded("the answer", lambda: engine.update_result(before, queued))
 
     async def _start_linked(self, step: Step) -> None:
         """Start the hand-off lifecycle as a child that outlives this one; its deal id makes a second start a no-op."""

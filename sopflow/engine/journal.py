@@ -28,6 +28,7 @@ from sopflow.models import (
     LifecycleState,
     LifecycleStatus,
     LinkedStart,
+    UpdateResult,
 )
 from sopflow.playbook import (
     EmailAction,
@@ -157,6 +158,10 @@ class Journal:
 
     def status(self, now: datetime) -> LifecycleStatus:
         return views.status(self.playbook, self.state, now)
+
+    def update_result(self, before: str, queued: int) -> UpdateResult:
+        """The answer to a request applied to the deal found in stage `before` with `queued` steps already queued."""
+        return views.update_result(self.playbook, self.state, before, [step.entry for step in self.steps[queued:]])
 
     def snapshot(self) -> DealSnapshot:
         return views.snapshot(self.playbook, self.state)

@@ -32,7 +32,7 @@ from sopflow.connect import ConnectionFailed, connect
 from sopflow.constants import WORKFLOW_ID_PREFIX
 from sopflow.db import Database
 from sopflow.errors import Rejected
-from sopflow.models import LifecycleStatus, workflow_id
+from sopflow.models import LifecycleStatus, UpdateResult, workflow_id
 from sopflow.playbook import Playbook, PlaybookError
 from sopflow.playbook_checks import load_playbook, loadable_playbooks
 from starter.cli.render import Output, fail, out, print_status
@@ -183,7 +183,7 @@ def update_key(key: str | None) -> str:
 
 async def send_update(
     handle: WorkflowHandle[Any, Any], request: Request, *, key: str, wait: float, what: str
-) -> LifecycleStatus:
+) -> UpdateResult:
     """The request with `cli:<update>:<key>` as its update id (Temporal applies an id once per run and answers a
     repeat with the first result), waiting at most `wait` seconds for it to be confirmed."""
     update_id = cli_update_id(update_name(request), key)
@@ -293,23 +293,29 @@ def update_command(deal_id: str, request: Request, output: Output, message: str,
     """Send one change (an update) to a deal's lifecycle, once per key, and print where the deal is now."""
     chosen = update_key(key)
 
-    async def go() -> LifecycleStatus:
+    async def go() -> UpdateResult | LifecycleStatus:
         handle = await handle_of(deal_id)
         try:
-            return await send_update(handle, request, key=chosen, wait=wait, what=message)
+            result = await send_update(handle, request, key=chosen, wait=wait, what=message)
         except RPCError as exc:
             reason = await ended(handle, deal_id) if exc.status == RPCStatusCode.NOT_FOUND else None
             if reason is None:
                 raise
             fail(reason)
+        if output == Output.text:
+            return result
+        # A script reading JSON or YAML gets the whole status, as `deal status` prints it: the update's own
+        # answer is kept small (it is written into history), the status is a query.
+        status: LifecycleStatus = await handle.query(ClientLifecycle.status)
+        return status
 
-    status = run(go())
-    if output != Output.text:
-        print_status(status, output)
+    answer = run(go())
+    if isinstance(answer, LifecycleStatus):
+        print_status(answer, output)
     else:
-        out.print(f"[green]✓[/green] {message} → deal {deal_id} is in [cyan]{status.stage}[/cyan]", highlight=False)
-        if status.unmet_gate and not status.outcome:
-            out.print("  waiting on: " + "; ".join(status.unmet_gate), style="dim", highlight=False)
+        out.print(f"[green]✓[/green] {message} → deal {deal_id} is in [cyan]{answer.stage}[/cyan]", highlight=False)
+        if answer.unmet_gate and not answer.outcome:
+            out.print("  waiting on: " + "; ".join(answer.unmet_gate), style="dim", highlight=False)
 
 
 def records_at(revision: str) -> Database:

@@ -36,7 +36,7 @@ from pydantic import BaseModel
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from sopflow.config import Settings
-from sopflow.models import LifecycleStatus, SubmitForm, valid_deal_id, workflow_id
+from sopflow.models import LifecycleStatus, SubmitForm, UpdateResult, valid_deal_id, workflow_id
 from sopflow.signatures import verify_form_token
 from starter.intake import form_pages
 from starter.intake.context import (
@@ -176,7 +176,7 @@ async def submit_form(
         _authorize(config, deal_id, form, given)
         fields = parse_fields(request.headers.get("content-type"), body)
         key = _key(request, fields)
-        status = await _submit(request, open_intake, deal_id, form, fields, key)
+        answer = await _submit(request, open_intake, deal_id, form, fields, key)
     except IntakeError as exc:
         if not html:
             raise
@@ -185,17 +185,17 @@ async def submit_form(
         if exc.extra.get("confirmed") is False:  # the update was sent: say what is true of it (`_unconfirmed`)
             return form_pages.unconfirmed_page(form, given, _resent(request, body, key), safe=key is not None)
         return form_pages.error_page(exc)
-    log_fields = {"source": "form", "event": form, "deal_id": deal_id, "stage": status.stage, "outcome": "accepted"}
-    log.info("form %s for deal %s accepted: stage %s", form, deal_id, status.stage, extra=log_fields)
+    log_fields = {"source": "form", "event": form, "deal_id": deal_id, "stage": answer.stage, "outcome": "accepted"}
+    log.info("form %s for deal %s accepted: stage %s", form, deal_id, answer.stage, extra=log_fields)
     if html:
-        return form_pages.thanks_page(status.stage_title)
+        return form_pages.thanks_page(answer.stage_title)
     return FormAnswer(
         deal_id=deal_id,
         form=form,
-        stage=status.stage,
-        stage_title=status.stage_title,
-        open_forms=status.open_forms,
-        waiting_on=status.unmet_gate,
+        stage=answer.stage,
+        stage_title=answer.stage_title,
+        open_forms=answer.open_forms,
+        waiting_on=answer.unmet_gate,
     )
 
 
@@ -246,7 +246,7 @@ def _resent(request: Request, body: bytes, key: str | None) -> list[tuple[str, s
 
 async def _submit(
     request: Request, open_intake: IntakeSource, deal_id: str, form: str, fields: dict[str, Any], key: str | None
-) -> LifecycleStatus:
+) -> UpdateResult:
     """The submit_form update, with the key as its update id (Temporal applies an id once per run and answers a
     repeat with the first result). A 503 from the update itself says what is true: not confirmed yet."""
     if huge_number(fields):
@@ -256,7 +256,7 @@ async def _submit(
     handle = client.get_workflow_handle(workflow_id(deal_id))
     update_id = form_update_id(deal_id, form, key) if key is not None else None
     try:
-        status: LifecycleStatus = await temporal(
+        answer = await temporal(
             send(handle, SubmitForm(form=form, fields=fields, actor=ACTOR), update_id),
             "submit_form update",
         )
@@ -270,7 +270,7 @@ async def _submit(
         if exc.field_errors:
             raise IntakeError(422, exc.message, fields=exc.field_errors) from None
         raise IntakeError(409, exc.message) from None
-    return status
+    return answer
 
 
 def _unconfirmed(reason: str, key: str | None, *, from_header: bool) -> IntakeError:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bench import io_work, latency, long_life, sandbox, scale, sqlite_pragmas, throughput, work_queue
+from bench import answers, io_work, latency, long_life, sandbox, scale, sqlite_pragmas, throughput, work_queue
 from bench.common import (
     ACTIVATIONS,
     EVENT_LOOP,
@@ -200,3 +200,11 @@ async def test_io_work_sends_every_email_and_records_every_batch_of_its_clients(
     assert result["emails"] == EMAILS_TO_ONGOING + 3
     assert result["batches"] > 0 and result["email_cpu_ms"] > 0 and result["batch_cpu_ms"] > 0
     assert "send_email, per email" in io_work.render(result)
+
+
+async def test_answers_compares_the_same_updates_answered_small_and_in_full():
+    result = await answers.run(rounds=1)
+    before, after = result["figures"]["before (full status)"], result["figures"]["after (UpdateResult)"]
+    assert before["updates"] == after["updates"] > 0
+    assert after["answer_bytes_max"] < before["answer_bytes_mean"]
+    assert "Update answers" in answers.render(result)

@@ -225,10 +225,16 @@ class Worker:
                 self.polling.set()
 
 
+# Stacks not stopped yet: a run cut short from outside (pytest's timeout interrupts the event loop, so no `finally`
+# of a coroutine runs) leaves them to `tests/chaos/conftest.py`, which kills what they started.
+LIVE_STACKS: list[Stack] = []
+
+
 class Stack:
     """The dev server, `workers` worker processes and the records store, each killable and restartable."""
 
     def __init__(self, workdir: Path, sink: MailSink, config: ChaosConfig) -> None:
+        LIVE_STACKS.append(self)
         self.database_name = f"sopflow_chaos_{uuid.uuid4().hex[:10]}" if config.database == "postgres" else None
         self.settings = Settings(
             home=workdir,
@@ -338,6 +344,19 @@ class Stack:
         if self.server is not None and self.server.returncode is None:
             await self.kill_server()
         self.worker_log.close()
+        LIVE_STACKS.remove(self)
+
+    def kill_now(self) -> None:
+        """Without the event loop: SIGKILL the server's and every worker's process group (each has its own
+        session), drop the run's database; for a run that never reached `stop`."""
+        for proc in [self.server, *(w.proc for w in self.workers)]:
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(psycopg.Error):
+            self.drop_database()
+        self.worker_log.close()
+        LIVE_STACKS.remove(self)
 
 
 async def _run(command: list[str]) -> None:

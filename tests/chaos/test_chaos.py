@@ -3,9 +3,11 @@ about both topologies."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import signal
 import uuid
 from pathlib import Path
 
@@ -15,7 +17,17 @@ from temporalio.client import WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from tests.chaos.harness import ChaosConfig, ChaosReport, failing_tasks, print_report, run_chaos, write_report
+from sopflow.mailsink import MailSink
+from tests.chaos.harness import (
+    LIVE_STACKS,
+    ChaosConfig,
+    ChaosReport,
+    Stack,
+    failing_tasks,
+    print_report,
+    run_chaos,
+    write_report,
+)
 from tests.conftest import postgres_database, until
 
 
@@ -57,6 +69,18 @@ async def test_several_workers_on_postgresql_killed_a_database_restart_and_a_slo
     assert (report.kills, report.db_restarts) == (2, 1)
     assert report.smtp_dropped > 0 and report.smtp_deferred > 0
     assert report.emails_arrived == report.emails_expected > 0
+
+
+async def test_a_run_cut_short_leaves_no_process_of_its_stack_running(tmp_path: Path) -> None:
+    """What the autouse fixture does after a timeout: the processes' groups are killed without the event loop."""
+    stack = Stack(tmp_path, MailSink(port=1025), ChaosConfig())
+    stack.server = await asyncio.create_subprocess_exec("sleep", "600", start_new_session=True)
+    assert stack in LIVE_STACKS
+
+    stack.kill_now()
+
+    assert await stack.server.wait() == -signal.SIGKILL
+    assert stack not in LIVE_STACKS
 
 
 def test_every_problem_is_printed_and_kept_one_per_line_with_the_counts(

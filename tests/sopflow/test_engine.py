@@ -13,7 +13,16 @@ from sopflow.constants import PATCH_CC_STANDS_IN, PATCH_PAST_VISITS_SKIPPED
 from sopflow.durations import duration
 from sopflow.engine import Engine, Step, Wakeup
 from sopflow.errors import Rejected
-from sopflow.models import Advance, ClaimResult, Close, CompleteTask, ExternalEvent, SetFields, SubmitForm
+from sopflow.models import (
+    Advance,
+    ClaimResult,
+    Close,
+    CompleteTask,
+    ExternalEvent,
+    SetFields,
+    SubmitForm,
+    UpdateResult,
+)
 from sopflow.playbook import Playbook
 from sopflow.playbook_checks import load_playbook
 from tests.sopflow.conftest import DEAL, T0, TARGETING
@@ -1023,3 +1032,55 @@ def test_a_lifecycle_holds_the_claims_of_the_submissions_it_accepted_only(playbo
     assert not engine.holds_claim("acme clinic")
     submit(engine, "targeting", TARGETING)
     assert engine.holds_claim("acme clinic") and not engine.holds_claim("beta clinic")
+
+
+# --- a request's answer (UpdateResult) ----------------------------------------------------------------------------
+
+
+def test_a_request_answers_where_the_deal_moved_from_and_to_and_the_entries_it_wrote(playbook: Playbook) -> None:
+    engine = started(playbook)
+    submit(engine, "targeting", TARGETING)
+    answer = engine.update_result("targeting", 0)
+    assert (answer.deal_id, answer.stage, answer.moved_from) == ("D-1", "contract_request", "targeting")
+    assert answer.stage_title == engine.status(T0).stage_title
+    assert answer.changes == ["form", "stage", "email"]
+    assert answer.open_forms == engine.status(T0).open_forms
+
+
+def test_a_request_that_leaves_the_stage_answers_without_a_move_and_only_its_own_entries(playbook: Playbook) -> None:
+    engine = in_prelaunch(playbook)
+    queued = len(engine.steps)
+    engine.complete_task(CompleteTask(task="onsite_appointment", actor="alex"), T0)
+    answer = engine.update_result("prelaunch", queued)
+    assert answer.moved_from is None and answer.stage == "prelaunch"
+    assert answer.changes == ["task"]
+    assert "onsite_appointment" not in answer.open_task_ids and "services_onboarded" in answer.open_task_ids
+
+
+def test_a_request_answers_what_the_gate_still_needs_and_nothing_once_closed(playbook: Playbook) -> None:
+    engine = in_prelaunch(playbook)
+    assert engine.update_result("prelaunch", 0).unmet_gate == engine.status(T0).unmet_gate != []
+    engine.close(Close(outcome="lost", reason="went elsewhere", actor="alex"), T0)
+    closed = engine.update_result("prelaunch", 0)
+    assert closed.outcome == "lost" and closed.unmet_gate == []
+
+
+def test_a_request_answer_is_a_fraction_of_the_full_status(playbook: Playbook) -> None:
+    """Every answer is written into the lifecycle's history: it carries no fields, tasks' details or history."""
+    engine = in_prelaunch(playbook)
+    answer = engine.update_result("prelaunch", 0).model_dump_json()
+    assert len(answer) * 3 < len(engine.status(T0).model_dump_json())
+
+
+def test_the_answer_reads_the_full_status_a_worker_from_before_answered_with(playbook: Playbook) -> None:
+    """Clients are deployed before workers: while old workers still answer updates with the whole status, the new
+    client keeps what it needs from it."""
+    engine = in_prelaunch(playbook)
+    status = engine.status(T0)
+    answer = UpdateResult.model_validate_json(status.model_dump_json())
+    assert (answer.stage, answer.playbook_version, answer.unmet_gate) == (
+        status.stage,
+        status.playbook_version,
+        status.unmet_gate,
+    )
+    assert answer.moved_from is None and answer.changes == [] and answer.open_task_ids == []

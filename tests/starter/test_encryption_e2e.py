@@ -225,8 +225,8 @@ async def test_personal_data_is_stored_encrypted_and_read_back_through_the_codec
             )
 
             # The encrypting client reads everything.
-            status = await handle.query(ClientLifecycle.status)
-            assert status.fields["rep_email"] == CONTACT_EMAIL and status.fields["rep_name"] == CONTACT_NAME
+            full = await handle.query(ClientLifecycle.status)
+            assert full.fields["rep_email"] == CONTACT_EMAIL and full.fields["rep_name"] == CONTACT_NAME
 
         # `temporal workflow show` straight from the server: ciphertext only.
         shown = readable(await temporal_show(address, workflow_id(deal_id)))
@@ -258,9 +258,9 @@ async def test_personal_data_is_stored_encrypted_and_read_back_through_the_codec
             )
             assert status.stage == "contract"
             await until_emailed(db, deal_id, "contract_sent")
-            status = await rotated_handle.query(ClientLifecycle.status)
-            assert isinstance(status, LifecycleStatus)
-            assert status.fields["rep_email"] == CONTACT_EMAIL
+            full = await rotated_handle.query(ClientLifecycle.status)
+            assert isinstance(full, LifecycleStatus)
+            assert full.fields["rep_email"] == CONTACT_EMAIL
 
     raw = await history_payloads(rotated_handle)
     key_ids = {payload.metadata.get(KEY_ID_METADATA) for payload in raw}

@@ -131,7 +131,8 @@ async def test_a_rule_that_raises_fails_only_its_request_changes_nothing_and_is_
             patch.setattr(Engine, "set_fields", buggy_set_fields)
             with pytest.raises(WorkflowUpdateFailedError) as failed:
                 await handle.execute_update(ClientLifecycle.set_fields, SetFields(fields={"rep_id": "owner-2"}))
-        status = await handle.execute_update(ClientLifecycle.set_fields, SetFields(fields={"rep_id": "owner-3"}))
+        await handle.execute_update(ClientLifecycle.set_fields, SetFields(fields={"rep_id": "owner-3"}))
+        status = await handle.query(ClientLifecycle.status)
         await ts_env.sleep(timedelta(minutes=1))
         history = await handle.fetch_history()
 

@@ -110,11 +110,13 @@ async def test_migrations_that_would_strand_or_break_a_client_are_refused(ts_env
                 await handle.execute_update(ClientLifecycle.migrate_playbook, request)
             refusals.append(str(refused.value.cause))
         mapped = MigratePlaybook(playbook=next_version(safe_balance, drop_prelaunch), stage_map={"prelaunch": "launch"})
-        status = await handle.execute_update(ClientLifecycle.migrate_playbook, mapped)
+        answer = await handle.execute_update(ClientLifecycle.migrate_playbook, mapped)
+        status = await handle.query(ClientLifecycle.status)
 
     v, new = safe_balance.version, safe_balance.version + 1
     assert refusals[0] == f"Rejected: v{v} is not newer than the v{v} this deal runs"
     assert f"stage 'prelaunch' is not in v{new}: map it" in refusals[1] and "--map prelaunch=<stage>" in refusals[1]
     assert "ends the lifecycle" in refusals[2]
-    assert (status.playbook_version, status.stage) == (new, "launch")
+    assert (answer.playbook_version, answer.stage, answer.moved_from) == (new, "launch", "prelaunch")
+    assert "migrated" in answer.changes
     assert status.history[-1].trigger == "migration"
