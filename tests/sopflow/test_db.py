@@ -16,6 +16,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
+from temporalio import activity
+from temporalio.client import WorkflowHistory
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import classified
@@ -35,7 +37,7 @@ from sopflow.db import (
     alembic_config,
 )
 from sopflow.errors import RECORD_REFUSED
-from sopflow.models import ClaimRequest, ContactView, DealSnapshot, JournalBatch, JournalEntry
+from sopflow.models import ClaimRequest, ContactView, DealSnapshot, JournalBatch, JournalEntry, workflow_id
 from tests.conftest import POSTGRES_ADMIN, launched_steps, postgres_database, run
 
 # The newest migration: a database migrated by `upgrade` is at it.
@@ -348,3 +350,58 @@ async def test_refused_entries_are_carried_over_continue_as_new_until_the_store_
     with records_db.session() as session:
         seqs = list(session.scalars(select(JournalRow.seq).order_by(JournalRow.seq)))
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 30  # the first run's entries included
+
+
+class UnwritableInTheWorkflowTask(RecordActivities):
+    """The records store cannot be written from inside a workflow task, only from an activity: each local record
+    fails at once (non-retryable, so the test does not wait out the local retries), counting its failures."""
+
+    failed = 0
+
+    def _record_journal(self, batch: JournalBatch) -> int:
+        if activity.info().is_local:
+            UnwritableInTheWorkflowTask.failed += 1
+            raise ApplicationError("no records store in the workflow task", non_retryable=True)
+        return super()._record_journal(batch)
+
+
+def record_calls(history: WorkflowHistory) -> tuple[int, int]:
+    """Local records (markers) and regular record activities in a history."""
+    local = sum(e.marker_recorded_event_attributes.marker_name == "core_local_activity" for e in history.events)
+    scheduled = sum(
+        e.activity_task_scheduled_event_attributes.activity_type.name == "record_journal" for e in history.events
+    )
+    return local, scheduled
+
+
+async def test_the_timeline_is_recorded_inside_the_workflow_task_with_no_record_activity(
+    ts_env, safe_balance, records_db: Database
+):
+    """PATCH_LOCAL_RECORDS: a new lifecycle writes every batch as a local activity, never a round trip."""
+    await run(ts_env, safe_balance, launched_steps(), until="40d", db=records_db)
+
+    local, scheduled = record_calls(await ts_env.client.get_workflow_handle(workflow_id("D-1")).fetch_history())
+    assert local > 10 and scheduled == 0
+
+
+async def test_a_record_the_workflow_task_cannot_write_is_written_by_the_regular_activity(
+    ts_env, safe_balance, records_db: Database, monkeypatch: pytest.MonkeyPatch
+):
+    """A local record that fails with anything but RecordRefused hands its batch to the regular activity (retried by
+    the server for as long as it takes): the timeline arrives whole and the client carries on."""
+    monkeypatch.setattr(UnwritableInTheWorkflowTask, "failed", 0)
+    result = await run(
+        ts_env,
+        safe_balance,
+        launched_steps(),
+        until="40d",
+        db=records_db,
+        record_activities=UnwritableInTheWorkflowTask,
+    )
+
+    assert result.status.stage == "ongoing"
+    local, scheduled = record_calls(await ts_env.client.get_workflow_handle(workflow_id("D-1")).fetch_history())
+    assert local == scheduled == UnwritableInTheWorkflowTask.failed > 10  # each failed local record, then its activity
+    with records_db.session() as session:
+        seqs = list(session.scalars(select(JournalRow.seq).order_by(JournalRow.seq)))
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 10
