@@ -123,9 +123,9 @@ class LifecycleCalls:
         """Record the steps' timeline entries, after any the records store refused before.
 
         A lost database connection is retried (a few times in the workflow task, then by the regular activity's policy
-        for as long as it takes: `record_batch`). A refusal
-        (RecordRefused: the store cannot take a value, which only a fix to it can cure) must not stop the client:
-        the entries are kept and offered again with the next batch, and the lifecycle carries on.
+        for as long as it takes: `record_batch`). A refusal (RecordRefused: the store cannot take a value, which only
+        a fix to it can cure) must not stop the client: the entries are kept and offered again with the next batch,
+        and the lifecycle carries on.
 
         The deal's snapshot goes along only when it changed since the last batch the store took (always in a run's
         first batch): most requests add timeline entries without changing the deal's row."""
