@@ -5,8 +5,8 @@ It has no playbook, no engine, no templates, no records and no search attributes
 signal) carries the Temporal work it must cause (a `BareStep`, computed from the real engine by
 `bench.safe_balance.bare_plan`), and the workflow does that work with a trivial activity, following the same
 loop as `ClientLifecycle`: the account claim inside the update handler; then, in the main loop, one timeline record
-per batch of requests (a local activity, as the engine's), the queued emails one by one and one record of the
-delivered emails; then one timer if
+per batch of requests (a regular activity after an update, else a local one, as the engine's), the queued emails one
+by one and one (local) record of the delivered emails; then one timer if
 cancelling a timer armed for another wake-up (as the engine does). So when
 requests arrive faster than their work completes, both batch their records and skip timers the same way, and the
 per-client counts (checked from the histories) stay equal. Whatever the engine costs above this is the price of the
@@ -55,9 +55,12 @@ class BarePlan:
         return {
             "updates": sum(s.kind == "update" for s in self.steps),
             "signals": sum(s.kind == "signal" for s in self.steps),
-            "activities": sum(s.handler_activities + s.emails for s in self.steps),
-            # the timeline records: local activities, as the engine's since PATCH_LOCAL_RECORDS
-            "local_activities": sum(int(s.records) + int(s.emails > 0) for s in self.steps),
+            # the timeline records as the engine's since PATCH_LOCAL_RECORDS: after an update a regular activity
+            # (its caller waits for the workflow task), else (a signal, the start, delivered emails) a local one
+            "activities": sum(
+                s.handler_activities + s.emails + int(s.records and s.kind == "update") for s in self.steps
+            ),
+            "local_activities": sum(int(s.records and s.kind != "update") + int(s.emails > 0) for s in self.steps),
             "timers": timers,
         }
 
@@ -112,7 +115,10 @@ class BareLifecycle:
         while self._queued:
             batch, self._queued = self._queued, []
             if any(step.records for step in batch):
-                await self._record()
+                if any(step.kind == "update" for step in batch):
+                    await self._activity()  # a caller waits for this workflow task: the record goes through the server
+                else:
+                    await self._record()
             emails = sum(step.emails for step in batch)
             for _ in range(emails):
                 await self._activity()

@@ -14,8 +14,8 @@ real activities the engine calls, with the same arguments:
   same sink, through the same outbox rows), one at a time from a courier coroutine, as the engine's `_deliver`;
 - `RecordActivities.record_journal` with the same timeline entries and the deal snapshot when it changed, batched
   exactly as the engine's `_flush` batches them (requests' entries at once, delivered emails together once the
-  outbox is empty), through the engine's own `workflows.calls.record_batch`: a local activity, as new lifecycles
-  record;
+  outbox is empty), through the engine's own `workflows.calls.record_batch`: a regular activity after an update
+  (its caller waits for the workflow task), a local one otherwise, as new lifecycles record;
 - one live timer for the next moment the SOP waits for (contract reminder, task due dates, the site visit
   reminder), the superseded one cancelled, as the engine does with PATCH_LIVE_TIMERS.
 
@@ -369,6 +369,7 @@ class HandwrittenSafeBalance:
         self._changed = True
         self._timer: tuple[tuple[datetime, str], asyncio.Task[None]] | None = None
         self._recorded_snapshot: DealSnapshot | None = None  # as the engine: a batch carries it only when it changed
+        self._answering = False  # an update was applied since the last record (the engine's LifecycleCalls._record)
 
     @workflow.run
     async def run(self, start: HandwrittenStart) -> None:
@@ -411,11 +412,12 @@ class HandwrittenSafeBalance:
 
     @workflow.signal
     def event(self, event: ExternalEvent) -> None:
-        self._apply(lambda now: self._sop.event(event, now))
+        self._apply(lambda now: self._sop.event(event, now), answering=False)
 
-    def _apply(self, change: Any) -> str:
+    def _apply(self, change: Any, answering: bool = True) -> str:
         change(workflow.now())
         self._changed = True
+        self._answering = self._answering or answering  # an update's caller waits for the task, as in the engine
         return self._sop.stage
 
     async def _flush(self) -> None:
@@ -466,7 +468,9 @@ class HandwrittenSafeBalance:
             entries=[s.entry for s in steps],
             snapshot=None if snapshot == self._recorded_snapshot else snapshot,
         )
-        await record_batch(batch, local=True)  # as the engine's runs since PATCH_LOCAL_RECORDS
+        # As the engine's runs since PATCH_LOCAL_RECORDS: local unless an update's caller waits for the task.
+        local, self._answering = not self._answering, False
+        await record_batch(batch, local=local)
         self._recorded_snapshot = snapshot
 
     def _arm_timer(self) -> None:

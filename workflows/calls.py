@@ -44,6 +44,8 @@ class LifecycleCalls:
     _delivered: list[Step]
     _apart: bool  # PATCH_EMAIL_APART, decided once per run
     _local_records: bool = False  # PATCH_LOCAL_RECORDS, decided once per run (`_decide_records`)
+    # An update was applied since the last record: its caller waits for the workflow task to complete.
+    _answering: bool = False
     _changed: bool
     # The deal snapshot the records store holds from this run: a batch carries one only when it differs.
     _recorded_snapshot: DealSnapshot | None = None
@@ -140,8 +142,12 @@ class LifecycleCalls:
             entries=entries,
             snapshot=None if snapshot == self._recorded_snapshot else snapshot,
         )
+        # Local only where nobody waits for this workflow task (a timer's work, a delivered email, a signal): a
+        # local record holds the task, so an update's answer would wait for the SQL write, and a caller's next request
+        # could no longer share the record in flight (bench/RESULTS.md: a third fewer lifecycles/s without this).
+        local, self._answering = self._local_records and not self._answering, False
         try:
-            await record_batch(batch, local=self._local_records)
+            await record_batch(batch, local=local)
         except FailureError as err:
             if not refused_by_records(err):
                 raise

@@ -351,6 +351,7 @@ class ClientLifecycle(LifecycleCalls):
         now = self._now()
         engine = self._engine
         self._catch_up(now)
+        self._answering = True  # a caller waits for this workflow task (LifecycleCalls._record)
         before, queued = engine.state.stage, len(engine.steps)
         try:
             with self._limits_of_the_time():
