@@ -40,8 +40,9 @@ PATCH_CLAIM_GIVEN_BACK = "refused-form-gives-its-claim-back"
 # lifecycles recorded before kept superseded timers, which fired into no-op ticks.
 PATCH_LIVE_TIMERS = "only-live-timers"
 # The timeline record runs as a local activity, inside the workflow task that queued it, instead of a server round
-# trip (schedule, dispatch, complete, a new workflow task) per batch; lifecycles recorded before keep the regular
-# activity. See LOCAL_RECORD_* and `workflows.calls.record_batch`.
+# trip (schedule, dispatch, complete, a new workflow task) per batch, unless an update's caller waits for that task
+# (`LifecycleCalls._record`); lifecycles recorded before keep the regular activity. See LOCAL_RECORD_* and
+# `workflows.calls.record_batch`.
 PATCH_LOCAL_RECORDS = "timeline-recorded-by-local-activity"
 # A local record gets a few quick attempts within one workflow task (Temporal's guidance: a local activity lasts no
 # longer than a few seconds, retries included; past 80% of the 10 s task timeout the worker heartbeats the task, which
