@@ -1,19 +1,150 @@
-"""The workflow sandbox the worker runs lifecycles in: every module passed through.
+"""The workflow sandbox the worker runs lifecycles in: the workflow code sandboxed, every other module passed through,
+and the SDK's boundary crossings made cheaper.
 
-The SDK's default sandbox re-imports, for each new workflow instance, every module the workflow imports that is not
-passed through; a worker pays that each time it picks up a client outside its cache (a new deal, an evicted one, a
-replay), `bench/sandbox.py` measures it. Passing every module through leaves only the workflow module's own code to
-run afresh per instance, and keeps one copy of each module per worker instead of one per sandbox.
+What a new workflow instance costs in the SDK's sandbox, measured by `bench/sandbox.py` (issue 17): re-importing every
+module the workflow module imports outside `imports_passed_through()` (the SDK's default), then, per activation and
+per payload, a crossing into the sandbox: the SDK compiles a small source string and applies its import and builtins
+guards (swapping `sys.modules`, `__import__` and five builtins) every time, also for the serialization context it asks
+the instance for before encoding or decoding each payload: 118 crossings for the 78 events of a declined deal.
 
-What it costs: a module imported by a workflow is shared by all workflows of the worker, so none may keep mutable
-module state that a workflow changes. Our workflow code imports only deterministic modules (the pure engine and its
-models, whose caches hold pure functions' results); the sandbox still refuses non-deterministic calls made from the
-workflow module itself (`datetime.now()`, `random`, I/O), and the replay of every recorded history in
-`tests/histories/` (`tests/workflows/test_replay.py`) catches what it would not.
+The configuration here, and why each part is safe:
+
+- `passthrough_modules` is every module but the `workflows` package (`_AllModulesBut`). The workflow modules
+  themselves (`workflows.lifecycle`, `workflows.calls`, `workflows.digest`) run afresh in each instance's sandbox,
+  so their module globals are the sandbox's restricted proxies: `datetime.now()`, `random`, `time.time()`, `uuid4()`,
+  `os`, sockets and every other member of the SDK's `invalid_module_members_default` are refused when called from
+  workflow code, and `open`, `input` and `breakpoint` are refused everywhere inside the sandbox (the builtins guard).
+  `tests/workflows/test_sandbox.py` proves it. Every other module (the standard library, the SDK, pydantic, holidays,
+  our pure engine `sopflow.*`, `workflows.options`, `workflows.guards`) is one shared copy per worker: those modules
+  must keep no mutable state that a workflow changes (the engine's caches hold pure functions' results), and the
+  replay of every recorded history in `tests/histories/` (`tests/workflows/test_replay.py`) catches a non-determinism
+  they would bring. Until issue 17 this module passed *everything* through (`with_passthrough_all_modules()`), the
+  workflow modules included, which silently let `datetime.now()` and `random` through from workflow code.
+- `LeanSandboxedWorkflowRunner` changes no check, only how the SDK crosses into the sandbox: its code snippets are
+  compiled once per process instead of at every crossing, and the serialization and external-store contexts (SDK code
+  reading its own table of pending commands, no workflow code, no import) are read from the instance directly instead
+  of through the guards. Activations, where all workflow code runs, still run inside every guard.
+
+It reaches into the SDK's private `_Instance` (temporalio is pinned, 1.35.0); the replay tests and
+`tests/workflows/test_sandbox.py` fail if a new SDK changes what it relies on.
 """
 
 from __future__ import annotations
 
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+import dataclasses
+import threading
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from functools import lru_cache
+from types import CodeType
+from typing import Any, cast
 
-WORKFLOW_RUNNER = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_all_modules())
+import temporalio.workflow
+from temporalio.converter import SerializationContext
+from temporalio.converter._extstore import StorageDriverStoreContext
+from temporalio.worker import WorkflowInstance, WorkflowInstanceDetails
+from temporalio.worker._command_aware_visitor import CommandInfo
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.worker.workflow_sandbox._in_sandbox import InSandbox
+from temporalio.worker.workflow_sandbox._runner import _Instance
+
+# Packages whose modules hold workflow code: each instance runs them afresh, behind the sandbox's restrictions.
+WORKFLOW_PACKAGES = frozenset({"workflows"})
+
+
+class _AllModulesBut(set[str]):
+    """A `passthrough_modules` that holds every module name but those of the workflow packages and the module of
+    each workflow class the runner instantiates (`sandbox_module`), as the SDK's default reloads a workflow's module.
+
+    The SDK checks a module's name, then each of its parent packages', with `in`; a workflow module's parents are left
+    out too, or the check of a parent would pass the module through. A name outside is passed through, so a module
+    that passed-through code imports lazily while a workflow runs (pydantic's, holidays' country modules) is never
+    re-imported into a sandbox. The set's own items are the SDK's default passthrough modules, so a plain `set` made
+    from it stays a working configuration.
+    """
+
+    def __init__(self, packages: Iterable[str]) -> None:
+        super().__init__(SandboxRestrictions.passthrough_modules_default)
+        self.packages = frozenset(packages)
+        self.modules: frozenset[str] = frozenset()  # workflow classes' modules and their parent packages
+
+    def sandbox_module(self, name: str) -> None:
+        """Run this module (a workflow class's own) afresh in each sandbox too."""
+        if name not in self.modules:
+            parts = name.split(".")
+            self.modules = self.modules | {".".join(parts[:end]) for end in range(1, len(parts) + 1)}
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name not in self.modules and name.partition(".")[0] not in self.packages
+
+    def __or__(self, other: AbstractSet[Any]) -> set[Any]:
+        """It already holds every other name: the SDK's `with_passthrough_modules` (debug mode) keeps this rule."""
+        return self
+
+    __ror__ = __or__
+
+
+@lru_cache(maxsize=64)
+def _compiled(source: str) -> CodeType:
+    """The SDK's few crossing snippets (one per kind, plus one per workflow class to import), compiled once."""
+    return compile(source, "<string>", "exec")
+
+
+class _LeanInstance(_Instance):
+    """The SDK's sandboxed instance with cheaper crossings; the same guards around all workflow code."""
+
+    def _run_code(self, code: str, **extra_globals: Any) -> None:
+        # As the SDK's own (temporalio 1.35.0), with the snippet compiled once instead of at every crossing.
+        for k, v in extra_globals.items():
+            self.globals_and_locals[k] = v
+        try:
+            temporalio.workflow.unsafe._set_in_sandbox(True)
+            self._current_thread_id = threading.get_ident()
+            exec(_compiled(code), self.globals_and_locals, self.globals_and_locals)
+        finally:
+            temporalio.workflow.unsafe._set_in_sandbox(False)
+            self._current_thread_id = None
+            for k in extra_globals:
+                self.globals_and_locals.pop(k, None)
+
+    def _in_sandbox(self) -> InSandbox:
+        """The SDK's object inside the sandbox, which holds the workflow instance (set by `_create_instance`)."""
+        return cast(InSandbox, self.globals_and_locals["__temporal_in_sandbox"])
+
+    def get_serialization_context(self, command_info: CommandInfo | None) -> SerializationContext | None:
+        # Asked before each payload is encoded or decoded; the SDK answers from its pending-command table (no
+        # workflow code runs), so no guard is needed, and every class involved is the host's own (passed through).
+        return self._in_sandbox().get_serialization_context(command_info)
+
+    def get_external_store_context(self, command_info: CommandInfo | None) -> StorageDriverStoreContext:
+        # As `get_serialization_context`: SDK bookkeeping only.
+        return self._in_sandbox().get_external_store_context(command_info)
+
+
+@dataclass(frozen=True)
+class LeanSandboxedWorkflowRunner(SandboxedWorkflowRunner):
+    """`SandboxedWorkflowRunner` whose instances cross into the sandbox cheaply (`_LeanInstance`), and which validates
+    a workflow definition once: the SDK builds a whole sandboxed instance to validate it each time a worker is made,
+    which a `Replayer` does for every history it replays."""
+
+    _validated: list[temporalio.workflow._Definition] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+
+    def prepare_workflow(self, defn: temporalio.workflow._Definition) -> None:
+        # The code of a process does not change: a definition that loaded in this runner's sandbox once loads again.
+        if any(done is defn for done in self._validated):
+            return
+        super().prepare_workflow(defn)
+        self._validated.append(defn)
+
+    def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
+        if isinstance(self.restrictions.passthrough_modules, _AllModulesBut):
+            self.restrictions.passthrough_modules.sandbox_module(det.defn.cls.__module__)
+        return _LeanInstance(det, self.runner_class, self.restrictions)
+
+
+# The SDK's default restrictions, with every module but the workflow packages passed through.
+RESTRICTIONS = dataclasses.replace(SandboxRestrictions.default, passthrough_modules=_AllModulesBut(WORKFLOW_PACKAGES))
+WORKFLOW_RUNNER = LeanSandboxedWorkflowRunner(restrictions=RESTRICTIONS)
