@@ -1,39 +1,47 @@
 """The workflow sandbox the worker runs lifecycles in: the workflow code sandboxed, every other module passed through,
-and the SDK's boundary crossings made cheaper.
+and the SDK's crossings into the sandbox made cheaper.
 
-What a new workflow instance costs in the SDK's sandbox, measured by `bench/sandbox.py` (issue 17): re-importing every
-module the workflow module imports outside `imports_passed_through()` (the SDK's default), then, per activation and
-per payload, a crossing into the sandbox: the SDK compiles a small source string and applies its import and builtins
-guards (swapping `sys.modules`, `__import__` and five builtins) every time, also for the serialization context it asks
-the instance for before encoding or decoding each payload: 118 crossings for the 78 events of a declined deal.
+What a new workflow instance cost in the SDK's sandbox (issue 17, `bench/sandbox.py`): with the SDK's default, the
+workflow modules and whatever they import outside `imports_passed_through()` are imported afresh; then, per
+activation and per payload, a crossing into the sandbox: the SDK compiles a small source string and applies its
+import and builtins guards (swapping `sys.modules`, `__import__` and five builtins) every time, also to ask the
+instance for the serialization context of each payload it encodes or decodes: 118 crossings for the 78 events of a
+declined deal, most of the cost on a short history. Inside, `isinstance` and `issubclass` are wrapped (they unwrap the
+sandbox's proxies), thousands of calls per instance.
 
-The configuration here, and why each part is safe:
+What this configuration keeps, and why each change is safe:
 
-- `passthrough_modules` is every module but the `workflows` package (`_AllModulesBut`). The workflow modules
-  themselves (`workflows.lifecycle`, `workflows.calls`, `workflows.digest`) run afresh in each instance's sandbox,
-  so their module globals are the sandbox's restricted proxies: `datetime.now()`, `random`, `time.time()`, `uuid4()`,
-  `os`, sockets and every other member of the SDK's `invalid_module_members_default` are refused when called from
-  workflow code, and `open`, `input` and `breakpoint` are refused everywhere inside the sandbox (the builtins guard).
-  `tests/workflows/test_sandbox.py` proves it. Every other module (the standard library, the SDK, pydantic, holidays,
-  our pure engine `sopflow.*`, `workflows.options`, `workflows.guards`) is one shared copy per worker: those modules
-  must keep no mutable state that a workflow changes (the engine's caches hold pure functions' results), and the
-  replay of every recorded history in `tests/histories/` (`tests/workflows/test_replay.py`) catches a non-determinism
-  they would bring. Until issue 17 this module passed *everything* through (`with_passthrough_all_modules()`), the
-  workflow modules included, which silently let `datetime.now()` and `random` through from workflow code.
-- `LeanSandboxedWorkflowRunner` changes no check, only how the SDK crosses into the sandbox: its code snippets are
-  compiled once per process instead of at every crossing, and the serialization and external-store contexts (SDK code
-  reading its own table of pending commands, no workflow code, no import) are read from the instance directly instead
-  of through the guards. Activations, where all workflow code runs, still run inside every guard.
+- Which modules run afresh: the `workflows` package and the module of every workflow class the runner instantiates
+  (`_AllModulesBut`, as the SDK's default reloads a workflow's own module). So `workflows.lifecycle`,
+  `workflows.calls` and `workflows.digest` run in each instance's sandbox and their module globals are the sandbox's
+  restricted proxies: `datetime.now()`, `datetime.utcnow()`, `time.time()`, `random`, `uuid4()`, `os`, sockets and
+  every other member of the SDK's `invalid_module_members_default` are refused when workflow code calls them, and
+  `open`, `input` and `breakpoint` are refused everywhere inside the sandbox (the builtins guard).
+  `tests/workflows/test_sandbox.py` proves it. Until issue 17's second slice this module passed *every* module
+  through (`with_passthrough_all_modules()`), the workflow modules too, which let `datetime.now()` and `random` through
+  from workflow code unnoticed: only the builtins guard was left.
+- Every other module (the standard library, the SDK, pydantic, holidays, our pure engine `sopflow.*`,
+  `workflows.options`, `workflows.guards`) is one shared copy per worker, never re-imported, also when passed-through
+  code imports lazily while a workflow runs. Those modules must keep no mutable state that a workflow changes (the
+  engine's caches hold pure functions' results; `workflows.guards` installs the holiday guard once, on the host), and
+  the engine gets its time from the workflow (`workflow.now()`), never the clock: the replay of every recorded history
+  in `tests/histories/` (`tests/workflows/test_replay.py`) catches a non-determinism they would bring.
+- `LeanSandboxedWorkflowRunner` changes no check, only the crossings: its snippets are compiled once per process
+  instead of at every crossing; the serialization and external-store contexts (SDK code reading its own table of
+  pending commands: no workflow code, no import, only host classes) are read from the instance directly instead of
+  through the guards; `isinstance` and `issubclass` unwrap proxies in one function instead of three; and a workflow
+  definition is validated once per runner instead of each time a worker is made (a `Replayer` makes one per replay).
+  Activations, where all workflow code runs, run inside every guard.
 
-It reaches into the SDK's private `_Instance` (temporalio is pinned, 1.35.0); the replay tests and
-`tests/workflows/test_sandbox.py` fail if a new SDK changes what it relies on.
+It reaches into the SDK's private `_Instance` and `Importer.restricted_builtins` (temporalio is pinned, 1.35.0); the
+replay tests and `tests/workflows/test_sandbox.py` fail if a new SDK changes what it relies on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -47,6 +55,7 @@ from temporalio.worker import WorkflowInstance, WorkflowInstanceDetails
 from temporalio.worker._command_aware_visitor import CommandInfo
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 from temporalio.worker.workflow_sandbox._in_sandbox import InSandbox
+from temporalio.worker.workflow_sandbox._restrictions import _RestrictedProxy
 from temporalio.worker.workflow_sandbox._runner import _Instance
 
 # Packages whose modules hold workflow code: each instance runs them afresh, behind the sandbox's restrictions.
@@ -91,8 +100,38 @@ def _compiled(source: str) -> CodeType:
     return compile(source, "<string>", "exec")
 
 
+def _unwrapping(check: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    """`isinstance` or `issubclass` as the sandbox's guard gives them to workflow code: restricted proxies unwrapped
+    first (a proxied class is not a class to `isinstance`). The SDK's guard does the same through a partial and two
+    function calls per check; the thousands of checks of a new instance (class creation, the SDK's inspection of the
+    workflow class, pydantic) make that a measurable part of its cost."""
+    proxy_type = _RestrictedProxy
+    get_state = object.__getattribute__
+
+    def unwrapped(obj: Any, cls: Any) -> bool:
+        if type(obj) is proxy_type:
+            obj = get_state(obj, "__temporal_state").obj
+        if type(cls) is proxy_type:
+            cls = get_state(cls, "__temporal_state").obj
+        return check(obj, cls)
+
+    return unwrapped
+
+
+_UNWRAPPING = {"isinstance": _unwrapping(isinstance), "issubclass": _unwrapping(issubclass)}
+
+
 class _LeanInstance(_Instance):
     """The SDK's sandboxed instance with cheaper crossings; the same guards around all workflow code."""
+
+    def _create_instance(self) -> None:
+        # The importer exists (made by the SDK's `__init__`), the workflow module is not imported yet: swap in the
+        # leaner `isinstance` and `issubclass` guards, the same checks.
+        self.importer.restricted_builtins = [
+            (name, thread_local, _UNWRAPPING.get(name, guard))
+            for name, thread_local, guard in self.importer.restricted_builtins
+        ]
+        super()._create_instance()
 
     def _run_code(self, code: str, **extra_globals: Any) -> None:
         # As the SDK's own (temporalio 1.35.0), with the snippet compiled once instead of at every crossing.
