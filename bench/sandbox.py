@@ -20,11 +20,13 @@ plus, per activation and per payload, the crossings into the sandbox and the gua
 SDK's runners pay two instances per replay, `sopflow` one.
 
 Replays use the worker's data converter (one type adapter per type, as `tests/workflows/test_replay.py`). The
-workflow modules are compiled to bytecode first, as the image does (`compileall` in the Dockerfile): without
-bytecode (`PYTHONDONTWRITEBYTECODE=1` and no `compileall`), every new instance would also compile their source.
+workflow modules are compiled to bytecode first, as the image does (`compileall` in the Dockerfile): without bytecode
+(`PYTHONDONTWRITEBYTECODE=1` and no `compileall`), the SDK's runners would also compile their source for every new
+instance; the worker's runner reads a module's code once per process either way.
 
     python -m bench.sandbox              # 30 replays per runner
     python -m bench.sandbox --replays 5  # a quick check
+    python -m bench.sandbox --runners sopflow  # the worker's runner and the floor alone, as in a worker
 """
 
 from __future__ import annotations
@@ -61,20 +63,23 @@ def _history(name: str) -> WorkflowHistory:
     return WorkflowHistory.from_json(f"deal-{path.stem}", path.read_text())
 
 
-async def run(replays: int = 30) -> dict[str, Any]:
+async def run(replays: int = 30, runners: list[str] | None = None) -> dict[str, Any]:
+    """Replay each history `replays` times with each runner (all of `RUNNERS` unless named; the floor always)."""
+    chosen = {name: RUNNERS[name] for name in RUNNERS if runners is None or name in runners or name == "unsandboxed"}
+    sandboxed = [name for name in chosen if name != "unsandboxed"]
     compileall.compile_dir(PROJECT_ROOT / "workflows", quiet=1)
     histories = [_history(name) for name in HISTORIES]
     replayers = {
         name: Replayer(
             workflows=[ClientLifecycle], data_converter=shared_pydantic_data_converter, workflow_runner=runner
         )
-        for name, runner in RUNNERS.items()
+        for name, runner in chosen.items()
     }
     for replayer in replayers.values():  # the first replay in a process imports the modules: paid once, not timed
         await replayer.replay_workflow(histories[0])
     # Wall time, and the process's CPU time (every thread, the SDK's core too): steadier on a busy shared machine.
-    walls: dict[str, dict[str, list[float]]] = {h: {r: [] for r in RUNNERS} for h in HISTORIES}
-    cpus: dict[str, dict[str, list[float]]] = {h: {r: [] for r in RUNNERS} for h in HISTORIES}
+    walls: dict[str, dict[str, list[float]]] = {h: {r: [] for r in chosen} for h in HISTORIES}
+    cpus: dict[str, dict[str, list[float]]] = {h: {r: [] for r in chosen} for h in HISTORIES}
     for _ in range(replays):
         for name, history in zip(HISTORIES, histories, strict=True):
             for runner, replayer in replayers.items():
@@ -91,7 +96,7 @@ async def run(replays: int = 30) -> dict[str, Any]:
         medians = {h: {r: percentile(v, 50) for r, v in by_runner.items()} for h, by_runner in samples.items()}
         result[f"median_replay{kind}_ms"] = {h: {r: round(v, 2) for r, v in m.items()} for h, m in medians.items()}
         result[f"sandbox_cost{kind}_ms"] = {
-            h: {r: round(m[r] - m["unsandboxed"], 2) for r in SANDBOXED} for h, m in medians.items()
+            h: {r: round(m[r] - m["unsandboxed"], 2) for r in sandboxed} for h, m in medians.items()
         }
     result["machine"] = machine("bench.sandbox")
     return result
@@ -104,7 +109,7 @@ def report(result: dict[str, Any]) -> str:
     for name, events in result["events"].items():
         headers += [f"{name.split('.')[0]} ({events} events): ms", "cost", "CPU ms", "CPU cost"]
     rows = []
-    for runner in RUNNERS:
+    for runner in result["median_replay_ms"][HISTORIES[0]]:
         row: list[object] = [runner]
         for name in result["events"]:
             for kind in ("", "_cpu"):
@@ -121,8 +126,11 @@ def report(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replays", type=int, default=30)
+    parser.add_argument(
+        "--runners", nargs="+", choices=SANDBOXED, help="only these (and the floor): a worker runs one runner alone"
+    )
     args = parser.parse_args()
-    result = asyncio.run(run(args.replays))
+    result = asyncio.run(run(args.replays, args.runners))
     emit(report(result), result)
     exit_now()
 

@@ -32,21 +32,28 @@ What this configuration keeps, and why each change is safe:
   through the guards; `isinstance` and `issubclass` unwrap proxies in one function instead of three; and a workflow
   definition is validated once per runner instead of each time a worker is made (a `Replayer` makes one per replay).
   Activations, where all workflow code runs, run inside every guard.
+- The workflow modules' code objects are read once per process and shared by every sandbox (`_SharedCodeLoader`):
+  a code object is immutable; each sandbox still runs it into a module of its own, so globals, classes and functions
+  stay per instance. Without it every cached workflow kept ~80 KB of code objects of its own.
 
-It reaches into the SDK's private `_Instance` and `Importer.restricted_builtins` (temporalio is pinned, 1.35.0); the
-replay tests and `tests/workflows/test_sandbox.py` fail if a new SDK changes what it relies on.
+It reaches into the SDK's private `_Instance`, `Importer.current_importer()` and `Importer.restricted_builtins`
+(temporalio is pinned, 1.35.0); the replay tests and `tests/workflows/test_sandbox.py` fail if a new SDK changes what
+it relies on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import lru_cache
-from types import CodeType
-from typing import Any, cast
+from importlib.abc import MetaPathFinder
+from importlib.machinery import ModuleSpec, PathFinder, SourceFileLoader
+from types import CodeType, ModuleType
+from typing import Any, ClassVar, cast
 
 import temporalio.workflow
 from temporalio.converter import SerializationContext
@@ -54,6 +61,7 @@ from temporalio.converter._extstore import StorageDriverStoreContext
 from temporalio.worker import WorkflowInstance, WorkflowInstanceDetails
 from temporalio.worker._command_aware_visitor import CommandInfo
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.worker.workflow_sandbox._importer import Importer
 from temporalio.worker.workflow_sandbox._in_sandbox import InSandbox
 from temporalio.worker.workflow_sandbox._restrictions import _RestrictedProxy
 from temporalio.worker.workflow_sandbox._runner import _Instance
@@ -121,6 +129,53 @@ def _unwrapping(check: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]
 _UNWRAPPING = {"isinstance": _unwrapping(isinstance), "issubclass": _unwrapping(issubclass)}
 
 
+class _SharedCodeLoader(SourceFileLoader):
+    """Loads a module's code object once per process (per version of its file) for every sandbox that imports it.
+
+    Each sandbox runs a workflow module afresh, into a module of its own; the SDK's import reads (or, without
+    bytecode, compiles) the file again each time, so every cached workflow kept its own copy of the module's code
+    objects, ~80 KB for `workflows.lifecycle` and `workflows.calls`. A code object is immutable and holds no state:
+    what each sandbox must own, the module's globals (its restricted proxies) and the functions and classes made from
+    the code, is still made afresh by running it in the new module."""
+
+    _codes: ClassVar[dict[tuple[str, float, int], CodeType]] = {}
+
+    def get_code(self, fullname: str) -> CodeType | None:
+        stats = self.path_stats(self.path)
+        key = (self.path, stats["mtime"], stats.get("size", -1))
+        code = self._codes.get(key)
+        if code is None:
+            code = super().get_code(fullname)
+            if code is not None:
+                self._codes[key] = code
+        return code
+
+
+class _SharedCodeFinder(MetaPathFinder):
+    """Gives the modules a sandbox imports afresh (only the workflow modules: every other is passed through) the
+    `_SharedCodeLoader`; outside a sandbox it finds nothing, and Python's own finders go on as before."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if Importer.current_importer() is None:
+            return None
+        spec = PathFinder.find_spec(fullname, path)
+        if spec is None or type(spec.loader) is not SourceFileLoader or spec.origin is None:
+            return None
+        spec.loader = _SharedCodeLoader(fullname, spec.origin)
+        return spec
+
+
+_SHARED_CODE_FINDER = _SharedCodeFinder()
+
+
+def _share_code() -> None:
+    """Put `_SharedCodeFinder` first on `sys.meta_path`, once (when the runner makes its first instance)."""
+    if _SHARED_CODE_FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _SHARED_CODE_FINDER)
+
+
 class _LeanInstance(_Instance):
     """The SDK's sandboxed instance with cheaper crossings; the same guards around all workflow code."""
 
@@ -179,6 +234,7 @@ class LeanSandboxedWorkflowRunner(SandboxedWorkflowRunner):
         self._validated.append(defn)
 
     def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
+        _share_code()
         if isinstance(self.restrictions.passthrough_modules, _AllModulesBut):
             self.restrictions.passthrough_modules.sandbox_module(det.defn.cls.__module__)
         return _LeanInstance(det, self.runner_class, self.restrictions)

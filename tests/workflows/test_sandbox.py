@@ -78,6 +78,19 @@ async def test_a_lifecycle_instance_runs_the_workflow_modules_afresh_behind_rest
     assert fresh == {"__main__", "workflows", "workflows.lifecycle", "workflows.calls"}
 
 
+async def test_instances_share_the_workflow_modules_code_but_not_their_classes_or_globals():
+    path = HISTORIES / "safe_balance_declined.run1.json"
+    runner = _Capturing(restrictions=RESTRICTIONS)
+    replayer = Replayer(
+        workflows=[ClientLifecycle], data_converter=shared_pydantic_data_converter, workflow_runner=runner
+    )
+    await replayer.replay_workflow(WorkflowHistory.from_json("deal-1", path.read_text()), raise_on_replay_failure=True)
+    first, second = (instance.globals_and_locals["__temporal_workflow_class"] for instance in runner.made[-2:])  # type: ignore[attr-defined]
+    assert first is not second and first.run is not second.run
+    assert first.run.__globals__ is not second.run.__globals__
+    assert first.run.__code__ is second.run.__code__
+
+
 def test_every_module_passes_through_but_the_workflow_packages_and_each_workflow_class_module():
     modules = _AllModulesBut({"workflows"})
     assert "sopflow.engine" in modules and "pydantic" in modules and "datetime" in modules
