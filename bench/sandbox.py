@@ -2,8 +2,8 @@
 not in its cache (a new deal, an evicted one, a replay).
 
 A replay of a recorded history builds one new instance in a fresh sandbox and runs its activations, exactly what a
-cold worker does. The same histories are replayed with three runners, interleaved so a change of load on the shared
-machine hits all three alike:
+cold worker does. The same histories are replayed with each runner, interleaved so a change of load on the shared
+machine hits them all alike:
 
 - `default`: the SDK's default sandbox (what the worker used until issue 17);
 - `all_passed`: the SDK's sandbox with every module passed through, the workflow modules too (the worker's runner
@@ -11,7 +11,7 @@ machine hits all three alike:
 - `sdk_runner`: the SDK's own runner with the worker's restrictions (`workflows.sandbox.RESTRICTIONS`): the
   workflow modules run afresh per instance, every other module passed through;
 - `sopflow`: the worker's runner (`workflows.sandbox.WORKFLOW_RUNNER`): the same restrictions, cheaper crossings into
-  the sandbox, each workflow definition validated once;
+  the sandbox, the workflow modules' code read once per process, each workflow definition validated once;
 - `unsandboxed`: no sandbox at all, the floor (never used in production: it would lose the sandbox's checks).
 
 A runner's sandbox cost is its time per replay minus the floor's: the new instance (the workflow modules run afresh)
