@@ -88,6 +88,8 @@ class _AllModulesBut(set[str]):
 
     def sandbox_module(self, name: str) -> None:
         """Run this module (a workflow class's own) afresh in each sandbox too."""
+        if name == "__main__":  # the SDK imports a script's workflows under this name, never `__main__` itself
+            name = "__temporal_main__"
         if name not in self.modules:
             parts = name.split(".")
             self.modules = self.modules | {".".join(parts[:end]) for end in range(1, len(parts) + 1)}

@@ -99,5 +99,8 @@ def test_every_module_passes_through_but_the_workflow_packages_and_each_workflow
     # The probe's parents are left out too: the SDK checks them with `in` and would pass the probe through.
     assert not any(name in modules for name in ("tests", "tests.workflows", "tests.workflows.sandbox_probe"))
     assert "tests.conftest" in modules
+    # A script's workflows: the SDK imports the script as `__temporal_main__` in the sandbox.
+    modules.sandbox_module("__main__")
+    assert "__temporal_main__" not in modules
     # The SDK's `with_passthrough_modules` (debug mode) keeps the rule.
     assert (modules | {"_pydevd_bundle"}) is modules
