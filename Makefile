@@ -84,6 +84,8 @@ bench: venv
 	$(BIN)/python -m bench.sqlite_pragmas
 	$(BIN)/python -m bench.work_queue
 	$(BIN)/python -m bench.sandbox
+	$(BIN)/python -m bench.io_work
+	$(BIN)/python -m bench.answers
 
 # Local dev state only (Temporal db, records db, captured mail); the venv stays.
 clean:

@@ -14,8 +14,8 @@ real activities the engine calls, with the same arguments:
   same sink, through the same outbox rows), one at a time from a courier coroutine, as the engine's `_deliver`;
 - `RecordActivities.record_journal` with the same timeline entries and the deal snapshot when it changed, batched
   exactly as the engine's `_flush` batches them (requests' entries at once, delivered emails together once the
-  outbox is empty), through the engine's own `workflows.calls.record_batch`: a regular activity after an update
-  (its caller waits for the workflow task), a local one otherwise, as new lifecycles record;
+  outbox is empty), the way the engine's `workflows.calls.record_batch` records: a regular activity after an
+  update (its caller waits for the workflow task), a local one otherwise, with the same options;
 - one live timer for the next moment the SOP waits for (contract reminder, task due dates, the site visit
   reminder), the superseded one cancelled, as the engine does with PATCH_LIVE_TIMERS.
 
@@ -44,7 +44,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from zoneinfo import ZoneInfo
@@ -66,8 +66,15 @@ with workflow.unsafe.imports_passed_through():
         SetFields,
         SubmitForm,
     )
-    from workflows.calls import record_batch
-    from workflows.options import EMAIL_GIVE_UP, EMAIL_RETRY, RECORD_RETRY, REQUESTS_FIRST
+    from workflows.options import (
+        EMAIL_GIVE_UP,
+        EMAIL_RETRY,
+        LOCAL_RECORD_ATTEMPT,
+        LOCAL_RECORD_GIVE_UP,
+        LOCAL_RECORD_RETRY,
+        RECORD_RETRY,
+        REQUESTS_FIRST,
+    )
 
 HANDWRITTEN_TASK_QUEUE = "bench-handwritten"
 PLAYBOOK = "safe_balance"
@@ -468,9 +475,31 @@ class HandwrittenSafeBalance:
             entries=[s.entry for s in steps],
             snapshot=None if snapshot == self._recorded_snapshot else snapshot,
         )
-        # As the engine's runs since PATCH_LOCAL_RECORDS: local unless an update's caller waits for the task.
+        # As the engine's runs since PATCH_LOCAL_RECORDS (`workflows.calls.record_batch`, not imported: the workflows
+        # package runs afresh in each sandbox, this module beside it): local unless an update's caller waits for the
+        # task, with the engine's options; a local record that fails goes to the regular activity.
         local, self._answering = not self._answering, False
-        await record_batch(batch, local=local)
+        if local:
+            try:
+                await workflow.execute_local_activity_method(
+                    RecordActivities.record_journal,
+                    batch,
+                    start_to_close_timeout=LOCAL_RECORD_ATTEMPT,
+                    schedule_to_close_timeout=LOCAL_RECORD_GIVE_UP,
+                    retry_policy=LOCAL_RECORD_RETRY,
+                    summary="record timeline",
+                )
+                self._recorded_snapshot = snapshot
+                return
+            except FailureError:
+                pass
+        await workflow.execute_activity_method(
+            RecordActivities.record_journal,
+            batch,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+            summary="record timeline",
+        )
         self._recorded_snapshot = snapshot
 
     def _arm_timer(self) -> None:

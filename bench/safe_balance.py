@@ -10,9 +10,10 @@ corporate at once).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any, Literal, TypeVar
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
@@ -70,7 +71,12 @@ def today() -> date:
     """Today in the bench deals' own zone (the playbook's): the engine judges 'in the future' by that calendar, so
     between midnight UTC and midnight in New York a UTC date would be refused (and the machine's date could be
     either)."""
-    return datetime.now(Clock.of(playbook(), DEAL).tz).date()
+    return datetime.now(_zone()).date()
+
+
+@functools.cache
+def _zone() -> tzinfo:
+    return Clock.of(playbook(), DEAL).tz
 
 
 def site_visit(day: date, n: int) -> Request:
@@ -171,7 +177,7 @@ def ongoing_state(book: Playbook, deal_no: int, now: datetime) -> LifecycleState
     """
     deal_id = f"S-{deal_no}"
     engine = Engine.start(book, deal_id, DEAL, now, workflow_id(deal_id), "bench")
-    for request in to_ongoing(deal_no, now.astimezone(Clock.of(book, DEAL).tz).date()):
+    for request in to_ongoing(deal_no, now.astimezone(_zone()).date()):
         apply(engine, request, now)
     if engine.state.stage != "ongoing":
         raise BenchError(f"the pure engine left deal {deal_id} in {engine.state.stage}, not ongoing")

@@ -180,8 +180,8 @@ class LifecycleCalls:
 
 async def record_batch(batch: JournalBatch, *, local: bool) -> None:
     """Write one timeline batch: in this workflow task (a local activity) when `local` (runs started since
-    PATCH_LOCAL_RECORDS), else through the server (a regular activity), as runs recorded before did. A function, not
-    a method, so that `bench.handwritten` records exactly as the engine does.
+    PATCH_LOCAL_RECORDS), else through the server (a regular activity), as runs recorded before did
+    (`bench.handwritten` records the same way, with the same options).
 
     Safe to run locally because `record_journal` is idempotent: entries are inserted ON CONFLICT DO NOTHING by
     (workflow, seq) and the deal's row only moves forward (WHERE last_seq <= batch). That matters more here than for

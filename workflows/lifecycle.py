@@ -28,10 +28,12 @@ from temporalio.common import (
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
+# Workflow code: run in the sandbox like this module, not passed through (see `workflows.sandbox`).
+from workflows.calls import LifecycleCalls
+
 with workflow.unsafe.imports_passed_through():
     from activities.playbooks import PlaybookActivities
     from activities.records import RecordActivities
-    from sopflow import business_calendar
     from sopflow.constants import (
         ACTIVITY_TIMEOUT,
         MAX_RUN_AGE,
@@ -58,7 +60,7 @@ with workflow.unsafe.imports_passed_through():
         workflow_id,
     )
     from sopflow.playbook import shared
-    from workflows.calls import LifecycleCalls
+    from workflows.guards import holiday_data  # noqa: F401  (installs the holiday guard, once per worker)
     from workflows.options import (
         PATCH_CLAIM_GIVEN_BACK,
         PATCH_EMAIL_APART,
@@ -73,18 +75,6 @@ with workflow.unsafe.imports_passed_through():
     )
 
 R = TypeVar("R")
-
-
-@contextmanager
-def _holiday_data() -> Iterator[None]:
-    """The `holidays` package imports a country's module the first time it is asked for it, and reads its (pinned)
-    translation files: both belong outside the sandbox (one copy per worker, not one per workflow run; `open()` is
-    refused inside it). The data is pinned with the code, so this stays deterministic."""
-    with workflow.unsafe.sandbox_unrestricted(), workflow.unsafe.imports_passed_through():
-        yield
-
-
-business_calendar.holiday_guard = _holiday_data
 
 
 def _keyword(value: str | None) -> str | None:

@@ -192,8 +192,10 @@ def test_work_queue_reads_every_item_it_wrote():
 
 async def test_sandbox_replays_with_every_runner_and_reports_each_ones_cost():
     result = await sandbox.run(replays=1)
-    assert set(result["sandbox_cost_ms"]["safe_balance_declined.run1.json"]) == {"default", "sopflow"}
-    assert "Sandbox: median ms per replay" in sandbox.report(result)
+    assert set(result["sandbox_cost_ms"]["safe_balance_declined.run1.json"]) == set(sandbox.SANDBOXED)
+    assert "sopflow" in sandbox.SANDBOXED and "unsandboxed" not in sandbox.SANDBOXED
+    assert "Sandbox: median per replay" in sandbox.report(result)
+    assert set(result["sandbox_cost_cpu_ms"]["safe_balance_declined.run1.json"]) == set(sandbox.SANDBOXED)
 
 
 async def test_io_work_sends_every_email_and_records_every_batch_of_its_clients():
