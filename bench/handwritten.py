@@ -47,8 +47,6 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from zoneinfo import ZoneInfo
-
     from activities.email import EmailActivities
     from activities.records import RecordActivities
     from sopflow.constants import ACTIVITY_TIMEOUT
@@ -66,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         SetFields,
         SubmitForm,
     )
+    from sopflow.zones import zone
     from workflows.options import (
         EMAIL_GIVE_UP,
         EMAIL_RETRY,
@@ -81,7 +80,9 @@ PLAYBOOK = "safe_balance"
 PLAYBOOK_VERSION = 3
 PLAYBOOK_TITLE = "Client sales & support progression"
 ZONE = "America/New_York"  # the playbook's zone; the bench's deals set no `timezone` field
-EASTERN = ZoneInfo(ZONE)  # made at import, outside the sandbox (which refuses the tz file's open())
+# From the pinned tzdata, read when `sopflow.zones` was imported on the host: this module runs afresh in each
+# workflow sandbox, which refuses the tz file's open() and gives ZoneInfo only as a restricted stand-in.
+EASTERN = zone(ZONE)
 CLOSE_OF_DAY = time(17, 0)  # the playbook's working hours end: when a date-only moment falls due
 SETTINGS = {"partner_manager_email": "partners@example.com", "corporate_email": "support-team@example.com"}
 STAGES = {
