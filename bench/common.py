@@ -304,17 +304,14 @@ def count_histories(histories: Iterable[HasEvents]) -> HistoryCounts:
     for history in histories:
         workflows += 1
         events += len(history.events)
-        by_type.update(event_name(e.event_type) for e in history.events)
-        # A local activity is no event of its own: its result is a marker, recorded with the workflow task.
-        by_type[LOCAL_ACTIVITY] += sum(
-            e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER for e in history.events
-        )
-        size += sum(e.ByteSize() for e in history.events)
-        answers += sum(
-            e.workflow_execution_update_completed_event_attributes.outcome.success.ByteSize()
-            for e in history.events
-            if e.HasField("workflow_execution_update_completed_event_attributes")
-        )
+        for e in history.events:
+            by_type[event_name(e.event_type)] += 1
+            size += e.ByteSize()
+            if e.HasField("marker_recorded_event_attributes"):
+                # A local activity is no event of its own: its result is a marker, recorded with the workflow task.
+                by_type[LOCAL_ACTIVITY] += e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
+            elif e.HasField("workflow_execution_update_completed_event_attributes"):
+                answers += e.workflow_execution_update_completed_event_attributes.outcome.success.ByteSize()
         if history.events:
             start = history.events[0].event_time.ToDatetime(tzinfo=UTC)
             end = history.events[-1].event_time.ToDatetime(tzinfo=UTC)

@@ -373,8 +373,16 @@ def render(result: dict[str, Any]) -> str:
         row("transitions/s", engine["events_per_s"], hand["events_per_s"], bare["events_per_s"]),
         row("lifecycles/s", engine["lifecycles_per_s"], hand["lifecycles_per_s"], bare["lifecycles_per_s"]),
     ]
-    keys = ("events", "workflow_tasks", "updates", "signals", "activities", "local_activities", "timers")
-    for key in (*keys, "search_attribute_upserts"):
+    for key in (
+        "events",
+        "workflow_tasks",
+        "updates",
+        "signals",
+        "activities",
+        "local_activities",
+        "timers",
+        "search_attribute_upserts",
+    ):
         rows.append(row(f"per client: {key}", *(p["per_client"][key] for p in (engine, hand, bare))))
     for key, label in CPU_ROWS:
         cpu = [p["worker_cpu_per_lifecycle"].get(key, 0.0) for p in (engine, hand, bare)]

@@ -264,7 +264,7 @@ class UpdateResult(BaseModel):
     client), so it carries only what the one who made the change reads next; the full `LifecycleStatus` (tasks,
     fields, history, due dates: 1-3 KB) is the `status` query's. Unknown fields are ignored, and the ones this
     version added have defaults, so a client of this version also reads the full status that a worker from before
-    answered updates with (deploy clients before workers: see the README's "Deploying a change").
+    answered updates with (deploy clients before workers: the README's "Versioning" section).
     """
 
     model_config = ConfigDict(extra="ignore")

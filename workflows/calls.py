@@ -27,7 +27,6 @@ with workflow.unsafe.imports_passed_through():
         LOCAL_RECORD_ATTEMPT,
         LOCAL_RECORD_GIVE_UP,
         LOCAL_RECORD_RETRY,
-        PATCH_LOCAL_RECORDS,
         PATCH_UNDELIVERABLE,
         RECORD_RETRY,
     )
@@ -43,7 +42,7 @@ class LifecycleCalls:
     _outbox: list[Step]
     _delivered: list[Step]
     _apart: bool  # PATCH_EMAIL_APART, decided once per run
-    _local_records: bool = False  # PATCH_LOCAL_RECORDS, decided once per run (`_decide_records`)
+    _local_records: bool = False  # PATCH_LOCAL_RECORDS, decided once per run
     # An update was applied since the last record: its caller waits for the workflow task to complete.
     _answering: bool = False
     _changed: bool
@@ -158,10 +157,6 @@ class LifecycleCalls:
         else:
             self._unrecorded = []
             self._recorded_snapshot = snapshot
-
-    def _decide_records(self) -> None:
-        """Once per run, at its start: whether this run records its timeline through a local activity."""
-        self._local_records = workflow.patched(PATCH_LOCAL_RECORDS)
 
     async def _release_claim(self, claim: ClaimRequest) -> None:
         await self._release(RecordActivities.release_claim, claim, "give back an account claim")

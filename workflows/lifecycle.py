@@ -66,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_EMAIL_APART,
         PATCH_FIELD_LIMITS,
         PATCH_LIVE_TIMERS,
+        PATCH_LOCAL_RECORDS,
         PATCH_REQUESTS_FIRST,
         PATCH_YEARLY_WAKEUP,
         RECORD_RETRY,
@@ -144,7 +145,7 @@ class ClientLifecycle(LifecycleCalls):
         self._apart = workflow.patched(PATCH_EMAIL_APART)
         self._tie = REQUESTS_FIRST if workflow.patched(PATCH_REQUESTS_FIRST) else timedelta(0)
         self._live_timers = workflow.patched(PATCH_LIVE_TIMERS)
-        self._decide_records()  # PATCH_LOCAL_RECORDS
+        self._local_records = workflow.patched(PATCH_LOCAL_RECORDS)
         if self._apart:
             # Lives as long as the run; completing or continuing as new cancels it once the outbox is empty.
             self._courier = asyncio.create_task(self._deliver())

@@ -304,7 +304,7 @@ def update_command(deal_id: str, request: Request, output: Output, message: str,
             fail(reason)
         if output == Output.text:
             return result
-        # A script reading JSON or YAML gets the whole status, as `deal status` prints it: the update's own
+        # A script reading JSON, JSON lines or CSV gets the whole status, as `deal status` prints it: the update's own
         # answer is kept small (it is written into history), the status is a query.
         status: LifecycleStatus = await handle.query(ClientLifecycle.status)
         return status
