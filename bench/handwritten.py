@@ -49,7 +49,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from activities.email import EmailActivities
     from activities.records import RecordActivities
-    from sopflow.constants import ACTIVITY_TIMEOUT
+    from sopflow.constants import ACTIVITY_TIMEOUT, REQUESTS_FIRST
     from sopflow.models import (
         Advance,
         ClaimRequest,
@@ -72,7 +72,6 @@ with workflow.unsafe.imports_passed_through():
         LOCAL_RECORD_GIVE_UP,
         LOCAL_RECORD_RETRY,
         RECORD_RETRY,
-        REQUESTS_FIRST,
     )
 
 HANDWRITTEN_TASK_QUEUE = "bench-handwritten"

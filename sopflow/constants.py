@@ -27,6 +27,9 @@ SA_KEYWORD_MAX_BYTES = 255
 # A lifecycle continues as new at least this often even if the server does not suggest it, so a years-long client
 # never replays years of history when a worker picks it up cold.
 MAX_RUN_AGE = timedelta(days=365)
+# How long after its moment a timer wakes the lifecycle: a request made at that very moment is applied first
+# (workflows.options PATCH_REQUESTS_FIRST); the forecast simulates the same order.
+REQUESTS_FIRST = timedelta(seconds=1)
 
 # Condition transitions may chain (A -> B -> C) but a playbook whose conditions loop must not spin a workflow task.
 MAX_CHAINED_TRANSITIONS = 25

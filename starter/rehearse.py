@@ -36,6 +36,7 @@ from sopflow.codec import shared_pydantic_data_converter
 from sopflow.constants import SEARCH_ATTRIBUTES
 from sopflow.db import Database, JournalRow
 from sopflow.durations import Duration
+from sopflow.forecast import Projection, Simulation
 from sopflow.mailsink import MailSink
 from sopflow.models import (
     DEAL_ID_PATTERN,
@@ -358,6 +359,28 @@ async def _drive(
         duplicates=sink.duplicates,
         linked=linked,
     )
+
+
+def simulate(inp: LifecycleInput, scenario: Scenario, start: datetime) -> tuple[Simulation, list[tuple[datetime, str]]]:
+    """The scenario run by the forecast's pure simulation (`sopflow.forecast`) from `start`, no Temporal: what the
+    differential test compares with a rehearsal of the same scenario. Returns the simulation (its timeline in
+    `entries`) and the steps it refused, each with the moment it was made."""
+    clock = scenario.clock(inp.playbook, inp.fields)
+    fields = resolve_dates(inp.fields, start, clock)
+    engine = Projection.start(inp.playbook, inp.deal_id, fields, start, workflow_id(inp.deal_id), inp.actor)
+    sim = Simulation(engine, start)
+    sim._collect()
+    refused: list[tuple[datetime, str]] = []
+    for step in sorted(scenario.steps, key=lambda s: scenario.moment(s.at, start, clock)):
+        at = scenario.moment(step.at, start, clock)
+        if sim.engine.closed:
+            refused.append((at, "the lifecycle has ended"))
+            continue
+        rejected = sim.request(request_of(step, at, clock), at)
+        if rejected is not None:
+            refused.append((at, str(rejected)))
+    sim.run_until(clock.after(scenario.until, start))
+    return sim, refused
 
 
 async def _stop_at_horizon(handle: WorkflowHandle[Any, Any]) -> LifecycleStatus:

@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -338,6 +339,40 @@ def checked_in_scenario(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]
     load_scenario(path)  # validates the file
     data = yaml.safe_load(path.read_text())
     return data["deal"]["fields"], data["steps"], data["until"]
+
+
+@dataclass(frozen=True)
+class ShippedRehearsal:
+    inp: LifecycleInput
+    scenario: Scenario
+    result: Rehearsal
+
+
+_SHIPPED_REHEARSALS: dict[Path, ShippedRehearsal] = {}
+
+
+async def rehearse_shipped(path: Path) -> ShippedRehearsal:
+    """A shipped scenario rehearsed as `sopflow rehearse` runs it (its own deal, start and zone) on a fresh
+    time-skipping server, once per session: the checks that read a shipped rehearsal share one run of it."""
+    if path not in _SHIPPED_REHEARSALS:
+        scenario = load_scenario(path)
+        playbook = load_playbook(playbook_of(path), TEMPLATES)
+        inp = LifecycleInput(
+            deal_id=scenario.deal.id, playbook=playbook, fields=scenario.deal.fields, actor="rehearsal"
+        )
+        env = await start_test_env()
+        try:
+            result = await rehearse(inp, scenario, TEMPLATES, env)
+        finally:
+            await env.shutdown()
+        _SHIPPED_REHEARSALS[path] = ShippedRehearsal(inp, scenario, result)
+    return _SHIPPED_REHEARSALS[path]
+
+
+def playbook_of(scenario_path: Path) -> Path:
+    """Scenarios are named `<playbook>_<what happens>.yaml`: the longest playbook id that prefixes the name."""
+    ids = [p.stem for p in PLAYBOOKS.glob("*.yaml") if scenario_path.stem.startswith(f"{p.stem}_")]
+    return PLAYBOOKS / f"{max(ids, key=len)}.yaml"
 
 
 def stage_path(result: Rehearsal) -> list[str]:

@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from sopflow.constants import (
         ACTIVITY_TIMEOUT,
         MAX_RUN_AGE,
+        REQUESTS_FIRST,
         SA_KEYWORD_MAX_BYTES,
         SA_NEXT_DUE,
         SA_OWNER,
@@ -70,7 +71,6 @@ with workflow.unsafe.imports_passed_through():
         PATCH_REQUESTS_FIRST,
         PATCH_YEARLY_WAKEUP,
         RECORD_RETRY,
-        REQUESTS_FIRST,
         SUMMARY_MAX_CHARS,
         start_options,
     )

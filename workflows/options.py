@@ -30,10 +30,10 @@ PATCH_YEARLY_WAKEUP = "yearly-continue-as-new-wakeup"
 PATCH_EMAIL_APART = "email-delivered-apart"
 # Field limits (`sopflow.fields`) in the handlers: a request accepted before them is re-applied without them.
 PATCH_FIELD_LIMITS = "field-limits"
-# A timer wakes a second after its moment, so a request made at that very moment (a task done when it falls due) is
-# applied first, whatever the machine's speed; lifecycles recorded before this woke at the moment itself.
+# A timer wakes REQUESTS_FIRST (sopflow.constants) after its moment, so a request made at that very moment (a task done
+# when it falls due) is applied first, whatever the machine's speed; lifecycles recorded before this woke at the
+# moment itself.
 PATCH_REQUESTS_FIRST = "requests-before-timers-due-at-the-same-moment"
-REQUESTS_FIRST = timedelta(seconds=1)
 # A form refused after its account claim was granted gives the claim back; lifecycles recorded before kept it.
 PATCH_CLAIM_GIVEN_BACK = "refused-form-gives-its-claim-back"
 # Only the timer for the next wake-up stays pending, so the Temporal UI shows what the lifecycle waits for;

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Self
 
 from sopflow import cadence as cadence_rules
 from sopflow import views
@@ -82,7 +82,7 @@ class Engine(Timers):
         limits: bool = True,
         applies: Callable[[str], bool] | None = None,
         handed_off_by: str | None = None,
-    ) -> Engine:
+    ) -> Self:
         values = check_deal_fields(playbook, fields, limits=limits) if validate else dict(fields)
         first = playbook.stages[0].id
         state = LifecycleState(
@@ -188,19 +188,26 @@ class Engine(Timers):
             logged_at = self.clock.on_date(self.clock.local_date(now), now) if self.clock.zoned else now
             if cad.date_field and values.get(cad.date_field):
                 logged_at = self.clock.on_date(date.fromisoformat(values[cad.date_field]), now)
-            cad_state.logged += 1
-            cad_state.last_logged_at = max(logged_at, cad_state.last_logged_at or logged_at)
-            # A visit logged late for an earlier date never moves the schedule back.
-            if logged_at > cad_state.base:
-                cad_state.base = logged_at
-                cad_state.next_due = cadence_rules.next_due(cad, cad_state.anchor, cad_state.base, self.clock)
-                cad_state.reminded = cad_state.announced = False
+            self.visit_logged(logged_at)
             detail.next_due = cad_state.next_due.isoformat()
             detail.logged_at = logged_at.isoformat()
             detail.touchpoint = cad.label
         self._log(now, detail)
         self._run_actions(self.playbook.forms[req.form].on_submit, now, f"form-{req.form}", {"form": values})
         self._settle(now)
+
+    def visit_logged(self, logged_at: datetime) -> None:
+        """Count a touchpoint of the stage's cadence made at `logged_at` and plan the next one from it: the touchpoint
+        form's rule, and the forecast's "on time" assumption (a visit made on its due date, with no form to fill)."""
+        cad, cad_state = self.stage.cadence, self.state.cadence
+        assert cad is not None and cad_state is not None
+        cad_state.logged += 1
+        cad_state.last_logged_at = max(logged_at, cad_state.last_logged_at or logged_at)
+        # A visit logged late for an earlier date never moves the schedule back.
+        if logged_at > cad_state.base:
+            cad_state.base = logged_at
+            cad_state.next_due = cadence_rules.next_due(cad, cad_state.anchor, cad_state.base, self.clock)
+            cad_state.reminded = cad_state.announced = False
 
     def check_task(self, req: CompleteTask) -> None:
         self._require_open()

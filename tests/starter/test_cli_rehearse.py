@@ -10,9 +10,8 @@ import pytest
 import yaml
 
 from sopflow.mailsink import free_port
-from tests.conftest import SCENARIOS
+from tests.conftest import SCENARIOS, playbook_of
 from tests.starter.conftest import Cli
-from tests.workflows.record_histories import playbook_of
 
 SHIPPED = sorted(SCENARIOS.glob("*.yaml"))
 

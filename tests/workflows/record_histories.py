@@ -25,6 +25,7 @@ from sopflow.engine import check_deal_fields
 from sopflow.models import LifecycleInput
 from sopflow.playbook_checks import load_playbook
 from starter.rehearse import load_scenario, rehearse, start_test_env
+from tests.conftest import playbook_of
 
 HISTORIES = PROJECT_ROOT / "tests" / "histories"
 SCENARIO_DIR = PROJECT_ROOT / "playbooks" / "scenarios"
@@ -34,12 +35,6 @@ SCENARIOS = [
     SCENARIO_DIR / "health_prime_sales_won.yaml",
     SCENARIO_DIR / "financial_servicing_a_client.yaml",
 ]
-
-
-def playbook_of(scenario_path: Path) -> Path:
-    """Scenarios are named `<playbook>_<what happens>.yaml`: the longest playbook id that prefixes the name."""
-    ids = [p.stem for p in (PROJECT_ROOT / "playbooks").glob("*.yaml") if scenario_path.stem.startswith(f"{p.stem}_")]
-    return PROJECT_ROOT / "playbooks" / f"{max(ids, key=len)}.yaml"
 
 
 async def record(scenario_path: Path, label: str | None = None) -> list[Path]:

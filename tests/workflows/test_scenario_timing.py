@@ -13,17 +13,15 @@ from datetime import datetime
 import pytest
 
 from sopflow.playbook_checks import load_playbook
-from tests.conftest import SCENARIOS, TEMPLATES, checked_in_scenario, run
-from tests.workflows.record_histories import playbook_of
+from tests.conftest import SCENARIOS, TEMPLATES, checked_in_scenario, playbook_of, rehearse_shipped, run
 
 SHIPPED = sorted(SCENARIOS.glob("*.yaml"))
 MARGIN_SECONDS = 60
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-async def test_no_scenario_step_completes_a_task_at_the_moment_it_falls_due(ts_env, path):
-    deal, steps, until = checked_in_scenario(path.stem)
-    result = await run(ts_env, load_playbook(playbook_of(path), TEMPLATES), steps, until=until, deal=deal)
+async def test_no_scenario_step_completes_a_task_at_the_moment_it_falls_due(path):
+    result = (await rehearse_shipped(path)).result
     due: dict[str, datetime] = {}
     ambiguous = []
     for entry in result.timeline:
