@@ -34,6 +34,7 @@ COMMANDS = (
     "mail",
     "templates",
     "reports",
+    "forecast",
     "staff",
     "digest",
     "aliases",
