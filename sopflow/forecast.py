@@ -233,9 +233,11 @@ def project(engine: Projection, start: datetime, until: datetime, assumption: As
     sim = Simulation(engine, start, assumption)
     initial = _pending_items(engine, start)
     sim.run_until(until)
-    items = initial + items_of(sim.entries, playbook) + [
-        Item(at, "visits", stage, playbook.stage(stage).owner) for at, stage in sim.visits_logged
-    ]
+    items = (
+        initial
+        + items_of(sim.entries, playbook)
+        + [Item(at, "visits", stage, playbook.stage(stage).owner) for at, stage in sim.visits_logged]
+    )
     items = [item for item in _latest(items) if start <= item.at < until]
     clock = engine.clock
     ctx = engine.context()
