@@ -92,17 +92,23 @@ class Timers(Transitions):
         """
         for _ in range(1000):
             wake = self.next_wakeup()
-            if wake is None or wake.at > now or wake.fire is None:
+            if wake is None or wake.at > now or wake.fire is None or not self.fire(wake, now):
                 return
-            saved = self._save()
-            try:
-                wake.fire(wake.at)
-                self._settle(now)
-            except Exception as exc:
-                self._restore(saved)
-                self._fault(now, f"timer '{wake.summary}'", exc)
-                self.faulted_until = wake.at
-                return
+
+    def fire(self, wake: Wakeup, now: datetime) -> bool:
+        """Fire one due wake-up's rule at `now` and settle (`tick`, and the forecast's simulation, which knows the
+        wake-up already). False when the rule raised: journaled, nothing changed, the timer set aside."""
+        assert wake.fire is not None
+        saved = self._save()
+        try:
+            wake.fire(wake.at)
+            self._settle(now)
+        except Exception as exc:
+            self._restore(saved)
+            self._fault(now, f"timer '{wake.summary}'", exc)
+            self.faulted_until = wake.at
+            return False
+        return True
 
     @staticmethod
     def _task_extra(task: TaskState) -> dict[str, Any]:

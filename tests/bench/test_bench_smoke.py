@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bench import answers, io_work, latency, long_life, sandbox, scale, sqlite_pragmas, throughput, work_queue
+from bench import answers, forecast, io_work, latency, long_life, sandbox, scale, sqlite_pragmas, throughput, work_queue
 from bench.common import (
     ACTIVATIONS,
     EVENT_LOOP,
@@ -211,3 +211,10 @@ async def test_answers_compares_the_same_updates_answered_small_and_in_full():
     assert before["updates"] == after["updates"] > 0
     assert after["answer_bytes_max"] < before["answer_bytes_mean"]
     assert "Update answers" in answers.render(result)
+
+
+def test_forecast_runs_a_book_across_the_shipped_playbooks_and_prints_its_figures():
+    result = forecast.run(clients=40, weeks=4, processes=(1,))
+    assert len(result["playbooks"]) >= 5
+    assert result["figures"]["1 process"]["faults"] == 0
+    assert "Forecast: 40 live clients x 4 weeks" in forecast.render(result)
