@@ -2,8 +2,9 @@
 
 Every write is idempotent under retries, and safe when a retry overlaps an attempt still running elsewhere: a batch
 is applied in one transaction; each entry is inserted with ON CONFLICT DO NOTHING on (workflow id, sequence number),
-and only the transaction that inserted it writes what is derived from it. Failures are classified by
-`activities.errors.classified`.
+and only the transaction that inserted it writes what is derived from it. The engine state a local record carries
+moves its row forward only (by the state's `seq`), and a pinned playbook is inserted once per content hash. Failures
+are classified by `activities.errors.classified`.
 """
 
 from __future__ import annotations
@@ -24,14 +25,19 @@ from sopflow.db import (
     DealRow,
     FormSubmission,
     JournalRow,
+    LifecycleStateRow,
+    PinnedPlaybook,
     StageTransition,
     TaskRow,
     VisitRow,
+    fitted,
+    forward_upsert,
     insert_missing,
     insert_new,
     upsert,
 )
-from sopflow.models import ClaimRequest, ClaimResult, DealSnapshot, JournalBatch, JournalEntry
+from sopflow.models import ClaimRequest, ClaimResult, DealSnapshot, JournalBatch, JournalEntry, LifecycleState
+from sopflow.playbook import Playbook
 from sopflow.timeline import EscalationDetail, FormDetail, StageDetail, TaskDetail, VisitDueDetail, detail_of
 
 
@@ -157,6 +163,10 @@ class RecordActivities:
                     self._project(session, batch, entry)
             if batch.snapshot is not None and batch.entries:
                 self._snapshot(session, batch, batch.snapshot, max(entry.seq for entry in batch.entries))
+            if batch.pinned is not None and batch.playbook_hash is not None:
+                self._pin(session, batch.pinned, batch.playbook_hash)
+            if batch.state is not None:
+                self._state(session, batch, batch.state)
             session.commit()
             return len(added)
 
@@ -218,6 +228,38 @@ class RecordActivities:
             session.execute(
                 upsert(session, DealContact, contacts, ["workflow_id", "role"], refresh=["email", "name", "updated_at"])
             )
+
+    def _pin(self, session: Session, playbook: Playbook, content_hash: str) -> None:
+        """The run's pinned playbook, once per content hash: a run's first local record carries it, so each of
+        10,000 clients of one version offers it again and all but the first find it stored (ON CONFLICT DO NOTHING,
+        which also settles two attempts at once)."""
+        row = {
+            "playbook": playbook.id,
+            "version": playbook.version,
+            "content_hash": content_hash,
+            "content": playbook.model_dump_json(),
+            "stored_at": datetime.now(UTC),
+        }
+        insert_new(session, PinnedPlaybook, row, ["content_hash"])
+
+    def _state(self, session: Session, batch: JournalBatch, state: LifecycleState) -> None:
+        """The lifecycle's engine state, never moved backwards: one upsert that changes only a row holding an older
+        or the same state (`seq`), so a local attempt that outlived its timeout and writes after its retry, or an
+        older batch retried late, leaves the newer state in place. (One statement built once: it runs with every
+        local record, `forward_upsert`.)"""
+        row = {
+            "workflow_id": batch.workflow_id,
+            "deal_id": batch.deal_id,
+            "playbook": batch.playbook,
+            "playbook_version": batch.playbook_version,
+            "playbook_hash": batch.playbook_hash,
+            "seq": state.seq,
+            "as_of": batch.as_of,
+            "state": state.model_dump_json(),
+            "updated_at": datetime.now(UTC),
+        }
+        statement = forward_upsert(session.get_bind().dialect.name, LifecycleStateRow, "workflow_id", "seq")
+        session.connection().execute(statement, fitted(LifecycleStateRow, row))
 
     @activity.defn
     async def claim_account(self, req: ClaimRequest) -> ClaimResult:

@@ -6,6 +6,7 @@ of writing a second one. SQLite is the default; PostgreSQL works through `SOPFLO
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -110,6 +111,47 @@ class DealRow(Base):
     company: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # The journal sequence the row reflects: a retried or out-of-order batch never moves it backwards.
     last_seq: Mapped[int]
+
+
+class PinnedPlaybook(Base):
+    """Each playbook some lifecycle runs, exactly as pinned in its input, once per content hash
+    (`sopflow.playbook.playbook_hash`): 10,000 clients of one version share one row, which `lifecycle_states` names.
+    The YAML file may have moved on since; this is what the clients actually run."""
+
+    __tablename__ = "pinned_playbooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    playbook: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int]
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    content: Mapped[str] = mapped_column(Text)  # the playbook's JSON
+    stored_at: Mapped[datetime]
+
+
+class LifecycleStateRow(Base):
+    """Each lifecycle's engine state (`LifecycleState` as JSON), from its latest local timeline record, so the
+    forecast starts 10,000 clients from one query instead of 10,000 workflow queries (`sopflow.forecast_source`).
+
+    Only local records carry the state (their input never reaches history), so after an update, whose record is a
+    regular activity, the row lags behind the journal: a journal entry of the workflow newer than `seq` (the state's
+    own) says so.
+    `as_of` is the workflow (playbook) time the state was taken at, where a forecast starts. The state holds the
+    deal's fields, contacts included, as `deals`/`deal_contacts` do: personal data lives in the records store and
+    is never logged."""
+
+    __tablename__ = "lifecycle_states"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(200), unique=True)
+    deal_id: Mapped[str] = mapped_column(String(100), index=True)
+    playbook: Mapped[str] = mapped_column(String(64), index=True)
+    playbook_version: Mapped[int]
+    playbook_hash: Mapped[str] = mapped_column(String(64))
+    # The state's journal sequence: a retried or out-of-order batch never moves the row backwards.
+    seq: Mapped[int]
+    as_of: Mapped[datetime]
+    state: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime]
 
 
 class DealContact(Base):
@@ -284,6 +326,20 @@ def upsert(
     statement = _insert(session, model).values(rows)
     changes = {name: statement.excluded[name] for name in refresh} | (on_conflict or {})
     return statement.on_conflict_do_update(index_elements=unique, set_=changes, where=where).returning(model)
+
+
+@functools.cache
+def forward_upsert(dialect: str, model: type[Base], unique: str, order: str) -> Any:
+    """`INSERT … ON CONFLICT (unique) DO UPDATE SET <every other column> WHERE <order> <= the new row's`, for rows
+    passed at execution (`connection.execute(statement, fitted(model, row))`): a row that only ever moves forward.
+
+    Built once per dialect and table, unlike `upsert`: building a statement and its cache key costs about half a
+    millisecond, ten times what executing it does, and this one runs with every local timeline record."""
+    statement = (postgresql if dialect == "postgresql" else sqlite).insert(model)
+    changes = {c.key: statement.excluded[c.key] for c in model.__table__.columns if c.key not in ("id", unique)}
+    return statement.on_conflict_do_update(
+        index_elements=[unique], set_=changes, where=getattr(model, order) <= statement.excluded[order]
+    )
 
 
 # The advisory lock key of `Database.upgrade` ("sopflow" in ASCII): any constant no other application uses.

@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from sopflow.constants import WORKFLOW_ID_PREFIX
 from sopflow.playbook import Playbook
@@ -396,12 +396,68 @@ class DealSnapshot(Payload):
     company: str | None = None
 
 
+# The engine-state fields of a batch (`JournalBatch`): only a local record carries them, and they are written only
+# when set.
+BATCH_STATE_FIELDS = ("state", "as_of", "playbook_hash", "playbook_version", "pinned")
+
+
 class JournalBatch(Payload):
+    """One `record_journal` call: timeline entries, the deal's snapshot when it changed, and, in a local record
+    only, the engine's whole state (what `sopflow forecast` starts a client from, `sopflow.forecast_source`).
+
+    The state rides only on local records because a local activity's input is never written to history (only its
+    result marker is): keeping every client's state in the records store then costs no history bytes, and lets the
+    forecast read 10,000 clients from SQL instead of querying 10,000 workflows. A regular record's input is in
+    history, so it never carries the state (`workflows.calls.record_batch` strips it on the fallback); the stored
+    state then lags behind the journal until the next local record, which the forecast sees by its `seq`.
+    """
+
     workflow_id: str
     deal_id: str
     playbook: str
     entries: list[JournalEntry]
     snapshot: DealSnapshot | None = None
+    # The engine's state after this batch's entries (local records only), and the workflow (playbook) time it was
+    # taken at: where a forecast of this client starts.
+    state: LifecycleState | None = None
+    as_of: datetime | None = None
+    # The run's pinned playbook, named by `sopflow.playbook.playbook_hash` and its version, sent with `state`.
+    playbook_hash: str | None = None
+    playbook_version: int | None = None
+    # The pinned playbook itself, in the first local record of each run and the first after a migration, so the
+    # store holds the exact playbook each client runs (once per hash: `pinned_playbooks`).
+    pinned: Playbook | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_state(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave the state fields out when unset, so a batch without them is the very JSON it was before they
+        existed: a regular record's input in history stays byte for byte as it was, and an activity worker of the
+        version before (whose model forbids unknown fields) still reads it while a deploy rolls."""
+        data: dict[str, Any] = handler(self)
+        for name in BATCH_STATE_FIELDS:
+            if data.get(name, 0) is None:
+                del data[name]
+        return data
+
+    @model_validator(mode="after")
+    def _state_named(self) -> JournalBatch:
+        """A state is stored with the time it was taken and the playbook it runs on (`lifecycle_states`)."""
+        if self.state is not None and None in (self.as_of, self.playbook_hash, self.playbook_version):
+            raise ValueError("a batch's state comes with as_of, playbook_hash and playbook_version")
+        return self
+
+
+class ClientSeed(Payload):
+    """What the forecast (`sopflow forecast`) starts one client from: its engine state, the playbook it runs (the
+    pinned one, which may be older or newer than the YAML file) and the workflow (playbook) time the state was taken
+    at, from which the forecast simulates forward. Read from the records store (`sopflow.forecast_source`), or asked
+    of the lifecycle itself (the `forecast_seed` query) when the stored state is behind."""
+
+    workflow_id: str
+    deal_id: str
+    playbook: Playbook
+    state: LifecycleState
+    as_of: datetime
 
 
 class ClaimRequest(Payload):

@@ -11,6 +11,7 @@ an SOP author can find the line at fault.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from datetime import date, time
 from typing import Annotated, Any, Literal, get_args
@@ -503,6 +504,16 @@ def shared(playbook: Playbook) -> Playbook:
     if len(copies) < _COPIES_PER_VERSION:
         copies.append(playbook)
     return playbook
+
+
+def playbook_hash(playbook: Playbook) -> str:
+    """A content hash of a playbook as it is pinned (its JSON, as the lifecycle's input carries it): 32 hex digits.
+
+    The records store keeps each pinned playbook once under this key (`pinned_playbooks`) and each lifecycle's state
+    names the one it runs, so 10,000 clients of one version share one stored copy, and a file edited without a new
+    version number is still told apart. Deterministic (the same model dumps to the same JSON), so the workflow may
+    compute it."""
+    return hashlib.sha256(playbook.model_dump_json().encode()).hexdigest()[:32]
 
 
 class PlaybookError(Exception):

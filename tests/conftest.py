@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 from temporalio import activity, workflow
-from temporalio.client import Client, WorkflowHandle
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -328,6 +329,21 @@ def restore_logging() -> Iterator[None]:
 def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
     """The JSON log lines `sopflow.logs.configure_logging("json", stream=stream)` wrote."""
     return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def regular_record_inputs(history: WorkflowHistory) -> list[dict[str, Any]]:
+    """The input of every regular `record_journal` activity in a history, as JSON (the tests run unencrypted): what
+    a timeline record writes into history."""
+    return [
+        json.loads(event.activity_task_scheduled_event_attributes.input.payloads[0].data)
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and event.activity_task_scheduled_event_attributes.activity_type.name == "record_journal"
+    ]
+
+
+# The keys of a timeline batch before the engine state rode along (`JournalBatch`): a regular record writes only these.
+BATCH_KEYS_IN_HISTORY = {"workflow_id", "deal_id", "playbook", "entries", "snapshot"}
 
 
 # --- reading rehearsals -------------------------------------------------------------------------------------------

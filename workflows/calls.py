@@ -8,6 +8,7 @@ stops a client.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from temporalio import workflow
@@ -19,7 +20,15 @@ with workflow.unsafe.imports_passed_through():
     from sopflow.constants import ACTIVITY_TIMEOUT
     from sopflow.engine import Engine, Step
     from sopflow.errors import RECORD_REFUSED, UNDELIVERABLE
-    from sopflow.models import ClaimRequest, DealSnapshot, JournalBatch, JournalEntry, LifecycleInput
+    from sopflow.models import (
+        BATCH_STATE_FIELDS,
+        ClaimRequest,
+        DealSnapshot,
+        JournalBatch,
+        JournalEntry,
+        LifecycleInput,
+    )
+    from sopflow.playbook import playbook_hash
     from sopflow.telemetry import observe_timeline
     from workflows.options import (
         EMAIL_GIVE_UP,
@@ -48,11 +57,19 @@ class LifecycleCalls:
     _changed: bool
     # The deal snapshot the records store holds from this run: a batch carries one only when it differs.
     _recorded_snapshot: DealSnapshot | None = None
+    # The pinned playbook's hash (computed at the first local record of a run, again after a migration), and whether
+    # the store took the playbook itself from this run: the first local record of a run and the first after a
+    # migration carry it, the others only name it.
+    _playbook_hash: str | None = None
+    _pinned_stored: bool = False
 
     async def _start_linked(self, step: Step) -> None:  # the workflow's: a child of its own type
         raise NotImplementedError
 
     async def _notify(self, step: Step) -> None:  # the workflow's: a signal of its own type
+        raise NotImplementedError
+
+    def _now(self) -> datetime:  # the workflow's: playbook time
         raise NotImplementedError
 
     async def _flush(self) -> None:
@@ -129,7 +146,11 @@ class LifecycleCalls:
         and the lifecycle carries on.
 
         The deal's snapshot goes along only when it changed since the last batch the store took (always in a run's
-        first batch): most requests add timeline entries without changing the deal's row."""
+        first batch): most requests add timeline entries without changing the deal's row.
+
+        A local record also carries the engine's whole state (and, once per run and after a migration, the pinned
+        playbook), which `sopflow forecast` starts the client from: a local activity's input never reaches history,
+        so this costs no history bytes and no other command. A regular one never does (`record_batch`)."""
         state = self._engine.state
         observe_timeline(self._input.playbook.id, state.deal_id, [s.entry for s in steps])
         entries = self._unrecorded + [s.entry for s in steps]
@@ -145,8 +166,10 @@ class LifecycleCalls:
         # local record holds the task, so an update's answer would wait for the SQL write, and a caller's next request
         # could no longer share the record in flight (bench/RESULTS.md: a third fewer lifecycles/s without this).
         local, self._answering = self._local_records and not self._answering, False
+        if local:
+            batch = self._with_state(batch)
         try:
-            await record_batch(batch, local=local)
+            wrote_locally = await record_batch(batch, local=local)
         except FailureError as err:
             if not refused_by_records(err):
                 raise
@@ -157,6 +180,32 @@ class LifecycleCalls:
         else:
             self._unrecorded = []
             self._recorded_snapshot = snapshot
+            # Only a batch written in the workflow task kept its playbook: the regular fallback strips it.
+            self._pinned_stored = self._pinned_stored or (wrote_locally and batch.pinned is not None)
+
+    def _with_state(self, batch: JournalBatch) -> JournalBatch:
+        """`batch` with the engine's state as of now, for a local record (see `_record`).
+
+        The state object itself, not a copy: the SDK converts a local activity's input to its payload when it is
+        scheduled (`execute_local_activity_method` does so before its first await), so a request applied while the
+        record runs cannot change what is sent. (It converts again only to reschedule after a backoff longer than the
+        local retry threshold, a minute by default, which LOCAL_RECORD_RETRY's sub-second backoffs never reach.)"""
+        playbook = self._input.playbook
+        if self._playbook_hash is None:
+            self._playbook_hash = playbook_hash(playbook)  # once per run and per migration: 0.5 ms for Safe Balance
+        return batch.model_copy(
+            update={
+                "state": self._engine.state,
+                "as_of": self._now(),
+                "playbook_hash": self._playbook_hash,
+                "playbook_version": playbook.version,
+                "pinned": None if self._pinned_stored else playbook,
+            }
+        )
+
+    def _playbook_changed(self) -> None:
+        """A migration pinned another playbook: the next local record names it and carries it to the store."""
+        self._playbook_hash, self._pinned_stored = None, False
 
     async def _release_claim(self, claim: ClaimRequest) -> None:
         await self._release(RecordActivities.release_claim, claim, "give back an account claim")
@@ -173,7 +222,7 @@ class LifecycleCalls:
             workflow.logger.warning("the records store refused to %s", what)
 
 
-async def record_batch(batch: JournalBatch, *, local: bool) -> None:
+async def record_batch(batch: JournalBatch, *, local: bool) -> bool:
     """Write one timeline batch: in this workflow task (a local activity) when `local` (runs started since
     PATCH_LOCAL_RECORDS), else through the server (a regular activity), as runs recorded before did
     (`bench.handwritten` records the same way, with the same options).
@@ -187,7 +236,11 @@ async def record_batch(batch: JournalBatch, *, local: bool) -> None:
     server retries for as long as it takes: an outage costs one marker and one activity in history, not a workflow
     task heartbeat every 8 s, and the lifecycle waits on the store as it did before. RecordRefused is raised on either
     path (as the local activity's own ApplicationError or as a regular activity's ActivityError: `refused_by_records`
-    reads both)."""
+    reads both).
+
+    Whether the batch was written in the workflow task: only there does it keep its engine state and pinned playbook
+    (`JournalBatch.state`), which are stripped before the regular activity so that nothing new is written into
+    history: the stored state then lags until the next local record, which the forecast sees."""
     if local:
         try:
             await workflow.execute_local_activity_method(
@@ -198,7 +251,7 @@ async def record_batch(batch: JournalBatch, *, local: bool) -> None:
                 retry_policy=LOCAL_RECORD_RETRY,
                 summary="record timeline",
             )
-            return
+            return True
         except FailureError as err:
             # A local activity's failure arrives as the activity's own error (an ApplicationError, or a TimeoutError),
             # not wrapped in an ActivityError as a regular activity's is.
@@ -209,11 +262,20 @@ async def record_batch(batch: JournalBatch, *, local: bool) -> None:
             )
     await workflow.execute_activity_method(
         RecordActivities.record_journal,
-        batch,
+        without_state(batch),
         start_to_close_timeout=ACTIVITY_TIMEOUT,
         retry_policy=RECORD_RETRY,
         summary="record timeline",
     )
+    return False
+
+
+def without_state(batch: JournalBatch) -> JournalBatch:
+    """`batch` as a regular record sends it: without the engine state and pinned playbook only a local record
+    carries, so its input in history is what it always was (`JournalBatch` leaves unset state fields out)."""
+    if batch.state is None and batch.pinned is None:
+        return batch
+    return batch.model_copy(update=dict.fromkeys(BATCH_STATE_FIELDS))
 
 
 def refused_by_records(err: FailureError) -> bool:

@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
     from sopflow.errors import ENGINE_FAULT, REJECTED, EngineFault, Rejected
     from sopflow.models import (
         Advance,
+        ClientSeed,
         Close,
         CompleteTask,
         ExternalEvent,
@@ -252,6 +253,7 @@ class ClientLifecycle(LifecycleCalls):
         result = self._apply("migrate_playbook", lambda now: self._engine.migrate(req, now))
         # Pinned from now on, continue-as-new included: the next run starts on the new version.
         self._input = self._input.model_copy(update={"playbook": req.playbook})
+        self._playbook_changed()
         return result
 
     @migrate_playbook.validator
@@ -278,6 +280,22 @@ class ClientLifecycle(LifecycleCalls):
     @workflow.query
     def status(self) -> LifecycleStatus:
         return self._engine.status(self._now())
+
+    @workflow.query
+    def forecast_seed(self) -> ClientSeed:
+        """What `sopflow forecast` starts this client from: its state now, the playbook it runs and the time.
+
+        The forecast reads every client's state from the records store (`sopflow.forecast_source`), kept by the
+        local timeline records; it asks here only for the few whose stored state is behind (an update's record is a
+        regular activity, which never carries the state) or missing. A query adds nothing to history."""
+        state = self._engine.state
+        return ClientSeed(
+            workflow_id=self._engine.workflow_id,
+            deal_id=state.deal_id,
+            playbook=self._input.playbook,
+            state=state,
+            as_of=self._now(),
+        )
 
     @workflow.query
     def email_context(self) -> dict[str, Any]:

@@ -8,7 +8,8 @@ query); one whose workflow cannot answer (no worker, Temporal down) is left out,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -19,13 +20,25 @@ from rich.table import Table
 
 from sopflow.charts import stacked_weeks_svg
 from sopflow.connect import ConnectionFailed, connect
-from sopflow.forecast import ASSUMPTIONS, CATEGORIES, MAX_WEEKS, Assumption, Forecast, GroupBy, Refusal, forecast
+from sopflow.forecast import (
+    ASSUMPTIONS,
+    CATEGORIES,
+    MAX_WEEKS,
+    Assumption,
+    Forecast,
+    GroupBy,
+    Refusal,
+    Which,
+    forecast_book,
+)
 from sopflow.models import ClientSeed
 from sopflow.playbook import Playbook, PlaybookError
 from sopflow.playbook_checks import load_playbook
 from starter.cli.apps import WORK, app
 from starter.cli.common import connects, nearest_first, playbook_failure, records, run, settings, write_file
 from starter.cli.render import Output, RowsOutputOpt, fail, out, plural, print_rows
+
+Results = Mapping[tuple[Which, Assumption], Forecast]
 
 
 class GroupByOpt(StrEnum):
@@ -65,14 +78,9 @@ def forecast_command(
         fail(f"--chart writes SVG: name the file with .svg (got {chart.name})")
     what_if = _edited(playbook_file) if playbook_file is not None else None
     seeds, note = _seeds(playbook or (what_if.id if what_if else None))
-    now = datetime.now(UTC)
-    results: dict[tuple[str, Assumption], Forecast] = {}
-    refused: list[Refusal] = []
     group_by = cast(GroupBy, by.value)
-    for assumption in ASSUMPTIONS:
-        results["today", assumption], _ = forecast(seeds, now, weeks, assumption, group_by)
-        if what_if is not None:
-            results["what_if", assumption], refused = forecast(seeds, now, weeks, assumption, group_by, what_if)
+    book = forecast_book(seeds, datetime.now(UTC), weeks, group_by, what_if, processes=len(os.sched_getaffinity(0)))
+    results, refused = book.forecasts, book.refused
     rows = _rows(results)
     if chart is not None:
         base = results["what_if" if what_if else "today", "nothing"]
@@ -129,7 +137,7 @@ async def _ask(workflow_ids: list[str]) -> tuple[list[ClientSeed], list[str]]:
     return await refresh(client, workflow_ids)
 
 
-def _rows(results: dict[tuple[str, Assumption], Forecast]) -> list[dict[str, Any]]:
+def _rows(results: Results) -> list[dict[str, Any]]:
     rows = []
     for (which, assumption), result in results.items():
         for group, per_category in sorted(result.counts.items()):
@@ -141,7 +149,7 @@ def _rows(results: dict[tuple[str, Assumption], Forecast]) -> list[dict[str, Any
 
 
 def _print_text(
-    results: dict[tuple[str, Assumption], Forecast],
+    results: Results,
     by: str,
     note: str,
     refused: Sequence[Refusal],
@@ -158,7 +166,7 @@ def _print_text(
         + " ".join(f"[dim]{text}.[/dim]" for text in ASSUMPTIONS.values()),
         highlight=False,
     )
-    which = "what_if" if what_if is not None else "today"
+    which: Which = "what_if" if what_if is not None else "today"
     groups = sorted(set(results[which, "nothing"].counts) | set(today.counts))
     for group in groups:
         title = f"{by} {group}" + (f": today → as if on v{what_if.version}" if what_if else "")
@@ -174,12 +182,12 @@ def _print_text(
         out.print(f"would not migrate: deal {refusal.deal_id}: {refusal.reason}", style="yellow", highlight=False)
 
 
-def _count(results: dict[tuple[str, Assumption], Forecast], which: str, assumption: Assumption, group: str) -> Any:
+def _count(results: Results, which: Which, assumption: Assumption, group: str) -> Any:
     per_category = results[which, assumption].counts.get(group)
     return per_category or {c: [0] * results[which, assumption].weeks for c in CATEGORIES}
 
 
-def _cell(results: dict[tuple[str, Assumption], Forecast], which: str, group: str, category: str, week: int) -> str:
+def _cell(results: Results, which: Which, group: str, category: str, week: int) -> str:
     """'3 / 1' (nothing happens / on time); a what-if shows today's beside it when they differ: '3 / 1 → 2 / 1'."""
     pair = "{} / {}".format(*(_count(results, which, a, group)[category][week] for a in ASSUMPTIONS))
     if which == "today":

@@ -12,7 +12,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bench import answers, forecast, io_work, latency, long_life, sandbox, scale, sqlite_pragmas, throughput, work_queue
+from bench import (
+    answers,
+    forecast,
+    forecast_source,
+    io_work,
+    latency,
+    long_life,
+    sandbox,
+    scale,
+    sqlite_pragmas,
+    throughput,
+    work_queue,
+)
 from bench.common import (
     ACTIVATIONS,
     EVENT_LOOP,
@@ -188,6 +200,14 @@ def test_work_queue_reads_every_item_it_wrote():
     # rep3@example.com is the rep of every 20th deal from the 4th: BENCH-3 (its onsite task) and BENCH-23 (same).
     assert result["reads"]["one person (address)"]["items"] == 2
     assert "Work queue over 40 open clients" in work_queue.render(result)
+
+
+def test_forecast_source_reads_every_client_it_wrote():
+    """40 clients with 30 journal entries each; every tenth has entries newer than its stored state."""
+    result = forecast_source.run(clients=40)
+    assert result["rows"] == {"deals": 40, "journal": 40 * forecast_source.JOURNAL, "states": 40}
+    assert (result["seeds"], result["stale"]) == (36, 4)
+    assert "Forecast source over 40 live clients" in forecast_source.render(result)
 
 
 async def test_sandbox_replays_with_every_runner_and_reports_each_ones_cost():

@@ -3,6 +3,7 @@ attempts that overlap, values cut to their columns, refusals told apart from los
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from pydantic import ValidationError
 from sqlalchemy import func, inspect, select, text
 from temporalio import activity
 from temporalio.client import WorkflowHistory
@@ -30,15 +32,34 @@ from sopflow.db import (
     DealRow,
     FormSubmission,
     JournalRow,
+    LifecycleStateRow,
     OutboxEmail,
+    PinnedPlaybook,
     StageTransition,
     TaskRow,
     VisitRow,
     alembic_config,
 )
 from sopflow.errors import RECORD_REFUSED
-from sopflow.models import ClaimRequest, ContactView, DealSnapshot, JournalBatch, JournalEntry, workflow_id
-from tests.conftest import POSTGRES_ADMIN, launched_steps, postgres_database, run
+from sopflow.models import (
+    ClaimRequest,
+    ContactView,
+    DealSnapshot,
+    JournalBatch,
+    JournalEntry,
+    LifecycleState,
+    workflow_id,
+)
+from sopflow.playbook import Playbook, playbook_hash
+from sopflow.reports import utc
+from tests.conftest import (
+    BATCH_KEYS_IN_HISTORY,
+    POSTGRES_ADMIN,
+    launched_steps,
+    postgres_database,
+    regular_record_inputs,
+    run,
+)
 
 # The newest migration: a database migrated by `upgrade` is at it.
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
@@ -209,6 +230,106 @@ def at_once(*calls: Callable[[], Any]) -> list[Any]:
 
     with ThreadPoolExecutor(len(calls)) as pool:
         return list(pool.map(together, calls))
+
+
+# --- each lifecycle's engine state, for the forecast (lifecycle_states, pinned_playbooks) ----------------------------
+
+
+def with_state(plain: JournalBatch, seq: int, playbook: Playbook, stage: str = "targeting") -> JournalBatch:
+    """`plain` as a local record sends it: with the engine's state at `seq` and the pinned playbook."""
+    state = LifecycleState(deal_id="D-1", started_at=T0, stage=stage, stage_entered_at=T0, run_started_at=T0, seq=seq)
+    return plain.model_copy(
+        update={
+            "state": state,
+            "as_of": T0 + timedelta(minutes=seq),
+            "playbook_hash": playbook_hash(playbook),
+            "playbook_version": playbook.version,
+            "pinned": playbook,
+        }
+    )
+
+
+def stored_states(db: Database) -> list[tuple[str, int, str]]:
+    with db.session() as session:
+        rows = session.scalars(select(LifecycleStateRow).order_by(LifecycleStateRow.workflow_id))
+        return [(r.workflow_id, r.seq, LifecycleState.model_validate_json(r.state).stage) for r in rows]
+
+
+def test_a_batch_with_the_engine_state_stores_it_with_its_pinned_playbook(records_db: Database, safe_balance):
+    records = RecordActivities(records_db)
+    local = with_state(batch(entry(1, "stage", "targeting", to="targeting", trigger="start")), 1, safe_balance)
+
+    assert records._record_journal(local) == 1
+
+    with records_db.session() as session:
+        row = session.scalars(select(LifecycleStateRow)).one()
+        pinned = session.scalars(select(PinnedPlaybook)).one()
+    assert LifecycleState.model_validate_json(row.state) == local.state
+    assert (row.workflow_id, row.deal_id, row.playbook, row.seq) == ("deal-D-1", "D-1", "safe_balance", 1)
+    assert (row.playbook_version, row.playbook_hash) == (safe_balance.version, playbook_hash(safe_balance))
+    assert utc(row.as_of) == local.as_of
+    assert (pinned.playbook, pinned.version, pinned.content_hash) == (
+        "safe_balance",
+        safe_balance.version,
+        playbook_hash(safe_balance),
+    )
+    assert Playbook.model_validate_json(pinned.content) == safe_balance
+
+
+def test_an_older_state_retried_late_does_not_move_the_stored_state_back(records_db: Database, safe_balance):
+    records = RecordActivities(records_db)
+    newer = with_state(batch(entry(7, "stage", "contract", to="contract", trigger="form")), 7, safe_balance, "contract")
+    older = with_state(batch(entry(3, "stage", "targeting", to="targeting", trigger="start")), 3, safe_balance)
+    records._record_journal(newer)
+    records._record_journal(older)  # an attempt that outlived its timeout, writing after its retry
+    records._record_journal(newer)  # and a retry of the newer one changes nothing either
+    assert stored_states(records_db) == [("deal-D-1", 7, "contract")]
+
+
+def test_the_pinned_playbook_is_stored_once_per_content(records_db: Database, safe_balance):
+    """Every run's first local record carries its playbook: 10,000 clients of one version share one row."""
+    records = RecordActivities(records_db)
+    first = entry(1, "stage", "targeting", to="targeting", trigger="start")
+    for deal in ("D-1", "D-2", "D-3"):
+        plain = batch(first).model_copy(update={"workflow_id": workflow_id(deal), "deal_id": deal})
+        records._record_journal(with_state(plain, 1, safe_balance))
+    records._record_journal(with_state(batch(first), 1, safe_balance))  # a retry
+    version_2 = safe_balance.model_copy(update={"version": safe_balance.version + 1})
+    records._record_journal(
+        with_state(batch(entry(2, "migrated", "targeting", from_version=3, to_version=4)), 2, version_2)
+    )
+
+    with records_db.session() as session:
+        stored = session.execute(select(PinnedPlaybook.content_hash, PinnedPlaybook.version)).all()
+    assert sorted(stored) == sorted(
+        [(playbook_hash(safe_balance), safe_balance.version), (playbook_hash(version_2), version_2.version)]
+    )
+    assert [seq for _, seq, _ in stored_states(records_db)] == [2, 1, 1]
+
+
+def test_a_batch_without_the_state_leaves_the_stored_state_alone(records_db: Database, safe_balance):
+    """A regular record (after an update, or a local one that fell back) never carries the state: the stored one
+    stays as the last local record left it, behind the journal, which is how the forecast knows to ask."""
+    records = RecordActivities(records_db)
+    records._record_journal(
+        with_state(batch(entry(3, "stage", "targeting", to="targeting", trigger="start")), 3, safe_balance)
+    )
+    moved = entry(4, "stage", "contract_request", to="contract_request", trigger="form")
+    assert records._record_journal(batch(moved, entry(5, "fields", "contract_request", changed=["rep_id"]))) == 2
+    assert stored_states(records_db) == [("deal-D-1", 3, "targeting")]
+
+
+def test_a_batch_without_the_state_is_the_json_it_always_was(safe_balance):
+    """A regular record's input is written into history, and read by activity workers of the version before
+    (which refuse unknown fields) while a deploy rolls: unset state fields are left out, not written as null. A
+    state comes with what names it, or the batch is refused before it is sent."""
+    plain = batch(entry(1, "stage", "targeting", to="targeting", trigger="start"))
+    assert set(json.loads(plain.model_dump_json())) == BATCH_KEYS_IN_HISTORY
+    assert JournalBatch.model_validate_json(plain.model_dump_json()) == plain
+    local = with_state(plain, 1, safe_balance)
+    assert JournalBatch.model_validate_json(local.model_dump_json()) == local
+    with pytest.raises(ValidationError, match="comes with as_of"):
+        JournalBatch.model_validate({**plain.model_dump(), "state": local.state})
 
 
 def test_two_attempts_of_one_batch_at_once_write_every_row_once_without_an_error(records_db: Database):
@@ -403,9 +524,13 @@ async def test_a_record_the_workflow_task_cannot_write_is_written_by_the_regular
     )
 
     assert result.status.stage == "ongoing"
-    local, scheduled = record_calls(await ts_env.client.get_workflow_handle(workflow_id("D-1")).fetch_history())
+    history = await ts_env.client.get_workflow_handle(workflow_id("D-1")).fetch_history()
+    local, scheduled = record_calls(history)
     # each failed local record, then its activity; the records after updates were activities from the start
     assert scheduled > local == UnwritableInTheWorkflowTask.failed > 5
+    # The activity took each batch without the engine state the local record carried: nothing new in history.
+    assert all(set(inputs) <= BATCH_KEYS_IN_HISTORY for inputs in regular_record_inputs(history))
+    assert stored_states(records_db) == [] and counts(records_db, PinnedPlaybook) == {"pinned_playbooks": 0}
     with records_db.session() as session:
         seqs = list(session.scalars(select(JournalRow.seq).order_by(JournalRow.seq)))
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 10
