@@ -145,16 +145,6 @@ class LifecycleState(Payload):
     run_started_at: datetime
 
 
-class ClientSeed(Payload):
-    """What a forecast starts a client from: its engine state as of a moment, and the playbook it is pinned to."""
-
-    workflow_id: str
-    deal_id: str
-    playbook: Playbook
-    state: LifecycleState
-    as_of: datetime
-
-
 class LifecycleInput(Payload):
     """The pinned playbook travels with every run: editing the YAML never changes a running client."""
 
