@@ -256,7 +256,9 @@ def project(engine: Projection, start: datetime, until: datetime, assumption: As
         + items_of(sim.entries, playbook)
         + [Item(at, "visits", stage, playbook.stage(stage).owner) for at, stage in sim.visits_logged]
     )
-    items = [item for item in _latest(items) if start <= item.at < until]
+    # What the simulation does is still to happen, even dated before `start` (a timer the lifecycle has not caught up
+    # with yet: counted in the first week); what the state already held counts only when it falls due from now on.
+    items = [item for item in _latest(items) if item.at < until]
     clock = engine.clock
     ctx = engine.context()
     owners = {role: role_owner_id(playbook, ctx, role) for role in {i.role for i in items if i.role}}

@@ -161,15 +161,15 @@ def _print_text(
         f"{today.monday:%Y-%m-%d} ({note}).",
         highlight=False,
     )
-    out.print(
-        "Each cell: if nothing happens / if everything is done on time. "
-        + " ".join(f"[dim]{text}.[/dim]" for text in ASSUMPTIONS.values()),
-        highlight=False,
-    )
+    out.print("Each cell: if nothing happens / if everything is done on time.", highlight=False)
+    for text in ASSUMPTIONS.values():
+        out.print(f"  {text[0].upper()}{text[1:]}.", style="dim", highlight=False)
     which: Which = "what_if" if what_if is not None else "today"
     groups = sorted(set(results[which, "nothing"].counts) | set(today.counts))
+    if not groups:
+        out.print(f"Nothing falls due in these {plural(today.weeks, 'week')}.", highlight=False)
     for group in groups:
-        title = f"{by} {group}" + (f": today → as if on v{what_if.version}" if what_if else "")
+        title = f"{by} {group}" + (": today → as if migrated to the edited playbook" if what_if else "")
         table = Table("week", *(CATEGORIES[c] for c in CATEGORIES), title=title, title_justify="left")
         for week, monday in enumerate(today.week_starts()):
             cells = [_cell(results, which, group, category, week) for category in CATEGORIES]
