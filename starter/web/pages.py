@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from temporalio.client import WorkflowExecutionStatus
 
-from sopflow import board, charts, reports, work_queue, zones
+from sopflow import board, charts, forecast, forecast_source, reports, work_queue, zones
 from sopflow.config import PROJECT_ROOT, Settings
 from sopflow.db import Database
 from sopflow.models import Advance, CompleteTask, LifecycleStatus, SubmitForm, valid_deal_id, workflow_id
@@ -50,6 +50,8 @@ from workflows.lifecycle import ClientLifecycle
 router = APIRouter(tags=["web board"], include_in_schema=False)
 
 POST_MAX_BYTES = 64 * 1024
+# How far the charts page forecasts: what a week-by-week bar chart shows legibly, and a few seconds for 10,000 clients.
+FORECAST_WEEKS = 8
 WORK_DUE = {"": "everything open", "overdue": "overdue", "today": "due today", "week": "due this week"}
 
 _PAGE_HEADERS = {
@@ -519,10 +521,30 @@ async def charts_page(request: Request, viewer: ViewerDep, settings: SettingsDep
         start = now.astimezone(zone).date()
         workload = charts.weekly_workload(items, start, 8, zone)
         sections.append(("Everyone", "The next 8 weeks' work per owner", [charts.workload_svg(workload, start)]))
+        sections.append(_forecast_section(db, now))
         return sections
 
     sections = await asyncio.to_thread(draw)
     return page(request, "charts.html", sections=sections)
+
+
+def _forecast_section(db: Database, now: datetime) -> tuple[str, str, list[str]]:
+    """The next weeks' forecast of the live book (`sopflow forecast`), both assumptions, from the states the records
+    store holds. A client whose stored state is behind its timeline is left out here and counted in the caption: the
+    page asks Temporal nothing (`sopflow forecast` asks those clients' workflows)."""
+    found = forecast_source.load_seeds(db)
+    svgs = []
+    for assumption, text in forecast.ASSUMPTIONS.items():
+        result, _ = forecast.forecast(found.seeds, now, FORECAST_WEEKS, assumption, "playbook")
+        title = f"If {text.split(':')[0]} ({len(found.seeds)} live clients)"
+        series = {forecast.CATEGORIES[c]: weeks for c, weeks in result.totals().items()}
+        svgs.append(charts.stacked_weeks_svg(series, result.monday, title))
+    caption = f"The next {FORECAST_WEEKS} weeks if nothing happens, and if everything is done on time"
+    if found.stale:
+        caption += (
+            f"; {len(found.stale)} clients whose stored state is behind are left out (sopflow forecast asks them)"
+        )
+    return "Forecast", caption, svgs
 
 
 # --- sign-in ----------------------------------------------------------------------------------------------------------

@@ -197,6 +197,18 @@ async def test_the_deal_page_shows_the_gate_tasks_forms_timeline_emails_and_the_
         assert "<svg" in (await http.get("/charts")).text
 
 
+async def test_the_charts_page_forecasts_the_next_weeks_from_the_stored_states_under_both_assumptions(
+    board: Board,
+) -> None:
+    await board.deal("WB-70")
+    async with board.http() as http:
+        await signed_in(http)
+        page = (await http.get("/charts")).text
+    assert "<h2>Forecast</h2>" in page
+    assert "The next 8 weeks if nothing happens, and if everything is done on time" in page
+    assert "If nothing happens (" in page and "If on time (" in page
+
+
 @pytest.mark.parametrize("due", ["someday", "2026-13-01"])
 async def test_an_unknown_due_filter_is_a_page_naming_the_accepted_ones(board: Board, due: str) -> None:
     async with board.http() as http:
