@@ -84,6 +84,7 @@ bench: venv
 	$(BIN)/python -m bench.sqlite_pragmas
 	$(BIN)/python -m bench.work_queue
 	$(BIN)/python -m bench.forecast_source
+	$(BIN)/python -m bench.forecast
 	$(BIN)/python -m bench.sandbox
 	$(BIN)/python -m bench.io_work
 	$(BIN)/python -m bench.answers

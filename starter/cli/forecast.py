@@ -36,7 +36,7 @@ from sopflow.playbook import Playbook, PlaybookError
 from sopflow.playbook_checks import load_playbook
 from starter.cli.apps import WORK, app
 from starter.cli.common import connects, nearest_first, playbook_failure, records, run, settings, write_file
-from starter.cli.render import Output, RowsOutputOpt, fail, out, plural, print_rows
+from starter.cli.render import Output, RowsOutputOpt, err, fail, out, plural, print_rows
 
 Results = Mapping[tuple[Which, Assumption], Forecast]
 
@@ -72,8 +72,6 @@ def forecast_command(
     expiring and escalations firing, if nothing happens and if everything is done on time."""
     if not 1 <= weeks <= MAX_WEEKS:
         fail(f"--weeks must be between 1 and {MAX_WEEKS} (got {weeks})")
-    if output == Output.jsonl:
-        output = Output.json
     if chart is not None and chart.suffix.lower() != ".svg":
         fail(f"--chart writes SVG: name the file with .svg (got {chart.name})")
     what_if = _edited(playbook_file) if playbook_file is not None else None
@@ -87,6 +85,9 @@ def forecast_command(
         title = f"Forecast, nothing happens: {plural(len(seeds), 'live client')}"
         write_file(chart, stacked_weeks_svg(base.totals(), base.monday, title))
     if print_rows(rows, output, ["forecast", "assumption", "group", "week", *CATEGORIES]):
+        # A script reads the rows on stdout; who would not migrate is a person's concern, on stderr.
+        for refusal in refused:
+            err.print(f"would not migrate: deal {refusal.deal_id}: {refusal.reason}", highlight=False, soft_wrap=True)
         return
     _print_text(results, by.value, note, refused, what_if)
 
@@ -138,13 +139,18 @@ async def _ask(workflow_ids: list[str]) -> tuple[list[ClientSeed], list[str]]:
 
 
 def _rows(results: Results) -> list[dict[str, Any]]:
+    """One row per forecast (today's, the what-if's and the change between them), assumption, group and week."""
     rows = []
     for (which, assumption), result in results.items():
-        for group, per_category in sorted(result.counts.items()):
+        groups = set(result.counts) | (set(results["today", assumption].counts) if which == "what_if" else set())
+        for group in sorted(groups):
             for week, monday in enumerate(result.week_starts()):
-                counts = {category: per_category[category][week] for category in CATEGORIES}
-                row = {"forecast": which, "assumption": assumption, "group": group, "week": monday.isoformat()}
-                rows.append(row | counts)
+                counts = {c: _count(results, which, assumption, group)[c][week] for c in CATEGORIES}
+                key = {"assumption": assumption, "group": group, "week": monday.isoformat()}
+                rows.append({"forecast": which, **key, **counts})
+                if which == "what_if":
+                    before = _count(results, "today", assumption, group)
+                    rows.append({"forecast": "change", **key, **{c: counts[c] - before[c][week] for c in CATEGORIES}})
     return rows
 
 

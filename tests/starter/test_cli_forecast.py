@@ -92,6 +92,9 @@ async def test_the_forecast_reads_the_clients_states_from_the_records_store_and_
     assert "rep:owner-17" in text and "@" not in text
     assert (tmp_path / "week.svg").read_text().startswith("<svg")
 
+    lines = (await forecast_cli.ok("forecast", "--weeks", "8", "--by", "playbook", "-o", "jsonl")).splitlines()
+    assert len(lines) == len(rows) and {tuple(json.loads(line)) for line in lines} == {tuple(r) for r in rows}
+
     csv_text = await forecast_cli.ok("forecast", "--weeks", "2", "-o", "csv")
     assert csv_text.splitlines()[0] == "forecast,assumption,group,week," + ",".join(CATEGORIES)
 
@@ -104,6 +107,8 @@ async def test_a_what_if_prints_todays_counts_beside_the_edited_playbooks_and_mi
     args = ("forecast", "--weeks", "12", "--by", "playbook", "--playbook-file", str(edited))
     rows = json.loads(await forecast_cli.ok(*args, "-o", "json"))
     assert total(rows, "visits", "what_if", "on_time") < total(rows, "visits", "today", "on_time")
+    change = total(rows, "visits", "change", "on_time")
+    assert change == total(rows, "visits", "what_if", "on_time") - total(rows, "visits", "today", "on_time") < 0
     text = await forecast_cli.ok(*args)
     assert "today → as if migrated to the edited playbook" in text
     assert "would not migrate" not in text
