@@ -535,11 +535,9 @@ def _seeds_left_out_of_collection() -> Iterator[None]:
     again and again: a third of the forecast's time without this (bench/RESULTS.md). Put back after, so a long-lived
     process (the web board) collects them as usual once they are garbage."""
     gc.freeze()
-    gc.disable()
     try:
         yield
     finally:
-        gc.enable()
         gc.unfreeze()
 
 
