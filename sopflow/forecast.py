@@ -65,7 +65,6 @@ CATEGORIES: dict[str, str] = {
     "escalations": "escalations",
 }
 GroupBy = Literal["owner", "role", "playbook", "stage"]
-GROUP_BY: tuple[GroupBy, ...] = ("owner", "role", "playbook", "stage")
 MAX_WEEKS = 520
 UNASSIGNED = "unassigned"
 Request = SubmitForm | CompleteTask | Advance | SetFields | Close | MigratePlaybook | ExternalEvent
@@ -146,7 +145,8 @@ class Simulation:
         self.engine = engine
         self.now = now
         self.assumption = assumption
-        self.entries: list[JournalEntry] = []
+        # What the engine queued before (a new lifecycle's start) is the simulation's first entries.
+        self.entries: list[JournalEntry] = [step.entry for step in engine.take_steps()]
         self.visits_logged: list[tuple[datetime, str]] = []
         self._blocked: set[str] = set()
 

@@ -369,7 +369,6 @@ def simulate(inp: LifecycleInput, scenario: Scenario, start: datetime) -> tuple[
     fields = resolve_dates(inp.fields, start, clock)
     engine = Projection.start(inp.playbook, inp.deal_id, fields, start, workflow_id(inp.deal_id), inp.actor)
     sim = Simulation(engine, start)
-    sim._collect()
     refused: list[tuple[datetime, str]] = []
     for step in sorted(scenario.steps, key=lambda s: scenario.moment(s.at, start, clock)):
         at = scenario.moment(step.at, start, clock)
