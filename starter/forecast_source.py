@@ -25,8 +25,9 @@ async def refresh(
     client: Client, workflow_ids: Iterable[str], concurrency: int = 8, timeout: timedelta = QUERY_TIMEOUT
 ) -> tuple[list[ClientSeed], list[str]]:
     """The seeds of `workflow_ids`, asked of each lifecycle (at most `concurrency` queries at once), and the ids
-    whose query failed: no worker answered within `timeout` (none running, or all busy), the workflow is gone, or it runs on a worker from before the query existed. The caller says how many in one line and
-    forecasts without them; the order of the seeds follows `workflow_ids`.
+    whose query failed: no worker answered within `timeout` (none running, or all busy), the workflow is gone, or it
+    runs on a worker from before the query existed. The caller says how many in one line and forecasts without them;
+    the order of the seeds follows `workflow_ids`.
 
     A query adds nothing to the lifecycle's history, but it is a workflow task on a worker (replaying the whole
     history of a lifecycle the worker evicted), which is why `load_seeds` asks only for the stale ones."""
