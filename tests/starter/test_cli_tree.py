@@ -54,7 +54,7 @@ async def test_the_help_lists_nouns_and_services_but_no_old_spelling(tmp_path: P
 
     assert panels["Commands"] == NOUNS
     assert panels["Services"] == SERVICES
-    assert panels["Your work"] == ["tasks"]
+    assert panels["Your work"] == ["tasks", "forecast"]
     listed = {name for names in panels.values() for name in names}
     assert not listed & set(OLD_SPELLINGS)
     deal_verbs = listed_commands(await offline_cli(tmp_path).ok("deal", "--help"))["Commands"]

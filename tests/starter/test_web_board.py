@@ -200,7 +200,7 @@ async def test_the_deal_page_shows_the_gate_tasks_forms_timeline_emails_and_the_
 async def test_the_charts_page_forecasts_the_next_weeks_from_the_stored_states_under_both_assumptions(
     board: Board,
 ) -> None:
-    await board.deal("WB-70")
+    await board.deal("WB-FORECAST")
     async with board.http() as http:
         await signed_in(http)
         page = (await http.get("/charts")).text
