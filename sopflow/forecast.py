@@ -532,8 +532,8 @@ def _book(seeds: Sequence[ClientSeed], now: datetime, weeks: int, by: GroupBy, w
 def _seeds_left_out_of_collection() -> Iterator[None]:
     """While the book runs, Python's cyclic collector leaves what already exists alone (the seeds: 10,000 states of
     nested models), so its full passes, which the simulation's many short-lived objects set off, do not walk them
-    again and again: a third of the forecast's time without this (bench/RESULTS.md). Put back after, so a long-lived
-    process (the web board) collects them as usual once they are garbage."""
+    again and again (what that saves is within the noise of these shared cores: bench/RESULTS.md). Put back after,
+    so a long-lived process (the web board) collects them as usual once they are garbage."""
     gc.freeze()
     try:
         yield
