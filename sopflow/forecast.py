@@ -235,8 +235,7 @@ class Simulation:
         ]
         if state.cadence is not None and engine.stage.cadence is not None:
             candidates.append((state.cadence.next_due, self._log_visit))
-        best = min(candidates, key=lambda c: c[0], default=None)
-        return best
+        return min(candidates, key=lambda c: c[0], default=None)
 
     def _do_task(self, task_id: str, at: datetime) -> None:
         engine = self.engine
@@ -250,8 +249,6 @@ class Simulation:
         self._blocked.clear()
 
     def _log_visit(self, at: datetime) -> None:
-        cadence = self.engine.state.cadence
-        assert cadence is not None
         self.visits_logged.append((at, self.engine.state.stage))
         self.engine.visit_logged(at)
 

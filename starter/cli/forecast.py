@@ -31,12 +31,14 @@ from sopflow.forecast import (
     Which,
     forecast_book,
 )
+from sopflow.forecast_source import load_seeds
 from sopflow.models import ClientSeed
 from sopflow.playbook import Playbook, PlaybookError
 from sopflow.playbook_checks import load_playbook
 from starter.cli.apps import WORK, app
 from starter.cli.common import connects, nearest_first, playbook_failure, records, run, settings, write_file
 from starter.cli.render import Output, RowsOutputOpt, err, fail, out, plural, print_rows
+from starter.forecast_source import refresh
 
 Results = Mapping[tuple[Which, Assumption], Forecast]
 
@@ -107,8 +109,6 @@ def _edited(path: Path) -> Playbook:
 
 def _seeds(playbook: str | None) -> tuple[list[ClientSeed], str]:
     """Every live client's state, and a line saying where the states came from."""
-    from sopflow.forecast_source import load_seeds
-
     db = records()
     try:
         found = load_seeds(db, playbook)
@@ -129,8 +129,6 @@ def _seeds(playbook: str | None) -> tuple[list[ClientSeed], str]:
 
 async def _ask(workflow_ids: list[str]) -> tuple[list[ClientSeed], list[str]]:
     """The states the store does not have current, from the workflows themselves; none when Temporal is down."""
-    from starter.forecast_source import refresh
-
     try:
         client = await connect()
     except ConnectionFailed:
