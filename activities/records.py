@@ -2,9 +2,11 @@
 
 Every write is idempotent under retries, and safe when a retry overlaps an attempt still running elsewhere: a batch
 is applied in one transaction; each entry is inserted with ON CONFLICT DO NOTHING on (workflow id, sequence number),
-and only the transaction that inserted it writes what is derived from it. The engine state a local record carries
-moves its row forward only (by the state's `seq`), and a pinned playbook is inserted once per content hash. Failures
-are classified by `activities.errors.classified`.
+and only the transaction that inserted it writes what is derived from it. An entry that differs from the one stored
+under its number replaces it, with what is derived from it, when it was decided later in the workflow's history
+(`supersedes`): the stored one came from a workflow task that wrote its local record and then failed. The engine state
+a local record carries moves its row forward only (by where it was decided), and a pinned playbook is inserted once
+per content hash. Failures are classified by `activities.errors.classified`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from sopflow.db import (
 )
 from sopflow.models import ClaimRequest, ClaimResult, DealSnapshot, JournalBatch, JournalEntry, LifecycleState
 from sopflow.playbook import Playbook
+from sopflow.reports import utc
 from sopflow.timeline import EscalationDetail, FormDetail, StageDetail, TaskDetail, VisitDueDetail, detail_of
 
 
@@ -49,6 +52,35 @@ def _moment(value: str | None) -> datetime | None:
 def _deal_key(batch: JournalBatch) -> dict[str, Any]:
     """The columns every projected row shares, so the reports can join a row to its deal and its workflow."""
     return {"workflow_id": batch.workflow_id, "deal_id": batch.deal_id}
+
+
+def supersedes(incoming: tuple[int, int] | None, stored: tuple[int, int] | None) -> bool:
+    """Whether an entry a batch offers replaces a different one stored under the same (workflow, seq), given where
+    each was decided (`JournalBatch.decided_at`: run and history length; None: a regular record).
+
+    The engine writes each number once, with its final content, so two different entries under one number mean one
+    came from a workflow task that never completed: a local record writes inside the task, which can still fail
+    afterwards (its worker killed, the server restarted, the task timed out), and its next attempt sees more history
+    (requests that arrived meanwhile, which the SDK applies first) and may give the number to another entry. Without
+    this, the timeline would keep a stage move, task or email that never happened and lose the one that did (seen in
+    the PostgreSQL chaos run: a message the sink received that no journal entry named). The entry decided on the longer
+    history is the true one:
+    - a regular record's comes from a completed task: it replaces whatever is stored;
+    - a local record's replaces a local record's decided earlier (an earlier run, or a shorter history);
+    - against a regular record's entry a local one never wins: it is an older attempt that wrote late (a worker
+      starved past its task's timeout). Rows stored before history lengths were kept count as a regular record's."""
+    if incoming is None:
+        return True
+    return stored is not None and incoming > stored
+
+
+def _decided(row: JournalRow) -> tuple[int, int] | None:
+    return None if row.run is None or row.history_length is None else (row.run, row.history_length)
+
+
+def _same_entry(row: JournalRow, entry: JournalEntry) -> bool:
+    stored = (row.kind, row.stage, row.detail, utc(row.at))
+    return stored == (entry.kind, entry.stage, entry.model_dump(mode="json")["detail"], utc(entry.at))
 
 
 def _stage_transition(batch: JournalBatch, entry: JournalEntry, detail: StageDetail) -> StageTransition:
@@ -142,7 +174,9 @@ class RecordActivities:
         return await asyncio.to_thread(self._record_journal, batch)
 
     def _record_journal(self, batch: JournalBatch) -> int:
-        """The batch's entries in one statement; only those this call inserted are projected."""
+        """The batch's entries in one statement; only those this call inserted, or replaced (`_replace`), are
+        projected. How many it wrote."""
+        decided = batch.decided_at
         with classified("the timeline batch"), self.db.session() as session:
             rows = [
                 {
@@ -154,13 +188,19 @@ class RecordActivities:
                     "kind": entry.kind,
                     "stage": entry.stage,
                     "detail": entry.detail,
+                    "run": decided[0] if decided else None,
+                    "history_length": decided[1] if decided else None,
                 }
                 for entry in batch.entries
             ]
             added = insert_missing(session, JournalRow, rows, ["workflow_id", "seq"], JournalRow.seq)
+            stored = [entry for entry in batch.entries if entry.seq not in added]
+            replaced, retask = self._replace(session, batch, stored) if stored else (set(), False)
             for entry in batch.entries:
-                if entry.seq in added:
+                if entry.seq in added | replaced and not (retask and entry.kind == "task"):
                     self._project(session, batch, entry)
+            if retask:
+                self._rebuild_tasks(session, batch)
             if batch.snapshot is not None and batch.entries:
                 self._snapshot(session, batch, batch.snapshot, max(entry.seq for entry in batch.entries))
             if batch.pinned is not None and batch.playbook_hash is not None:
@@ -168,7 +208,47 @@ class RecordActivities:
             if batch.state is not None:
                 self._state(session, batch, batch.state)
             session.commit()
-            return len(added)
+            return len(added) + len(replaced)
+
+    def _replace(self, session: Session, batch: JournalBatch, offered: list[JournalEntry]) -> tuple[set[int], bool]:
+        """Replace the stored entries among `offered` that differ from it and that it supersedes (`supersedes`),
+        removing the rows derived from each: the numbers replaced, and whether a task entry was among the old or the
+        new ones (a task row tells a story over several entries, so the workflow's task rows are then derived
+        again, `_rebuild_tasks`). The usual case, a retry offering what is stored, changes nothing."""
+        workflow_id = batch.workflow_id
+        stored = session.scalars(
+            select(JournalRow).where(
+                JournalRow.workflow_id == workflow_id, JournalRow.seq.in_([entry.seq for entry in offered])
+            )
+        )
+        rows = {row.seq: row for row in stored}
+        replaced: set[int] = set()
+        retask = False
+        for entry in offered:
+            row = rows.get(entry.seq)
+            if row is None or _same_entry(row, entry) or not supersedes(batch.decided_at, _decided(row)):
+                continue
+            retask = retask or "task" in (row.kind, entry.kind)
+            row.at, row.kind, row.stage, row.detail = entry.at, entry.kind, entry.stage, entry.detail
+            row.run, row.history_length = batch.decided_at or (None, None)
+            replaced.add(entry.seq)
+        if replaced:
+            for model in (StageTransition, FormSubmission, VisitRow):
+                session.execute(delete(model).where(model.workflow_id == workflow_id, model.seq.in_(replaced)))
+        return replaced, retask
+
+    def _rebuild_tasks(self, session: Session, batch: JournalBatch) -> None:
+        """The workflow's task rows derived again from its journal, in order (see `_replace`)."""
+        session.flush()
+        session.execute(delete(TaskRow).where(TaskRow.workflow_id == batch.workflow_id))
+        rows = session.scalars(
+            select(JournalRow)
+            .where(JournalRow.workflow_id == batch.workflow_id, JournalRow.kind == "task")
+            .order_by(JournalRow.seq)
+        ).all()
+        for row in rows:
+            entry = JournalEntry(seq=row.seq, at=row.at, kind="task", stage=row.stage, detail=row.detail)
+            self._project(session, batch, entry)
 
     def _project(self, session: Session, batch: JournalBatch, entry: JournalEntry) -> None:
         """Derive the queryable rows an entry stands for (transitions, forms, tasks, visits). Other kinds, and kinds
@@ -243,10 +323,11 @@ class RecordActivities:
         insert_new(session, PinnedPlaybook, row, ["content_hash"])
 
     def _state(self, session: Session, batch: JournalBatch, state: LifecycleState) -> None:
-        """The lifecycle's engine state, never moved backwards: one upsert that changes only a row holding an older
-        or the same state (`seq`), so a local attempt that outlived its timeout and writes after its retry, or an
-        older batch retried late, leaves the newer state in place. (One statement built once: it runs with every
-        local record, `forward_upsert`.)"""
+        """The lifecycle's engine state, never moved backwards: one upsert that changes only a row holding a state
+        decided earlier or at the same point (`JournalBatch.decided_at`), so a local attempt that outlived its timeout
+        and writes after its retry, an older batch retried late, or a workflow task that failed after writing (whose
+        state may even be ahead in `seq`) leaves the true, newer state in place. (One statement built once: it runs
+        with every local record, `forward_upsert`.)"""
         row = {
             "workflow_id": batch.workflow_id,
             "deal_id": batch.deal_id,
@@ -254,11 +335,14 @@ class RecordActivities:
             "playbook_version": batch.playbook_version,
             "playbook_hash": batch.playbook_hash,
             "seq": state.seq,
+            "run": state.run,
+            "history_length": batch.history_length or 0,
             "as_of": batch.as_of,
             "state": state.model_dump_json(),
             "updated_at": datetime.now(UTC),
         }
-        statement = forward_upsert(session.get_bind().dialect.name, LifecycleStateRow, "workflow_id", "seq")
+        dialect = session.get_bind().dialect.name
+        statement = forward_upsert(dialect, LifecycleStateRow, "workflow_id", ("run", "history_length"))
         session.connection().execute(statement, fitted(LifecycleStateRow, row))
 
     @activity.defn

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint, create_engine, event, text
+from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint, create_engine, event, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, Mapper, Session, mapped_column, sessionmaker
@@ -68,6 +68,11 @@ class JournalRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     stage: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]]
+    # Where the entry was decided, for a local record's (`JournalBatch.decided_at`): its run and the run's history
+    # length. None when a regular activity wrote it (its batch comes from a completed workflow task) or the row
+    # predates 0008. See `activities.records.supersedes`.
+    run: Mapped[int | None] = mapped_column(nullable=True)
+    history_length: Mapped[int | None] = mapped_column(nullable=True)
 
 
 class AccountClaim(Base):
@@ -147,8 +152,12 @@ class LifecycleStateRow(Base):
     playbook: Mapped[str] = mapped_column(String(64), index=True)
     playbook_version: Mapped[int]
     playbook_hash: Mapped[str] = mapped_column(String(64))
-    # The state's journal sequence: a retried or out-of-order batch never moves the row backwards.
+    # The state's journal sequence (a journal entry newer than it says the row lags), and where it was decided
+    # (`JournalBatch.decided_at`): a retried or out-of-order batch, or one from a workflow task that failed after
+    # writing, never replaces a state decided later. A row stored before 0008 has (0, 0).
     seq: Mapped[int]
+    run: Mapped[int] = mapped_column(server_default="0")
+    history_length: Mapped[int] = mapped_column(server_default="0")
     as_of: Mapped[datetime]
     state: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime]
@@ -329,8 +338,8 @@ def upsert(
 
 
 @functools.cache
-def forward_upsert(dialect: str, model: type[Base], unique: str, order: str) -> Any:
-    """`INSERT … ON CONFLICT (unique) DO UPDATE SET <every other column> WHERE <order> <= the new row's`, for rows
+def forward_upsert(dialect: str, model: type[Base], unique: str, order: tuple[str, ...]) -> Any:
+    """`INSERT … ON CONFLICT (unique) DO UPDATE SET <every other column> WHERE (<order>) <= the new row's`, for rows
     passed at execution (`connection.execute(statement, fitted(model, row))`): a row that only ever moves forward.
 
     Built once per dialect and table, unlike `upsert`: building a statement and its cache key costs about half a
@@ -338,7 +347,9 @@ def forward_upsert(dialect: str, model: type[Base], unique: str, order: str) -> 
     statement = (postgresql if dialect == "postgresql" else sqlite).insert(model)
     changes = {c.key: statement.excluded[c.key] for c in model.__table__.columns if c.key not in ("id", unique)}
     return statement.on_conflict_do_update(
-        index_elements=[unique], set_=changes, where=getattr(model, order) <= statement.excluded[order]
+        index_elements=[unique],
+        set_=changes,
+        where=tuple_(*(getattr(model, c) for c in order)) <= tuple_(*(statement.excluded[c] for c in order)),
     )
 
 

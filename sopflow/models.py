@@ -386,9 +386,8 @@ class DealSnapshot(Payload):
     company: str | None = None
 
 
-# The engine-state fields of a batch (`JournalBatch`): only a local record carries them, and they are written only
-# when set.
-BATCH_STATE_FIELDS = ("state", "as_of", "playbook_hash", "playbook_version", "pinned")
+# The fields of a batch (`JournalBatch`) only a local record carries: they are written only when set.
+BATCH_LOCAL_FIELDS = ("state", "as_of", "playbook_hash", "playbook_version", "pinned", "history_length")
 
 
 class JournalBatch(Payload):
@@ -417,6 +416,12 @@ class JournalBatch(Payload):
     # The pinned playbook itself, in the first local record of each run and the first after a migration, so the
     # store holds the exact playbook each client runs (once per hash: `pinned_playbooks`).
     pinned: Playbook | None = None
+    # The run's history length in the workflow task the local record runs in (`decided_at`). A task can write its
+    # local record and then fail to complete (its worker killed, the server restarted); its next attempt sees more
+    # history (new signals, applied first) and may number its entries differently, and its record must replace what
+    # the failed attempt wrote (`activities.records.supersedes`). A regular record's batch comes from a completed task
+    # and carries none.
+    history_length: int | None = None
 
     @model_serializer(mode="wrap")
     def _without_absent_state(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -424,10 +429,19 @@ class JournalBatch(Payload):
         existed: a regular record's input in history stays byte for byte as it was, and an activity worker of the
         version before (whose model forbids unknown fields) still reads it while a deploy rolls."""
         data: dict[str, Any] = handler(self)
-        for name in BATCH_STATE_FIELDS:
+        for name in BATCH_LOCAL_FIELDS:
             if data.get(name, 0) is None:
                 del data[name]
         return data
+
+    @property
+    def decided_at(self) -> tuple[int, int] | None:
+        """Where in the workflow's history this batch was decided, (run, history length), for a local record; None
+        for a regular one. Later attempts of a workflow task see longer histories, and later runs come after earlier
+        ones whatever their lengths, so the pair orders two records of one workflow as they happened."""
+        if self.state is None or self.history_length is None:
+            return None
+        return self.state.run, self.history_length
 
     @model_validator(mode="after")
     def _state_named(self) -> JournalBatch:

@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from sopflow.engine import Engine, Step
     from sopflow.errors import RECORD_REFUSED, UNDELIVERABLE
     from sopflow.models import (
-        BATCH_STATE_FIELDS,
+        BATCH_LOCAL_FIELDS,
         ClaimRequest,
         DealSnapshot,
         JournalBatch,
@@ -184,7 +184,8 @@ class LifecycleCalls:
             self._pinned_stored = self._pinned_stored or (wrote_locally and batch.pinned is not None)
 
     def _with_state(self, batch: JournalBatch) -> JournalBatch:
-        """`batch` with the engine's state as of now, for a local record (see `_record`).
+        """`batch` with the engine's state as of now and the history length it was decided at, for a local record
+        (see `_record`; `JournalBatch.history_length`).
 
         The state object itself, not a copy: the SDK converts a local activity's input to its payload when it is
         scheduled (`execute_local_activity_method` does so before its first await), so a request applied while the
@@ -200,6 +201,7 @@ class LifecycleCalls:
                 "playbook_hash": self._playbook_hash,
                 "playbook_version": playbook.version,
                 "pinned": None if self._pinned_stored else playbook,
+                "history_length": workflow.info().get_current_history_length(),
             }
         )
 
@@ -231,8 +233,12 @@ async def record_batch(batch: JournalBatch, *, local: bool) -> bool:
     (workflow, seq) and the deal's row only moves forward (WHERE last_seq <= batch). That matters more here than for
     a regular activity: a worker that dies while a local activity runs leaves no trace of it in history, so the next
     worker runs the batch again from the start, and an attempt that outlived its timeout may still be writing in its
-    thread while the next one starts. A local activity that fails with anything but RecordRefused within
-    LOCAL_RECORD_GIVE_UP (the store down, a saturated worker) hands the same batch to the regular activity, which the
+    thread while the next one starts. And a local record is written before its workflow task completes: should the
+    task fail after it, the next attempt may number its entries differently, and its batch, decided on a longer
+    history, replaces what the failed one wrote (`activities.records.supersedes`).
+
+    A local activity that fails with anything but RecordRefused within LOCAL_RECORD_GIVE_UP (the store down, a
+    saturated worker) hands the same batch to the regular activity, which the
     server retries for as long as it takes: an outage costs one marker and one activity in history, not a workflow
     task heartbeat every 8 s, and the lifecycle waits on the store as it did before. RecordRefused is raised on either
     path (as the local activity's own ApplicationError or as a regular activity's ActivityError: `refused_by_records`
@@ -275,7 +281,7 @@ def without_state(batch: JournalBatch) -> JournalBatch:
     carries, so its input in history is what it always was (`JournalBatch` leaves unset state fields out)."""
     if batch.state is None and batch.pinned is None:
         return batch
-    return batch.model_copy(update=dict.fromkeys(BATCH_STATE_FIELDS))
+    return batch.model_copy(update=dict.fromkeys(BATCH_LOCAL_FIELDS))
 
 
 def refused_by_records(err: FailureError) -> bool:

@@ -23,7 +23,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import classified
-from activities.records import RecordActivities
+from activities.records import RecordActivities, supersedes
 from sopflow.db import (
     AccountClaim,
     Base,
@@ -159,7 +159,7 @@ def test_a_retried_journal_batch_writes_every_row_once(records_db: Database):
     assert records._record_journal(first) == 5
     assert records._record_journal(first) == 0  # the retry
     # A later batch that repeats the tail of the first (a retry racing a new flush) adds only what is new.
-    second = batch(entry(5, "stage", "contract_request", to="contract_request", trigger="form"))
+    second = batch(first.entries[-1])
     second.entries.append(entry(6, "visit_due", "ongoing", cadence="site visit", due_at=T0.isoformat()))
     assert records._record_journal(second) == 1
 
@@ -185,6 +185,14 @@ def test_an_older_batch_retried_late_does_not_move_the_deal_back(records_db: Dat
     records._record_journal(batch(entry(3, "stage", "targeting", to="targeting", trigger="start"), stage="targeting"))
     with records_db.session() as session:
         assert session.scalars(select(DealRow.stage)).one() == "contract"
+
+
+def test_an_entry_decided_later_supersedes_only_one_a_local_record_decided_earlier():
+    assert supersedes(None, (1, 40)) and supersedes(None, None)  # a regular record's batch: from a completed task
+    assert supersedes((1, 41), (1, 40))  # the next attempt of a workflow task that failed after its local record
+    assert supersedes((2, 5), (1, 900))  # a later run, however short its history yet
+    assert not supersedes((1, 40), (1, 41))  # that failed attempt, writing late
+    assert not supersedes((1, 41), None)  # a local record against a regular one's entry (or one stored before 0008)
 
 
 class FailAfterCommit(RecordActivities):
@@ -235,9 +243,20 @@ def at_once(*calls: Callable[[], Any]) -> list[Any]:
 # --- each lifecycle's engine state, for the forecast (lifecycle_states, pinned_playbooks) ----------------------------
 
 
-def with_state(plain: JournalBatch, seq: int, playbook: Playbook, stage: str = "targeting") -> JournalBatch:
-    """`plain` as a local record sends it: with the engine's state at `seq` and the pinned playbook."""
-    state = LifecycleState(deal_id="D-1", started_at=T0, stage=stage, stage_entered_at=T0, run_started_at=T0, seq=seq)
+def with_state(
+    plain: JournalBatch,
+    seq: int,
+    playbook: Playbook,
+    stage: str = "targeting",
+    *,
+    history_length: int | None = None,
+    run: int = 1,
+) -> JournalBatch:
+    """`plain` as a local record sends it: with the engine's state at `seq`, the pinned playbook, and where it was
+    decided (by default a history that grew with the timeline)."""
+    state = LifecycleState(
+        deal_id="D-1", started_at=T0, stage=stage, stage_entered_at=T0, run_started_at=T0, seq=seq, run=run
+    )
     return plain.model_copy(
         update={
             "state": state,
@@ -245,6 +264,7 @@ def with_state(plain: JournalBatch, seq: int, playbook: Playbook, stage: str = "
             "playbook_hash": playbook_hash(playbook),
             "playbook_version": playbook.version,
             "pinned": playbook,
+            "history_length": 10 * seq if history_length is None else history_length,
         }
     )
 
@@ -284,6 +304,97 @@ def test_an_older_state_retried_late_does_not_move_the_stored_state_back(records
     records._record_journal(older)  # an attempt that outlived its timeout, writing after its retry
     records._record_journal(newer)  # and a retry of the newer one changes nothing either
     assert stored_states(records_db) == [("deal-D-1", 7, "contract")]
+
+
+@pytest.fixture
+def local(safe_balance: Playbook) -> Callable[..., JournalBatch]:
+    """A batch as a local record sends it, decided at `history_length` of `run`."""
+
+    def make(*entries: JournalEntry, history_length: int, run: int = 1, stage: str = "contract") -> JournalBatch:
+        seq = max(e.seq for e in entries)
+        return with_state(batch(*entries), seq, safe_balance, stage, history_length=history_length, run=run)
+
+    return make
+
+
+def stored_timeline(db: Database) -> dict[str, Any]:
+    with db.session() as session:
+        return {
+            "journal": [
+                (r.seq, r.kind, r.detail.get("template") or r.detail.get("to"))
+                for r in session.scalars(select(JournalRow).order_by(JournalRow.seq))
+            ],
+            "moves": [(r.seq, r.to_stage) for r in session.scalars(select(StageTransition))],
+            "tasks": [(r.opened_seq, r.task, r.done_by) for r in session.scalars(select(TaskRow))],
+            "forms": [r.seq for r in session.scalars(select(FormSubmission))],
+        }
+
+
+def test_what_a_failed_workflow_task_recorded_is_replaced_by_its_next_attempt(
+    records_db: Database, local: Callable[..., JournalBatch]
+):
+    """A timer's task expired the contract and recorded it locally, then its worker died before the task completed;
+    meanwhile the signer signed. The next attempt applies the signature first (the SDK applies requests before
+    timers), so its numbers 2 and 3 are other entries, and the timeline is the one that happened."""
+    records = RecordActivities(records_db)
+    opened = entry(1, "task", "contract", task="chase", title="Chase the signer", status="opened", owner="rep")
+    records._record_journal(local(opened, history_length=10))
+    records._record_journal(
+        local(
+            entry(2, "stage", "lost", **{"from": "contract", "to": "lost", "trigger": "timer"}),
+            entry(3, "task", "lost", task="chase", status="done", by="timer"),
+            history_length=14,
+            stage="lost",
+        )
+    )
+    retried = local(
+        entry(2, "event", "contract", event="contract_signed", source="docusign", status="accepted"),
+        entry(3, "stage", "prelaunch", **{"from": "contract", "to": "prelaunch", "trigger": "event"}),
+        history_length=19,
+        stage="prelaunch",
+    )
+    assert records._record_journal(retried) == 2
+    assert records._record_journal(retried) == 0  # its own retry changes nothing
+    assert stored_timeline(records_db) == {
+        "journal": [(1, "task", None), (2, "event", None), (3, "stage", "prelaunch")],
+        "moves": [(3, "prelaunch")],
+        "tasks": [(1, "chase", None)],  # the failed attempt's closing of the task is gone with it
+        "forms": [],
+    }
+    assert stored_states(records_db) == [("deal-D-1", 3, "prelaunch")]
+
+
+def test_a_failed_attempts_record_written_late_leaves_the_true_entries_alone(
+    records_db: Database, local: Callable[..., JournalBatch]
+):
+    records = RecordActivities(records_db)
+    true = entry(2, "form", "contract", form="contract_request", count=1, by="cli", values={})
+    stale = entry(2, "stage", "lost", **{"from": "contract", "to": "lost", "trigger": "timer"})
+    records._record_journal(local(true, history_length=19))
+    assert records._record_journal(local(stale, history_length=14)) == 0
+    records._record_journal(batch(entry(3, "fields", "contract", changed=["rep_id"])))  # a regular record
+    assert records._record_journal(local(entry(3, "stage", "lost", to="lost", trigger="timer"), history_length=14)) == 0
+    timeline = stored_timeline(records_db)
+    assert (timeline["journal"], timeline["moves"], timeline["forms"]) == (
+        [(2, "form", None), (3, "fields", None)],
+        [],
+        [2],
+    )
+
+
+def test_a_new_runs_records_supersede_the_last_runs_whatever_their_history_lengths(
+    records_db: Database, local: Callable[..., JournalBatch]
+):
+    """Continue-as-new starts a short history: the run orders first. (The run before ended in a task that failed
+    after writing seq 2, and its retry continued as new before reaching it.)"""
+    records = RecordActivities(records_db)
+    records._record_journal(
+        local(entry(2, "stage", "lost", to="lost", trigger="timer"), history_length=900, stage="lost")
+    )
+    again = local(entry(2, "fields", "contract", changed=["rep_id"]), history_length=5, run=2)
+    assert records._record_journal(again) == 1
+    assert stored_timeline(records_db)["journal"] == [(2, "fields", None)]
+    assert stored_states(records_db) == [("deal-D-1", 2, "contract")]
 
 
 def test_the_pinned_playbook_is_stored_once_per_content(records_db: Database, safe_balance):
