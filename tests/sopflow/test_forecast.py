@@ -11,8 +11,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from sopflow.forecast import CATEGORIES, Forecast, forecast, horizon
+from sopflow.business_calendar import Clock
+from sopflow.durations import duration
+from sopflow.forecast import CATEGORIES, Forecast, MemoClock, forecast, horizon
 from sopflow.models import ClientSeed, LifecycleInput
 from sopflow.playbook import Playbook
 from starter.rehearse import Scenario, simulate
@@ -130,3 +134,31 @@ def test_every_category_has_a_row_per_week_for_every_group(safe_balance, categor
     client = seed(safe_balance, launched_steps(), days_ago=70)
     result, _ = forecast([client], START, 3, "nothing", "stage")
     assert all(len(per[category]) == 3 for per in result.counts.values())
+
+
+NEW_YORK_BUSINESS = Clock.of(
+    Playbook.model_validate(
+        {
+            "id": "p",
+            "version": 1,
+            "stages": [{"id": "a"}],
+            "timezone": "America/New_York",
+            "calendar": {"holidays": {"country": "US"}, "send_window": {"start": "09:00", "end": "17:00"}},
+        }
+    ),
+    {},
+)
+SPANS = [duration(text) for text in ("1d", "2w", "1mo", "36h", "3bd", "4bh", "1bd4bh")]
+
+
+@given(
+    moment=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2030, 12, 31), timezones=st.just(UTC)),
+    span=st.sampled_from(SPANS),
+)
+def test_a_clock_that_keeps_its_answers_answers_as_the_deal_clock_does(moment: datetime, span: Any) -> None:
+    kept = MemoClock.around(NEW_YORK_BUSINESS)
+    assert MemoClock.around(NEW_YORK_BUSINESS) is kept  # one per clock in a process
+    for _ in range(2):  # computed, then kept
+        assert kept.after(span, moment) == NEW_YORK_BUSINESS.after(span, moment)
+        assert kept.before(span, moment) == NEW_YORK_BUSINESS.before(span, moment)
+        assert kept.hold(moment) == NEW_YORK_BUSINESS.hold(moment)
