@@ -13,6 +13,11 @@ RUN groupadd --system --gid 10001 sopflow \
     && mkdir -p /var/lib/sopflow \
     && chown sopflow:sopflow /var/lib/sopflow
 
+# The cairo library draws `sopflow forecast --chart F.png` (cairosvg loads it); nothing else needs a system package.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libcairo2 \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 
 # Dependencies first, exactly as locked (every package with its hash): a code change does not reinstall them.

@@ -135,6 +135,27 @@ def stacked_weeks_svg(series: Mapping[str, Sequence[int]], start: date, title: s
     return _render(chart)
 
 
+def png_drawer() -> Callable[[str], bytes]:
+    """What turns one of these charts into a PNG, for a file to mail or paste where SVG is not taken: cairosvg, the
+    route pygal itself offers (`render_to_png`), at twice the SVG's size on white. A RuntimeError naming what to
+    install when the system's cairo library is missing (cairocffi loads it on import): asked before a long forecast
+    runs, not after."""
+    try:
+        import cairosvg
+    except (ImportError, OSError) as exc:
+        raise RuntimeError(
+            "a PNG chart needs the cairo library (Debian/Ubuntu: apt-get install libcairo2; macOS: brew install "
+            "cairo); name the file .svg to draw SVG instead"
+        ) from exc
+
+    def draw(svg: str) -> bytes:
+        png = cairosvg.svg2png(bytestring=svg.encode(), scale=2, background_color="white")
+        assert isinstance(png, bytes)  # no write_to: the image is returned
+        return png
+
+    return draw
+
+
 # --- helpers ---------------------------------------------------------------------------------------------------------
 
 

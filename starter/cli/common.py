@@ -344,9 +344,12 @@ def db_fail(exc: SQLAlchemyError) -> NoReturn:
     fail(f"cannot read the records database: {' '.join(str(cause).split())}")
 
 
-def write_file(path: Path, content: str) -> None:
+def write_file(path: Path, content: str | bytes) -> None:
     try:
-        path.write_text(content)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
     except OSError as exc:
         fail(f"cannot write {path}: {exc.strerror}")
 

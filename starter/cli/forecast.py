@@ -9,7 +9,7 @@ query); one whose workflow cannot answer (no worker, Temporal down) is left out,
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Annotated, Any, cast
 import typer
 from rich.table import Table
 
-from sopflow.charts import stacked_weeks_svg
+from sopflow.charts import png_drawer, stacked_weeks_svg
 from sopflow.connect import ConnectionFailed, connect
 from sopflow.forecast import (
     ASSUMPTIONS,
@@ -66,7 +66,8 @@ def forecast_command(
         ),
     ] = None,
     chart: Annotated[
-        Path | None, typer.Option("--chart", metavar="FILE.svg", help="also draw the weekly totals as a bar chart")
+        Path | None,
+        typer.Option("--chart", metavar="FILE.svg|FILE.png", help="also draw the weekly totals as a bar chart"),
     ] = None,
     output: RowsOutputOpt = Output.text,
 ) -> None:
@@ -74,8 +75,7 @@ def forecast_command(
     expiring and escalations firing, if nothing happens and if everything is done on time."""
     if not 1 <= weeks <= MAX_WEEKS:
         fail(f"--weeks must be between 1 and {MAX_WEEKS} (got {weeks})")
-    if chart is not None and chart.suffix.lower() != ".svg":
-        fail(f"--chart writes SVG: name the file with .svg (got {chart.name})")
+    draw_png = _png_drawer(chart) if chart is not None else None
     what_if = _edited(playbook_file) if playbook_file is not None else None
     seeds, note = _seeds(playbook or (what_if.id if what_if else None))
     group_by = cast(GroupBy, by.value)
@@ -85,7 +85,8 @@ def forecast_command(
     if chart is not None:
         base = results["what_if" if what_if else "today", "nothing"]
         title = f"Forecast, nothing happens: {plural(len(seeds), 'live client')}"
-        write_file(chart, stacked_weeks_svg(base.totals(), base.monday, title))
+        svg = stacked_weeks_svg(base.totals(), base.monday, title)
+        write_file(chart, draw_png(svg) if draw_png else svg)
     if print_rows(rows, output, ["forecast", "assumption", "group", "week", *CATEGORIES]):
         # A script reads the rows on stdout; who would not migrate is a person's concern, on stderr.
         for refusal in refused:
@@ -95,6 +96,20 @@ def forecast_command(
 
 
 app.command("forecast", rich_help_panel=WORK)(forecast_command)
+
+
+def _png_drawer(chart: Path) -> Callable[[str], bytes] | None:
+    """How the chart file is drawn, by its name: SVG as is (None), or PNG, whose library is asked for now, before
+    the forecast runs."""
+    kind = chart.suffix.lower()
+    if kind not in (".svg", ".png"):
+        fail(f"--chart draws SVG or PNG: name the file .svg or .png (got {chart.name})")
+    if kind == ".svg":
+        return None
+    try:
+        return png_drawer()
+    except RuntimeError as exc:
+        fail(str(exc))
 
 
 def _edited(path: Path) -> Playbook:

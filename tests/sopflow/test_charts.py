@@ -4,6 +4,7 @@ and that every SVG can be inlined in a page under a strict Content-Security-Poli
 from __future__ import annotations
 
 import re
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -11,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from sopflow import zones
-from sopflow.charts import funnel_svg, stacked_weeks_svg, stage_time_svg, weekly_workload, workload_svg
+from sopflow.charts import funnel_svg, png_drawer, stacked_weeks_svg, stage_time_svg, weekly_workload, workload_svg
 from sopflow.reports import PipelineRow, StageTimeRow
 from sopflow.work_queue import WorkItem
 
@@ -277,3 +278,18 @@ def test_owner_ids_with_markup_are_escaped_text_in_the_legend() -> None:
     assert legend(root) == [HOSTILE]
     assert "<script" not in svg
     assert "&lt;script&gt;" in svg
+
+
+def test_a_chart_drawn_as_png_is_the_svg_at_twice_its_size() -> None:
+    svg = stacked_weeks_svg({"visits": [3, 4], "emails": [1, 0]}, date(2026, 12, 7), "Forecast")
+    png = png_drawer()(svg)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # the IHDR chunk
+    view_box = [float(n) for n in re.search(r'viewBox="([^"]+)"', svg).group(1).split()]  # type: ignore[union-attr]
+    assert (width, height) == (2 * view_box[2], 2 * view_box[3])
+
+
+def test_without_the_cairo_library_asking_for_png_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cairosvg", None)  # what a failed import of cairocffi leaves the caller
+    with pytest.raises(RuntimeError, match=r"needs the cairo library .*apt-get install libcairo2"):
+        png_drawer()

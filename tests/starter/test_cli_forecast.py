@@ -24,9 +24,9 @@ from tests.starter.conftest import Cli, offline_cli
         (["--weeks", "0"], "--weeks must be between 1 and 520 (got 0)"),
         (["--weeks", "521"], "--weeks must be between 1 and 520 (got 521)"),
         (["--playbook-file", "no_such_playbook.yaml"], "no playbook file no_such_playbook.yaml"),
-        (["--chart", "forecast.png"], "--chart writes SVG: name the file with .svg (got forecast.png)"),
+        (["--chart", "forecast.gif"], "--chart draws SVG or PNG: name the file .svg or .png (got forecast.gif)"),
     ],
-    ids=["no-weeks", "over-ten-years", "unknown-file", "not-svg"],
+    ids=["no-weeks", "over-ten-years", "unknown-file", "not-svg-or-png"],
 )
 async def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, args: list[str], message: str) -> None:
     cli = offline_cli(tmp_path)
@@ -91,6 +91,8 @@ async def test_the_forecast_reads_the_clients_states_from_the_records_store_and_
     assert "2 states from the records store" in text
     assert "rep:owner-17" in text and "@" not in text
     assert (tmp_path / "week.svg").read_text().startswith("<svg")
+    await forecast_cli.ok("forecast", "--weeks", "8", "--chart", str(tmp_path / "week.png"))
+    assert (tmp_path / "week.png").read_bytes().startswith(b"\x89PNG\r\n")
 
     lines = (await forecast_cli.ok("forecast", "--weeks", "8", "--by", "playbook", "-o", "jsonl")).splitlines()
     assert len(lines) == len(rows) and {tuple(json.loads(line)) for line in lines} == {tuple(r) for r in rows}
