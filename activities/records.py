@@ -202,7 +202,8 @@ class RecordActivities:
             if retask:
                 self._rebuild_tasks(session, batch)
             if batch.snapshot is not None and batch.entries:
-                self._snapshot(session, batch, batch.snapshot, max(entry.seq for entry in batch.entries))
+                seq = max(entry.seq for entry in batch.entries)
+                self._snapshot(session, batch, batch.snapshot, seq, superseding=bool(replaced))
             if batch.pinned is not None and batch.playbook_hash is not None:
                 self._pin(session, batch.pinned, batch.playbook_hash)
             if batch.state is not None:
@@ -265,10 +266,14 @@ class RecordActivities:
         elif isinstance(detail, VisitDueDetail | EscalationDetail) and detail.cadence is not None:
             session.add(_cadence_visit(batch, entry, detail.cadence, detail.due_at))  # due, or missed
 
-    def _snapshot(self, session: Session, batch: JournalBatch, snap: DealSnapshot, seq: int) -> None:
+    def _snapshot(
+        self, session: Session, batch: JournalBatch, snap: DealSnapshot, seq: int, *, superseding: bool
+    ) -> None:
         """The deal's row as of `seq`, never moved backwards: one upsert whose update applies only over an older row
         (PostgreSQL locks the row while it compares and writes, so two batches of one deal in flight at once cannot
-        interleave), then the contacts in one more."""
+        interleave), then the contacts in one more. A batch `superseding` entries of a failed workflow task
+        (`supersedes`) writes over whatever row it finds: that task's snapshot may be numbered past this batch's,
+        and shows a deal that never was."""
         now = datetime.now(UTC)
         state = {
             "playbook_version": snap.playbook_version,
@@ -296,7 +301,7 @@ class RecordActivities:
             {**key, **state, "last_seq": seq},
             ["workflow_id"],
             refresh=[*state, "last_seq"],
-            where=DealRow.last_seq <= seq,
+            where=None if superseding else DealRow.last_seq <= seq,
         )
         if session.scalars(newer).first() is None:
             return  # an older batch retried late: the row already shows newer state

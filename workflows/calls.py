@@ -238,9 +238,9 @@ async def record_batch(batch: JournalBatch, *, local: bool) -> bool:
     history, replaces what the failed one wrote (`activities.records.supersedes`).
 
     A local activity that fails with anything but RecordRefused within LOCAL_RECORD_GIVE_UP (the store down, a
-    saturated worker) hands the same batch to the regular activity, which the
-    server retries for as long as it takes: an outage costs one marker and one activity in history, not a workflow
-    task heartbeat every 8 s, and the lifecycle waits on the store as it did before. RecordRefused is raised on either
+    saturated worker) hands the same batch to the regular activity, which the server retries for as long as it takes:
+    an outage costs one marker and one activity in history, not a workflow task heartbeat every 8 s, and the
+    lifecycle waits on the store as it did before. RecordRefused is raised on either
     path (as the local activity's own ApplicationError or as a regular activity's ActivityError: `refused_by_records`
     reads both).
 
@@ -279,7 +279,7 @@ async def record_batch(batch: JournalBatch, *, local: bool) -> bool:
 def without_state(batch: JournalBatch) -> JournalBatch:
     """`batch` as a regular record sends it: without the engine state and pinned playbook only a local record
     carries, so its input in history is what it always was (`JournalBatch` leaves unset state fields out)."""
-    if batch.state is None and batch.pinned is None:
+    if all(getattr(batch, name) is None for name in BATCH_LOCAL_FIELDS):
         return batch
     return batch.model_copy(update=dict.fromkeys(BATCH_LOCAL_FIELDS))
 

@@ -312,7 +312,8 @@ def local(safe_balance: Playbook) -> Callable[..., JournalBatch]:
 
     def make(*entries: JournalEntry, history_length: int, run: int = 1, stage: str = "contract") -> JournalBatch:
         seq = max(e.seq for e in entries)
-        return with_state(batch(*entries), seq, safe_balance, stage, history_length=history_length, run=run)
+        plain = batch(*entries, stage=stage)
+        return with_state(plain, seq, safe_balance, stage, history_length=history_length, run=run)
 
     return make
 
@@ -335,7 +336,9 @@ def test_what_a_failed_workflow_task_recorded_is_replaced_by_its_next_attempt(
 ):
     """A timer's task expired the contract and recorded it locally, then its worker died before the task completed;
     meanwhile the signer signed. The next attempt applies the signature first (the SDK applies requests before
-    timers), so its numbers 2 and 3 are other entries, and the timeline is the one that happened."""
+    timers), so its numbers 2 and 3 are other entries, and the timeline is the one that happened: at once for the
+    numbers it wrote, the deal and the state (though the failed attempt's went one number further), and for number 4
+    when the lifecycle gets there."""
     records = RecordActivities(records_db)
     opened = entry(1, "task", "contract", task="chase", title="Chase the signer", status="opened", owner="rep")
     records._record_journal(local(opened, history_length=10))
@@ -343,6 +346,7 @@ def test_what_a_failed_workflow_task_recorded_is_replaced_by_its_next_attempt(
         local(
             entry(2, "stage", "lost", **{"from": "contract", "to": "lost", "trigger": "timer"}),
             entry(3, "task", "lost", task="chase", status="done", by="timer"),
+            entry(4, "email", "lost", template="contract_expired", to=["signer"], cc=[], status="sent"),
             history_length=14,
             stage="lost",
         )
@@ -356,12 +360,21 @@ def test_what_a_failed_workflow_task_recorded_is_replaced_by_its_next_attempt(
     assert records._record_journal(retried) == 2
     assert records._record_journal(retried) == 0  # its own retry changes nothing
     assert stored_timeline(records_db) == {
-        "journal": [(1, "task", None), (2, "event", None), (3, "stage", "prelaunch")],
+        "journal": [(1, "task", None), (2, "event", None), (3, "stage", "prelaunch"), (4, "email", "contract_expired")],
         "moves": [(3, "prelaunch")],
         "tasks": [(1, "chase", None)],  # the failed attempt's closing of the task is gone with it
         "forms": [],
     }
     assert stored_states(records_db) == [("deal-D-1", 3, "prelaunch")]
+    with records_db.session() as session:
+        assert (session.scalars(select(DealRow.stage)).one(), session.scalars(select(DealRow.last_seq)).one()) == (
+            "prelaunch",
+            3,
+        )
+
+    later = entry(4, "email", "prelaunch", template="welcome", to=["signer"], cc=[], status="sent", message_id="<m>")
+    assert records._record_journal(local(later, history_length=25, stage="prelaunch")) == 1
+    assert stored_timeline(records_db)["journal"][-1] == (4, "email", "welcome")
 
 
 def test_a_failed_attempts_record_written_late_leaves_the_true_entries_alone(
