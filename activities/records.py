@@ -15,7 +15,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
 from temporalio import activity
 
@@ -81,6 +81,14 @@ def _decided(row: JournalRow) -> tuple[int, int] | None:
 def _same_entry(row: JournalRow, entry: JournalEntry) -> bool:
     stored = (row.kind, row.stage, row.detail, utc(row.at))
     return stored == (entry.kind, entry.stage, entry.model_dump(mode="json")["detail"], utc(entry.at))
+
+
+def _unproject(session: Session, workflow_id: str, seqs: set[int]) -> None:
+    """Remove the rows derived from the entries `seqs` (a task row, whose story spans entries, is derived again:
+    `RecordActivities._rebuild_tasks`)."""
+    if seqs:
+        for model in (StageTransition, FormSubmission, VisitRow):
+            session.execute(delete(model).where(model.workflow_id == workflow_id, model.seq.in_(seqs)))
 
 
 def _stage_transition(batch: JournalBatch, entry: JournalEntry, detail: StageDetail) -> StageTransition:
@@ -196,6 +204,8 @@ class RecordActivities:
             added = insert_missing(session, JournalRow, rows, ["workflow_id", "seq"], JournalRow.seq)
             stored = [entry for entry in batch.entries if entry.seq not in added]
             replaced, retask = self._replace(session, batch, stored) if stored else (set(), False)
+            if decided is not None and batch.state is not None:
+                retask = self._sweep(session, batch, decided, batch.state.seq) or retask
             for entry in batch.entries:
                 if entry.seq in added | replaced and not (retask and entry.kind == "task"):
                     self._project(session, batch, entry)
@@ -233,10 +243,27 @@ class RecordActivities:
             row.at, row.kind, row.stage, row.detail = entry.at, entry.kind, entry.stage, entry.detail
             row.run, row.history_length = batch.decided_at or (None, None)
             replaced.add(entry.seq)
-        if replaced:
-            for model in (StageTransition, FormSubmission, VisitRow):
-                session.execute(delete(model).where(model.workflow_id == workflow_id, model.seq.in_(replaced)))
+        _unproject(session, workflow_id, replaced)
         return replaced, retask
+
+    def _sweep(self, session: Session, batch: JournalBatch, decided: tuple[int, int], last: int) -> bool:
+        """Remove the entries a failed workflow task numbered past `last`, the engine's count when this local record
+        was decided, and decided earlier than it: no true entry can be either (the count only grows along the true
+        history, across runs too), so each is one the retry never wrote, which `_replace` would meet only if the
+        lifecycle wrote that far again (a lifecycle that closed in its retry would keep it). One indexed statement
+        per local record, which finds nothing but after a failed task. Whether a task entry was among them."""
+        gone = session.execute(
+            delete(JournalRow)
+            .where(
+                JournalRow.workflow_id == batch.workflow_id,
+                JournalRow.seq > last,
+                JournalRow.run.is_not(None),
+                tuple_(JournalRow.run, JournalRow.history_length) < tuple_(*decided),
+            )
+            .returning(JournalRow.seq, JournalRow.kind)
+        ).all()
+        _unproject(session, batch.workflow_id, {seq for seq, _ in gone})
+        return any(kind == "task" for _, kind in gone)
 
     def _rebuild_tasks(self, session: Session, batch: JournalBatch) -> None:
         """The workflow's task rows derived again from its journal, in order (see `_replace`)."""
@@ -329,10 +356,11 @@ class RecordActivities:
 
     def _state(self, session: Session, batch: JournalBatch, state: LifecycleState) -> None:
         """The lifecycle's engine state, never moved backwards: one upsert that changes only a row holding a state
-        decided earlier or at the same point (`JournalBatch.decided_at`), so a local attempt that outlived its timeout
-        and writes after its retry, an older batch retried late, or a workflow task that failed after writing (whose
-        state may even be ahead in `seq`) leaves the true, newer state in place. (One statement built once: it runs
-        with every local record, `forward_upsert`.)"""
+        decided earlier (`JournalBatch.decided_at`), or at the same point and no further in `seq` (two records of one
+        workflow task), so a local attempt that outlived its timeout and writes after its retry, an older batch
+        retried late, or a workflow task that failed after writing (whose state may even be ahead in `seq`) leaves
+        the true, newer state in place. (One statement built once: it runs with every local record,
+        `forward_upsert`.)"""
         row = {
             "workflow_id": batch.workflow_id,
             "deal_id": batch.deal_id,
@@ -347,7 +375,7 @@ class RecordActivities:
             "updated_at": datetime.now(UTC),
         }
         dialect = session.get_bind().dialect.name
-        statement = forward_upsert(dialect, LifecycleStateRow, "workflow_id", ("run", "history_length"))
+        statement = forward_upsert(dialect, LifecycleStateRow, "workflow_id", ("run", "history_length", "seq"))
         session.connection().execute(statement, fitted(LifecycleStateRow, row))
 
     @activity.defn

@@ -154,7 +154,8 @@ class LifecycleStateRow(Base):
     playbook_hash: Mapped[str] = mapped_column(String(64))
     # The state's journal sequence (a journal entry newer than it says the row lags), and where it was decided
     # (`JournalBatch.decided_at`): a retried or out-of-order batch, or one from a workflow task that failed after
-    # writing, never replaces a state decided later. A row stored before 0008 has (0, 0).
+    # writing, never replaces a state decided later (run, history length, then seq). A row stored before 0008 has
+    # (0, 0).
     seq: Mapped[int]
     run: Mapped[int] = mapped_column(server_default="0")
     history_length: Mapped[int] = mapped_column(server_default="0")
