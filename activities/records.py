@@ -15,7 +15,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import bindparam, delete, select, tuple_
 from sqlalchemy.orm import Session
 from temporalio import activity
 
@@ -81,6 +81,19 @@ def _decided(row: JournalRow) -> tuple[int, int] | None:
 def _same_entry(row: JournalRow, entry: JournalEntry) -> bool:
     stored = (row.kind, row.stage, row.detail, utc(row.at))
     return stored == (entry.kind, entry.stage, entry.model_dump(mode="json")["detail"], utc(entry.at))
+
+
+# `RecordActivities._sweep`'s statement, with its values bound at execution.
+_SWEEP = (
+    delete(JournalRow)
+    .where(
+        JournalRow.workflow_id == bindparam("workflow_id"),
+        JournalRow.seq > bindparam("last"),
+        JournalRow.run.is_not(None),
+        tuple_(JournalRow.run, JournalRow.history_length) < tuple_(bindparam("run"), bindparam("length")),
+    )
+    .returning(JournalRow.seq, JournalRow.kind)
+)
 
 
 def _unproject(session: Session, workflow_id: str, seqs: set[int]) -> None:
@@ -251,17 +264,11 @@ class RecordActivities:
         was decided, and decided earlier than it: no true entry can be either (the count only grows along the true
         history, across runs too), so each is one the retry never wrote, which `_replace` would meet only if the
         lifecycle wrote that far again (a lifecycle that closed in its retry would keep it). One indexed statement
-        per local record, which finds nothing but after a failed task. Whether a task entry was among them."""
-        gone = session.execute(
-            delete(JournalRow)
-            .where(
-                JournalRow.workflow_id == batch.workflow_id,
-                JournalRow.seq > last,
-                JournalRow.run.is_not(None),
-                tuple_(JournalRow.run, JournalRow.history_length) < tuple_(*decided),
-            )
-            .returning(JournalRow.seq, JournalRow.kind)
-        ).all()
+        per local record, built once (`_SWEEP`: building it per call cost more than running it), which finds nothing
+        but after a failed task. Whether a task entry was among them."""
+        run, length = decided
+        values = {"workflow_id": batch.workflow_id, "last": last, "run": run, "length": length}
+        gone = session.connection().execute(_SWEEP, values).all()
         _unproject(session, batch.workflow_id, {seq for seq, _ in gone})
         return any(kind == "task" for _, kind in gone)
 
