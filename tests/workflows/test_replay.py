@@ -67,8 +67,8 @@ async def test_a_history_where_an_update_reached_a_cold_worker_after_a_kill_repl
 
 @pytest.mark.xfail(
     strict=True,
-    reason="found by the PostgreSQL chaos run (2026-12-04), not yet understood: a history whose live run and every "
-    "replay part ways after a local timeline record; when this replays, move the file up into tests/histories/",
+    reason="temporalio 1.35 (sdk-python #1881 class): a local activity's resolution came in the next workflow task "
+    "live and in its own on replay; when this replays, move the file up into tests/histories/",
 )
 async def test_a_history_where_a_local_record_met_a_signal_and_an_update_replays():
     """deal-CHAOS-0150, 200 clients, 3 workers, 8 kills: one workflow task applied a signal (contract_signed) and
