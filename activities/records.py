@@ -217,8 +217,10 @@ class RecordActivities:
             added = insert_missing(session, JournalRow, rows, ["workflow_id", "seq"], JournalRow.seq)
             stored = [entry for entry in batch.entries if entry.seq not in added]
             replaced, retask = self._replace(session, batch, stored) if stored else (set(), False)
+            swept: list[tuple[int, str]] = []
             if decided is not None and batch.state is not None:
-                retask = self._sweep(session, batch, decided, batch.state.seq) or retask
+                swept = self._sweep(session, batch, decided, batch.state.seq)
+                retask = retask or any(kind == "task" for _, kind in swept)
             for entry in batch.entries:
                 if entry.seq in added | replaced and not (retask and entry.kind == "task"):
                     self._project(session, batch, entry)
@@ -226,7 +228,7 @@ class RecordActivities:
                 self._rebuild_tasks(session, batch)
             if batch.snapshot is not None and batch.entries:
                 seq = max(entry.seq for entry in batch.entries)
-                self._snapshot(session, batch, batch.snapshot, seq, superseding=bool(replaced))
+                self._snapshot(session, batch, batch.snapshot, seq, superseding=bool(replaced or swept))
             if batch.pinned is not None and batch.playbook_hash is not None:
                 self._pin(session, batch.pinned, batch.playbook_hash)
             if batch.state is not None:
@@ -259,18 +261,20 @@ class RecordActivities:
         _unproject(session, workflow_id, replaced)
         return replaced, retask
 
-    def _sweep(self, session: Session, batch: JournalBatch, decided: tuple[int, int], last: int) -> bool:
+    def _sweep(
+        self, session: Session, batch: JournalBatch, decided: tuple[int, int], last: int
+    ) -> list[tuple[int, str]]:
         """Remove the entries a failed workflow task numbered past `last`, the engine's count when this local record
         was decided, and decided earlier than it: no true entry can be either (the count only grows along the true
         history, across runs too), so each is one the retry never wrote, which `_replace` would meet only if the
         lifecycle wrote that far again (a lifecycle that closed in its retry would keep it). One indexed statement
         per local record, built once (`_SWEEP`: building it per call cost more than running it), which finds nothing
-        but after a failed task. Whether a task entry was among them."""
+        but after a failed task. The entries removed, by number and kind."""
         run, length = decided
         values = {"workflow_id": batch.workflow_id, "last": last, "run": run, "length": length}
-        gone = session.connection().execute(_SWEEP, values).all()
+        gone = [(seq, kind) for seq, kind in session.connection().execute(_SWEEP, values)]
         _unproject(session, batch.workflow_id, {seq for seq, _ in gone})
-        return any(kind == "task" for _, kind in gone)
+        return gone
 
     def _rebuild_tasks(self, session: Session, batch: JournalBatch) -> None:
         """The workflow's task rows derived again from its journal, in order (see `_replace`)."""

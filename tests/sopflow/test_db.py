@@ -377,6 +377,25 @@ def test_what_a_failed_workflow_task_recorded_is_replaced_by_its_next_attempt(
         )
 
 
+def test_a_retry_that_wrote_less_than_the_failed_attempt_removes_the_rest_and_its_deal(
+    records_db: Database, local: Callable[..., JournalBatch]
+):
+    """The failed attempt and its retry agree on number 2; the failed one went on to close the deal (3)."""
+    records = RecordActivities(records_db)
+    agreed = entry(2, "fields", "contract", changed=["rep_id"])
+    closing = entry(3, "stage", "lost", **{"from": "contract", "to": "lost", "trigger": "timer"})
+    records._record_journal(local(agreed, closing, history_length=14, stage="lost"))
+    assert records._record_journal(local(agreed, history_length=19)) == 0  # nothing of its own differs
+    timeline = stored_timeline(records_db)
+    assert (timeline["journal"], timeline["moves"]) == ([(2, "fields", None)], [])
+    with records_db.session() as session:
+        assert (session.scalars(select(DealRow.stage)).one(), session.scalars(select(DealRow.last_seq)).one()) == (
+            "contract",
+            2,
+        )
+    assert stored_states(records_db) == [("deal-D-1", 2, "contract")]
+
+
 def test_a_failed_attempts_record_written_late_leaves_the_true_entries_alone(
     records_db: Database, local: Callable[..., JournalBatch]
 ):
