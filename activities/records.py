@@ -216,7 +216,7 @@ class RecordActivities:
             ]
             added = insert_missing(session, JournalRow, rows, ["workflow_id", "seq"], JournalRow.seq)
             stored = [entry for entry in batch.entries if entry.seq not in added]
-            replaced, retask = self._replace(session, batch, stored) if stored else (set(), False)
+            replaced, retask = self._replace(session, batch, decided, stored) if stored else (set(), False)
             swept: list[tuple[int, str]] = []
             if decided is not None and batch.state is not None:
                 swept = self._sweep(session, batch, decided, batch.state.seq)
@@ -236,7 +236,9 @@ class RecordActivities:
             session.commit()
             return len(added) + len(replaced)
 
-    def _replace(self, session: Session, batch: JournalBatch, offered: list[JournalEntry]) -> tuple[set[int], bool]:
+    def _replace(
+        self, session: Session, batch: JournalBatch, decided: tuple[int, int] | None, offered: list[JournalEntry]
+    ) -> tuple[set[int], bool]:
         """Replace the stored entries among `offered` that differ from it and that it supersedes (`supersedes`),
         removing the rows derived from each: the numbers replaced, and whether a task entry was among the old or the
         new ones (a task row tells a story over several entries, so the workflow's task rows are then derived
@@ -252,11 +254,11 @@ class RecordActivities:
         retask = False
         for entry in offered:
             row = rows.get(entry.seq)
-            if row is None or _same_entry(row, entry) or not supersedes(batch.decided_at, _decided(row)):
+            if row is None or _same_entry(row, entry) or not supersedes(decided, _decided(row)):
                 continue
             retask = retask or "task" in (row.kind, entry.kind)
             row.at, row.kind, row.stage, row.detail = entry.at, entry.kind, entry.stage, entry.detail
-            row.run, row.history_length = batch.decided_at or (None, None)
+            row.run, row.history_length = decided or (None, None)
             replaced.add(entry.seq)
         _unproject(session, workflow_id, replaced)
         return replaced, retask

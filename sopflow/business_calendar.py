@@ -60,6 +60,11 @@ def check_holidays(country: str, subdivision: str | None) -> str | None:
     return None
 
 
+def zone_field(playbook: Playbook) -> str | None:
+    """The deal field that holds a deal's own zone (the playbook's `timezone_field` without `deal.`), if any."""
+    return playbook.timezone_field.split(".", 1)[1] if playbook.timezone_field is not None else None
+
+
 @dataclass(frozen=True)
 class Clock:
     tz: tzinfo = UTC
@@ -74,8 +79,9 @@ class Clock:
         if playbook.timezone is None:
             return UTC_CLOCK
         name = playbook.timezone
-        if playbook.timezone_field is not None:
-            own = fields.get(playbook.timezone_field.split(".", 1)[1])
+        key = zone_field(playbook)
+        if key is not None:
+            own = fields.get(key)
             if isinstance(own, str) and is_known(own):
                 name = own
         calendar = playbook.calendar or _DEFAULT_CALENDAR
@@ -93,10 +99,9 @@ class Clock:
         if playbook.timezone is None:
             return None
         merged = dict(fields)
-        if playbook.timezone_field is not None:
-            key = playbook.timezone_field.split(".", 1)[1]
-            if isinstance(incoming.get(key), str):
-                merged[key] = incoming[key].strip()
+        key = zone_field(playbook)
+        if key is not None and isinstance(incoming.get(key), str):
+            merged[key] = incoming[key].strip()
         return cls.of(playbook, merged).tz
 
     @property

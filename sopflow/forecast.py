@@ -30,7 +30,7 @@ from functools import partial
 from itertools import repeat
 from typing import Any, Literal
 
-from sopflow.business_calendar import Clock
+from sopflow.business_calendar import Clock, zone_field
 from sopflow.conditions import role_owner_id
 from sopflow.constants import REQUESTS_FIRST
 from sopflow.durations import Duration
@@ -123,8 +123,8 @@ class Projection(Engine):
         """The deal's clock, kept answers and all (`MemoClock`), looked up again only when the playbook or the
         deal's zone changed: the engine asks for it a few times per timer it lists."""
         playbook = self.playbook
-        zone_key = playbook.timezone_field.partition(".")[2] if playbook.timezone_field else None
-        zone = self.state.fields.get(zone_key) if zone_key else None
+        key = zone_field(playbook)
+        zone = self.state.fields.get(key) if key is not None else None
         kept = self._clock
         if kept is None or kept[0] is not playbook or kept[1] != zone:
             kept = self._clock = playbook, zone, MemoClock.around(Clock.of(playbook, self.state.fields))

@@ -240,9 +240,8 @@ async def record_batch(batch: JournalBatch, *, local: bool) -> bool:
     A local activity that fails with anything but RecordRefused within LOCAL_RECORD_GIVE_UP (the store down, a
     saturated worker) hands the same batch to the regular activity, which the server retries for as long as it takes:
     an outage costs one marker and one activity in history, not a workflow task heartbeat every 8 s, and the
-    lifecycle waits on the store as it did before. RecordRefused is raised on either
-    path (as the local activity's own ApplicationError or as a regular activity's ActivityError: `refused_by_records`
-    reads both).
+    lifecycle waits on the store as it did before. RecordRefused is raised on either path (as the local activity's own
+    ApplicationError or as a regular activity's ActivityError: `refused_by_records` reads both).
 
     Whether the batch was written in the workflow task: only there does it keep its engine state and pinned playbook
     (`JournalBatch.state`), which are stripped before the regular activity so that nothing new is written into
@@ -277,8 +276,8 @@ async def record_batch(batch: JournalBatch, *, local: bool) -> bool:
 
 
 def without_state(batch: JournalBatch) -> JournalBatch:
-    """`batch` as a regular record sends it: without the engine state and pinned playbook only a local record
-    carries, so its input in history is what it always was (`JournalBatch` leaves unset state fields out)."""
+    """`batch` as a regular record sends it: without the engine state, pinned playbook and history length only a
+    local record carries, so its input in history is what it always was (`JournalBatch` leaves them out unset)."""
     if all(getattr(batch, name) is None for name in BATCH_LOCAL_FIELDS):
         return batch
     return batch.model_copy(update=dict.fromkeys(BATCH_LOCAL_FIELDS))
